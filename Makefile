@@ -1,0 +1,46 @@
+# Two entry points (README): `make run` and `make test`. Everything else is a helper.
+PY ?= python3.11
+VENV := .venv
+BIN := $(VENV)/bin
+STAMP := $(VENV)/.installed
+
+.PHONY: run test install lint typecheck bench bench-orders clean
+
+$(STAMP): pyproject.toml constraints.txt scripts/install-system-deps.sh
+	bash scripts/install-system-deps.sh
+	test -x $(BIN)/python || $(PY) -m venv $(VENV)
+	$(BIN)/pip install -q --upgrade pip
+	$(BIN)/pip install -q -c constraints.txt -e '.[dev]'
+	touch $(STAMP)
+
+install: $(STAMP)
+
+## Serve on the embedded default (SQLite file + in-process cache) with demo data.
+run: $(STAMP)
+	$(BIN)/surge db seed --orders 1000 --users 100 --if-empty
+	@echo "try: curl -H \"Authorization: Bearer $$($(BIN)/surge token user1)\" http://127.0.0.1:8080/orders/1"
+	$(BIN)/surge serve
+
+## The whole suite: unit, contract (sqlite+memory, MariaDB+Redis, PostgreSQL+Redis), system.
+test: $(STAMP)
+	bash scripts/ensure-services.sh
+	$(BIN)/ruff check src tests bench
+	$(BIN)/mypy
+	$(BIN)/pytest -n 2 --dist loadgroup
+
+lint: $(STAMP)
+	$(BIN)/ruff check src tests bench
+	$(BIN)/ruff format --check src tests bench
+
+typecheck: $(STAMP)
+	$(BIN)/mypy
+
+## Benchmarks against the Go baseline (writes BENCHMARKS.md); minutes, not part of `test`.
+bench: bench-orders
+
+bench-orders: $(STAMP)
+	bash scripts/ensure-services.sh
+	$(BIN)/python -m bench.orders
+
+clean:
+	rm -rf $(VENV) surge-data .pytest_cache .mypy_cache .ruff_cache

@@ -1,0 +1,16 @@
+#!/usr/bin/env bash
+# Debian packages the tests and benchmarks need; installs only what is missing.
+# redis-server: tests that kill Redis start their own. wrk: the HTTP load generator.
+set -euo pipefail
+need=()
+for pkg in redis-server wrk; do
+  dpkg -s "$pkg" >/dev/null 2>&1 || need+=("$pkg")
+done
+if [ ${#need[@]} -gt 0 ]; then
+  if [ "$(id -u)" -ne 0 ]; then
+    echo "missing Debian packages: ${need[*]} (run as root or install them)" >&2
+    exit 1
+  fi
+  apt-get update -qq
+  DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "${need[@]}" >/dev/null
+fi

@@ -1,0 +1,65 @@
+"""The composition root: builds every part from Settings, with no import-time I/O."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+
+from surge.auth import Authenticator, load_or_create_secret
+from surge.backends import open_backends
+from surge.config import Settings
+from surge.http import ops
+from surge.http.router import Router
+from surge.metrics import Metrics
+from surge.orders import OrderQuery
+
+log = logging.getLogger("surge.app")
+
+
+class App:
+    """Everything one server process serves; `start` opens it, `close` undoes it in reverse."""
+
+    def __init__(self, settings: Settings) -> None:
+        self.settings = settings
+        self.metrics = Metrics()
+        self.router = Router()
+        self.draining = False
+        self._stack = contextlib.AsyncExitStack()
+
+    async def start(self) -> None:
+        settings = self.settings
+        stack = self._stack
+        backends = await open_backends(settings, stack, self._count_cache_error)
+        secret = settings.jwt_secret or load_or_create_secret(settings.secret_path)
+        self.auth = Authenticator(secret, settings.token_cache_size)
+        self.orders = OrderQuery(settings, self.auth, backends.cache, backends.store,
+                                 backends.bus, self.metrics)
+        await self.orders.start()
+
+        probes = {"database": backends.store.ping}
+        if backends.redis:
+            probes["redis"] = backends.cache.ping
+        readiness = ops.Readiness(probes, lambda: self.draining)
+        self.router.add("GET", "/orders/{id}", self.orders.handle)
+        ops.add_routes(self.router, self.metrics, readiness, self.auth)
+
+        store = backends.store
+        self.metrics.gauge("db_pool_in_use", "Database connections checked out",
+                           lambda: store.in_use)
+        self.metrics.gauge("db_pool_size", "Database connections allowed", lambda: store.size)
+        self.metrics.gauge("near_cache_entries", "Entries in the near cache",
+                           lambda: len(self.orders.near))
+        lag = asyncio.create_task(self.metrics.watch_loop_lag(), name="loop-lag-watch")
+        stack.push_async_callback(_cancel, lag)
+
+    def _count_cache_error(self, _exc: Exception) -> None:
+        self.metrics.cache_errors += 1
+
+    async def close(self) -> None:
+        await self._stack.aclose()
+
+
+async def _cancel(task: asyncio.Task[None]) -> None:
+    task.cancel()
+    await asyncio.gather(task, return_exceptions=True)

@@ -1,0 +1,47 @@
+"""Backends chosen by URL scheme, in this one factory; drivers are imported lazily."""
+
+from __future__ import annotations
+
+import contextlib
+from collections.abc import Callable
+from dataclasses import dataclass
+
+from surge.config import Settings
+from surge.types import Bus, Cache, Store
+
+
+@dataclass(slots=True)
+class Backends:
+    cache: Cache
+    bus: Bus
+    store: Store
+    redis: bool  # the shared layers are Redis (False: in-process)
+
+
+async def open_backends(settings: Settings, stack: contextlib.AsyncExitStack,
+                        on_cache_error: Callable[[Exception], None] | None = None) -> Backends:
+    """Opens cache, bus and store; `stack` closes them in reverse order."""
+    from surge.backends.sql import SqlStore, create_engine
+
+    store = SqlStore(create_engine(settings.database_url, settings.db_pool_size),
+                     settings.db_pool_size)
+    stack.push_async_callback(store.close)
+
+    if settings.redis_url is None:
+        from surge.backends.memory import MemoryBus, MemoryCache
+
+        cache: Cache = MemoryCache(max_entries=max(settings.near_cache_size * 4, 100_000))
+        bus: Bus = MemoryBus()
+        stack.push_async_callback(cache.close)
+        stack.push_async_callback(bus.close)
+        return Backends(cache, bus, store, redis=False)
+
+    from surge.backends.redis import RedisBus, RedisCache, connect
+
+    client = connect(settings.redis_url, settings.redis_pool_size)
+    stack.push_async_callback(client.aclose)
+    redis_cache = RedisCache(client, settings.redis_prefix, on_cache_error)
+    redis_bus = RedisBus(client, settings.redis_prefix)
+    stack.push_async_callback(redis_cache.close)
+    stack.push_async_callback(redis_bus.close)
+    return Backends(redis_cache, redis_bus, store, redis=True)

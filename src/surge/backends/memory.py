@@ -1,0 +1,64 @@
+"""In-process cache and pub/sub: the embedded default and the fakes tests use."""
+
+from __future__ import annotations
+
+import time
+from collections import defaultdict
+
+from surge.types import Handler
+
+
+class MemoryCache:
+    """A bounded dict with per-key expiry; evicts the oldest entries when full."""
+
+    def __init__(self, max_entries: int = 1_000_000) -> None:
+        self._data: dict[str, tuple[bytes, float]] = {}
+        self._max = max_entries
+
+    async def get(self, key: str) -> bytes | None:
+        item = self._data.get(key)
+        if item is None:
+            return None
+        if item[1] <= time.monotonic():
+            self._data.pop(key, None)
+            return None
+        return item[0]
+
+    async def set(self, key: str, value: bytes, ttl: float) -> None:
+        self.set_soon(key, value, ttl)
+
+    def set_soon(self, key: str, value: bytes, ttl: float) -> None:
+        data = self._data
+        data.pop(key, None)
+        if len(data) >= self._max:
+            del data[next(iter(data))]
+        data[key] = (value, time.monotonic() + ttl)
+
+    async def delete(self, key: str) -> None:
+        self._data.pop(key, None)
+
+    async def ping(self) -> None:
+        return None
+
+    async def close(self) -> None:
+        self._data.clear()
+
+
+class MemoryBus:
+    """Delivers a published message to this process's subscribers, synchronously."""
+
+    def __init__(self) -> None:
+        self._handlers: dict[str, list[Handler]] = defaultdict(list)
+
+    async def publish(self, channel: str, message: bytes) -> None:
+        for handler in list(self._handlers.get(channel, ())):
+            handler(message)
+
+    async def subscribe(self, channel: str, handler: Handler) -> None:
+        self._handlers[channel].append(handler)
+
+    async def ping(self) -> None:
+        return None
+
+    async def close(self) -> None:
+        self._handlers.clear()

@@ -1,0 +1,221 @@
+"""Settings: one frozen object built once from `SURGE_*` environment variables and CLI flags.
+
+This module is the only place that reads the environment. Every setting has one entry in
+`FIELDS` that gives its env name, its CLI flag, its parser and its documentation, so the
+README table and `surge serve --help` cannot drift apart.
+
+Written by hand rather than with pydantic-settings: we want exactly one clear line per bad
+value (pydantic prints multi-line reports), flags generated from the same table, and no
+heavy import in every worker process.
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import os
+from collections.abc import Callable, Mapping
+from pathlib import Path
+from typing import Any
+from urllib.parse import urlsplit
+
+DATABASE_SCHEMES = ("sqlite", "mysql", "mariadb", "postgresql", "postgres")
+REDIS_SCHEMES = ("redis", "rediss")
+ENVIRONMENTS = ("development", "production")
+LOG_LEVELS = ("debug", "info", "warning", "error")
+
+
+class ConfigError(ValueError):
+    """A setting has a bad value; the message is one line meant for the operator."""
+
+
+@dataclasses.dataclass(frozen=True, slots=True)
+class Settings:
+    database_url: str = ""
+    redis_url: str | None = None
+    host: str = "127.0.0.1"
+    port: int = 8080
+    workers: int = 1
+    jwt_secret: str | None = None
+    data_dir: Path = Path("surge-data")
+    smtp_url: str | None = None
+    env: str = "development"
+    log_level: str = "info"
+    db_pool_size: int = 10
+    redis_pool_size: int = 32
+    deadline_ms: int = 50
+    cache_ttl: float = 600.0
+    cache_jitter: float = 0.1
+    negative_ttl: float = 5.0
+    near_cache_size: int = 100_000
+    near_cache_ttl: float = 30.0
+    token_cache_size: int = 100_000
+    shutdown_delay: float = 2.0
+    drain_timeout: float = 5.0
+    keepalive_timeout: float = 5.0
+    max_body_bytes: int = 65_536
+    redis_prefix: str = "surge:"
+
+    @property
+    def embedded(self) -> bool:
+        """True when no external server is configured (SQLite file + in-process everything)."""
+        return self.redis_url is None and self.database_url.startswith("sqlite")
+
+    @property
+    def deadline(self) -> float:
+        return self.deadline_ms / 1000.0
+
+    @property
+    def secret_path(self) -> Path:
+        return self.data_dir / "jwt-secret"
+
+
+@dataclasses.dataclass(frozen=True, slots=True)
+class Field:
+    name: str
+    parse: Callable[[str], Any]
+    doc: str
+
+    @property
+    def env(self) -> str:
+        return "SURGE_" + self.name.upper()
+
+    @property
+    def flag(self) -> str:
+        return "--" + self.name.replace("_", "-")
+
+
+def _positive_int(text: str) -> int:
+    value = int(text)
+    if value < 1:
+        raise ValueError("must be >= 1")
+    return value
+
+
+def _port(text: str) -> int:
+    value = int(text)
+    if not 0 <= value <= 65535:
+        raise ValueError("must be 0..65535")
+    return value
+
+
+def _non_negative_float(text: str) -> float:
+    value = float(text)
+    if not value >= 0.0:  # also rejects NaN
+        raise ValueError("must be >= 0")
+    return value
+
+
+def _fraction(text: str) -> float:
+    value = float(text)
+    if not 0.0 <= value < 1.0:
+        raise ValueError("must be in [0, 1)")
+    return value
+
+
+def _choice(choices: tuple[str, ...]) -> Callable[[str], str]:
+    def parse(text: str) -> str:
+        value = text.strip().lower()
+        if value not in choices:
+            raise ValueError(f"must be one of {', '.join(choices)}")
+        return value
+
+    return parse
+
+
+def _url(schemes: tuple[str, ...]) -> Callable[[str], str]:
+    def parse(text: str) -> str:
+        scheme = urlsplit(text).scheme.lower()
+        if scheme not in schemes:
+            raise ValueError(f"unknown scheme {scheme or '(none)'!r}; valid: {', '.join(schemes)}")
+        return text
+
+    return parse
+
+
+def _optional(parse: Callable[[str], Any]) -> Callable[[str], Any]:
+    return lambda text: parse(text) if text.strip() else None
+
+
+FIELDS: tuple[Field, ...] = (
+    Field("database_url", _url(DATABASE_SCHEMES),
+          "`sqlite:///PATH` (default: surge.db in the data dir), `mysql://`, `postgresql://`"),
+    Field("redis_url", _optional(_url(REDIS_SCHEMES)),
+          "`redis://host:port/db`; unset = in-process cache and pub/sub"),
+    Field("host", str, "listen address"),
+    Field("port", _port, "listen port (0 = pick a free one)"),
+    Field("workers", _positive_int, "server processes; more than 1 requires Redis"),
+    Field("jwt_secret", _optional(str),
+          "HS256 secret; generated into the data dir in embedded mode, required otherwise"),
+    Field("data_dir", Path, "SQLite file, generated secret, embedded queue"),
+    Field("smtp_url", _optional(str), "`smtp://host:port`; unset = mail written to the data dir"),
+    Field("env", _choice(ENVIRONMENTS), "`production` refuses a generated JWT secret"),
+    Field("log_level", _choice(LOG_LEVELS), "log level"),
+    Field("db_pool_size", _positive_int, "database connections per process (bounds DB concurrency)"),
+    Field("redis_pool_size", _positive_int, "Redis connections per process"),
+    Field("deadline_ms", _positive_int, "per-request deadline in milliseconds (then 504)"),
+    Field("cache_ttl", _non_negative_float, "Redis TTL of a cached order, seconds"),
+    Field("cache_jitter", _fraction, "random +- fraction applied to cache TTLs"),
+    Field("negative_ttl", _non_negative_float, "how long a not-found is cached, seconds"),
+    Field("near_cache_size", _positive_int, "entries in the in-process near cache"),
+    Field("near_cache_ttl", _non_negative_float, "near cache TTL, seconds"),
+    Field("token_cache_size", _positive_int, "verified tokens remembered per process"),
+    Field("shutdown_delay", _non_negative_float,
+          "seconds readiness is 503 before intake stops (SIGTERM only)"),
+    Field("drain_timeout", _non_negative_float, "seconds in-flight requests get to finish"),
+    Field("keepalive_timeout", _non_negative_float, "idle keep-alive connections close after"),
+    Field("max_body_bytes", _positive_int, "largest accepted request body (then 413)"),
+    Field("redis_prefix", str, "prefix of every Redis key and channel Surge uses"),
+)
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    """Adds one flag per setting; a flag left out keeps the env value or the default."""
+    for field in FIELDS:
+        parser.add_argument(field.flag, dest=field.name, default=None, metavar="VALUE",
+                            help=f"{field.doc} (env {field.env})")
+
+
+def load(environ: Mapping[str, str] | None = None,
+         overrides: Mapping[str, Any] | None = None) -> Settings:
+    """Builds Settings from the environment, then CLI overrides (strings or typed values)."""
+    environ = os.environ if environ is None else environ
+    raw: dict[str, Any] = {}
+    for field in FIELDS:
+        text = environ.get(field.env)
+        origin = field.env
+        if overrides is not None and overrides.get(field.name) is not None:
+            text, origin = overrides[field.name], field.flag
+        if text is None:
+            continue
+        if not isinstance(text, str):
+            raw[field.name] = text
+            continue
+        try:
+            raw[field.name] = field.parse(text)
+        except ValueError as exc:
+            raise ConfigError(f"{origin}={text!r}: {exc}") from None
+    settings = Settings(**raw)
+    if not settings.database_url:
+        db_file = (settings.data_dir / "surge.db").resolve()
+        settings = dataclasses.replace(settings, database_url=f"sqlite:///{db_file}")
+    _check(settings)
+    return settings
+
+
+def _check(settings: Settings) -> None:
+    if settings.workers > 1 and settings.redis_url is None:
+        raise ConfigError(
+            f"SURGE_WORKERS={settings.workers} needs SURGE_REDIS_URL: processes share the "
+            "cache, invalidations and (later) stock only through Redis")
+    if settings.jwt_secret is not None and len(settings.jwt_secret) < 16:
+        raise ConfigError("SURGE_JWT_SECRET must be at least 16 characters")
+
+
+def check_secret(settings: Settings) -> None:
+    """Commands that sign or verify tokens call this: a generated secret is for embedded
+    development only, never a default in production or beside shared servers."""
+    if settings.jwt_secret is None and not settings.embedded:
+        raise ConfigError("SURGE_JWT_SECRET is required when Redis or a database server is set")
+    if settings.jwt_secret is None and settings.env == "production":
+        raise ConfigError("SURGE_JWT_SECRET is required in production (SURGE_ENV=production)")

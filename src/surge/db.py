@@ -1,0 +1,121 @@
+"""Schema migrations (Alembic) and demo data, for `surge db migrate` and `surge db seed`."""
+
+from __future__ import annotations
+
+import asyncio
+import random
+import time
+from dataclasses import dataclass
+from datetime import UTC, datetime, timedelta
+from importlib import resources
+from pathlib import Path
+
+import sqlalchemy as sa
+from alembic import command
+from alembic.config import Config
+from alembic.runtime.migration import MigrationContext
+from alembic.script import ScriptDirectory
+
+from surge.backends.sql import create_engine
+from surge.schema import orders, sales
+
+STATUSES = ("confirmed", "paid", "shipped", "delivered", "cancelled")
+SEED_CHUNK = 1000
+
+
+def _alembic_config(url: str) -> Config:
+    config = Config()
+    config.set_main_option("script_location", str(resources.files("surge") / "migrations"))
+    config.set_main_option("sqlalchemy.url", url.replace("%", "%%"))
+    return config
+
+
+def _ensure_sqlite_dir(url: str) -> None:
+    if url.startswith("sqlite:///"):
+        path = url.removeprefix("sqlite:///")
+        if path and path != ":memory:":
+            Path(path).parent.mkdir(parents=True, exist_ok=True)
+
+
+def migrate(url: str) -> None:
+    """Brings the schema to the newest revision (idempotent). Call outside an event loop."""
+    _ensure_sqlite_dir(url)
+    command.upgrade(_alembic_config(url), "head")
+
+
+def head_revision(url: str) -> str | None:
+    return ScriptDirectory.from_config(_alembic_config(url)).get_current_head()
+
+
+async def current_revision(url: str) -> str | None:
+    engine = create_engine(url, pool_size=1)
+    try:
+        async with engine.connect() as conn:
+            return await conn.run_sync(
+                lambda sync: MigrationContext.configure(sync).get_current_revision())
+    finally:
+        await engine.dispose()
+
+
+def schema_is_current(url: str) -> bool:
+    return asyncio.run(current_revision(url)) == head_revision(url)
+
+
+def owner_of(index: int, users: int) -> str:
+    """The user who owns the index-th seeded order (1-based); benchmarks rely on it."""
+    return f"user{(index - 1) % users + 1}"
+
+
+@dataclass(frozen=True, slots=True)
+class SeedResult:
+    orders: int
+    sales: int
+    first_order_id: int
+    seconds: float
+
+
+async def seed(url: str, order_count: int, users: int, reset: bool = False,
+               rng: random.Random | None = None) -> SeedResult:
+    """Inserts demo sales and `order_count` orders spread over `users` users.
+
+    Order k of this run (1-based) belongs to `owner_of(k, users)` and gets id
+    `first_order_id + k - 1`; with `reset` the tables are emptied first and ids start at 1.
+    """
+    rng = rng or random.Random(42)
+    started = time.perf_counter()
+    engine = create_engine(url, pool_size=1)
+    now = datetime.now(UTC).replace(tzinfo=None, microsecond=0)
+    try:
+        async with engine.begin() as conn:
+            if reset:
+                await conn.execute(orders.delete())
+                await conn.execute(sales.delete())
+            base_sale = (await conn.execute(sa.select(sa.func.max(sales.c.id)))).scalar() or 0
+            sale_rows = [{
+                "id": base_sale + i + 1, "name": f"Demo sale {base_sale + i + 1}",
+                "stock": 1000, "per_user_limit": 1,
+                "starts_at": now - timedelta(days=1), "ends_at": now + timedelta(days=30),
+                "created_at": now - timedelta(days=2),
+            } for i in range(10)]
+            await conn.execute(sa.insert(sales).values(sale_rows))
+            base = (await conn.execute(sa.select(sa.func.max(orders.c.id)))).scalar() or 0
+            for start in range(0, order_count, SEED_CHUNK):
+                rows = []
+                for k in range(start + 1, min(start + SEED_CHUNK, order_count) + 1):
+                    rows.append({
+                        "id": base + k,
+                        "sale_id": sale_rows[k % len(sale_rows)]["id"],
+                        "user_id": owner_of(k, users),
+                        "quantity": rng.randint(1, 3),
+                        "status": rng.choice(STATUSES),
+                        "created_at": now - timedelta(seconds=rng.randint(0, 30 * 86_400)),
+                    })
+                await conn.execute(sa.insert(orders), rows)  # executemany: the driver batches
+            if conn.dialect.name == "postgresql":  # explicit ids do not move the sequences
+                for table in ("orders", "sales"):
+                    await conn.execute(sa.text(
+                        f"SELECT setval(pg_get_serial_sequence('{table}', 'id'), "
+                        f"(SELECT COALESCE(MAX(id), 1) FROM {table}))"))
+    finally:
+        await engine.dispose()
+    return SeedResult(order_count, len(sale_rows), base + 1, time.perf_counter() - started)

@@ -1,0 +1,82 @@
+"""Operational routes: liveness, readiness, metrics, the OpenAPI document, task counts."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections import Counter
+from collections.abc import Callable
+
+from surge import openapi
+from surge.auth import Authenticator
+from surge.http.response import Problem, Response, json_response
+from surge.http.router import Router
+from surge.http.server import Request
+from surge.metrics import CONTENT_TYPE, Metrics
+from surge.types import Probe
+
+PROBE_TIMEOUT = 1.0
+PROBE_CACHE = 0.5  # seconds a readiness verdict is reused: probes must not load Redis/DB
+
+_ALIVE = json_response(200, {"status": "ok"})
+_OPENAPI = Response(200, openapi.ENCODED)
+
+
+class Readiness:
+    def __init__(self, probes: dict[str, Probe], draining: Callable[[], bool]) -> None:
+        self._probes = probes
+        self._draining = draining
+        self._verdict: tuple[float, Response] | None = None
+        self._lock = asyncio.Lock()
+
+    async def check(self, _request: Request) -> Response:
+        if self._draining():
+            return json_response(503, {"status": "draining"}, (("retry-after", "5"),))
+        async with self._lock:  # one probe round at a time; the others reuse its verdict
+            verdict = self._verdict
+            if verdict is not None and time.monotonic() - verdict[0] < PROBE_CACHE:
+                return verdict[1]
+            checks = dict(zip(self._probes, await asyncio.gather(
+                *(self._run(p) for p in self._probes.values())), strict=True))
+            ok = all(v == "ok" for v in checks.values())
+            response = json_response(200 if ok else 503,
+                                     {"status": "ready" if ok else "unavailable",
+                                      "checks": checks})
+            self._verdict = (time.monotonic(), response)
+            return response
+
+    @staticmethod
+    async def _run(probe: Probe) -> str:
+        try:
+            async with asyncio.timeout(PROBE_TIMEOUT):
+                await probe()
+            return "ok"
+        except TimeoutError:
+            return "timeout"
+        except Exception as exc:
+            return f"error: {type(exc).__name__}"
+
+
+def task_counts() -> dict[str, object]:
+    """Live tasks by coroutine name: a growing count names the leak."""
+    names: Counter[str] = Counter()
+    for task in asyncio.all_tasks():
+        coro = task.get_coro()
+        names[getattr(coro, "__qualname__", type(coro).__name__)] += 1
+    return {"total": sum(names.values()), "by_coroutine": dict(names.most_common())}
+
+
+def add_routes(router: Router, metrics: Metrics, readiness: Readiness,
+               auth: Authenticator) -> None:
+    def tasks(request: Request) -> Response:
+        user = auth.user(request.headers.get(b"authorization"))
+        if not user.admin:
+            raise Problem(403, "forbidden", "admin role required")
+        return json_response(200, task_counts())
+
+    router.add("GET", "/healthz", lambda _request: _ALIVE)
+    router.add("GET", "/readyz", readiness.check)
+    router.add("GET", "/metrics", lambda _request: Response(
+        200, metrics.render(), CONTENT_TYPE.encode()))
+    router.add("GET", "/openapi.json", lambda _request: _OPENAPI)
+    router.add("GET", "/debug/tasks", tasks)

@@ -1,0 +1,62 @@
+"""Routing by path template (`/orders/{id}`), with the template kept as the metrics label.
+
+Static paths are one dict lookup; templated paths are grouped by segment count and first
+segment, so a match costs a split and a couple of dict lookups.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Union
+
+if TYPE_CHECKING:
+    from surge.http.response import Response
+    from surge.http.server import Request
+
+HandlerResult = Union["Response", Awaitable["Response"]]
+Handler = Callable[["Request"], HandlerResult]
+
+
+@dataclass(slots=True)
+class Route:
+    template: str
+    methods: dict[str, Handler] = field(default_factory=dict)
+    params: tuple[tuple[int, str], ...] = ()  # (segment index, parameter name)
+
+
+class Router:
+    def __init__(self) -> None:
+        self._static: dict[str, Route] = {}
+        self._templated: dict[tuple[int, str], list[tuple[tuple[str | None, ...], Route]]] = {}
+        self._routes: dict[str, Route] = {}
+
+    def add(self, method: str, template: str, handler: Handler) -> None:
+        route = self._routes.get(template)
+        if route is None:
+            segments = template.split("/")
+            params = tuple((i, s[1:-1]) for i, s in enumerate(segments) if s.startswith("{"))
+            route = self._routes[template] = Route(template, params=params)
+            if not params:
+                self._static[template] = route
+            else:
+                pattern = tuple(None if s.startswith("{") else s for s in segments)
+                key = (len(segments), segments[1])
+                self._templated.setdefault(key, []).append((pattern, route))
+        route.methods[method] = handler
+
+    def match(self, path: str) -> tuple[Route, dict[str, str]] | None:
+        route = self._static.get(path)
+        if route is not None:
+            return route, {}
+        segments = path.split("/")
+        if len(segments) < 2:
+            return None
+        for pattern, candidate in self._templated.get((len(segments), segments[1]), ()):
+            if all(p is None or p == s for p, s in zip(pattern, segments, strict=True)):
+                return candidate, {name: segments[i] for i, name in candidate.params}
+        return None
+
+    @property
+    def templates(self) -> list[str]:
+        return list(self._routes)

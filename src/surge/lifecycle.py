@@ -1,0 +1,165 @@
+"""Process lifecycle: start, serve, and the graceful shutdown of DESIGN section 9.
+
+SIGTERM: readiness turns 503 at once while requests are still served (with
+`Connection: close`) for `shutdown_delay`, so load balancers stop sending; then intake
+stops (connections the kernel had already accepted are still served), in-flight requests
+get `drain_timeout` to finish, resources close in reverse order, exit 0. SIGINT skips the
+delay. A second signal exits at once.
+
+With `workers > 1` a supervisor binds the socket, forks the workers (they share the
+listener), forwards signals and restarts a worker that dies unexpectedly.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import os
+import signal
+import socket
+import sys
+import time
+
+import uvloop
+
+from surge.app import App
+from surge.config import Settings
+from surge.http.server import HttpServer, ServerState, bind_socket
+
+log = logging.getLogger("surge.lifecycle")
+
+EXIT_FORCED = 3
+
+
+async def serve(settings: Settings, sock: socket.socket) -> int:
+    app = App(settings)
+    await app.start()
+    state = ServerState(app.router, app.metrics.observe_request, settings.keepalive_timeout,
+                        settings.max_body_bytes)
+    server = HttpServer(state, sock)
+    await server.start()
+    app.metrics.gauge("http_in_flight", "Requests being handled", lambda: state.in_flight)
+    app.metrics.gauge("http_connections", "Open HTTP connections",
+                      lambda: len(state.connections))
+
+    loop = asyncio.get_running_loop()
+    stop = asyncio.Event()
+    received: list[int] = []
+
+    def on_signal(signum: int) -> None:
+        if received:
+            log.warning("second signal: exiting at once")
+            os._exit(EXIT_FORCED)
+        received.append(signum)
+        stop.set()
+
+    for signum in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(signum, on_signal, signum)
+
+    await stop.wait()
+    log.info("pid %d: %s received: draining", os.getpid(), signal.Signals(received[0]).name)
+    app.draining = True  # readiness -> 503
+    state.closing = True  # answers carry Connection: close
+    if received[0] == signal.SIGTERM and settings.shutdown_delay > 0:
+        await asyncio.sleep(settings.shutdown_delay)
+    await server.stop_intake()
+    finished = await server.drain(settings.drain_timeout)
+    if not finished:
+        log.warning("drain timeout: %d requests cut off", state.in_flight)
+    await app.close()
+    log.info("pid %d: stopped", os.getpid())
+    return 0
+
+
+def run_process(settings: Settings, sock: socket.socket) -> int:
+    return uvloop.run(serve(settings, sock))
+
+
+def run(settings: Settings) -> int:
+    """Serves until a signal; returns the exit code."""
+    sock = bind_socket(settings.host, settings.port)
+    host, port = sock.getsockname()[:2]
+    log.info("surge listening on http://%s:%d (workers=%d, database=%s, cache=%s)",
+             host, port, settings.workers, settings.database_url.split(":", 1)[0],
+             "redis" if settings.redis_url else "in-process")
+    if settings.workers == 1:
+        return run_process(settings, sock)
+    return Supervisor(settings, sock).run()
+
+
+class Supervisor:
+    """Forks the workers after binding, so they share one listening socket."""
+
+    RESTART_BACKOFF = 1.0
+
+    def __init__(self, settings: Settings, sock: socket.socket) -> None:
+        self.settings = settings
+        self.sock = sock
+        self.children: dict[int, int] = {}  # pid -> slot
+        self.stopping: int | None = None
+
+    def _spawn(self, slot: int) -> None:
+        pid = os.fork()
+        if pid == 0:  # the worker
+            signal.signal(signal.SIGTERM, signal.SIG_DFL)
+            signal.signal(signal.SIGINT, signal.SIG_DFL)
+            code = 1
+            try:
+                code = run_process(self.settings, self.sock)
+            except BaseException:
+                log.exception("worker %d crashed", slot)
+            finally:
+                logging.shutdown()
+                os._exit(code)
+        self.children[pid] = slot
+
+    def run(self) -> int:
+        def forward(signum: int, _frame: object) -> None:
+            if self.stopping is not None:
+                log.warning("second signal: stopping workers at once")
+                for pid in self.children:
+                    _kill(pid, signal.SIGKILL)
+                os._exit(EXIT_FORCED)
+            self.stopping = signum
+            for pid in self.children:
+                _kill(pid, signum)
+
+        signal.signal(signal.SIGTERM, forward)
+        signal.signal(signal.SIGINT, forward)
+        for slot in range(self.settings.workers):
+            self._spawn(slot)
+        failed = False
+        while self.children:
+            try:
+                pid, status = os.wait()
+            except ChildProcessError:
+                break
+            except InterruptedError:
+                continue
+            slot = self.children.pop(pid, None)
+            if slot is None:
+                continue
+            code = os.waitstatus_to_exitcode(status)
+            if self.stopping is None:
+                log.error("worker %d (pid %d) exited with %d; restarting", slot, pid, code)
+                time.sleep(self.RESTART_BACKOFF)
+                if self.stopping is None:
+                    self._spawn(slot)
+            elif code != 0:
+                failed = True
+        self.sock.close()
+        return 1 if failed else 0
+
+
+def _kill(pid: int, signum: int) -> None:
+    try:
+        os.kill(pid, signum)
+    except ProcessLookupError:
+        pass
+
+
+def configure_logging(level: str) -> None:
+    logging.basicConfig(
+        level=level.upper(), stream=sys.stderr,
+        format="%(asctime)s %(levelname)s %(process)d %(name)s: %(message)s")
+    logging.getLogger("alembic").setLevel(logging.WARNING)
