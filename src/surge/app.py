@@ -33,9 +33,11 @@ class App:
         backends = await open_backends(settings, stack, self._count_cache_error)
         secret = settings.jwt_secret or load_or_create_secret(settings.secret_path)
         self.auth = Authenticator(secret, settings.token_cache_size)
-        self.orders = OrderQuery(settings, self.auth, backends.cache, backends.store,
-                                 backends.bus, self.metrics)
+        self.orders = OrderQuery(
+            settings, self.auth, backends.cache, backends.store, backends.bus, self.metrics
+        )
         await self.orders.start()
+        stack.push_async_callback(self.orders.close)
 
         probes = {"database": backends.store.ping}
         if backends.redis:
@@ -45,11 +47,13 @@ class App:
         ops.add_routes(self.router, self.metrics, readiness, self.auth)
 
         store = backends.store
-        self.metrics.gauge("db_pool_in_use", "Database connections checked out",
-                           lambda: store.in_use)
+        self.metrics.gauge(
+            "db_pool_in_use", "Database connections checked out", lambda: store.in_use
+        )
         self.metrics.gauge("db_pool_size", "Database connections allowed", lambda: store.size)
-        self.metrics.gauge("near_cache_entries", "Entries in the near cache",
-                           lambda: len(self.orders.near))
+        self.metrics.gauge(
+            "near_cache_entries", "Entries in the near cache", lambda: len(self.orders.near)
+        )
         lag = asyncio.create_task(self.metrics.watch_loop_lag(), name="loop-lag-watch")
         stack.push_async_callback(_cancel, lag)
 

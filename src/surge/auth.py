@@ -47,19 +47,22 @@ class Authenticator:
     def _verify(self, header: bytes) -> User:
         scheme, _, token = header.partition(b" ")
         if scheme.lower() != b"bearer" or not token:
-            raise Problem(401, "unauthorized", "expected 'Authorization: Bearer <token>'",
-                          _CHALLENGE)
+            raise Problem(
+                401, "unauthorized", "expected 'Authorization: Bearer <token>'", _CHALLENGE
+            )
         try:
-            claims = jwt.decode(token, self._secret, algorithms=[ALGORITHM],
-                                options={"require": ["sub", "exp"]})
+            claims = jwt.decode(
+                token, self._secret, algorithms=[ALGORITHM], options={"require": ["sub", "exp"]}
+            )
         except jwt.ExpiredSignatureError:
             raise Problem(401, "token-expired", "token has expired", _CHALLENGE) from None
         except jwt.PyJWTError:
             raise Problem(401, "unauthorized", "invalid token", _CHALLENGE) from None
         sub = claims["sub"]
         if not isinstance(sub, str) or not 0 < len(sub) <= 64:
-            raise Problem(401, "unauthorized", "token subject must be a 1-64 character string",
-                          _CHALLENGE)
+            raise Problem(
+                401, "unauthorized", "token subject must be a 1-64 character string", _CHALLENGE
+            )
         user = User(sub, claims.get("role") == "admin", float(claims["exp"]))
         cache = self._cache
         if len(cache) >= self._cache_size:

@@ -22,18 +22,25 @@ def _parser() -> argparse.ArgumentParser:
 
     db = commands.add_parser("db", help="database schema and demo data")
     db_commands = db.add_subparsers(dest="db_command", required=True)
-    db_commands.add_parser("migrate", parents=[settings_flags],
-                           help="bring the schema to the newest revision")
+    db_commands.add_parser(
+        "migrate", parents=[settings_flags], help="bring the schema to the newest revision"
+    )
     seed = db_commands.add_parser("seed", parents=[settings_flags], help="insert demo data")
     seed.add_argument("--orders", type=int, default=1000, help="orders to insert")
-    seed.add_argument("--users", type=int, default=100,
-                      help="users owning them: order k belongs to user((k-1) %% U + 1)")
+    seed.add_argument(
+        "--users",
+        type=int,
+        default=100,
+        help="users owning them: order k belongs to user((k-1) %% U + 1)",
+    )
     seed.add_argument("--reset", action="store_true", help="empty orders and sales first")
-    seed.add_argument("--if-empty", action="store_true",
-                      help="do nothing when orders already exist")
+    seed.add_argument(
+        "--if-empty", action="store_true", help="do nothing when orders already exist"
+    )
 
-    token = commands.add_parser("token", parents=[settings_flags],
-                                help="print a bearer token for USER")
+    token = commands.add_parser(
+        "token", parents=[settings_flags], help="print a bearer token for USER"
+    )
     token.add_argument("user", metavar="USER")
     token.add_argument("--admin", action="store_true", help="with the admin role")
     token.add_argument("--ttl", type=float, default=86_400.0, help="lifetime in seconds")
@@ -74,8 +81,7 @@ def _serve(settings: config.Settings) -> int:
     if settings.database_url.startswith("sqlite"):
         db.migrate(settings.database_url)  # embedded: first start creates the schema
     elif not db.schema_is_current(settings.database_url):
-        print("surge: the database schema is not current; run `surge db migrate`",
-              file=sys.stderr)
+        print("surge: the database schema is not current; run `surge db migrate`", file=sys.stderr)
         return 2
     return lifecycle.run(settings)
 
@@ -102,8 +108,10 @@ def _seed(settings: config.Settings, args: argparse.Namespace) -> int:
         print("orders already present; nothing seeded")
         return 0
     result = asyncio.run(db.seed(settings.database_url, args.orders, args.users, args.reset))
-    print(f"seeded {result.orders} orders (ids from {result.first_order_id}) and "
-          f"{result.sales} sales for {args.users} users in {result.seconds:.2f}s")
+    print(
+        f"seeded {result.orders} orders (ids from {result.first_order_id}) and "
+        f"{result.sales} sales for {args.users} users in {result.seconds:.2f}s"
+    )
     return 0
 
 

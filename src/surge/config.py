@@ -48,7 +48,7 @@ class Settings:
     cache_jitter: float = 0.1
     negative_ttl: float = 5.0
     near_cache_size: int = 100_000
-    near_cache_ttl: float = 30.0
+    near_cache_ttl: float = 60.0
     token_cache_size: int = 100_000
     shutdown_delay: float = 2.0
     drain_timeout: float = 5.0
@@ -138,30 +138,48 @@ def _optional(parse: Callable[[str], Any]) -> Callable[[str], Any]:
 
 
 FIELDS: tuple[Field, ...] = (
-    Field("database_url", _url(DATABASE_SCHEMES),
-          "`sqlite:///PATH` (default: surge.db in the data dir), `mysql://`, `postgresql://`"),
-    Field("redis_url", _optional(_url(REDIS_SCHEMES)),
-          "`redis://host:port/db`; unset = in-process cache and pub/sub"),
+    Field(
+        "database_url",
+        _url(DATABASE_SCHEMES),
+        "`sqlite:///PATH` (default: surge.db in the data dir), `mysql://`, `postgresql://`",
+    ),
+    Field(
+        "redis_url",
+        _optional(_url(REDIS_SCHEMES)),
+        "`redis://host:port/db`; unset = in-process cache and pub/sub",
+    ),
     Field("host", str, "listen address"),
     Field("port", _port, "listen port (0 = pick a free one)"),
     Field("workers", _positive_int, "server processes; more than 1 requires Redis"),
-    Field("jwt_secret", _optional(str),
-          "HS256 secret; generated into the data dir in embedded mode, required otherwise"),
+    Field(
+        "jwt_secret",
+        _optional(str),
+        "HS256 secret; generated into the data dir in embedded mode, required otherwise",
+    ),
     Field("data_dir", Path, "SQLite file, generated secret, embedded queue"),
     Field("smtp_url", _optional(str), "`smtp://host:port`; unset = mail written to the data dir"),
     Field("env", _choice(ENVIRONMENTS), "`production` refuses a generated JWT secret"),
     Field("log_level", _choice(LOG_LEVELS), "log level"),
-    Field("db_pool_size", _positive_int, "database connections per process (bounds DB concurrency)"),
+    Field(
+        "db_pool_size", _positive_int, "database connections per process (bounds DB concurrency)"
+    ),
     Field("redis_pool_size", _positive_int, "Redis connections per process"),
     Field("deadline_ms", _positive_int, "per-request deadline in milliseconds (then 504)"),
     Field("cache_ttl", _non_negative_float, "Redis TTL of a cached order, seconds"),
     Field("cache_jitter", _fraction, "random +- fraction applied to cache TTLs"),
     Field("negative_ttl", _non_negative_float, "how long a not-found is cached, seconds"),
     Field("near_cache_size", _positive_int, "entries in the in-process near cache"),
-    Field("near_cache_ttl", _non_negative_float, "near cache TTL, seconds"),
+    Field(
+        "near_cache_ttl",
+        _non_negative_float,
+        "near cache TTL, seconds; hits in its last quarter reload the entry in the background",
+    ),
     Field("token_cache_size", _positive_int, "verified tokens remembered per process"),
-    Field("shutdown_delay", _non_negative_float,
-          "seconds readiness is 503 before intake stops (SIGTERM only)"),
+    Field(
+        "shutdown_delay",
+        _non_negative_float,
+        "seconds readiness is 503 before intake stops (SIGTERM only)",
+    ),
     Field("drain_timeout", _non_negative_float, "seconds in-flight requests get to finish"),
     Field("keepalive_timeout", _non_negative_float, "idle keep-alive connections close after"),
     Field("max_body_bytes", _positive_int, "largest accepted request body (then 413)"),
@@ -172,12 +190,18 @@ FIELDS: tuple[Field, ...] = (
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     """Adds one flag per setting; a flag left out keeps the env value or the default."""
     for field in FIELDS:
-        parser.add_argument(field.flag, dest=field.name, default=None, metavar="VALUE",
-                            help=f"{field.doc} (env {field.env})")
+        parser.add_argument(
+            field.flag,
+            dest=field.name,
+            default=None,
+            metavar="VALUE",
+            help=f"{field.doc} (env {field.env})",
+        )
 
 
-def load(environ: Mapping[str, str] | None = None,
-         overrides: Mapping[str, Any] | None = None) -> Settings:
+def load(
+    environ: Mapping[str, str] | None = None, overrides: Mapping[str, Any] | None = None
+) -> Settings:
     """Builds Settings from the environment, then CLI overrides (strings or typed values)."""
     environ = os.environ if environ is None else environ
     raw: dict[str, Any] = {}
@@ -207,7 +231,8 @@ def _check(settings: Settings) -> None:
     if settings.workers > 1 and settings.redis_url is None:
         raise ConfigError(
             f"SURGE_WORKERS={settings.workers} needs SURGE_REDIS_URL: processes share the "
-            "cache, invalidations and (later) stock only through Redis")
+            "cache, invalidations and (later) stock only through Redis"
+        )
     if settings.jwt_secret is not None and len(settings.jwt_secret) < 16:
         raise ConfigError("SURGE_JWT_SECRET must be at least 16 characters")
 

@@ -52,7 +52,8 @@ async def current_revision(url: str) -> str | None:
     try:
         async with engine.connect() as conn:
             return await conn.run_sync(
-                lambda sync: MigrationContext.configure(sync).get_current_revision())
+                lambda sync: MigrationContext.configure(sync).get_current_revision()
+            )
     finally:
         await engine.dispose()
 
@@ -74,8 +75,9 @@ class SeedResult:
     seconds: float
 
 
-async def seed(url: str, order_count: int, users: int, reset: bool = False,
-               rng: random.Random | None = None) -> SeedResult:
+async def seed(
+    url: str, order_count: int, users: int, reset: bool = False, rng: random.Random | None = None
+) -> SeedResult:
     """Inserts demo sales and `order_count` orders spread over `users` users.
 
     Order k of this run (1-based) belongs to `owner_of(k, users)` and gets id
@@ -91,31 +93,42 @@ async def seed(url: str, order_count: int, users: int, reset: bool = False,
                 await conn.execute(orders.delete())
                 await conn.execute(sales.delete())
             base_sale = (await conn.execute(sa.select(sa.func.max(sales.c.id)))).scalar() or 0
-            sale_rows = [{
-                "id": base_sale + i + 1, "name": f"Demo sale {base_sale + i + 1}",
-                "stock": 1000, "per_user_limit": 1,
-                "starts_at": now - timedelta(days=1), "ends_at": now + timedelta(days=30),
-                "created_at": now - timedelta(days=2),
-            } for i in range(10)]
+            sale_rows = [
+                {
+                    "id": base_sale + i + 1,
+                    "name": f"Demo sale {base_sale + i + 1}",
+                    "stock": 1000,
+                    "per_user_limit": 1,
+                    "starts_at": now - timedelta(days=1),
+                    "ends_at": now + timedelta(days=30),
+                    "created_at": now - timedelta(days=2),
+                }
+                for i in range(10)
+            ]
             await conn.execute(sa.insert(sales).values(sale_rows))
             base = (await conn.execute(sa.select(sa.func.max(orders.c.id)))).scalar() or 0
             for start in range(0, order_count, SEED_CHUNK):
                 rows = []
                 for k in range(start + 1, min(start + SEED_CHUNK, order_count) + 1):
-                    rows.append({
-                        "id": base + k,
-                        "sale_id": sale_rows[k % len(sale_rows)]["id"],
-                        "user_id": owner_of(k, users),
-                        "quantity": rng.randint(1, 3),
-                        "status": rng.choice(STATUSES),
-                        "created_at": now - timedelta(seconds=rng.randint(0, 30 * 86_400)),
-                    })
+                    rows.append(
+                        {
+                            "id": base + k,
+                            "sale_id": sale_rows[k % len(sale_rows)]["id"],
+                            "user_id": owner_of(k, users),
+                            "quantity": rng.randint(1, 3),
+                            "status": rng.choice(STATUSES),
+                            "created_at": now - timedelta(seconds=rng.randint(0, 30 * 86_400)),
+                        }
+                    )
                 await conn.execute(sa.insert(orders), rows)  # executemany: the driver batches
             if conn.dialect.name == "postgresql":  # explicit ids do not move the sequences
                 for table in ("orders", "sales"):
-                    await conn.execute(sa.text(
-                        f"SELECT setval(pg_get_serial_sequence('{table}', 'id'), "
-                        f"(SELECT COALESCE(MAX(id), 1) FROM {table}))"))
+                    await conn.execute(
+                        sa.text(
+                            f"SELECT setval(pg_get_serial_sequence('{table}', 'id'), "
+                            f"(SELECT COALESCE(MAX(id), 1) FROM {table}))"
+                        )
+                    )
     finally:
         await engine.dispose()
     return SeedResult(order_count, len(sale_rows), base + 1, time.perf_counter() - started)

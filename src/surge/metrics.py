@@ -40,7 +40,7 @@ class Metrics:
         self.loop_lag = 0.0
         self.gauges: dict[str, tuple[str, Callable[[], float]]] = {}
         self.registry = CollectorRegistry(auto_describe=False)
-        self.registry.register(self)  # type: ignore[arg-type]
+        self.registry.register(self)
 
     # -- hot path -------------------------------------------------------------------------
     def observe_request(self, route: str, method: str, status: int, seconds: float) -> None:
@@ -68,46 +68,59 @@ class Metrics:
 
     # -- exposition -------------------------------------------------------------------------
     def collect(self) -> Iterator[Metric]:
-        total = CounterMetricFamily("http_requests", "HTTP requests answered",
-                                    labels=["route", "method", "status"])
+        total = CounterMetricFamily(
+            "http_requests", "HTTP requests answered", labels=["route", "method", "status"]
+        )
         for (route, method, status), count in sorted(self.requests.items()):
             total.add_metric([route, method, str(status)], count)
         yield total
 
-        hist = HistogramMetricFamily("http_request_duration_seconds",
-                                     "Time from a complete request to its answer",
-                                     labels=["route"])
+        hist = HistogramMetricFamily(
+            "http_request_duration_seconds",
+            "Time from a complete request to its answer",
+            labels=["route"],
+        )
         for route, counts in sorted(self._latency.items()):
-            buckets, running = [], 0.0
-            for bound, count in zip((*LATENCY_BUCKETS, float("inf")), counts, strict=False):
-                running += count
+            buckets: list[tuple[str, float]] = []
+            running = 0.0
+            for bound, observed in zip((*LATENCY_BUCKETS, float("inf")), counts, strict=False):
+                running += observed
                 buckets.append((_le(bound), running))
             hist.add_metric([route], buckets, sum_value=counts[-1])
         yield hist
 
         hits = CounterMetricFamily("cache_hits", "Order cache hits by layer", labels=["layer"])
-        misses = CounterMetricFamily("cache_misses", "Order cache misses by layer",
-                                     labels=["layer"])
+        misses = CounterMetricFamily(
+            "cache_misses", "Order cache misses by layer", labels=["layer"]
+        )
         for layer in self.cache_hits:
             hits.add_metric([layer], self.cache_hits[layer])
             misses.add_metric([layer], self.cache_misses[layer])
         yield hits
         yield misses
-        yield CounterMetricFamily("cache_errors", "Shared cache operations that failed",
-                                  value=self.cache_errors)
-        yield CounterMetricFamily("db_queries", "Database queries run by the order query",
-                                  value=self.db_queries)
+        yield CounterMetricFamily(
+            "cache_errors", "Shared cache operations that failed", value=self.cache_errors
+        )
+        yield CounterMetricFamily(
+            "db_queries", "Database queries run by the order query", value=self.db_queries
+        )
         yield CounterMetricFamily("db_rows", "Rows the order query read", value=self.db_rows)
-        yield CounterMetricFamily("deadline_exceeded", "Requests answered 504 at their deadline",
-                                  value=self.deadline_exceeded)
-        yield GaugeMetricFamily("event_loop_lag_seconds", "Latest measured event-loop lag",
-                                value=self.loop_lag)
-        yield GaugeMetricFamily("asyncio_tasks", "Live asyncio tasks",
-                                value=len(asyncio.all_tasks()))
+        yield CounterMetricFamily(
+            "deadline_exceeded",
+            "Requests answered 504 at their deadline",
+            value=self.deadline_exceeded,
+        )
+        yield GaugeMetricFamily(
+            "event_loop_lag_seconds", "Latest measured event-loop lag", value=self.loop_lag
+        )
+        yield GaugeMetricFamily(
+            "asyncio_tasks", "Live asyncio tasks", value=len(asyncio.all_tasks())
+        )
         for name, (doc, read) in sorted(self.gauges.items()):
             yield GaugeMetricFamily(name, doc, value=read())
-        yield GaugeMetricFamily("process_start_time_seconds", "Start time of the process",
-                                value=_STARTED)
+        yield GaugeMetricFamily(
+            "process_start_time_seconds", "Start time of the process", value=_STARTED
+        )
 
     def render(self) -> bytes:
         return generate_latest(self.registry)

@@ -27,23 +27,31 @@ PROBLEM_TYPES = {
 
 
 def _problem(description: str) -> dict[str, Any]:
-    return {"description": description,
-            "content": {"application/problem+json": {"schema": {"$ref": "#/components/schemas/Problem"}}}}
+    return {
+        "description": description,
+        "content": {
+            "application/problem+json": {"schema": {"$ref": "#/components/schemas/Problem"}}
+        },
+    }
 
 
 def _json(description: str, ref: str) -> dict[str, Any]:
-    return {"description": description,
-            "content": {"application/json": {"schema": {"$ref": f"#/components/schemas/{ref}"}}}}
+    return {
+        "description": description,
+        "content": {"application/json": {"schema": {"$ref": f"#/components/schemas/{ref}"}}},
+    }
 
 
-_BEARER = [{"bearer": []}]
+_BEARER: list[dict[str, list[str]]] = [{"bearer": []}]
 
 DOCUMENT: dict[str, Any] = {
     "openapi": "3.1.0",
-    "info": {"title": "Surge", "version": "0.1.0",
-             "description": "Flash sales and real-time feeds. Errors are RFC 9457 problems; "
-                            "problem types: " + "; ".join(f"/problems/{k}: {v}"
-                                                          for k, v in PROBLEM_TYPES.items())},
+    "info": {
+        "title": "Surge",
+        "version": "0.1.0",
+        "description": "Flash sales and real-time feeds. Errors are RFC 9457 problems; "
+        "problem types: " + "; ".join(f"/problems/{k}: {v}" for k, v in PROBLEM_TYPES.items()),
+    },
     "components": {
         "securitySchemes": {"bearer": {"type": "http", "scheme": "bearer", "bearerFormat": "JWT"}},
         "schemas": {
@@ -70,48 +78,92 @@ DOCUMENT: dict[str, Any] = {
                     "detail": {"type": "string"},
                 },
             },
-            "Health": {"type": "object", "required": ["status"],
-                       "properties": {"status": {"type": "string"},
-                                      "checks": {"type": "object",
-                                                 "additionalProperties": {"type": "string"}}}},
-            "Tasks": {"type": "object", "required": ["total", "by_coroutine"],
-                      "properties": {"total": {"type": "integer"},
-                                     "by_coroutine": {"type": "object",
-                                                      "additionalProperties": {"type": "integer"}}}},
+            "Health": {
+                "type": "object",
+                "required": ["status"],
+                "properties": {
+                    "status": {"type": "string"},
+                    "checks": {"type": "object", "additionalProperties": {"type": "string"}},
+                },
+            },
+            "Tasks": {
+                "type": "object",
+                "required": ["total", "by_coroutine"],
+                "properties": {
+                    "total": {"type": "integer"},
+                    "by_coroutine": {"type": "object", "additionalProperties": {"type": "integer"}},
+                },
+            },
         },
     },
     "paths": {
-        "/orders/{id}": {"get": {
-            "summary": "One order, to its owner or an admin",
-            "security": _BEARER,
-            "parameters": [{"name": "id", "in": "path", "required": True,
-                            "schema": {"type": "integer", "minimum": 1,
-                                       "maximum": 9223372036854775807}}],
-            "responses": {
-                "200": _json("the order", "Order"),
-                "400": _problem("bad id"),
-                "401": _problem("missing or invalid token"),
-                "404": _problem("no such order, or someone else's"),
-                "503": _problem("the database is unavailable"),
-                "504": _problem("deadline exceeded"),
-            },
-        }},
-        "/healthz": {"get": {"summary": "Liveness: the process answers",
-                             "responses": {"200": _json("alive", "Health")}}},
-        "/readyz": {"get": {"summary": "Readiness: not draining and every dependency reachable",
-                            "responses": {"200": _json("ready", "Health"),
-                                          "503": _json("not ready", "Health")}}},
-        "/metrics": {"get": {"summary": "Prometheus metrics",
-                             "responses": {"200": {"description": "exposition format",
-                                                   "content": {"text/plain": {"schema": {"type": "string"}}}}}}},
-        "/openapi.json": {"get": {"summary": "This document",
-                                  "responses": {"200": {"description": "OpenAPI 3.1",
-                                                        "content": {"application/json": {"schema": {"type": "object"}}}}}}},
-        "/debug/tasks": {"get": {"summary": "Live asyncio tasks by coroutine (admin)",
-                                 "security": _BEARER,
-                                 "responses": {"200": _json("task counts", "Tasks"),
-                                               "401": _problem("missing or invalid token"),
-                                               "403": _problem("not an admin")}}},
+        "/orders/{id}": {
+            "get": {
+                "summary": "One order, to its owner or an admin",
+                "security": _BEARER,
+                "parameters": [
+                    {
+                        "name": "id",
+                        "in": "path",
+                        "required": True,
+                        "schema": {"type": "integer", "minimum": 1, "maximum": 9223372036854775807},
+                    }
+                ],
+                "responses": {
+                    "200": _json("the order", "Order"),
+                    "400": _problem("bad id"),
+                    "401": _problem("missing or invalid token"),
+                    "404": _problem("no such order, or someone else's"),
+                    "503": _problem("the database is unavailable"),
+                    "504": _problem("deadline exceeded"),
+                },
+            }
+        },
+        "/healthz": {
+            "get": {
+                "summary": "Liveness: the process answers",
+                "responses": {"200": _json("alive", "Health")},
+            }
+        },
+        "/readyz": {
+            "get": {
+                "summary": "Readiness: not draining and every dependency reachable",
+                "responses": {"200": _json("ready", "Health"), "503": _json("not ready", "Health")},
+            }
+        },
+        "/metrics": {
+            "get": {
+                "summary": "Prometheus metrics",
+                "responses": {
+                    "200": {
+                        "description": "exposition format",
+                        "content": {"text/plain": {"schema": {"type": "string"}}},
+                    }
+                },
+            }
+        },
+        "/openapi.json": {
+            "get": {
+                "summary": "This document",
+                "responses": {
+                    "200": {
+                        "description": "OpenAPI 3.1",
+                        "content": {"application/json": {"schema": {"type": "object"}}},
+                    }
+                },
+            }
+        },
+        "/debug/tasks": {
+            "get": {
+                "summary": "Live asyncio tasks by coroutine (admin)",
+                "security": _BEARER,
+                "responses": {
+                    "200": _json("task counts", "Tasks"),
+                    "401": _problem("missing or invalid token"),
+                    "403": _problem("not an admin"),
+                },
+            }
+        },
     },
 }
 

@@ -4,14 +4,17 @@ The whole path, as a request sees it:
 1. `handle`: token (cached verification), id check, near-cache lookup. A near-cache hit
    answers synchronously with a response encoded when the entry was filled: no Task, no
    await, no I/O. Everything below runs only on a near-cache miss.
-2. `_slow`: the request's deadline starts; past it the client gets 504 and its share of
-   the work is cancelled.
-3. `_flight`: single-flight; every request for an id already being loaded waits on the
-   same load, so a stampede on one id costs one shared-cache read and at most one query.
-4. `_fetch`: the shared cache (reads of one loop turn batched into one MGET), then the
-   database (ids of one loop turn batched into one SELECT ... IN), under the pool bound.
-5. The result fills the near cache at once and the shared cache in the background
-   (`set_soon`, TTL with jitter); a not-found is cached too, briefly (negative caching).
+2. `_wait`: the request joins the flight of its id (single-flight: however many requests
+   want one id, it is looked up once) and gets a future plus a deadline timer. Past the
+   deadline the future is answered 504 at once. A miss costs one Future and one timer,
+   not a Task: the server completes the response from the future's callback.
+3. `_lookup`, once per event-loop turn for every id that turn asked for: one MGET on
+   the shared cache, then one `SELECT ... WHERE id IN (...)` for the ids still missing,
+   with at most `db_pool_size` queries at once. Ids whose waiters have all given up
+   before their query starts are dropped (the work is cancelled); a query already running
+   completes and fills the caches, so a deadline storm cannot starve them.
+4. `_fill`: the result goes into the near cache at once and into the shared cache in the
+   background (`set_soon`, TTL with jitter); a not-found is cached too, briefly.
 """
 
 from __future__ import annotations
@@ -20,13 +23,12 @@ import asyncio
 import logging
 import random
 import time
-from collections.abc import Awaitable
 
 import orjson
 
 from surge.auth import Authenticator
 from surge.config import Settings
-from surge.http.response import Problem, Response, problem_response
+from surge.http.response import Problem, Response, problem_response, response
 from surge.http.server import Request
 from surge.metrics import Metrics
 from surge.types import Bus, Cache, Order, Store
@@ -37,17 +39,16 @@ INVALIDATE_CHANNEL = "orders.invalidate"
 MAX_ID = 2**63 - 1
 NOT_FOUND = problem_response(404, "order-not-found", "no such order")
 NEGATIVE = b""  # the shared-cache value of an id known not to exist
+UNAVAILABLE = problem_response(
+    503, "unavailable", "the order store is unavailable", (("retry-after", "1"),)
+)
+MAX_BATCH = 500
 
 
-class Entry:
-    """A near-cache entry: the owner and the encoded 200 (owner None: known absent)."""
-
-    __slots__ = ("expires", "owner", "response")
-
-    def __init__(self, owner: str | None, response: Response | None, expires: float) -> None:
-        self.owner = owner
-        self.response = response
-        self.expires = expires
+# A near-cache entry: (owner, encoded 200, refresh_at, expires); owner None = known absent.
+# A plain tuple so the GC can untrack it (see surge.http.response).
+Entry = tuple[str | None, Response | None, float, float]
+REFRESH_AT = 0.75  # of the near TTL: a hit on an older entry refreshes it in the background
 
 
 class NearCache:
@@ -60,17 +61,21 @@ class NearCache:
 
     def get(self, key: int) -> Entry | None:
         entry = self._data.get(key)
-        if entry is not None and entry.expires < time.monotonic():
+        if entry is not None and entry[3] < time.monotonic():
             del self._data[key]
             return None
         return entry
 
-    def put(self, key: int, entry: Entry) -> None:
+    def put(self, key: int, owner: str | None, found: Response | None, ttl: float) -> Entry:
+        now = time.monotonic()
+        ttl = min(ttl, self.ttl)
+        entry = (owner, found, now + ttl * REFRESH_AT if found else now + ttl, now + ttl)
         data = self._data
         data.pop(key, None)
         if len(data) >= self._max:
             del data[next(iter(data))]
         data[key] = entry
+        return entry
 
     def drop(self, key: int) -> None:
         self._data.pop(key, None)
@@ -93,114 +98,198 @@ def parse_order_id(text: str) -> int:
 
 
 def encode_order(order: Order) -> bytes:
-    return orjson.dumps({
-        "id": order.id,
-        "sale_id": order.sale_id,
-        "user_id": order.user_id,
-        "quantity": order.quantity,
-        "status": order.status,
-        "created_at": order.created_at.isoformat().replace("+00:00", "Z"),
-    })
+    return orjson.dumps(
+        {
+            "id": order.id,
+            "sale_id": order.sale_id,
+            "user_id": order.user_id,
+            "quantity": order.quantity,
+            "status": order.status,
+            "created_at": order.created_at.isoformat().replace("+00:00", "Z"),
+        }
+    )
+
+
+class Flight:
+    """Every request waiting for one id, and whether its lookup has reached the database."""
+
+    __slots__ = ("live", "order_id", "started", "waiters")
+
+    def __init__(self, order_id: int) -> None:
+        self.order_id = order_id
+        self.waiters: list[tuple[asyncio.Future[Response], str, bool, asyncio.TimerHandle]] = []
+        self.live = 0
+        self.started = False
 
 
 class OrderQuery:
-    def __init__(self, settings: Settings, auth: Authenticator, cache: Cache, store: Store,
-                 bus: Bus, metrics: Metrics) -> None:
+    def __init__(
+        self,
+        settings: Settings,
+        auth: Authenticator,
+        cache: Cache,
+        store: Store,
+        bus: Bus,
+        metrics: Metrics,
+    ) -> None:
         self._auth = auth
         self._cache = cache
         self._store = store
         self._bus = bus
         self._metrics = metrics
         self._deadline = settings.deadline
+        self._deadline_response = problem_response(
+            504, "deadline-exceeded", f"no answer within {settings.deadline_ms} ms"
+        )
         self._ttl = settings.cache_ttl
         self._jitter = settings.cache_jitter
         self._negative_ttl = settings.negative_ttl
         self.near = NearCache(settings.near_cache_size, settings.near_cache_ttl)
-        self._flights: dict[int, tuple[asyncio.Task[Entry], list[int]]] = {}
-        self._db = BatchLoader(store, metrics)
+        self._flights: dict[int, Flight] = {}
+        self._queue: list[Flight] = []
+        self._db_slots = asyncio.Semaphore(store.size)
+        self._tasks: set[asyncio.Task[None]] = set()
 
     async def start(self) -> None:
+        self._loop = asyncio.get_running_loop()
         await self._bus.subscribe(INVALIDATE_CHANNEL, self._on_invalidate)
 
+    async def close(self) -> None:
+        for task in list(self._tasks):
+            task.cancel()
+        await asyncio.gather(*self._tasks, return_exceptions=True)
+
     # -- the request path ---------------------------------------------------------------------
-    def handle(self, request: Request) -> Response | Awaitable[Response]:
+    def handle(self, request: Request) -> Response | asyncio.Future[Response]:
         user = self._auth.user(request.headers.get(b"authorization"))
         order_id = parse_order_id(request.params["id"])
         entry = self.near.get(order_id)
         if entry is None:
             self._metrics.cache_misses["near"] += 1
-            return self._slow(order_id, user.id, user.admin)
+            return self._wait(order_id, user.id, user.admin)
         self._metrics.cache_hits["near"] += 1
+        if entry[2] < time.monotonic():
+            self._refresh(order_id)  # ageing: answer from it, reload it behind the scenes
         return _answer(entry, user.id, user.admin)
 
-    async def _slow(self, order_id: int, user_id: str, admin: bool) -> Response:
-        try:
-            async with asyncio.timeout(self._deadline):
-                entry = await self._flight(order_id)
-        except TimeoutError:
-            self._metrics.deadline_exceeded += 1
-            raise Problem(504, "deadline-exceeded",
-                          f"no answer within {self._deadline * 1000:.0f} ms") from None
-        except Exception as exc:  # the database failed (the cache already degraded to it)
-            log.warning("order %d: database read failed: %s", order_id, exc)
-            raise Problem(503, "unavailable", "the order store is unavailable",
-                          (("retry-after", "1"),)) from None
-        return _answer(entry, user_id, admin)
-
-    async def _flight(self, order_id: int) -> Entry:
-        """Joins (or starts) the one load of this id; the last waiter to leave cancels it."""
+    def _wait(self, order_id: int, user_id: str, admin: bool) -> asyncio.Future[Response]:
+        loop = self._loop
         flight = self._flights.get(order_id)
         if flight is None:
-            task = asyncio.get_running_loop().create_task(self._fetch(order_id))
-            flight = self._flights[order_id] = (task, [0])
-            task.add_done_callback(lambda _: self._flights.pop(order_id, None))
-        task, waiters = flight
-        waiters[0] += 1
-        try:
-            return await asyncio.shield(task)
-        finally:
-            waiters[0] -= 1
-            if waiters[0] == 0 and not task.done():
-                task.cancel()  # nobody wants it any more: abandon the Redis/DB work
+            flight = self._flights[order_id] = Flight(order_id)
+            self._queue.append(flight)
+            if len(self._queue) == 1:
+                loop.call_soon(self._dispatch)
+        waiter: asyncio.Future[Response] = loop.create_future()
+        timer = loop.call_later(self._deadline, self._expire, waiter, flight)
+        flight.waiters.append((waiter, user_id, admin, timer))
+        flight.live += 1
+        return waiter
 
-    async def _fetch(self, order_id: int) -> Entry:
-        key = f"order:{order_id}"
+    def _refresh(self, order_id: int) -> None:
+        if order_id in self._flights:
+            return
+        flight = self._flights[order_id] = Flight(order_id)
+        flight.live = 1  # nobody waits, but the lookup must not be skipped
+        self._queue.append(flight)
+        if len(self._queue) == 1:
+            self._loop.call_soon(self._dispatch)
+
+    def _expire(self, waiter: asyncio.Future[Response], flight: Flight) -> None:
+        if waiter.done():
+            return
+        self._metrics.deadline_exceeded += 1
+        waiter.set_result(self._deadline_response)
+        flight.live -= 1
+        if flight.live == 0 and not flight.started and self._flights.get(flight.order_id) is flight:
+            del self._flights[flight.order_id]  # nobody waits: the lookup is skipped
+
+    def _dispatch(self) -> None:
+        batch, self._queue = self._queue, []
+        for start in range(0, len(batch), MAX_BATCH):
+            task = self._loop.create_task(self._lookup(batch[start : start + MAX_BATCH]))
+            self._tasks.add(task)
+            task.add_done_callback(self._tasks.discard)
+
+    async def _lookup(self, batch: list[Flight]) -> None:
         metrics = self._metrics
+        batch = [f for f in batch if f.live]
+        if not batch:
+            return
         try:
-            cached = await self._cache.get(key)
-        except Exception as exc:  # Redis trouble: degrade to the database
+            values = await self._cache.get_many([f"order:{f.order_id}" for f in batch])
+        except Exception as exc:  # Redis trouble: degrade to the database, skip the fill
             metrics.cache_errors += 1
             log.debug("shared cache read failed: %s", exc)
-            cached = None
-            fill_shared = False
+            values, fill_shared = [None] * len(batch), False
         else:
             fill_shared = True
-        if cached is not None:
-            metrics.cache_hits["shared"] += 1
-            entry = self._entry_from_bytes(cached)
-            self.near.put(order_id, entry)
-            return entry
-        metrics.cache_misses["shared"] += 1
-        order = await self._db.load(order_id)
+        missing = []
+        for flight, value in zip(batch, values, strict=True):
+            if value is None:
+                missing.append(flight)
+            else:
+                self._resolve(flight, self._entry_from_bytes(flight.order_id, value))
+        metrics.cache_hits["shared"] += len(batch) - len(missing)
+        metrics.cache_misses["shared"] += len(missing)
+        if not missing:
+            return
+        async with self._db_slots:
+            missing = [f for f in missing if f.live]  # all waiters gone: cancelled
+            if not missing:
+                return
+            for flight in missing:
+                flight.started = True
+            try:
+                found = await self._store.get_orders([f.order_id for f in missing])
+            except Exception as exc:
+                log.warning("order lookup failed: %s", exc)
+                for flight in missing:
+                    self._fail(flight)
+                return
+        metrics.db_queries += 1
+        metrics.db_rows += len(found)
+        for flight in missing:
+            self._resolve(
+                flight, self._fill(flight.order_id, found.get(flight.order_id), fill_shared)
+            )
+
+    def _resolve(self, flight: Flight, entry: Entry) -> None:
+        if self._flights.get(flight.order_id) is flight:
+            del self._flights[flight.order_id]
+        for waiter, user_id, admin, timer in flight.waiters:
+            if not waiter.done():
+                timer.cancel()
+                waiter.set_result(_answer(entry, user_id, admin))
+
+    def _fail(self, flight: Flight) -> None:
+        if self._flights.get(flight.order_id) is flight:
+            del self._flights[flight.order_id]
+        for waiter, _, _, timer in flight.waiters:
+            if not waiter.done():
+                timer.cancel()
+                waiter.set_result(UNAVAILABLE)
+
+    def _fill(self, order_id: int, order: Order | None, fill_shared: bool) -> Entry:
+        """Caches a database answer: near cache now, shared cache in the background."""
         if order is None:
-            entry = Entry(None, None, time.monotonic() + min(self._negative_ttl, self.near.ttl))
+            entry = self.near.put(order_id, None, None, self._negative_ttl)
             body = NEGATIVE
             ttl = self._negative_ttl
         else:
             body = encode_order(order)
-            entry = Entry(order.user_id, Response(200, body), time.monotonic() + self.near.ttl)
+            entry = self.near.put(order_id, order.user_id, response(200, body), self.near.ttl)
             ttl = self._ttl * (1.0 + random.uniform(-self._jitter, self._jitter))
-        self.near.put(order_id, entry)
         if fill_shared and ttl > 0:
-            self._cache.set_soon(key, body, ttl)
+            self._cache.set_soon(f"order:{order_id}", body, ttl)
         return entry
 
-    def _entry_from_bytes(self, value: bytes) -> Entry:
-        now = time.monotonic()
+    def _entry_from_bytes(self, order_id: int, value: bytes) -> Entry:
         if value == NEGATIVE:
-            return Entry(None, None, now + min(self._negative_ttl, self.near.ttl))
-        owner = orjson.loads(value)["user_id"]
-        return Entry(owner, Response(200, value), now + self.near.ttl)
+            return self.near.put(order_id, None, None, self._negative_ttl)
+        return self.near.put(
+            order_id, orjson.loads(value)["user_id"], response(200, value), self.near.ttl
+        )
 
     # -- writes elsewhere call this -----------------------------------------------------------
     async def invalidate(self, order_id: int) -> None:
@@ -217,63 +306,7 @@ class OrderQuery:
 
 
 def _answer(entry: Entry, user_id: str, admin: bool) -> Response:
-    if entry.response is None or (entry.owner != user_id and not admin):
+    owner, found, _, _ = entry
+    if found is None or (owner != user_id and not admin):
         return NOT_FOUND  # someone else's order is indistinguishable from a missing one
-    return entry.response
-
-
-class BatchLoader:
-    """Collects the ids asked for in one loop turn and reads them with one query.
-
-    A batch's query is cancelled when every request waiting on it has gone (deadline).
-    """
-
-    MAX_BATCH = 500
-
-    def __init__(self, store: Store, metrics: Metrics) -> None:
-        self._store = store
-        self._metrics = metrics
-        self._pending: dict[int, asyncio.Future[Order | None]] = {}
-
-    def load(self, order_id: int) -> asyncio.Future[Order | None]:
-        future = self._pending.get(order_id)
-        if future is None:
-            loop = asyncio.get_running_loop()
-            future = self._pending[order_id] = loop.create_future()
-            if len(self._pending) == 1:
-                loop.call_soon(self._dispatch)
-        return future
-
-    def _dispatch(self) -> None:
-        pending, self._pending = self._pending, {}
-        items = list(pending.items())
-        for start in range(0, len(items), self.MAX_BATCH):
-            batch = dict(items[start:start + self.MAX_BATCH])
-            task = asyncio.get_running_loop().create_task(self._run(batch))
-            live = [len(batch)]
-
-            def gone(future: asyncio.Future[Order | None], task: asyncio.Task[None] = task,
-                     live: list[int] = live) -> None:
-                if future.cancelled():
-                    live[0] -= 1
-                    if live[0] == 0:
-                        task.cancel()
-
-            for future in batch.values():
-                future.add_done_callback(gone)
-
-    async def _run(self, batch: dict[int, asyncio.Future[Order | None]]) -> None:
-        try:
-            found = await self._store.get_orders(list(batch))
-        except asyncio.CancelledError:
-            raise
-        except Exception as exc:
-            for future in batch.values():
-                if not future.done():
-                    future.set_exception(exc)
-            return
-        self._metrics.db_queries += 1
-        self._metrics.db_rows += len(found)
-        for order_id, future in batch.items():
-            if not future.done():
-                future.set_result(found.get(order_id))
+    return found

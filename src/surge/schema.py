@@ -15,7 +15,8 @@ metadata = sa.MetaData()
 Id = sa.BigInteger().with_variant(sa.Integer(), "sqlite")
 
 sales = sa.Table(
-    "sales", metadata,
+    "sales",
+    metadata,
     sa.Column("id", Id, primary_key=True, autoincrement=True),
     sa.Column("name", sa.String(200), nullable=False),
     sa.Column("stock", sa.Integer, nullable=False),
@@ -26,7 +27,8 @@ sales = sa.Table(
 )
 
 orders = sa.Table(
-    "orders", metadata,
+    "orders",
+    metadata,
     sa.Column("id", Id, primary_key=True, autoincrement=True),
     sa.Column("sale_id", Id, sa.ForeignKey("sales.id"), nullable=False),
     sa.Column("user_id", sa.String(64), nullable=False),

@@ -18,13 +18,17 @@ class Backends:
     redis: bool  # the shared layers are Redis (False: in-process)
 
 
-async def open_backends(settings: Settings, stack: contextlib.AsyncExitStack,
-                        on_cache_error: Callable[[Exception], None] | None = None) -> Backends:
+async def open_backends(
+    settings: Settings,
+    stack: contextlib.AsyncExitStack,
+    on_cache_error: Callable[[Exception], None] | None = None,
+) -> Backends:
     """Opens cache, bus and store; `stack` closes them in reverse order."""
     from surge.backends.sql import SqlStore, create_engine
 
-    store = SqlStore(create_engine(settings.database_url, settings.db_pool_size),
-                     settings.db_pool_size)
+    store = SqlStore(
+        create_engine(settings.database_url, settings.db_pool_size), settings.db_pool_size
+    )
     stack.push_async_callback(store.close)
 
     if settings.redis_url is None:

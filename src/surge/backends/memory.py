@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import time
 from collections import defaultdict
+from collections.abc import Sequence
 
 from surge.types import Handler
 
@@ -15,14 +16,16 @@ class MemoryCache:
         self._data: dict[str, tuple[bytes, float]] = {}
         self._max = max_entries
 
-    async def get(self, key: str) -> bytes | None:
-        item = self._data.get(key)
-        if item is None:
-            return None
-        if item[1] <= time.monotonic():
-            self._data.pop(key, None)
-            return None
-        return item[0]
+    async def get_many(self, keys: Sequence[str]) -> list[bytes | None]:
+        now = time.monotonic()
+        values: list[bytes | None] = []
+        for key in keys:
+            item = self._data.get(key)
+            if item is not None and item[1] <= now:
+                del self._data[key]
+                item = None
+            values.append(None if item is None else item[0])
+        return values
 
     async def set(self, key: str, value: bytes, ttl: float) -> None:
         self.set_soon(key, value, ttl)

@@ -1,6 +1,6 @@
 """Redis cache and pub/sub.
 
-Reads that arrive in the same event-loop turn are sent as one MGET, and cache fills as one
+Callers read many keys at once (MGET) and fills of one event-loop turn go out as one
 pipeline: under load a few hundred concurrent misses cost one round trip instead of a few
 hundred (the client's per-command cost, not Redis, is the bottleneck in Python).
 """
@@ -10,7 +10,7 @@ from __future__ import annotations
 import asyncio
 import logging
 from collections import defaultdict
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Sequence
 
 from redis import asyncio as aioredis
 from redis.asyncio.client import PubSub
@@ -19,51 +19,38 @@ from surge.types import Handler
 
 log = logging.getLogger("surge.redis")
 
-MAX_BATCH = 512
-
 
 def connect(url: str, pool_size: int, timeout: float = 2.0) -> aioredis.Redis:
     """A client whose pool waits (up to `timeout`) for a free connection instead of failing."""
     pool = aioredis.BlockingConnectionPool.from_url(
-        url, max_connections=pool_size, timeout=timeout, socket_connect_timeout=timeout,
-        socket_timeout=timeout, health_check_interval=30)
+        url,
+        max_connections=pool_size,
+        timeout=timeout,
+        socket_connect_timeout=timeout,
+        socket_timeout=timeout,
+        health_check_interval=30,
+    )
     return aioredis.Redis(connection_pool=pool)
 
 
 class RedisCache:
-    def __init__(self, client: aioredis.Redis, prefix: str,
-                 on_error: Callable[[Exception], None] | None = None) -> None:
+    def __init__(
+        self,
+        client: aioredis.Redis,
+        prefix: str,
+        on_error: Callable[[Exception], None] | None = None,
+    ) -> None:
         self._client = client
         self._prefix = prefix
         self._on_error = on_error
-        self._gets: list[tuple[str, asyncio.Future[bytes | None]]] = []
         self._sets: list[tuple[str, bytes, int]] = []
         self._tasks: set[asyncio.Task[None]] = set()
 
-    def get(self, key: str) -> Awaitable[bytes | None]:
-        loop = asyncio.get_running_loop()
-        future: asyncio.Future[bytes | None] = loop.create_future()
-        self._gets.append((self._prefix + key, future))
-        if len(self._gets) == 1:
-            loop.call_soon(self._flush_gets)
-        return future
-
-    def _flush_gets(self) -> None:
-        batch, self._gets = self._gets, []
-        for start in range(0, len(batch), MAX_BATCH):
-            self._spawn(self._mget(batch[start:start + MAX_BATCH]))
-
-    async def _mget(self, batch: list[tuple[str, asyncio.Future[bytes | None]]]) -> None:
-        try:
-            values = await self._client.mget([key for key, _ in batch])
-        except Exception as exc:
-            for _, future in batch:
-                if not future.done():
-                    future.set_exception(exc)
-            return
-        for (_, future), value in zip(batch, values, strict=True):
-            if not future.done():
-                future.set_result(value)
+    async def get_many(self, keys: Sequence[str]) -> list[bytes | None]:
+        if not keys:
+            return []
+        values = await self._client.mget([self._prefix + k for k in keys])
+        return values  # type: ignore[return-value]  # bytes: decode_responses is off
 
     async def set(self, key: str, value: bytes, ttl: float) -> None:
         await self._client.set(self._prefix + key, value, px=max(1, int(ttl * 1000)))
@@ -172,4 +159,4 @@ class RedisBus:
             self._reader.cancel()
             await asyncio.gather(self._reader, return_exceptions=True)
         if self._pubsub is not None:
-            await self._pubsub.aclose()
+            await self._pubsub.aclose()  # type: ignore[no-untyped-call]

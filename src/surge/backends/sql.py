@@ -1,13 +1,12 @@
 """The SQL store on SQLAlchemy's async engine: SQLite, MariaDB/MySQL or PostgreSQL.
 
-Concurrency is bounded by a semaphore the size of the pool, so a request waits for a
-connection at most until its own deadline cancels it (the pool itself never times out
-first) and the pool gauge is exact.
+The pool holds `pool_size` connections and no overflow; callers bound their own
+concurrency below it (the order query's BatchLoader), so a request waits for a
+connection at most until its own deadline cancels it.
 """
 
 from __future__ import annotations
 
-import asyncio
 from collections.abc import Sequence
 from datetime import UTC
 from typing import Any
@@ -37,12 +36,11 @@ def engine_url(url: str) -> sa.URL:
 
 def create_engine(url: str, pool_size: int) -> AsyncEngine:
     target = engine_url(url)
-    kwargs: dict[str, Any] = {}
+    kwargs: dict[str, Any] = {"pool_size": pool_size, "max_overflow": 0}
     if target.get_backend_name() == "sqlite":
         kwargs["connect_args"] = {"timeout": 30}
     else:
-        kwargs.update(pool_size=pool_size, max_overflow=0, pool_pre_ping=True,
-                      pool_recycle=1800)
+        kwargs.update(pool_pre_ping=True, pool_recycle=1800)
     engine = create_async_engine(target, **kwargs)
     if target.get_backend_name() == "sqlite":
         sa.event.listen(engine.sync_engine, "connect", _sqlite_pragmas)
@@ -59,21 +57,26 @@ def _sqlite_pragmas(dbapi_conn: Any, _record: Any) -> None:
     cursor.close()
 
 
-_SELECT_ORDERS = sa.select(orders.c.id, orders.c.sale_id, orders.c.user_id, orders.c.quantity,
-                           orders.c.status, orders.c.created_at)
+_SELECT_ORDERS = sa.select(
+    orders.c.id,
+    orders.c.sale_id,
+    orders.c.user_id,
+    orders.c.quantity,
+    orders.c.status,
+    orders.c.created_at,
+)
 
 
 class SqlStore:
     def __init__(self, engine: AsyncEngine, pool_size: int) -> None:
         self.engine = engine
         self._size = pool_size
-        self._slots = asyncio.Semaphore(pool_size)
-        self._in_use = 0
-        self.queries = 0
 
     @property
     def in_use(self) -> int:
-        return self._in_use
+        pool = self.engine.sync_engine.pool
+        checked_out = getattr(pool, "checkedout", None)
+        return int(checked_out()) if checked_out is not None else 0
 
     @property
     def size(self) -> int:
@@ -81,16 +84,12 @@ class SqlStore:
 
     async def get_orders(self, ids: Sequence[int]) -> dict[int, Order]:
         query = _SELECT_ORDERS.where(orders.c.id.in_(list(ids)))
-        async with self._slots:
-            self._in_use += 1
-            try:
-                self.queries += 1
-                async with self.engine.connect() as conn:
-                    rows = (await conn.execute(query)).all()
-            finally:
-                self._in_use -= 1
-        return {row[0]: Order(row[0], row[1], row[2], row[3], row[4],
-                              row[5].replace(tzinfo=UTC)) for row in rows}
+        async with self.engine.connect() as conn:
+            rows = (await conn.execute(query)).all()
+        return {
+            row[0]: Order(row[0], row[1], row[2], row[3], row[4], row[5].replace(tzinfo=UTC))
+            for row in rows
+        }
 
     async def ping(self) -> None:
         async with self.engine.connect() as conn:

@@ -5,11 +5,11 @@ from __future__ import annotations
 import asyncio
 import time
 from collections import Counter
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 
 from surge import openapi
 from surge.auth import Authenticator
-from surge.http.response import Problem, Response, json_response
+from surge.http.response import Problem, Response, json_response, response
 from surge.http.router import Router
 from surge.http.server import Request
 from surge.metrics import CONTENT_TYPE, Metrics
@@ -19,11 +19,11 @@ PROBE_TIMEOUT = 1.0
 PROBE_CACHE = 0.5  # seconds a readiness verdict is reused: probes must not load Redis/DB
 
 _ALIVE = json_response(200, {"status": "ok"})
-_OPENAPI = Response(200, openapi.ENCODED)
+_OPENAPI = response(200, openapi.ENCODED)
 
 
 class Readiness:
-    def __init__(self, probes: dict[str, Probe], draining: Callable[[], bool]) -> None:
+    def __init__(self, probes: Mapping[str, Probe], draining: Callable[[], bool]) -> None:
         self._probes = probes
         self._draining = draining
         self._verdict: tuple[float, Response] | None = None
@@ -36,12 +36,17 @@ class Readiness:
             verdict = self._verdict
             if verdict is not None and time.monotonic() - verdict[0] < PROBE_CACHE:
                 return verdict[1]
-            checks = dict(zip(self._probes, await asyncio.gather(
-                *(self._run(p) for p in self._probes.values())), strict=True))
+            checks = dict(
+                zip(
+                    self._probes,
+                    await asyncio.gather(*(self._run(p) for p in self._probes.values())),
+                    strict=True,
+                )
+            )
             ok = all(v == "ok" for v in checks.values())
-            response = json_response(200 if ok else 503,
-                                     {"status": "ready" if ok else "unavailable",
-                                      "checks": checks})
+            response = json_response(
+                200 if ok else 503, {"status": "ready" if ok else "unavailable", "checks": checks}
+            )
             self._verdict = (time.monotonic(), response)
             return response
 
@@ -66,8 +71,7 @@ def task_counts() -> dict[str, object]:
     return {"total": sum(names.values()), "by_coroutine": dict(names.most_common())}
 
 
-def add_routes(router: Router, metrics: Metrics, readiness: Readiness,
-               auth: Authenticator) -> None:
+def add_routes(router: Router, metrics: Metrics, readiness: Readiness, auth: Authenticator) -> None:
     def tasks(request: Request) -> Response:
         user = auth.user(request.headers.get(b"authorization"))
         if not user.admin:
@@ -76,7 +80,8 @@ def add_routes(router: Router, metrics: Metrics, readiness: Readiness,
 
     router.add("GET", "/healthz", lambda _request: _ALIVE)
     router.add("GET", "/readyz", readiness.check)
-    router.add("GET", "/metrics", lambda _request: Response(
-        200, metrics.render(), CONTENT_TYPE.encode()))
+    router.add(
+        "GET", "/metrics", lambda _request: response(200, metrics.render(), CONTENT_TYPE.encode())
+    )
     router.add("GET", "/openapi.json", lambda _request: _OPENAPI)
     router.add("GET", "/debug/tasks", tasks)

@@ -17,6 +17,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import os
+import re
 import socket
 import time
 from collections import deque
@@ -37,15 +38,36 @@ MAX_PIPELINE = 16
 # Slowloris guard: a connection in the middle of a request may stay silent this long.
 REQUEST_TIMEOUT = 10.0
 
+# An incoming X-Request-ID is kept if it is short and plain; otherwise we make one.
+_REQUEST_ID = re.compile(rb"[A-Za-z0-9._:-]{1,128}")
+
 Observer = Callable[[str, str, int, float], None]
 
 
 class Request:
-    __slots__ = ("body", "client", "headers", "method", "params", "path", "query",
-                 "request_id", "route", "started")
+    __slots__ = (
+        "body",
+        "client",
+        "headers",
+        "method",
+        "params",
+        "path",
+        "query",
+        "request_id",
+        "route",
+        "started",
+    )
 
-    def __init__(self, method: str, path: str, query: str, headers: dict[bytes, bytes],
-                 body: bytes, client: str, request_id: bytes) -> None:
+    def __init__(
+        self,
+        method: str,
+        path: str,
+        query: str,
+        headers: dict[bytes, bytes],
+        body: bytes,
+        client: str,
+        request_id: bytes,
+    ) -> None:
         self.method = method
         self.path = path
         self.query = query
@@ -61,8 +83,9 @@ class Request:
 class ServerState:
     """Shared by every connection of one process: the app, the clock and the drain flags."""
 
-    def __init__(self, router: Router, observe: Observer, keepalive_timeout: float,
-                 max_body: int) -> None:
+    def __init__(
+        self, router: Router, observe: Observer, keepalive_timeout: float, max_body: int
+    ) -> None:
         self.router = router
         self.observe = observe
         self.keepalive_timeout = keepalive_timeout
@@ -89,9 +112,22 @@ class ServerState:
 
 
 class HttpProtocol(asyncio.Protocol):
-    __slots__ = ("_body", "_busy", "_header_bytes", "_headers", "_keep_alive", "_last",
-                 "_parser", "_paused_reading", "_paused_writing", "_queue", "_state",
-                 "_transport", "_url", "client")
+    __slots__ = (
+        "_body",
+        "_busy",
+        "_header_bytes",
+        "_headers",
+        "_keep_alive",
+        "_last",
+        "_parser",
+        "_paused_reading",
+        "_paused_writing",
+        "_queue",
+        "_state",
+        "_transport",
+        "_url",
+        "client",
+    )
 
     def __init__(self, state: ServerState) -> None:
         self._state = state
@@ -178,11 +214,17 @@ class HttpProtocol(asyncio.Protocol):
         if "%" in path:
             path = unquote(path, errors="replace")
         rid = self._headers.get(b"x-request-id")
-        if rid is None or len(rid) > 128 or not rid.isascii() or not rid.isprintable():
+        if rid is None or not _REQUEST_ID.fullmatch(rid):
             rid = self._state.new_request_id()
-        request = Request(parser.get_method().decode("latin-1"), path,
-                          query.decode("latin-1"), self._headers,
-                          b"".join(self._body) if self._body else b"", self.client, rid)
+        request = Request(
+            parser.get_method().decode("latin-1"),
+            path,
+            query.decode("latin-1"),
+            self._headers,
+            b"".join(self._body) if self._body else b"",
+            self.client,
+            rid,
+        )
         if not parser.should_keep_alive():
             self._keep_alive = False
         if self._busy:
@@ -207,8 +249,9 @@ class HttpProtocol(asyncio.Protocol):
             handler = route.methods.get(request.method)
             if handler is None:
                 allowed = ", ".join(route.methods)
-                result = problem_response(405, "method-not-allowed", f"allowed: {allowed}",
-                                          (("allow", allowed),))
+                result = problem_response(
+                    405, "method-not-allowed", f"allowed: {allowed}", (("allow", allowed),)
+                )
             else:
                 try:
                     result = handler(request)
@@ -217,23 +260,28 @@ class HttpProtocol(asyncio.Protocol):
                 except Exception:
                     log.exception("handler failed: %s %s", request.method, request.route)
                     result = problem_response(500, "internal", "internal error")
-        if isinstance(result, Response):
+        if isinstance(result, tuple):
             self._send(request, result)
-        else:
-            self._busy = True
-            asyncio.get_running_loop().create_task(self._await(request, result))
+            return
+        self._busy = True
+        if not isinstance(result, asyncio.Future):  # a coroutine: give it a Task
+            result = asyncio.ensure_future(result)
+        # A Future (the order query's miss path returns one) needs no Task of its own.
+        result.add_done_callback(lambda done: self._complete(request, done))
 
-    async def _await(self, request: Request, pending: Awaitable[Response]) -> None:
-        try:
-            response = await pending
-        except Problem as problem:
-            response = problem.response()
-        except asyncio.CancelledError:
+    def _complete(self, request: Request, done: asyncio.Future[Response]) -> None:
+        if done.cancelled():
             response = problem_response(503, "shutting-down", "server is shutting down")
             self._keep_alive = False
-        except Exception:
-            log.exception("handler failed: %s %s", request.method, request.route)
-            response = problem_response(500, "internal", "internal error")
+        else:
+            exc = done.exception()
+            if exc is None:
+                response = done.result()
+            elif isinstance(exc, Problem):
+                response = exc.response()
+            else:
+                log.error("handler failed: %s %s", request.method, request.route, exc_info=exc)
+                response = problem_response(500, "internal", "internal error")
         self._busy = False
         self._send(request, response)
         while self._queue and not self._busy and self._transport is not None:
@@ -243,21 +291,21 @@ class HttpProtocol(asyncio.Protocol):
 
     def _send(self, request: Request, response: Response) -> None:
         state = self._state
+        status, head, body = response
         keep_alive = self._keep_alive and not state.closing
-        head = response.head + state.date_line + b"x-request-id: " + request.request_id
+        head = head + state.date_line + b"x-request-id: " + request.request_id
         if keep_alive:
-            data = head + b"\r\n\r\n" + response.body
+            data = head + b"\r\n\r\n" + body
         else:
-            data = head + b"\r\nconnection: close\r\n\r\n" + response.body
+            data = head + b"\r\nconnection: close\r\n\r\n" + body
         transport = self._transport
         if transport is not None:
             if request.method == "HEAD":
-                data = data[: len(data) - len(response.body)]
+                data = data[: len(data) - len(body)]
             transport.write(data)
             if not keep_alive:
                 transport.close()
-        state.observe(request.route, request.method, response.status,
-                      time.perf_counter() - request.started)
+        state.observe(request.route, request.method, status, time.perf_counter() - request.started)
         state.in_flight -= 1
         if state.in_flight == 0:
             state.idle.set()
@@ -269,9 +317,8 @@ class HttpProtocol(asyncio.Protocol):
             if transport is not None:
                 transport.close()
             return
-        response = problem_response(status, kind, detail)
-        transport.write(response.head + self._state.date_line
-                        + b"connection: close\r\n\r\n" + response.body)
+        _, head, body = problem_response(status, kind, detail)
+        transport.write(head + self._state.date_line + b"connection: close\r\n\r\n" + body)
         transport.close()
 
     def _pause_reading(self) -> None:
@@ -335,7 +382,8 @@ class HttpServer:
         # asyncio closes the socket it serves on; give it a duplicate so the original stays
         # open for the drain (see stop_intake).
         self._server = await loop.create_server(
-            lambda: HttpProtocol(self.state), sock=self._sock.dup(), backlog=4096)
+            lambda: HttpProtocol(self.state), sock=self._sock.dup(), backlog=4096
+        )
         self._schedule_tick()
 
     def _schedule_tick(self) -> None:
@@ -357,20 +405,20 @@ class HttpServer:
         self._sock.setblocking(False)
         while True:
             try:
-                conn, _ = self._sock.accept()
+                accepted, _ = self._sock.accept()
             except (BlockingIOError, InterruptedError):
                 break
             except OSError:
                 break
-            await loop.connect_accepted_socket(lambda: HttpProtocol(state), conn)
+            await loop.connect_accepted_socket(lambda: HttpProtocol(state), accepted)
         self._sock.close()
         for conn in list(state.connections):
             conn.close_idle()
 
-    async def drain(self, timeout: float) -> bool:
+    async def drain(self, grace: float) -> bool:
         """Waits for in-flight requests; returns False if the timeout cut them off."""
         try:
-            async with asyncio.timeout(timeout):
+            async with asyncio.timeout(grace):
                 await self.state.idle.wait()
             return True
         except TimeoutError:
