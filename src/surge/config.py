@@ -233,8 +233,8 @@ def _check(settings: Settings) -> None:
             f"SURGE_WORKERS={settings.workers} needs SURGE_REDIS_URL: processes share the "
             "cache, invalidations and (later) stock only through Redis"
         )
-    if settings.jwt_secret is not None and len(settings.jwt_secret) < 16:
-        raise ConfigError("SURGE_JWT_SECRET must be at least 16 characters")
+    if settings.jwt_secret is not None and len(settings.jwt_secret) < 32:
+        raise ConfigError("SURGE_JWT_SECRET must be at least 32 characters (RFC 7518 3.2)")
 
 
 def check_secret(settings: Settings) -> None:

@@ -1,0 +1,122 @@
+"""Runs real `surge` processes for the system tests."""
+
+from __future__ import annotations
+
+import os
+import re
+import signal
+import subprocess
+import sys
+import time
+from collections.abc import Iterator, Mapping
+from contextlib import contextmanager
+from pathlib import Path
+
+import httpx
+
+SECRET = "test-secret-0123456789abcdef-0123456789"
+_LISTENING = re.compile(r"listening on http://([\d.]+):(\d+)")
+
+
+def surge_command(*args: str) -> list[str]:
+    return [sys.executable, "-m", "surge.cli", *args]
+
+
+def base_env(data_dir: Path, extra: Mapping[str, str] | None = None) -> dict[str, str]:
+    env = {k: v for k, v in os.environ.items() if not k.startswith("SURGE_")}
+    env.update({
+        "SURGE_DATA_DIR": str(data_dir),
+        "SURGE_JWT_SECRET": SECRET,
+        "SURGE_LOG_LEVEL": "info",
+        "SURGE_SHUTDOWN_DELAY": "0.3",
+    })
+    env.update(extra or {})
+    return env
+
+
+def run_cli(env: Mapping[str, str], *args: str, check: bool = True) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(surge_command(*args), env=dict(env), capture_output=True, text=True,
+                          timeout=120, check=check)
+
+
+class Server:
+    def __init__(self, process: subprocess.Popen[bytes], url: str, log: Path) -> None:
+        self.process = process
+        self.url = url
+        self.log = log
+
+    def client(self, **kwargs: object) -> httpx.Client:
+        return httpx.Client(base_url=self.url, timeout=10, **kwargs)  # type: ignore[arg-type]
+
+    def metric(self, name: str, **labels: str) -> float:
+        """The value of one sample in /metrics (0 if absent)."""
+        text = httpx.get(self.url + "/metrics", timeout=10).text
+        total = 0.0
+        for line in text.splitlines():
+            if not line.startswith(name):
+                continue
+            head, _, value = line.rpartition(" ")
+            sample, _, label_text = head.partition("{")
+            if sample != name:
+                continue
+            if all(f'{k}="{v}"' in label_text for k, v in labels.items()):
+                total += float(value)
+        return total
+
+    def stop(self, sig: int = signal.SIGTERM, timeout: float = 20) -> int:
+        if self.process.poll() is None:
+            self.process.send_signal(sig)
+        return self.process.wait(timeout=timeout)
+
+    def output(self) -> str:
+        return self.log.read_text()
+
+
+@contextmanager
+def serve(env: Mapping[str, str], tmp_path: Path, *args: str,
+          timeout: float = 30) -> Iterator[Server]:
+    log = tmp_path / f"server-{time.monotonic_ns()}.log"
+    with open(log, "wb") as sink:
+        process = subprocess.Popen(surge_command("serve", "--port", "0", *args),
+                                   env=dict(env), stdout=sink, stderr=subprocess.STDOUT)
+    try:
+        url = _wait_ready(process, log, timeout)
+        yield Server(process, url, log)
+    finally:
+        if process.poll() is None:
+            children = _children(process.pid)
+            process.send_signal(signal.SIGKILL)
+            process.wait(timeout=10)
+            for child in children:  # --workers N: the supervisor's forked workers
+                try:
+                    os.kill(child, signal.SIGKILL)
+                except ProcessLookupError:
+                    pass
+
+
+def _wait_ready(process: subprocess.Popen[bytes], log: Path, timeout: float) -> str:
+    deadline = time.monotonic() + timeout
+    url = None
+    while time.monotonic() < deadline:
+        if process.poll() is not None:
+            raise RuntimeError(f"surge exited with {process.returncode}:\n{log.read_text()}")
+        if url is None:
+            match = _LISTENING.search(log.read_text())
+            if match:
+                url = f"http://{match.group(1)}:{match.group(2)}"
+        if url is not None:
+            try:
+                if httpx.get(url + "/healthz", timeout=1).status_code == 200:
+                    return url
+            except httpx.HTTPError:
+                pass
+        time.sleep(0.05)
+    raise RuntimeError(f"surge did not become ready:\n{log.read_text()}")
+
+
+def _children(pid: int) -> list[int]:
+    path = Path(f"/proc/{pid}/task/{pid}/children")
+    try:
+        return [int(c) for c in path.read_text().split()]
+    except OSError:
+        return []

@@ -1,0 +1,74 @@
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from surge import config
+
+
+def test_defaults_are_the_embedded_mode(tmp_path: Path) -> None:
+    settings = config.load({"SURGE_DATA_DIR": str(tmp_path)})
+    assert settings.embedded
+    assert settings.database_url == f"sqlite:///{tmp_path.resolve() / 'surge.db'}"
+    assert settings.redis_url is None
+    assert (settings.host, settings.port, settings.workers) == ("127.0.0.1", 8080, 1)
+    assert settings.deadline == 0.05
+
+
+def test_env_values_are_parsed() -> None:
+    settings = config.load({
+        "SURGE_DATABASE_URL": "mysql://root@127.0.0.1/test",
+        "SURGE_REDIS_URL": "redis://127.0.0.1:6379/2",
+        "SURGE_WORKERS": "4",
+        "SURGE_DEADLINE_MS": "80",
+        "SURGE_NEAR_CACHE_TTL": "1.5",
+    })
+    assert not settings.embedded
+    assert settings.workers == 4
+    assert settings.deadline == pytest.approx(0.08)
+    assert settings.near_cache_ttl == 1.5
+
+
+def test_cli_overrides_env() -> None:
+    settings = config.load({"SURGE_PORT": "9000"}, {"port": "9001"})
+    assert settings.port == 9001
+
+
+@pytest.mark.parametrize(("env", "fragment"), [
+    ({"SURGE_DATABASE_URL": "oracle://x"}, "valid: sqlite, mysql, mariadb, postgresql"),
+    ({"SURGE_REDIS_URL": "memcached://x"}, "valid: redis, rediss"),
+    ({"SURGE_PORT": "70000"}, "SURGE_PORT='70000'"),
+    ({"SURGE_WORKERS": "0"}, "must be >= 1"),
+    ({"SURGE_WORKERS": "many"}, "SURGE_WORKERS='many'"),
+    ({"SURGE_ENV": "staging"}, "must be one of development, production"),
+    ({"SURGE_CACHE_JITTER": "1.5"}, "must be in [0, 1)"),
+    ({"SURGE_NEAR_CACHE_TTL": "nan"}, "must be >= 0"),
+    ({"SURGE_WORKERS": "2"}, "needs SURGE_REDIS_URL"),
+    ({"SURGE_JWT_SECRET": "short"}, "at least 32 characters"),
+])
+def test_bad_values_stop_with_one_clear_line(env: dict[str, str], fragment: str) -> None:
+    with pytest.raises(config.ConfigError) as caught:
+        config.load(env)
+    message = str(caught.value)
+    assert fragment in message
+    assert "\n" not in message
+
+
+def test_a_secret_is_required_beside_shared_servers() -> None:
+    settings = config.load({"SURGE_REDIS_URL": "redis://127.0.0.1"})
+    with pytest.raises(config.ConfigError, match="SURGE_JWT_SECRET is required"):
+        config.check_secret(settings)
+
+
+def test_production_refuses_a_generated_secret(tmp_path: Path) -> None:
+    settings = config.load({"SURGE_ENV": "production", "SURGE_DATA_DIR": str(tmp_path)})
+    with pytest.raises(config.ConfigError, match="production"):
+        config.check_secret(settings)
+    config.check_secret(config.load({"SURGE_DATA_DIR": str(tmp_path)}))  # embedded dev: fine
+
+
+def test_every_field_has_a_flag_and_env_name() -> None:
+    names = {f.name for f in config.FIELDS}
+    assert names == set(config.Settings.__dataclass_fields__)
+    assert all(f.env.startswith("SURGE_") and f.flag.startswith("--") for f in config.FIELDS)

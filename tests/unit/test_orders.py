@@ -1,0 +1,226 @@
+"""The order query's rules, on the in-memory backends with a controllable store."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Sequence
+from datetime import UTC, datetime
+
+import orjson
+import pytest
+
+from surge.auth import Authenticator, mint
+from surge.backends.memory import MemoryBus, MemoryCache
+from surge.config import Settings
+from surge.http.response import Problem, Response
+from surge.http.server import Request
+from surge.metrics import Metrics
+from surge.orders import NearCache, OrderQuery, parse_order_id
+from surge.types import Order
+
+SECRET = "orders-unit-secret-0123456789-0123456789"
+WHEN = datetime(2026, 11, 27, 12, 0, tzinfo=UTC)
+
+
+class FakeStore:
+    """Counts queries; can be slowed down or broken."""
+
+    def __init__(self, orders: dict[int, Order], delay: float = 0.0) -> None:
+        self.orders = orders
+        self.delay = delay
+        self.queries: list[list[int]] = []
+        self.failing = False
+        self.size = 4
+        self.in_use = 0
+
+    async def get_orders(self, ids: Sequence[int]) -> dict[int, Order]:
+        self.queries.append(list(ids))
+        await asyncio.sleep(self.delay)
+        if self.failing:
+            raise ConnectionError("database down")
+        return {i: self.orders[i] for i in ids if i in self.orders}
+
+    async def ping(self) -> None: ...
+
+    async def close(self) -> None: ...
+
+
+def _order(order_id: int, user: str) -> Order:
+    return Order(order_id, 1, user, 2, "confirmed", WHEN)
+
+
+def _request(order_id: str, user: str | None = "alice", admin: bool = False) -> Request:
+    headers = {}
+    if user is not None:
+        headers[b"authorization"] = f"Bearer {mint(SECRET, user, admin=admin)}".encode()
+    request = Request("GET", f"/orders/{order_id}", "", headers, b"", "127.0.0.1", b"rid")
+    request.params = {"id": order_id}
+    return request
+
+
+async def _make(store: FakeStore, **overrides: object) -> tuple[OrderQuery, Metrics]:
+    settings = Settings(jwt_secret=SECRET, **overrides)  # type: ignore[arg-type]
+    metrics = Metrics()
+    query = OrderQuery(settings, Authenticator(SECRET), MemoryCache(), store, MemoryBus(),
+                       metrics)
+    await query.start()
+    return query, metrics
+
+
+async def _call(query: OrderQuery, request: Request) -> Response:
+    result = query.handle(request)
+    if isinstance(result, tuple):
+        return result
+    return await result
+
+
+def _json(response: Response) -> dict[str, object]:
+    return orjson.loads(response[2])  # type: ignore[no-any-return]
+
+
+@pytest.mark.parametrize("text", ["abc", "-1", "0", "00", "1.5", "1e3", "", " 1", "+1",
+                                  "12345678901234567890", "9" * 400, "\u0661", "\u2460",
+                                  "9223372036854775808", "0x10"])
+def test_bad_ids_are_400(text: str) -> None:
+    with pytest.raises(Problem) as caught:
+        parse_order_id(text)
+    assert caught.value.status == 400
+
+
+def test_good_ids() -> None:
+    assert parse_order_id("1") == 1
+    assert parse_order_id("007") == 7
+    assert parse_order_id("9223372036854775807") == 2**63 - 1
+
+
+def test_near_cache_is_bounded_and_expires() -> None:
+    near = NearCache(max_entries=3, ttl=60)
+    for key in range(5):
+        near.put(key, "u", (200, b"", b""), 60)
+    assert len(near) == 3 and near.get(0) is None and near.get(4) is not None
+    near.put(9, "u", (200, b"", b""), 0)
+    assert near.get(9) is None
+
+
+@pytest.mark.anyio
+async def test_owner_admin_and_stranger() -> None:
+    store = FakeStore({1: _order(1, "alice")})
+    query, metrics = await _make(store)
+    owner = await _call(query, _request("1", "alice"))
+    assert owner[0] == 200
+    assert _json(owner) == {"id": 1, "sale_id": 1, "user_id": "alice", "quantity": 2,
+                            "status": "confirmed", "created_at": "2026-11-27T12:00:00Z"}
+    assert (await _call(query, _request("1", "root", admin=True)))[0] == 200
+    stranger = await _call(query, _request("1", "mallory"))
+    assert stranger[0] == 404
+    missing = await _call(query, _request("2", "alice"))
+    assert stranger[2] == missing[2]  # someone else's order looks exactly like a missing one
+    assert len(store.queries) == 2  # id 1 once (then near cache), id 2 once
+    assert metrics.cache_hits["near"] == 2
+
+
+@pytest.mark.anyio
+async def test_near_cache_hit_answers_synchronously() -> None:
+    query, _ = await _make(FakeStore({1: _order(1, "alice")}))
+    await _call(query, _request("1"))
+    assert isinstance(query.handle(_request("1")), tuple)  # no future, no task
+
+
+@pytest.mark.anyio
+async def test_auth_is_checked_before_the_id() -> None:
+    query, _ = await _make(FakeStore({}))
+    with pytest.raises(Problem) as caught:
+        query.handle(_request("abc", user=None))
+    assert caught.value.status == 401
+
+
+@pytest.mark.anyio
+async def test_single_flight_one_query_for_a_stampede() -> None:
+    store = FakeStore({7: _order(7, "alice")}, delay=0.02)
+    query, metrics = await _make(store, deadline_ms=2000)
+    responses = await asyncio.gather(*(_call(query, _request("7")) for _ in range(1000)))
+    assert {r[0] for r in responses} == {200}
+    assert store.queries == [[7]]
+    assert metrics.db_queries == 1
+
+
+@pytest.mark.anyio
+async def test_misses_of_one_loop_turn_share_one_query() -> None:
+    store = FakeStore({i: _order(i, "alice") for i in range(1, 51)})
+    query, _ = await _make(store, deadline_ms=2000)
+    responses = await asyncio.gather(*(_call(query, _request(str(i))) for i in range(1, 51)))
+    assert all(r[0] == 200 for r in responses)
+    assert len(store.queries) == 1 and sorted(store.queries[0]) == list(range(1, 51))
+
+
+@pytest.mark.anyio
+async def test_deadline_gives_504_and_work_of_abandoned_ids_is_skipped() -> None:
+    store = FakeStore({i: _order(i, "alice") for i in range(1, 20)}, delay=0.3)
+    store.size = 1  # one query at a time: the second batch must wait for the first
+    query, metrics = await _make(store, deadline_ms=50)
+    first = asyncio.ensure_future(_call(query, _request("1")))
+    await asyncio.sleep(0.01)  # id 1's query is running now
+    second = asyncio.ensure_future(_call(query, _request("2")))
+    assert (await first)[0] == 504
+    assert (await second)[0] == 504
+    assert metrics.deadline_exceeded == 2
+    await asyncio.sleep(0.4)
+    # id 1's running query completed and filled the cache; id 2's never started
+    assert store.queries == [[1]]
+    assert isinstance(query.handle(_request("1")), tuple)
+
+
+@pytest.mark.anyio
+async def test_negative_results_are_cached() -> None:
+    store = FakeStore({})
+    query, _ = await _make(store, negative_ttl=30)
+    for _ in range(5):
+        assert (await _call(query, _request("404")))[0] == 404
+    assert store.queries == [[404]]
+
+
+@pytest.mark.anyio
+async def test_database_failure_is_503_not_500() -> None:
+    store = FakeStore({})
+    store.failing = True
+    query, _ = await _make(store)
+    response = await _call(query, _request("3"))
+    assert response[0] == 503
+    assert b"retry-after: 1" in response[1]
+    store.failing = False
+    assert (await _call(query, _request("3")))[0] == 404  # failures are not cached
+
+
+@pytest.mark.anyio
+async def test_shared_cache_serves_other_processes_and_invalidation_reaches_them() -> None:
+    store = FakeStore({5: _order(5, "alice")})
+    cache, bus = MemoryCache(), MemoryBus()
+    settings = Settings(jwt_secret=SECRET)
+    queries = []
+    for _ in range(2):  # two "processes" sharing cache and bus
+        query = OrderQuery(settings, Authenticator(SECRET), cache, store, bus, Metrics())
+        await query.start()
+        queries.append(query)
+    assert (await _call(queries[0], _request("5")))[0] == 200
+    assert (await _call(queries[1], _request("5")))[0] == 200
+    assert len(store.queries) == 1  # the second came from the shared cache
+    await queries[0].invalidate(5)
+    assert len(queries[0].near) == 0 and len(queries[1].near) == 0
+    store.orders[5] = Order(5, 1, "alice", 2, "cancelled", WHEN)
+    assert _json(await _call(queries[1], _request("5")))["status"] == "cancelled"
+
+
+@pytest.mark.anyio
+async def test_ageing_entries_are_refreshed_behind_the_scenes() -> None:
+    store = FakeStore({5: _order(5, "alice")})
+    query, _ = await _make(store, near_cache_ttl=0.2)
+    await _call(query, _request("5"))
+    before = query.near.get(5)
+    await asyncio.sleep(0.16)  # past 75% of the TTL: the next hit answers and refreshes
+    assert isinstance(query.handle(_request("5")), tuple)
+    await asyncio.sleep(0.02)
+    after = query.near.get(5)
+    assert before is not None and after is not None
+    assert after[3] > before[3]  # reloaded with a new lifetime
+    assert len(store.queries) == 1  # from the shared cache, not the database
+    await query.close()
