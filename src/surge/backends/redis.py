@@ -30,7 +30,7 @@ def connect(url: str, pool_size: int, timeout: float = 2.0) -> aioredis.Redis:
         socket_timeout=timeout,
         health_check_interval=30,
     )
-    return aioredis.Redis(connection_pool=pool)
+    return aioredis.Redis.from_pool(pool)  # the client owns the pool: aclose() closes it
 
 
 class RedisCache:

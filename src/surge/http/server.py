@@ -162,10 +162,13 @@ class HttpProtocol(asyncio.Protocol):
             self._parser.feed_data(data)
         except httptools.HttpParserUpgrade:
             self._reject(400, "upgrade-unsupported", "protocol upgrade is not supported here")
-        except httptools.HttpParserError:
-            self._reject(400, "bad-request", "malformed HTTP request")
-        except _TooLarge as exc:
-            self._reject(exc.status, exc.kind, exc.detail)
+        except httptools.HttpParserError as exc:
+            # httptools wraps exceptions raised in our callbacks (_TooLarge) in its own.
+            cause = exc.__context__
+            if isinstance(cause, _TooLarge):
+                self._reject(cause.status, cause.kind, cause.detail)
+            else:
+                self._reject(400, "bad-request", "malformed HTTP request")
 
     def pause_writing(self) -> None:
         self._paused_writing = True

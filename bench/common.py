@@ -1,0 +1,321 @@
+"""Helpers shared by the benchmark harnesses: processes, wrk, statistics, the report file.
+
+Everything here is loopback-only and bounded in time: every child runs with a timeout or is
+owned by `Processes`, which stops what it started when the harness ends, however it ends.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import platform
+import re
+import shlex
+import shutil
+import signal
+import socket
+import statistics
+import subprocess
+import time
+import urllib.error
+import urllib.request
+from collections.abc import Iterator, Mapping, Sequence
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any, NoReturn
+
+ROOT = Path(__file__).resolve().parent.parent  # the project (/work/main)
+BENCH = ROOT / "bench"
+OUT = BENCH / "out"
+
+
+class BenchError(RuntimeError):
+    """A precondition or a step failed; the message is meant for the person running it."""
+
+
+def fail(message: str) -> NoReturn:
+    raise BenchError(message)
+
+
+def interrupt_on_termination() -> None:
+    """SIGTERM/SIGHUP behave like Ctrl-C, so `finally` blocks stop every child process."""
+
+    def handler(signum: int, _frame: object) -> None:
+        raise KeyboardInterrupt(signal.Signals(signum).name)
+
+    signal.signal(signal.SIGTERM, handler)
+    signal.signal(signal.SIGHUP, handler)
+
+
+def require_tool(name: str, hint: str) -> str:
+    path = shutil.which(name)
+    if path is None:
+        fail(f"`{name}` is not on PATH: {hint}")
+    return path
+
+
+def clean_env(extra: Mapping[str, str] | None = None) -> dict[str, str]:
+    """This process's environment without any inherited SURGE_* setting, plus `extra`."""
+    env = {k: v for k, v in os.environ.items() if not k.startswith("SURGE_")}
+    env.update(extra or {})
+    return env
+
+
+def run(
+    argv: Sequence[str], *, env: Mapping[str, str] | None = None, timeout: float = 120.0
+) -> str:
+    """Runs a command to completion; its stdout, or a BenchError with its stderr."""
+    try:
+        done = subprocess.run(
+            list(argv),
+            env=dict(env) if env is not None else None,
+            cwd=ROOT,
+            capture_output=True,
+            text=True,
+            timeout=timeout,
+            check=False,
+        )
+    except subprocess.TimeoutExpired:
+        fail(f"timed out after {timeout:.0f}s: {shlex.join(argv)}")
+    if done.returncode != 0:
+        tail = (done.stderr or done.stdout).strip()[-2000:]
+        fail(f"exit {done.returncode}: {shlex.join(argv)}\n{tail}")
+    return done.stdout
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port: int = sock.getsockname()[1]
+        return port
+
+
+def http_get(url: str, headers: Mapping[str, str] | None = None) -> tuple[int, bytes]:
+    """One GET on a fresh connection: (status, body); status 0 when nothing answered."""
+    request = urllib.request.Request(url, headers=dict(headers or {}))
+    try:
+        with urllib.request.urlopen(request, timeout=5.0) as reply:
+            return reply.status, reply.read()
+    except urllib.error.HTTPError as exc:
+        return exc.code, exc.read()
+    except (OSError, urllib.error.URLError):
+        return 0, b""
+
+
+# -- processes --------------------------------------------------------------------------------
+@dataclass
+class Server:
+    name: str
+    argv: list[str]
+    process: subprocess.Popen[bytes]
+    log: Path
+
+
+class Processes:
+    """Starts long-running children, each in its own session, and always stops them all."""
+
+    def __init__(self, log_dir: Path) -> None:
+        self._log_dir = log_dir
+        self._live: list[Server] = []
+        self._count = 0
+
+    def start(self, name: str, argv: Sequence[str], env: Mapping[str, str]) -> Server:
+        self._log_dir.mkdir(parents=True, exist_ok=True)
+        self._count += 1
+        log = self._log_dir / f"{self._count:02d}-{name}.log"
+        with open(log, "wb") as sink:
+            process = subprocess.Popen(
+                list(argv),
+                cwd=ROOT,
+                env=dict(env),
+                stdin=subprocess.DEVNULL,
+                stdout=sink,
+                stderr=subprocess.STDOUT,
+                start_new_session=True,  # our own group: Ctrl-C is ours to forward
+            )
+        server = Server(name, list(argv), process, log)
+        self._live.append(server)
+        return server
+
+    def stop(self, server: Server, grace: float = 15.0) -> int | None:
+        """SIGTERM to the process we started, then SIGKILL to its group if it lingers."""
+        process = server.process
+        if process.poll() is None:
+            with contextlib.suppress(ProcessLookupError):
+                process.send_signal(signal.SIGTERM)
+            try:
+                process.wait(timeout=grace)
+            except subprocess.TimeoutExpired:
+                print(f"  {server.name} (pid {process.pid}) ignored SIGTERM for {grace}s: killed")
+        # Its workers share its process group (pgid = its pid): none may outlive it.
+        with contextlib.suppress(ProcessLookupError, PermissionError):
+            os.killpg(process.pid, signal.SIGKILL)
+        with contextlib.suppress(subprocess.TimeoutExpired):
+            process.wait(timeout=5.0)
+        if server in self._live:
+            self._live.remove(server)
+        return process.returncode
+
+    def close(self) -> None:
+        for server in reversed(list(self._live)):
+            self.stop(server, grace=10.0)
+
+    def __enter__(self) -> Processes:
+        return self
+
+    def __exit__(self, *_exc: object) -> None:
+        self.close()
+
+
+def wait_until_ok(
+    server: Server, url: str, headers: Mapping[str, str] | None = None, timeout: float = 30.0
+) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if server.process.poll() is not None:
+            fail(f"{server.name} exited with {server.process.returncode}; see {server.log}")
+        if http_get(url, headers)[0] == 200:
+            return
+        time.sleep(0.2)
+    fail(f"{server.name} did not answer 200 at {url} within {timeout:.0f}s; see {server.log}")
+
+
+# -- wrk --------------------------------------------------------------------------------------
+@dataclass
+class WrkResult:
+    rps: float
+    p50_ms: float
+    p99_ms: float
+    requests: int
+    seconds: float
+    non_2xx: int  # wrk counts status >= 400 ("Non-2xx or 3xx responses")
+    socket_errors: int  # connect + read + write + timeout
+    ids_used: list[int] = field(default_factory=list)  # per thread, from the script's done()
+    ids_span: int = 0
+
+    @property
+    def ok_rps(self) -> float:
+        """Successful (non-error) responses per second."""
+        return (self.requests - self.non_2xx) / self.seconds if self.seconds else 0.0
+
+    def as_dict(self) -> dict[str, Any]:
+        return {**asdict(self), "ok_rps": self.ok_rps}
+
+
+_UNITS = {"us": 1e-3, "ms": 1.0, "s": 1e3, "m": 60e3, "h": 3600e3}
+
+
+def _ms(text: str) -> float:
+    match = re.fullmatch(r"([\d.]+)(us|ms|s|m|h)", text)
+    if match is None:
+        fail(f"unreadable wrk time {text!r}")
+    return float(match[1]) * _UNITS[match[2]]
+
+
+def parse_wrk(text: str) -> WrkResult:
+    def need(pattern: str) -> re.Match[str]:
+        match = re.search(pattern, text, re.MULTILINE)
+        if match is None:
+            fail(f"wrk output lacks {pattern!r}:\n{text}")
+        return match
+
+    totals = need(r"^\s*(\d+) requests in ([\d.]+\w+),")
+    socket_errors = re.search(
+        r"Socket errors: connect (\d+), read (\d+), write (\d+), timeout (\d+)", text
+    )
+    non_2xx = re.search(r"Non-2xx or 3xx responses: (\d+)", text)
+    ids = re.findall(r"^bench-ids thread=\d+ used=(\d+) span=(\d+)$", text, re.MULTILINE)
+    return WrkResult(
+        rps=float(need(r"^Requests/sec:\s+([\d.]+)")[1]),
+        p50_ms=_ms(need(r"^\s+50%\s+(\S+)")[1]),
+        p99_ms=_ms(need(r"^\s+99%\s+(\S+)")[1]),
+        requests=int(totals[1]),
+        seconds=_ms(totals[2]) / 1e3,
+        non_2xx=int(non_2xx[1]) if non_2xx else 0,
+        socket_errors=sum(map(int, socket_errors.groups())) if socket_errors else 0,
+        ids_used=[int(used) for used, _ in ids],
+        ids_span=int(ids[0][1]) if ids else 0,
+    )
+
+
+def wrk_argv(url: str, script: Path, connections: int, seconds: float, threads: int) -> list[str]:
+    return [
+        "wrk",
+        f"-t{threads}",
+        f"-c{connections}",
+        f"-d{seconds:g}s",
+        "--latency",
+        "-s",
+        str(script.relative_to(ROOT)),
+        url,
+    ]
+
+
+def run_wrk(argv: Sequence[str], seconds: float) -> WrkResult:
+    return parse_wrk(run(argv, timeout=seconds + 60.0))
+
+
+# -- statistics and reporting -----------------------------------------------------------------
+def median(values: Sequence[float]) -> float:
+    return float(statistics.median(values)) if values else float("nan")
+
+
+def ratio(numerator: float, denominator: float) -> float:
+    return numerator / denominator if denominator > 0 else float("nan")
+
+
+def parse_prometheus(text: str) -> dict[str, float]:
+    """`name{labels}` -> value for every sample line of an exposition."""
+    samples: dict[str, float] = {}
+    for line in text.splitlines():
+        if line and not line.startswith("#"):
+            name, _, value = line.rpartition(" ")
+            with contextlib.suppress(ValueError):
+                samples[name] = float(value)
+    return samples
+
+
+def _first_line(argv: Sequence[str]) -> str:
+    try:
+        done = subprocess.run(list(argv), capture_output=True, text=True, timeout=10, check=False)
+    except (OSError, subprocess.TimeoutExpired):
+        return "unknown"
+    lines = (done.stdout or done.stderr).strip().splitlines()
+    return lines[0].strip() if lines else "unknown"
+
+
+def machine() -> dict[str, str]:
+    cpu = "unknown"
+    with contextlib.suppress(OSError):
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                cpu = line.split(":", 1)[1].strip()
+                break
+    return {
+        "nproc": str(len(os.sched_getaffinity(0))),
+        "cpu": cpu,
+        "kernel": f"{platform.system()} {platform.release()}",
+        "python": platform.python_version(),
+        "wrk": _first_line(["wrk", "-v"]).split(" [")[0],
+        "go": _first_line(["go", "version"]),
+        "mariadb": _first_line(["mariadb", "-uroot", "-N", "-e", "SELECT VERSION()"]),
+        "redis": _first_line(["redis-server", "--version"]),
+    }
+
+
+def rewrite_section(path: Path, start: str, end: str, body: str, header: str) -> None:
+    """Replaces the text between the markers (adding them, or the file, when missing)."""
+    text = path.read_text() if path.exists() else header
+    block = f"{start}\n{body.rstrip()}\n{end}"
+    pattern = re.compile(re.escape(start) + r".*?" + re.escape(end), re.DOTALL)
+    if pattern.search(text):
+        text = pattern.sub(lambda _m: block, text, count=1)
+    else:
+        text = text.rstrip() + "\n\n" + block + "\n"
+    path.write_text(text if text.endswith("\n") else text + "\n")
+
+
+def markdown_table(head: Sequence[str], rows: Iterator[Sequence[str]]) -> str:
+    lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
+    lines += ["| " + " | ".join(row) + " |" for row in rows]
+    return "\n".join(lines)
