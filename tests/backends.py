@@ -74,8 +74,9 @@ async def _drop_mariadb(name: str) -> None:
 async def _pg(statement: str) -> None:
     import asyncpg
 
-    conn = await asyncpg.connect(host=POSTGRES[0], port=POSTGRES[1], user="postgres",
-                                 database="test")
+    conn = await asyncpg.connect(
+        host=POSTGRES[0], port=POSTGRES[1], user="postgres", database="test"
+    )
     try:
         await conn.execute(statement)
     finally:
@@ -96,17 +97,16 @@ def make_backend(kind: str, tmp_path: Path) -> Iterator[Backend]:
         require_service("MariaDB", MARIADB)
         asyncio.run(_create_mariadb(name))
         try:
-            yield Backend(kind, f"mysql://root@{MARIADB[0]}:{MARIADB[1]}/{name}", redis_url,
-                          prefix)
+            yield Backend(kind, f"mysql://root@{MARIADB[0]}:{MARIADB[1]}/{name}", redis_url, prefix)
         finally:
             asyncio.run(_drop_mariadb(name))
     elif kind == "postgresql+redis":
         require_service("PostgreSQL", POSTGRES)
         asyncio.run(_pg(f'CREATE DATABASE "{name}"'))
         try:
-            yield Backend(kind,
-                          f"postgresql://postgres@{POSTGRES[0]}:{POSTGRES[1]}/{name}",
-                          redis_url, prefix)
+            yield Backend(
+                kind, f"postgresql://postgres@{POSTGRES[0]}:{POSTGRES[1]}/{name}", redis_url, prefix
+            )
         finally:
             asyncio.run(_pg(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'))
     else:

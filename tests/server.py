@@ -24,19 +24,29 @@ def surge_command(*args: str) -> list[str]:
 
 def base_env(data_dir: Path, extra: Mapping[str, str] | None = None) -> dict[str, str]:
     env = {k: v for k, v in os.environ.items() if not k.startswith("SURGE_")}
-    env.update({
-        "SURGE_DATA_DIR": str(data_dir),
-        "SURGE_JWT_SECRET": SECRET,
-        "SURGE_LOG_LEVEL": "info",
-        "SURGE_SHUTDOWN_DELAY": "0.3",
-    })
+    env.update(
+        {
+            "SURGE_DATA_DIR": str(data_dir),
+            "SURGE_JWT_SECRET": SECRET,
+            "SURGE_LOG_LEVEL": "info",
+            "SURGE_SHUTDOWN_DELAY": "0.3",
+        }
+    )
     env.update(extra or {})
     return env
 
 
-def run_cli(env: Mapping[str, str], *args: str, check: bool = True) -> subprocess.CompletedProcess[str]:
-    return subprocess.run(surge_command(*args), env=dict(env), capture_output=True, text=True,
-                          timeout=120, check=check)
+def run_cli(
+    env: Mapping[str, str], *args: str, check: bool = True
+) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        surge_command(*args),
+        env=dict(env),
+        capture_output=True,
+        text=True,
+        timeout=120,
+        check=check,
+    )
 
 
 class Server:
@@ -73,12 +83,17 @@ class Server:
 
 
 @contextmanager
-def serve(env: Mapping[str, str], tmp_path: Path, *args: str,
-          timeout: float = 30) -> Iterator[Server]:
+def serve(
+    env: Mapping[str, str], tmp_path: Path, *args: str, timeout: float = 30
+) -> Iterator[Server]:
     log = tmp_path / f"server-{time.monotonic_ns()}.log"
     with open(log, "wb") as sink:
-        process = subprocess.Popen(surge_command("serve", "--port", "0", *args),
-                                   env=dict(env), stdout=sink, stderr=subprocess.STDOUT)
+        process = subprocess.Popen(
+            surge_command("serve", "--port", "0", *args),
+            env=dict(env),
+            stdout=sink,
+            stderr=subprocess.STDOUT,
+        )
     try:
         url = _wait_ready(process, log, timeout)
         yield Server(process, url, log)

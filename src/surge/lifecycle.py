@@ -13,6 +13,7 @@ listener), forwards signals and restarts a worker that dies unexpectedly.
 from __future__ import annotations
 
 import asyncio
+import ctypes
 import gc
 import logging
 import os
@@ -30,6 +31,7 @@ from surge.http.server import HttpServer, ServerState, bind_socket
 log = logging.getLogger("surge.lifecycle")
 
 EXIT_FORCED = 3
+PR_SET_PDEATHSIG = 1
 
 
 async def serve(settings: Settings, sock: socket.socket) -> int:
@@ -122,6 +124,7 @@ class Supervisor:
     def _spawn(self, slot: int) -> None:
         pid = os.fork()
         if pid == 0:  # the worker
+            _die_with_parent()
             signal.signal(signal.SIGTERM, signal.SIG_DFL)
             signal.signal(signal.SIGINT, signal.SIG_DFL)
             code = 1
@@ -144,6 +147,9 @@ class Supervisor:
             self.stopping = signum
             for pid in self.children:
                 _kill(pid, signum)
+            # The workers drain the shared listener and close it; our copy would keep it
+            # open, queueing connections nobody accepts (reset at our exit).
+            self.sock.close()
 
         signal.signal(signal.SIGTERM, forward)
         signal.signal(signal.SIGINT, forward)
@@ -170,6 +176,16 @@ class Supervisor:
                 failed = True
         self.sock.close()
         return 1 if failed else 0
+
+
+def _die_with_parent() -> None:
+    """Asks Linux to SIGTERM this worker if the supervisor dies (even by SIGKILL), so no
+    orphan keeps serving on the port."""
+    try:
+        libc = ctypes.CDLL(None, use_errno=True)
+        libc.prctl(PR_SET_PDEATHSIG, signal.SIGTERM)
+    except (OSError, AttributeError):  # not Linux: nothing to do
+        pass
 
 
 def _kill(pid: int, signum: int) -> None:

@@ -18,8 +18,12 @@ pytestmark = pytest.mark.anyio
 
 @contextlib.asynccontextmanager
 async def _opened(backend: Backend) -> AsyncIterator[Backends]:
-    settings = Settings(database_url=backend.database_url, redis_url=backend.redis_url,
-                        redis_prefix=backend.prefix, db_pool_size=4)
+    settings = Settings(
+        database_url=backend.database_url,
+        redis_url=backend.redis_url,
+        redis_prefix=backend.prefix,
+        db_pool_size=4,
+    )
     async with contextlib.AsyncExitStack() as stack:
         yield await open_backends(settings, stack)
 
@@ -70,8 +74,7 @@ async def test_bus_delivers_to_every_subscriber(backend: Backend) -> None:
 async def test_store_reads_seeded_orders(backend: Backend) -> None:
     await asyncio.to_thread(db.migrate, backend.database_url)
     await asyncio.to_thread(db.migrate, backend.database_url)  # idempotent
-    assert await db.current_revision(backend.database_url) == db.head_revision(
-        backend.database_url)
+    assert await db.current_revision(backend.database_url) == db.head_revision(backend.database_url)
     result = await db.seed(backend.database_url, 250, users=10, reset=True)
     assert result.first_order_id == 1
     async with _opened(backend) as opened:

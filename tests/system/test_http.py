@@ -43,23 +43,39 @@ def test_admin_reads_any_order_and_strangers_get_404(embedded_server: Server) ->
     assert stranger.content == missing.content
 
 
-@pytest.mark.parametrize("raw_id", [
-    "abc", "-1", "0", "1.5", "9" * 30, "%E2%91%A0", "%D9%A1", "1%00", "%20", "1e5",
-    "9223372036854775808",
-])
+@pytest.mark.parametrize(
+    "raw_id",
+    [
+        "abc",
+        "-1",
+        "0",
+        "1.5",
+        "9" * 30,
+        "%E2%91%A0",
+        "%D9%A1",
+        "1%00",
+        "%20",
+        "1e5",
+        "9223372036854775808",
+    ],
+)
 def test_bad_ids_are_400_problems(embedded_server: Server, raw_id: str) -> None:
     with embedded_server.client() as client:
         response = client.get(f"/orders/{raw_id}", headers=bearer("user1"))
     _problem(response, 400, "bad-order-id")
 
 
-@pytest.mark.parametrize(("headers", "kind"), [
-    ({}, "unauthorized"),
-    ({"Authorization": "Bearer nonsense"}, "unauthorized"),
-    ({"Authorization": "Basic dXNlcjpwYXNz"}, "unauthorized"),
-])
-def test_missing_or_bad_tokens_are_401(embedded_server: Server, headers: dict[str, str],
-                                       kind: str) -> None:
+@pytest.mark.parametrize(
+    ("headers", "kind"),
+    [
+        ({}, "unauthorized"),
+        ({"Authorization": "Bearer nonsense"}, "unauthorized"),
+        ({"Authorization": "Basic dXNlcjpwYXNz"}, "unauthorized"),
+    ],
+)
+def test_missing_or_bad_tokens_are_401(
+    embedded_server: Server, headers: dict[str, str], kind: str
+) -> None:
     with embedded_server.client() as client:
         response = client.get("/orders/5", headers=headers)
     _problem(response, 401, kind)
@@ -107,8 +123,9 @@ def test_malformed_http_gets_400_and_the_server_lives(embedded_server: Server) -
 
 
 def test_oversized_headers_are_431(embedded_server: Server) -> None:
-    answer = _raw(embedded_server,
-                  b"GET /healthz HTTP/1.1\r\nHost: x\r\nX-Big: " + b"a" * 20000 + b"\r\n\r\n")
+    answer = _raw(
+        embedded_server, b"GET /healthz HTTP/1.1\r\nHost: x\r\nX-Big: " + b"a" * 20000 + b"\r\n\r\n"
+    )
     assert answer.startswith(b"HTTP/1.1 431 ")
 
 
@@ -122,7 +139,8 @@ def test_pipelined_requests_are_answered_in_order(embedded_server: Server) -> No
     token = bearer(owner(3))["Authorization"]
     requests = b"".join(
         f"GET {path} HTTP/1.1\r\nHost: x\r\nAuthorization: {token}\r\n\r\n".encode()
-        for path in ("/orders/3", "/healthz", "/orders/77777", "/orders/3"))
+        for path in ("/orders/3", "/healthz", "/orders/77777", "/orders/3")
+    )
     answer = _raw(embedded_server, requests)
     statuses = re.findall(rb"HTTP/1\.1 (\d{3}) ", answer)
     assert statuses == [b"200", b"200", b"404", b"200"]
@@ -150,6 +168,13 @@ def test_metrics_use_route_templates(embedded_server: Server) -> None:
         text = client.get("/metrics").text
     assert 'http_requests_total{method="GET",route="/orders/{id}",status="200"}' in text
     assert 'route="/orders/6"' not in text and "/orders/abc" not in text
-    for name in ("http_request_duration_seconds_bucket", "cache_hits_total", "cache_misses_total",
-                 "db_pool_in_use", "event_loop_lag_seconds", "asyncio_tasks", "http_in_flight"):
+    for name in (
+        "http_request_duration_seconds_bucket",
+        "cache_hits_total",
+        "cache_misses_total",
+        "db_pool_in_use",
+        "event_loop_lag_seconds",
+        "asyncio_tasks",
+        "http_in_flight",
+    ):
         assert name in text, name

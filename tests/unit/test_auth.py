@@ -23,18 +23,21 @@ def test_valid_token_gives_the_user_and_role() -> None:
     assert admin.admin
 
 
-@pytest.mark.parametrize("header", [
-    None,
-    b"",
-    b"Basic dXNlcjpwYXNz",
-    b"Bearer",
-    b"Bearer not.a.jwt",
-    _bearer(mint("another-secret-0123456789-0123456789", "alice")),
-    _bearer(jwt.encode({"sub": "alice"}, SECRET, algorithm="HS256")),  # no exp
-    _bearer(jwt.encode({"sub": 5, "exp": time.time() + 60}, SECRET, algorithm="HS256")),
-    _bearer(jwt.encode({"sub": "x" * 65, "exp": time.time() + 60}, SECRET, algorithm="HS256")),
-    _bearer(jwt.encode({"sub": "alice", "exp": time.time() + 60}, SECRET, algorithm="HS512")),
-])
+@pytest.mark.parametrize(
+    "header",
+    [
+        None,
+        b"",
+        b"Basic dXNlcjpwYXNz",
+        b"Bearer",
+        b"Bearer not.a.jwt",
+        _bearer(mint("another-secret-0123456789-0123456789", "alice")),
+        _bearer(jwt.encode({"sub": "alice"}, SECRET, algorithm="HS256")),  # no exp
+        _bearer(jwt.encode({"sub": 5, "exp": time.time() + 60}, SECRET, algorithm="HS256")),
+        _bearer(jwt.encode({"sub": "x" * 65, "exp": time.time() + 60}, SECRET, algorithm="HS256")),
+        _bearer(jwt.encode({"sub": "alice", "exp": time.time() + 60}, SECRET, algorithm="HS512")),
+    ],
+)
 def test_bad_tokens_are_401(header: bytes | None) -> None:
     with pytest.raises(Problem) as caught:
         Authenticator(SECRET).user(header)

@@ -17,13 +17,15 @@ def test_defaults_are_the_embedded_mode(tmp_path: Path) -> None:
 
 
 def test_env_values_are_parsed() -> None:
-    settings = config.load({
-        "SURGE_DATABASE_URL": "mysql://root@127.0.0.1/test",
-        "SURGE_REDIS_URL": "redis://127.0.0.1:6379/2",
-        "SURGE_WORKERS": "4",
-        "SURGE_DEADLINE_MS": "80",
-        "SURGE_NEAR_CACHE_TTL": "1.5",
-    })
+    settings = config.load(
+        {
+            "SURGE_DATABASE_URL": "mysql://root@127.0.0.1/test",
+            "SURGE_REDIS_URL": "redis://127.0.0.1:6379/2",
+            "SURGE_WORKERS": "4",
+            "SURGE_DEADLINE_MS": "80",
+            "SURGE_NEAR_CACHE_TTL": "1.5",
+        }
+    )
     assert not settings.embedded
     assert settings.workers == 4
     assert settings.deadline == pytest.approx(0.08)
@@ -35,18 +37,21 @@ def test_cli_overrides_env() -> None:
     assert settings.port == 9001
 
 
-@pytest.mark.parametrize(("env", "fragment"), [
-    ({"SURGE_DATABASE_URL": "oracle://x"}, "valid: sqlite, mysql, mariadb, postgresql"),
-    ({"SURGE_REDIS_URL": "memcached://x"}, "valid: redis, rediss"),
-    ({"SURGE_PORT": "70000"}, "SURGE_PORT='70000'"),
-    ({"SURGE_WORKERS": "0"}, "must be >= 1"),
-    ({"SURGE_WORKERS": "many"}, "SURGE_WORKERS='many'"),
-    ({"SURGE_ENV": "staging"}, "must be one of development, production"),
-    ({"SURGE_CACHE_JITTER": "1.5"}, "must be in [0, 1)"),
-    ({"SURGE_NEAR_CACHE_TTL": "nan"}, "must be >= 0"),
-    ({"SURGE_WORKERS": "2"}, "needs SURGE_REDIS_URL"),
-    ({"SURGE_JWT_SECRET": "short"}, "at least 32 characters"),
-])
+@pytest.mark.parametrize(
+    ("env", "fragment"),
+    [
+        ({"SURGE_DATABASE_URL": "oracle://x"}, "valid: sqlite, mysql, mariadb, postgresql"),
+        ({"SURGE_REDIS_URL": "memcached://x"}, "valid: redis, rediss"),
+        ({"SURGE_PORT": "70000"}, "SURGE_PORT='70000'"),
+        ({"SURGE_WORKERS": "0"}, "must be >= 1"),
+        ({"SURGE_WORKERS": "many"}, "SURGE_WORKERS='many'"),
+        ({"SURGE_ENV": "staging"}, "must be one of development, production"),
+        ({"SURGE_CACHE_JITTER": "1.5"}, "must be in [0, 1)"),
+        ({"SURGE_NEAR_CACHE_TTL": "nan"}, "must be >= 0"),
+        ({"SURGE_WORKERS": "2"}, "needs SURGE_REDIS_URL"),
+        ({"SURGE_JWT_SECRET": "short"}, "at least 32 characters"),
+    ],
+)
 def test_bad_values_stop_with_one_clear_line(env: dict[str, str], fragment: str) -> None:
     with pytest.raises(config.ConfigError) as caught:
         config.load(env)

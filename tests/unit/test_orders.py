@@ -61,8 +61,7 @@ def _request(order_id: str, user: str | None = "alice", admin: bool = False) -> 
 async def _make(store: FakeStore, **overrides: object) -> tuple[OrderQuery, Metrics]:
     settings = Settings(jwt_secret=SECRET, **overrides)  # type: ignore[arg-type]
     metrics = Metrics()
-    query = OrderQuery(settings, Authenticator(SECRET), MemoryCache(), store, MemoryBus(),
-                       metrics)
+    query = OrderQuery(settings, Authenticator(SECRET), MemoryCache(), store, MemoryBus(), metrics)
     await query.start()
     return query, metrics
 
@@ -78,9 +77,26 @@ def _json(response: Response) -> dict[str, object]:
     return orjson.loads(response[2])  # type: ignore[no-any-return]
 
 
-@pytest.mark.parametrize("text", ["abc", "-1", "0", "00", "1.5", "1e3", "", " 1", "+1",
-                                  "12345678901234567890", "9" * 400, "\u0661", "\u2460",
-                                  "9223372036854775808", "0x10"])
+@pytest.mark.parametrize(
+    "text",
+    [
+        "abc",
+        "-1",
+        "0",
+        "00",
+        "1.5",
+        "1e3",
+        "",
+        " 1",
+        "+1",
+        "12345678901234567890",
+        "9" * 400,
+        "\u0661",
+        "\u2460",
+        "9223372036854775808",
+        "0x10",
+    ],
+)
 def test_bad_ids_are_400(text: str) -> None:
     with pytest.raises(Problem) as caught:
         parse_order_id(text)
@@ -108,8 +124,14 @@ async def test_owner_admin_and_stranger() -> None:
     query, metrics = await _make(store)
     owner = await _call(query, _request("1", "alice"))
     assert owner[0] == 200
-    assert _json(owner) == {"id": 1, "sale_id": 1, "user_id": "alice", "quantity": 2,
-                            "status": "confirmed", "created_at": "2026-11-27T12:00:00Z"}
+    assert _json(owner) == {
+        "id": 1,
+        "sale_id": 1,
+        "user_id": "alice",
+        "quantity": 2,
+        "status": "confirmed",
+        "created_at": "2026-11-27T12:00:00Z",
+    }
     assert (await _call(query, _request("1", "root", admin=True)))[0] == 200
     stranger = await _call(query, _request("1", "mallory"))
     assert stranger[0] == 404

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import os
 import time
 from collections import Counter
 from collections.abc import Callable, Mapping
@@ -18,7 +19,6 @@ from surge.types import Probe
 PROBE_TIMEOUT = 1.0
 PROBE_CACHE = 0.5  # seconds a readiness verdict is reused: probes must not load Redis/DB
 
-_ALIVE = json_response(200, {"status": "ok"})
 _OPENAPI = response(200, openapi.ENCODED)
 
 
@@ -78,7 +78,8 @@ def add_routes(router: Router, metrics: Metrics, readiness: Readiness, auth: Aut
             raise Problem(403, "forbidden", "admin role required")
         return json_response(200, task_counts())
 
-    router.add("GET", "/healthz", lambda _request: _ALIVE)
+    alive = json_response(200, {"status": "ok", "pid": os.getpid()})  # built after the fork
+    router.add("GET", "/healthz", lambda _request: alive)
     router.add("GET", "/readyz", readiness.check)
     router.add(
         "GET", "/metrics", lambda _request: response(200, metrics.render(), CONTENT_TYPE.encode())

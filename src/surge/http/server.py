@@ -37,6 +37,8 @@ MAX_HEADER_BYTES = 16_384
 MAX_PIPELINE = 16
 # Slowloris guard: a connection in the middle of a request may stay silent this long.
 REQUEST_TIMEOUT = 10.0
+# During shutdown, how long an accepted connection may take to send its first request.
+FIRST_REQUEST_GRACE = 1.0
 
 # An incoming X-Request-ID is kept if it is short and plain; otherwise we make one.
 _REQUEST_ID = re.compile(rb"[A-Za-z0-9._:-]{1,128}")
@@ -94,8 +96,7 @@ class ServerState:
         self.in_flight = 0
         self.closing = False  # answer with Connection: close (shutdown delay and drain)
         self.stopped = False  # intake stopped: close connections once idle
-        self.idle = asyncio.Event()
-        self.idle.set()
+        self.drained = asyncio.Event()  # set when stopped and the last connection closed
         self.now = time.monotonic()
         self.date_line = b""
         self._id_prefix = os.urandom(4).hex().encode() + b"-"
@@ -123,6 +124,7 @@ class HttpProtocol(asyncio.Protocol):
         "_paused_reading",
         "_paused_writing",
         "_queue",
+        "_served",
         "_state",
         "_transport",
         "_url",
@@ -143,6 +145,7 @@ class HttpProtocol(asyncio.Protocol):
         self._paused_reading = False
         self._paused_writing = False
         self._last = state.now
+        self._served = 0
         self.client = ""
 
     # -- transport callbacks ------------------------------------------------------------
@@ -153,8 +156,11 @@ class HttpProtocol(asyncio.Protocol):
         self._state.connections.add(self)
 
     def connection_lost(self, exc: Exception | None) -> None:
-        self._state.connections.discard(self)
+        state = self._state
+        state.connections.discard(self)
         self._transport = None
+        if state.stopped and not state.connections:
+            state.drained.set()
 
     def data_received(self, data: bytes) -> None:
         self._last = self._state.now
@@ -241,7 +247,6 @@ class HttpProtocol(asyncio.Protocol):
     def _handle(self, request: Request) -> None:
         state = self._state
         state.in_flight += 1
-        state.idle.clear()
         match = state.router.match(request.path)
         result: Response | Awaitable[Response]
         if match is None:
@@ -308,10 +313,9 @@ class HttpProtocol(asyncio.Protocol):
             transport.write(data)
             if not keep_alive:
                 transport.close()
+        self._served += 1
         state.observe(request.route, request.method, status, time.perf_counter() - request.started)
         state.in_flight -= 1
-        if state.in_flight == 0:
-            state.idle.set()
 
     def _reject(self, status: int, kind: str, detail: str) -> None:
         """Answers a request the parser refused, then closes: the stream is unusable."""
@@ -336,18 +340,25 @@ class HttpProtocol(asyncio.Protocol):
 
     # -- housekeeping -------------------------------------------------------------------
     def sweep(self, now: float) -> None:
-        """Closes an idle keep-alive connection, or one stalled mid-request."""
+        """Closes an idle keep-alive connection, or one stalled mid-request.
+
+        Once intake has stopped, a connection that has not sent its first request yet gets
+        FIRST_REQUEST_GRACE: it was accepted, so its request must still be served.
+        """
         if self._busy or self._transport is None:
             return
-        silent = now - self._last
-        mid_request = bool(self._url) and not self._queue
-        if self._state.stopped and not mid_request:
-            self._transport.close()
-        elif silent > (REQUEST_TIMEOUT if mid_request else self._state.keepalive_timeout):
+        if self._url or self._queue:
+            limit = REQUEST_TIMEOUT
+        elif self._state.stopped:
+            limit = 0.0 if self._served else FIRST_REQUEST_GRACE
+        else:
+            limit = self._state.keepalive_timeout
+        if now - self._last > limit:
             self._transport.close()
 
-    def close_idle(self) -> None:
-        if not self._busy and self._transport is not None:
+    def close_if_idle(self) -> None:
+        """Closes a keep-alive connection between requests (not a fresh one)."""
+        if self._served and not (self._busy or self._url or self._queue) and self._transport:
             self._transport.close()
 
     def abort(self) -> None:
@@ -416,22 +427,22 @@ class HttpServer:
             await loop.connect_accepted_socket(lambda: HttpProtocol(state), accepted)
         self._sock.close()
         for conn in list(state.connections):
-            conn.close_idle()
+            conn.close_if_idle()
 
     async def drain(self, grace: float) -> bool:
-        """Waits for in-flight requests; returns False if the timeout cut them off."""
+        """Waits until every connection has been answered and closed (each closes after its
+        answer now); returns False if `grace` ran out first and the rest were cut off."""
+        state = self.state
         try:
-            async with asyncio.timeout(grace):
-                await self.state.idle.wait()
+            if state.connections:
+                async with asyncio.timeout(grace):
+                    await state.drained.wait()
             return True
         except TimeoutError:
             return False
         finally:
-            for conn in list(self.state.connections):
-                if self.state.in_flight:
-                    conn.abort()
-                else:
-                    conn.close_idle()
+            for conn in list(state.connections):
+                conn.abort()
             if self._timer is not None:
                 self._timer.cancel()
 

@@ -1,0 +1,558 @@
+"""Order-query benchmark: Surge against the Go baseline, same machine, data and wrk workload.
+
+Run it with `make bench` or `.venv/bin/python -m bench.orders [--quick]` from the project root.
+
+What is measured. Both servers read the same MariaDB table (`surge_bench.orders`, seeded by
+`surge db seed`) and cache in the same Redis (Go in DB 0 as `order:N`, Surge in DB 1 as
+`surge:order:N`, so neither ever sees the other's entries). wrk drives both with the same
+Lua request generator; every request carries the bearer token of the order's owner (Surge
+checks it, Go ignores it), so both parse the same bytes.
+- hit: ids uniform in 1..100,000, answered from the caches (Surge: its in-process near
+  cache, else Redis; Go: Redis). The caches start empty (entries of an earlier seed must
+  not answer); a warm-up walks every id, round and round, for `--warmup` seconds and on
+  until each id was asked twice and a whole warm-up run had no error answer.
+- miss: every request misses every cache. Each wrk thread walks its own slice of the ids
+  once and never repeats one; before every run the Redis entries of both servers are
+  deleted and Surge (whose near cache lives in its processes) is restarted. A run that
+  used up its slice is reported as invalid, as is a Surge run whose counters (scraped
+  from /metrics afterwards) show any cache hit.
+
+Why alternation and medians. The machine has 2 cores, shared with other work, and wrk
+runs on the same 2 cores as the server it drives, so one run is noisy (10-20 % from run to
+run is common). Runs therefore alternate Go, Surge, Go, Surge... so slow drifts (another
+job, thermal state, MariaDB's buffer pool) hit both servers alike, and each figure is the
+median of `--rounds` runs, which one outlier cannot move. Only one server is ever under
+load at a time.
+
+Ratios are Surge/Go of the median req/s. wrk's req/s also counts error answers (Go's
+worker pool answers 504 after 50 ms), so the 2xx-only ratio is shown too, and a target
+counts as met only when both ratios reach it.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import secrets
+import shlex
+import subprocess
+import sys
+import time
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+from bench import common
+from bench.common import OUT, ROOT, BenchError, Processes, Server
+
+START, END = "<!-- bench:orders:start -->", "<!-- bench:orders:end -->"
+DATABASE = "surge_bench"
+DATABASE_URL = f"mysql://root@127.0.0.1:3306/{DATABASE}"
+GO_DSN = f"root@tcp(127.0.0.1:3306)/{DATABASE}"
+SURGE_REDIS_URL = "redis://127.0.0.1:6379/1"
+USERS = 10_000
+HIT_IDS = 100_000
+THREADS = 2
+SURGE_WORKERS = 2
+TOKEN_TTL = 12 * 3600.0
+MAX_WARMUP_RUNS = 8
+SURGE_BIN = Path(sys.executable).parent / "surge"
+GO_BIN = ROOT / "bench" / "bin" / "orderserver"
+BUILD_SCRIPT = ROOT.parent / "shared" / "baseline" / "build.sh"
+REPORT = ROOT / "BENCHMARKS.md"
+HEADER = """# Benchmarks
+
+Measured results of Surge's benchmark harnesses (`bench/`). Each harness rewrites its own
+section, between its `<!-- bench:NAME:start/end -->` markers; do not edit those by hand.
+
+Run them all with `make bench` (several minutes; needs MariaDB, Redis and wrk, which
+`scripts/ensure-services.sh` and `scripts/install-system-deps.sh` provide), or one with
+`.venv/bin/python -m bench.orders` (`--help` for its options, `--quick` for a smoke test).
+"""
+
+
+def parse_args(argv: list[str] | None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(
+        prog="python -m bench.orders", description=__doc__.split("\n")[0]
+    )
+    parser.add_argument("--rounds", type=int, help="runs per server and workload (default 3)")
+    parser.add_argument("--duration", type=float, help="seconds per cache-hit run (default 10)")
+    parser.add_argument("--warmup", type=float, help="warm-up seconds per server (default 20)")
+    parser.add_argument("--miss-duration", type=float, help="seconds per miss run (default 5)")
+    parser.add_argument(
+        "--connections", default="64,256", help="cache-hit concurrencies (default 64,256)"
+    )
+    parser.add_argument("--miss-connections", type=int, default=256, help="default 256")
+    parser.add_argument(
+        "--orders",
+        type=int,
+        default=300_000,
+        help="orders seeded (default 300000); the miss phase walks all of them",
+    )
+    parser.add_argument(
+        "--quick", action="store_true", help="smoke test: 1 round, 3 s runs, 5 s warm-up"
+    )
+    args = parser.parse_args(argv)
+    quick = args.quick
+    args.rounds = args.rounds or (1 if quick else 3)
+    args.duration = args.duration or (3.0 if quick else 10.0)
+    args.warmup = args.warmup or (5.0 if quick else 20.0)
+    args.miss_duration = args.miss_duration or (3.0 if quick else 5.0)
+    args.connections = [int(c) for c in str(args.connections).split(",") if c.strip()]
+    if args.rounds < 1 or not args.connections or min(args.connections) < THREADS:
+        parser.error(f"--rounds must be >= 1 and every concurrency >= {THREADS}")
+    if args.orders < HIT_IDS:
+        parser.error(f"--orders must be >= {HIT_IDS} (the cache-hit ids)")
+    return args
+
+
+class Bench:
+    def __init__(self, args: argparse.Namespace, processes: Processes) -> None:
+        self.args = args
+        self.processes = processes
+        self.secret = secrets.token_urlsafe(32)  # a new signing key every run
+        self.commands: list[str] = []
+        self.runs: list[dict[str, Any]] = []
+        self.counters: dict[str, Any] = {"miss": []}
+        self.surge: Server | None = None
+        self.surge_port = 0
+        self.go_port = common.free_port()
+        self.scripts: dict[str, Path] = {}
+        self.warm_incomplete: list[str] = []
+
+    def note(self, command: str) -> None:
+        if command not in self.commands:
+            self.commands.append(command)
+
+    # -- preparation --------------------------------------------------------------------------
+    def prepare(self) -> None:
+        common.require_tool("wrk", "install it with `bash scripts/install-system-deps.sh`")
+        common.require_tool("mariadb", "the MariaDB client is needed to create the database")
+        common.require_tool("redis-cli", "the Redis client is needed to clear the caches")
+        build = ["bash", os.path.relpath(BUILD_SCRIPT, ROOT), "bench/bin"]
+        if GO_BIN.exists():
+            self.note(f"{shlex.join(build)}  # skipped: bench/bin/orderserver exists")
+        else:
+            if not BUILD_SCRIPT.exists():
+                common.fail(f"no Go baseline at {BUILD_SCRIPT}")
+            print("building the Go baseline ...")
+            common.run(build, timeout=900)
+            self.note(shlex.join(build))
+        create = ["mariadb", "-uroot", "-e", f"CREATE DATABASE IF NOT EXISTS {DATABASE}"]
+        common.run(create)
+        self.note(shlex.join(create))
+        seed = ["db", "seed", "--orders", str(self.args.orders), "--users", str(USERS), "--reset"]
+        print(f"seeding {self.args.orders} orders for {USERS} users ...")
+        print("  " + common.run([str(SURGE_BIN), *seed], env=self.surge_env(), timeout=600).strip())
+        self.note(f"SURGE_DATABASE_URL={DATABASE_URL} .venv/bin/surge {shlex.join(seed)}")
+        self.clear_caches()  # entries cached from an earlier seed must never answer
+        self.write_scripts()
+
+    def surge_env(self) -> dict[str, str]:
+        return common.clean_env(
+            {
+                "SURGE_DATABASE_URL": DATABASE_URL,
+                "SURGE_REDIS_URL": SURGE_REDIS_URL,
+                "SURGE_JWT_SECRET": self.secret,
+                "SURGE_LOG_LEVEL": "warning",
+            }
+        )
+
+    def write_scripts(self) -> None:
+        from surge.auth import mint
+        from surge.db import owner_of
+
+        OUT.mkdir(parents=True, exist_ok=True)
+        tokens = OUT / "tokens.lua"
+        users = range(1, USERS + 1)  # order k's owner is user ((k-1) % USERS + 1)
+        common.write_tokens(
+            tokens, [mint(self.secret, owner_of(u, USERS), ttl=TOKEN_TTL) for u in users]
+        )
+        workloads = {"hit": ("random", HIT_IDS), "warm": ("cycle", HIT_IDS)}
+        workloads["miss"] = ("once", self.args.orders)
+        for server, path in (("go", "/order?id="), ("surge", "/orders/")):
+            for workload, (mode, last) in workloads.items():
+                self.scripts[f"{workload}-{server}"] = common.write_lua(
+                    OUT / f"{workload}-{server}.lua",
+                    tokens=tokens,
+                    users=USERS,
+                    last=last,
+                    threads=THREADS,
+                    mode=mode,
+                    url_path=path,
+                )
+
+    # -- servers ------------------------------------------------------------------------------
+    def start_go(self) -> None:
+        argv = [
+            str(GO_BIN.relative_to(ROOT)),
+            "-mode",
+            "seed",
+            "-addr",
+            f"127.0.0.1:{self.go_port}",
+        ]
+        argv += ["-dsn", GO_DSN, "-redis", "127.0.0.1:6379"]
+        server = self.processes.start("go", argv, common.clean_env())
+        common.wait_until_ok(server, f"http://127.0.0.1:{self.go_port}/order?id=1")
+        self.note(shlex.join(argv))
+
+    def start_surge(self) -> None:
+        if self.surge is not None:
+            code = self.processes.stop(self.surge)
+            if code != 0:
+                print(f"  note: surge exited with {code} on SIGTERM (see {self.surge.log})")
+        self.surge_port = common.free_port()
+        argv = [str(SURGE_BIN), "serve", "--workers", str(SURGE_WORKERS)]
+        argv += ["--port", str(self.surge_port)]
+        self.surge = self.processes.start("surge", argv, self.surge_env())
+        common.wait_until_ok(self.surge, f"http://127.0.0.1:{self.surge_port}/healthz")
+        self.note(
+            f"SURGE_DATABASE_URL={DATABASE_URL} SURGE_REDIS_URL={SURGE_REDIS_URL} "
+            "SURGE_JWT_SECRET=<random, per run> SURGE_LOG_LEVEL=warning "
+            f".venv/bin/surge serve --workers {SURGE_WORKERS} --port PORT"
+        )
+
+    def preflight(self) -> None:
+        """One request each, checked by hand, before any load: the workload is what we think."""
+        from surge.auth import mint
+
+        url = f"http://127.0.0.1:{self.surge_port}/orders/1"
+        status, body = common.http_get(
+            url, {"Authorization": f"Bearer {mint(self.secret, 'user1')}"}
+        )
+        if status != 200 or json.loads(body).get("id") != 1:
+            common.fail(f"Surge answered {status} {body[:200]!r} for order 1 of user1")
+        other = common.http_get(url, {"Authorization": f"Bearer {mint(self.secret, 'user2')}"})
+        if other[0] != 404:
+            common.fail(f"Surge answered {other[0]} for order 1 asked by user2 (expected 404)")
+        status, body = common.http_get(f"http://127.0.0.1:{self.go_port}/order?id=1")
+        if status != 200 or json.loads(body).get("id") != 1:
+            common.fail(f"Go answered {status} {body[:200]!r} for order 1")
+
+    def clear_caches(self) -> None:
+        """Deletes both servers' cached orders in Redis.
+
+        Surge's DB 1 is the benchmark's own: FLUSHDB. DB 0 is shared with the test suite
+        (which uses unique key prefixes there), so only the Go baseline's `order:*` keys go.
+        """
+        common.run(["redis-cli", "-n", "1", "flushdb"])
+        import redis
+
+        client = redis.Redis(host="127.0.0.1", port=6379, db=0)
+        try:
+            batch: list[bytes] = []
+            for key in client.scan_iter(match="order:*", count=10_000):
+                batch.append(key)
+                if len(batch) >= 5_000:
+                    client.unlink(*batch)
+                    batch.clear()
+            if batch:
+                client.unlink(*batch)
+        finally:
+            client.close()
+        self.note("redis-cli -n 1 flushdb")
+        self.note("redis-cli -n 0 --scan --pattern 'order:*' | xargs redis-cli -n 0 unlink")
+
+    def surge_counters(self) -> dict[str, Any]:
+        """Sums /metrics over Surge's workers: each process counts for itself and a scrape
+        reaches whichever accepts, so scrape on fresh connections until each worker is seen
+        (workers are told apart by their order-query counters, which no scrape moves)."""
+        seen: dict[tuple[tuple[str, float], ...], dict[str, float]] = {}
+        for _ in range(60):
+            status, body = common.http_get(f"http://127.0.0.1:{self.surge_port}/metrics")
+            if status == 200:
+                samples = common.parse_prometheus(body.decode())
+                mine = {k: v for k, v in samples.items() if _order_counter(k)}
+                seen[tuple(sorted(mine.items()))] = mine
+            if len(seen) >= SURGE_WORKERS:
+                break
+        total: dict[str, Any] = {"workers_seen": len(seen), "http_requests_by_status": {}}
+        for mine in seen.values():
+            for name, value in mine.items():
+                if name.startswith("http_requests_total"):
+                    status = name.split('status="')[1].split('"')[0]
+                    by_status = total["http_requests_by_status"]
+                    by_status[status] = by_status.get(status, 0) + int(value)
+                else:
+                    key = name.removesuffix("_total").replace('{layer="', "_").rstrip('"}')
+                    total[key] = total.get(key, 0) + int(value)
+        return total
+
+    # -- load ---------------------------------------------------------------------------------
+    def load(
+        self, phase: str, server: str, connections: int, seconds: float, rnd: int, *args: str
+    ) -> common.WrkResult:
+        port = self.surge_port if server == "surge" else self.go_port
+        script = self.scripts[f"{phase}-{server}"]
+        url = f"http://127.0.0.1:{port}"
+        argv = common.wrk_argv(url, script, connections, seconds, THREADS, *args)
+        result = common.run_wrk(argv, seconds)
+        shown = [f"http://127.0.0.1:{server.upper()}_PORT" if a == url else a for a in argv]
+        self.note(shlex.join([*shown[: len(shown) - len(args)], "OFFSET"] if args else shown))
+        exhausted = phase == "miss" and any(u > result.ids_span for u in result.ids_used)
+        label = f"round {rnd}" if phase != "warm" else f"pass {rnd}"
+        print(
+            f"  {phase:<4} {server:<5} c={connections:<4} {label}: {result.rps:>9.0f} req/s"
+            f"  p50 {result.p50_ms:7.2f} ms  p99 {result.p99_ms:7.2f} ms"
+            f"  non-2xx {result.non_2xx}  socket errors {result.socket_errors}"
+            + ("  IDS EXHAUSTED" if exhausted else "")
+        )
+        if phase != "warm":
+            self.runs.append(
+                {
+                    "phase": phase,
+                    "server": server,
+                    "connections": connections,
+                    "round": rnd,
+                    "exhausted": exhausted,
+                    **result.as_dict(),
+                }
+            )
+        return result
+
+    def warm_up(self, server: str) -> None:
+        """Walks the hit ids round and round, for `--warmup` seconds and then on (further runs
+        of the same length, continuing the walk) until every id was asked at least twice and
+        a whole run had no error: a request answered 504 may leave its id uncached."""
+        offset, connections = 0, max(self.args.connections)
+        for attempt in range(1, MAX_WARMUP_RUNS + 1):
+            result = self.load("warm", server, connections, self.args.warmup, attempt, str(offset))
+            offset += min(result.ids_used, default=0)
+            if offset >= 2 * (HIT_IDS // THREADS) and result.non_2xx + result.socket_errors == 0:
+                return
+        print(f"  note: {server} still had errors or unwalked ids after {MAX_WARMUP_RUNS} runs")
+        self.warm_incomplete.append(server)
+
+    def hit_phase(self) -> None:
+        print(f"cache hits: warm-up (every id, both caches), >= {self.args.warmup:g} s per server")
+        for server in ("go", "surge"):
+            self.warm_up(server)
+        for rnd in range(1, self.args.rounds + 1):
+            for connections in self.args.connections:
+                for server in ("go", "surge"):
+                    self.load("hit", server, connections, self.args.duration, rnd)
+        self.counters["hit"] = self.surge_counters()
+        print(f"  surge counters (warm-up and hit runs): {self.counters['hit']}")
+
+    def miss_phase(self) -> None:
+        print("100% miss: Redis entries deleted before every run, Surge restarted before its own")
+        for rnd in range(1, self.args.rounds + 1):
+            for server in ("go", "surge"):
+                if server == "surge":
+                    self.start_surge()
+                self.clear_caches()
+                self.load("miss", server, self.args.miss_connections, self.args.miss_duration, rnd)
+                if server == "surge":
+                    counters = self.surge_counters()
+                    self.counters["miss"].append(counters)
+                    self.runs[-1]["surge_counters"] = counters
+                    print(f"  surge counters (this run): {counters}")
+
+    # -- results ------------------------------------------------------------------------------
+    def summary(self, phase: str, connections: int) -> dict[str, Any]:
+        out: dict[str, Any] = {}
+        for server in ("go", "surge"):
+            runs = [
+                r
+                for r in self.runs
+                if r["phase"] == phase and r["server"] == server and r["connections"] == connections
+            ]
+            out[server] = {
+                key: common.median([r[key] for r in runs])
+                for key in ("rps", "ok_rps", "p50_ms", "p99_ms", "non_2xx", "socket_errors")
+            }
+            out[server]["runs"] = len(runs)
+        out["ratio"] = common.ratio(out["surge"]["rps"], out["go"]["rps"])
+        out["ratio_2xx"] = common.ratio(out["surge"]["ok_rps"], out["go"]["ok_rps"])
+        return out
+
+    def miss_problems(self) -> list[str]:
+        problems = []
+        for run in self.runs:
+            if run["phase"] != "miss":
+                continue
+            where = f"{run['server']} round {run['round']}"
+            if run["exhausted"]:
+                problems.append(f"{where}: a wrk thread used up its ids (seed more: --orders)")
+            counters = run.get("surge_counters", {})
+            hits = counters.get("cache_hits_near", 0) + counters.get("cache_hits_shared", 0)
+            if hits:
+                problems.append(f"{where}: Surge counted {hits} cache hits")
+            if counters and counters.get("workers_seen") != SURGE_WORKERS:
+                problems.append(f"{where}: /metrics reached {counters['workers_seen']} workers")
+        return problems
+
+
+def _order_counter(sample: str) -> bool:
+    if sample.startswith("http_requests_total"):
+        return 'route="/orders/{id}"' in sample
+    return sample.split("{")[0] in (
+        "cache_hits_total",
+        "cache_misses_total",
+        "cache_errors_total",
+        "db_queries_total",
+        "db_rows_total",
+        "deadline_exceeded_total",
+    )
+
+
+def targets(results: dict[str, Any], problems: list[str]) -> list[tuple[str, str, str]]:
+    def judged(ok: bool | None) -> str:
+        return "not measured" if ok is None else ("met" if ok else "**not met**")
+
+    rows = []
+    hit = results["hit"].get("256")
+    value, ok = "not measured (no c=256 run)", None
+    if hit:
+        low = min(hit["ratio"], hit["ratio_2xx"])
+        value, ok = f"{hit['ratio']:.2f} (2xx only {hit['ratio_2xx']:.2f})", low >= 1.0
+    rows.append(("cache hits, c=256: Surge/Go req/s >= 1.0", value, judged(ok)))
+    value, ok = "not measured (no c=256 run)", None
+    if hit:
+        p99 = hit["surge"]["p99_ms"]
+        value, ok = f"{p99:.1f} ms", p99 <= 50.0
+    rows.append(("cache hits, c=256: Surge p99 <= 50 ms", value, judged(ok)))
+    miss = results["miss"]
+    low = min(miss["ratio"], miss["ratio_2xx"])
+    value = f"{miss['ratio']:.2f} (2xx only {miss['ratio_2xx']:.2f}) at c={miss['connections']}"
+    status = judged(low >= 0.8 if miss["connections"] == 256 else None)
+    if problems:
+        status = "not valid (see the miss notes)"
+    rows.append(("100% miss, c=256: Surge/Go req/s >= 0.8", value, status))
+    return rows
+
+
+def _table(results: dict[str, dict[str, Any]]) -> str:
+    def errors(s: dict[str, Any]) -> str:
+        text = f"{s['non_2xx']:.0f}"
+        return text + (f" (+{s['socket_errors']:.0f} socket)" if s["socket_errors"] else "")
+
+    head = ["c", "Go req/s", "Surge req/s", "Surge/Go", "Surge/Go 2xx only", "Go p50 / p99 ms"]
+    head += ["Surge p50 / p99 ms", "Go non-2xx", "Surge non-2xx"]
+    return common.markdown_table(
+        head,
+        (
+            [
+                c,
+                f"{s['go']['rps']:.0f}",
+                f"{s['surge']['rps']:.0f}",
+                f"{s['ratio']:.2f}",
+                f"{s['ratio_2xx']:.2f}",
+                f"{s['go']['p50_ms']:.2f} / {s['go']['p99_ms']:.2f}",
+                f"{s['surge']['p50_ms']:.2f} / {s['surge']['p99_ms']:.2f}",
+                errors(s["go"]),
+                errors(s["surge"]),
+            ]
+            for c, s in results.items()
+        ),
+    )
+
+
+def markdown(bench: Bench, report: dict[str, Any]) -> str:
+    args, m, results = bench.args, report["machine"], report["results"]
+    lines = ["## Order query: Surge vs the Go baseline", ""]
+    if args.quick:
+        lines += [
+            "> **Smoke run** (`--quick`: 1 round, 3 s runs, 5 s warm-up). It shows the harness "
+            "works end to end; its figures are too short and too few to be a measurement. "
+            "Run `make bench` for real numbers.",
+            "",
+        ]
+    lines += [
+        f"Run {report['date']} by `{report['command']}`: {args.rounds} alternating round(s) "
+        f"per server; medians. wrk -t{THREADS} shares the machine's cores with the server "
+        "under test. Method: the docstring of `bench/orders.py`.",
+        "",
+        f"Machine: {m['nproc']} CPUs ({m['cpu']}), {m['kernel']}, Python {m['python']}, "
+        f"{m['wrk']}, {m['go']}, MariaDB {m['mariadb']}, {m['redis'].split(' sha')[0]}.",
+        "",
+        "### Targets",
+        "",
+        common.markdown_table(["target", "measured", "status"], iter(report["targets"])),
+        "",
+        f"### Cache hits: ids uniform in 1..{HIT_IDS}, both caches warm, "
+        f"{args.duration:g} s runs after a warm-up of >= {args.warmup:g} s",
+        "",
+        _table(results["hit"]),
+        "",
+        f"Surge counters after the warm-up and hit runs: `{json.dumps(bench.counters['hit'])}`",
+        "",
+        f"### 100% miss: every id asked once, out of {args.orders}, {args.miss_duration:g} s runs",
+        "",
+        _table({str(results["miss"]["connections"]): results["miss"]}),
+        "",
+        "Surge counters per miss run (proof that nothing hit a cache): "
+        + ", ".join(f"`{json.dumps(c)}`" for c in bench.counters["miss"]),
+        "",
+    ]
+    if bench.warm_incomplete:
+        lines += [
+            f"Warm-up note: {', '.join(bench.warm_incomplete)} still had errors after "
+            f"{MAX_WARMUP_RUNS} warm-up runs; its hit figures include cache misses.",
+            "",
+        ]
+    if report["miss_problems"]:
+        lines += ["Miss notes: " + "; ".join(report["miss_problems"]) + ".", ""]
+    lines += ["### Commands", "", "```", *bench.commands, "```"]
+    return "\n".join(lines)
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parse_args(argv)
+    common.interrupt_on_termination()
+    started = datetime.now(UTC)
+    stamp = started.strftime("%Y%m%d-%H%M%S")
+    began = time.monotonic()
+    try:
+        with Processes(OUT / "logs" / stamp) as processes:
+            bench = Bench(args, processes)
+            bench.prepare()
+            bench.start_go()
+            bench.start_surge()
+            bench.preflight()
+            bench.hit_phase()
+            bench.miss_phase()
+    except BenchError as exc:
+        print(f"bench.orders: {exc}", file=sys.stderr)
+        return 1
+    except KeyboardInterrupt:
+        print("bench.orders: interrupted; every server it started is stopped", file=sys.stderr)
+        return 130
+    except subprocess.SubprocessError as exc:
+        print(f"bench.orders: {exc}", file=sys.stderr)
+        return 1
+    results: dict[str, Any] = {
+        "hit": {str(c): bench.summary("hit", c) for c in args.connections},
+        "miss": {
+            **bench.summary("miss", args.miss_connections),
+            "connections": args.miss_connections,
+        },
+    }
+    problems = bench.miss_problems()
+    report = {
+        "date": started.strftime("%Y-%m-%d %H:%M UTC"),
+        "command": "python -m bench.orders"
+        + (" " + shlex.join(sys.argv[1:]) if sys.argv[1:] else ""),
+        "seconds": round(time.monotonic() - began, 1),
+        "config": {k: v for k, v in vars(args).items()},
+        "machine": common.machine(),
+        "results": results,
+        "miss_problems": problems,
+        "surge_counters": bench.counters,
+        "commands": bench.commands,
+        "runs": bench.runs,
+    }
+    report["targets"] = targets(results, problems)
+    raw = OUT / f"orders-{stamp}.json"
+    raw.write_text(json.dumps(report, indent=2) + "\n")
+    (OUT / "orders-latest.json").write_text(raw.read_text())
+    section = markdown(bench, report)
+    common.rewrite_section(REPORT, START, END, section, HEADER)
+    print("\n" + section + "\n")
+    print(f"raw results: {raw.relative_to(ROOT)}; section rewritten in {REPORT.name}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,76 @@
+"""/openapi.json is a valid OpenAPI 3.1 document, and real responses match it."""
+
+from __future__ import annotations
+
+import asyncio
+from pathlib import Path
+from typing import Any
+
+import httpx
+import pytest
+from openapi_schema_validator import OAS31Validator
+from openapi_spec_validator import validate
+
+from surge import db
+from surge.app import App
+from surge.config import Settings
+from tests.server import Server
+from tests.system.conftest import bearer, owner
+
+
+@pytest.fixture(scope="module")
+def document(embedded_server: Server) -> dict[str, Any]:
+    served: dict[str, Any] = httpx.get(embedded_server.url + "/openapi.json").json()
+    return served
+
+
+def test_document_is_valid_openapi_31(document: dict[str, Any]) -> None:
+    assert document["openapi"].startswith("3.1")
+    validate(document)
+
+
+@pytest.mark.anyio
+async def test_every_route_is_documented(document: dict[str, Any], tmp_path: Path) -> None:
+    database = f"sqlite:///{tmp_path / 'routes.db'}"
+    await asyncio.to_thread(db.migrate, database)
+    app = App(Settings(database_url=database, jwt_secret="x" * 32, data_dir=tmp_path))
+    await app.start()
+    try:
+        assert set(app.router.templates) == set(document["paths"])
+    finally:
+        await app.close()
+
+
+def _check(document: dict[str, Any], template: str, response: httpx.Response) -> None:
+    operation = document["paths"][template]["get"]
+    spec = operation["responses"][str(response.status_code)]
+    media = response.headers["content-type"].split(";")[0]
+    schema = spec["content"][media]["schema"]
+    body = response.json() if "json" in media else response.text
+    OAS31Validator({**schema, "components": document["components"]}).validate(body)
+
+
+@pytest.mark.parametrize(
+    ("path", "template", "headers"),
+    [
+        ("/orders/4", "/orders/{id}", bearer(owner(4))),
+        ("/orders/4", "/orders/{id}", bearer("stranger")),
+        ("/orders/x", "/orders/{id}", bearer(owner(4))),
+        ("/orders/4", "/orders/{id}", {}),
+        ("/healthz", "/healthz", {}),
+        ("/readyz", "/readyz", {}),
+        ("/metrics", "/metrics", {}),
+        ("/openapi.json", "/openapi.json", {}),
+        ("/debug/tasks", "/debug/tasks", bearer("root", admin=True)),
+        ("/debug/tasks", "/debug/tasks", bearer("user1")),
+    ],
+)
+def test_responses_match_the_document(
+    embedded_server: Server,
+    document: dict[str, Any],
+    path: str,
+    template: str,
+    headers: dict[str, str],
+) -> None:
+    response = httpx.get(embedded_server.url + path, headers=headers)
+    _check(document, template, response)
