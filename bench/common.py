@@ -20,7 +20,7 @@ import subprocess
 import time
 import urllib.error
 import urllib.request
-from collections.abc import Iterator, Mapping, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any, NoReturn
@@ -339,6 +339,57 @@ def parse_prometheus(text: str) -> dict[str, float]:
             with contextlib.suppress(ValueError):
                 samples[name] = float(value)
     return samples
+
+
+def scrape_processes(
+    url: str, processes: int, keep: Callable[[str], bool], tries: int = 60
+) -> list[dict[str, float]]:
+    """The samples `keep` selects from /metrics, once per server process behind `url`.
+
+    Each process counts for itself and a scrape reaches whichever process accepts it, so
+    scrape on fresh connections until `processes` different answers were seen (processes
+    are told apart by the kept samples, which must be ones that no scrape moves).
+    """
+    seen: dict[tuple[tuple[str, float], ...], dict[str, float]] = {}
+    for _ in range(tries):
+        status, body = http_get(url)
+        if status == 200:
+            samples = {k: v for k, v in parse_prometheus(body.decode()).items() if keep(k)}
+            seen[tuple(sorted(samples.items()))] = samples
+        if len(seen) >= processes:
+            break
+    return list(seen.values())
+
+
+def delta(after: dict[str, Any], before: dict[str, Any]) -> dict[str, Any]:
+    """after - before, key by key, into nested dicts; keys starting with `workers` are kept."""
+    out: dict[str, Any] = {}
+    for key, value in after.items():
+        if isinstance(value, dict):
+            out[key] = delta(value, before.get(key, {}))
+        elif key.startswith("workers"):
+            out[key] = min(value, before.get(key, value))
+        else:
+            out[key] = value - before.get(key, 0)
+    return out
+
+
+def delete_keys(db: int, pattern: str) -> None:
+    """Deletes the keys matching `pattern` in the local Redis database `db` (SCAN + UNLINK)."""
+    import redis
+
+    client = redis.Redis(host="127.0.0.1", port=6379, db=db)
+    try:
+        batch: list[bytes] = []
+        for key in client.scan_iter(match=pattern, count=10_000):
+            batch.append(key)
+            if len(batch) >= 5_000:
+                client.unlink(*batch)
+                batch.clear()
+        if batch:
+            client.unlink(*batch)
+    finally:
+        client.close()
 
 
 def _first_line(argv: Sequence[str]) -> str:

@@ -2,8 +2,9 @@
 
 Verifying a JWT costs about 10 us (base64, JSON, HMAC); the same token arrives on every
 request of a session, so verified tokens are remembered by their exact bytes until they
-expire. Only successful verifications are cached: a forged token is re-checked (and
-rejected) every time, so the cache cannot be poisoned.
+expire. Refusals are remembered too: a token that failed verification can never pass it
+later (its signature, format or expiry will not change), so a flood of bad tokens costs a
+dict lookup each, not an HMAC. The cache is keyed by the exact header bytes and bounded.
 """
 
 from __future__ import annotations
@@ -32,17 +33,32 @@ class User:
 class Authenticator:
     def __init__(self, secret: str, cache_size: int = 100_000) -> None:
         self._secret = secret
-        self._cache: dict[bytes, User] = {}
+        self._cache: dict[bytes, User | Problem] = {}
         self._cache_size = cache_size
 
     def user(self, header: bytes | None) -> User:
         """The caller of a request, from its Authorization header; 401 problem otherwise."""
         if header is None:
             raise Problem(401, "unauthorized", "missing bearer token", _CHALLENGE)
-        user = self._cache.get(header)
-        if user is not None and user.expires > time.time():
-            return user
-        return self._verify(header)
+        known = self._cache.get(header)
+        if known is not None:
+            if isinstance(known, Problem):
+                raise known.with_traceback(None)  # a fresh traceback: no growth
+            if known.expires > time.time():
+                return known
+        try:
+            user = self._verify(header)
+        except Problem as refused:
+            self._remember(header, refused)
+            raise
+        self._remember(header, user)
+        return user
+
+    def _remember(self, header: bytes, outcome: User | Problem) -> None:
+        cache = self._cache
+        if len(cache) >= self._cache_size:
+            cache.pop(next(iter(cache)))
+        cache[header] = outcome
 
     def _verify(self, header: bytes) -> User:
         scheme, _, token = header.partition(b" ")
@@ -63,12 +79,7 @@ class Authenticator:
             raise Problem(
                 401, "unauthorized", "token subject must be a 1-64 character string", _CHALLENGE
             )
-        user = User(sub, claims.get("role") == "admin", float(claims["exp"]))
-        cache = self._cache
-        if len(cache) >= self._cache_size:
-            cache.pop(next(iter(cache)))
-        cache[header] = user
-        return user
+        return User(sub, claims.get("role") == "admin", float(claims["exp"]))
 
 
 def mint(secret: str, user_id: str, admin: bool = False, ttl: float = 86_400.0) -> str:

@@ -67,6 +67,19 @@ def test_verified_tokens_are_cached_until_they_expire(monkeypatch: pytest.Monkey
     assert len(calls) == 2
 
 
+def test_refusals_are_remembered(monkeypatch: pytest.MonkeyPatch) -> None:
+    auth = Authenticator(SECRET)
+    header = _bearer(mint("another-secret-0123456789-0123456789", "alice"))
+    calls = []
+    real_decode = jwt.decode
+    monkeypatch.setattr(jwt, "decode", lambda *a, **k: calls.append(1) or real_decode(*a, **k))
+    for _ in range(5):
+        with pytest.raises(Problem) as caught:
+            auth.user(header)
+        assert caught.value.status == 401
+    assert len(calls) == 1
+
+
 def test_token_cache_is_bounded() -> None:
     auth = Authenticator(SECRET, cache_size=10)
     for i in range(50):
