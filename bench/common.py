@@ -342,21 +342,25 @@ def parse_prometheus(text: str) -> dict[str, float]:
 
 
 def scrape_processes(
-    url: str, processes: int, keep: Callable[[str], bool], tries: int = 60
+    url: str, processes: int, keep: Callable[[str], bool], scrapes: int = 30
 ) -> list[dict[str, float]]:
     """The samples `keep` selects from /metrics, once per server process behind `url`.
 
     Each process counts for itself and a scrape reaches whichever process accepts it, so
-    scrape on fresh connections until `processes` different answers were seen (processes
-    are told apart by the kept samples, which must be ones that no scrape moves).
+    scrape `scrapes` times on fresh connections and tell the processes apart by the kept
+    samples. That needs counters at rest: requests still in flight when the load stopped
+    must finish first, so wait, and wait again while more than `processes` differ.
     """
     seen: dict[tuple[tuple[str, float], ...], dict[str, float]] = {}
-    for _ in range(tries):
-        status, body = http_get(url)
-        if status == 200:
-            samples = {k: v for k, v in parse_prometheus(body.decode()).items() if keep(k)}
-            seen[tuple(sorted(samples.items()))] = samples
-        if len(seen) >= processes:
+    for _ in range(5):
+        time.sleep(1.0)
+        seen.clear()
+        for _ in range(scrapes):
+            status, body = http_get(url)
+            if status == 200:
+                samples = {k: v for k, v in parse_prometheus(body.decode()).items() if keep(k)}
+                seen[tuple(sorted(samples.items()))] = samples
+        if len(seen) <= processes:
             break
     return list(seen.values())
 

@@ -8,6 +8,7 @@ import logging
 
 from surge.auth import Authenticator, load_or_create_secret
 from surge.backends import open_backends
+from surge.backends.redis import RedisCache
 from surge.config import Settings
 from surge.http import ops
 from surge.http.router import Router
@@ -54,6 +55,14 @@ class App:
         self.metrics.gauge(
             "near_cache_entries", "Entries in the near cache", lambda: len(self.orders.near)
         )
+        cache = backends.cache
+        if isinstance(cache, RedisCache):
+            self.metrics.gauge(
+                "redis_in_flight", "Redis commands under way (pool use)", lambda: cache.in_flight
+            )
+            self.metrics.gauge(
+                "redis_pool_size", "Redis connections allowed", lambda: settings.redis_pool_size
+            )
         lag = asyncio.create_task(self.metrics.watch_loop_lag(), name="loop-lag-watch")
         stack.push_async_callback(_cancel, lag)
 

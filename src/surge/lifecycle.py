@@ -26,7 +26,8 @@ import uvloop
 
 from surge.app import App
 from surge.config import Settings
-from surge.http.server import HttpServer, ServerState, bind_socket
+from surge.http.listener import HttpServer, bind_socket
+from surge.http.server import ServerState
 
 log = logging.getLogger("surge.lifecycle")
 

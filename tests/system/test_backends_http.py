@@ -33,4 +33,8 @@ def test_order_query_and_stampede(backend: Backend, tmp_path: Path) -> None:
         missing = asyncio.run(burst(host, int(port), "/orders/424242", bearer("user3"), 300))
         assert missing.statuses == {404: 300}
         assert server.metric("db_queries_total") == queries + 2  # and one for a bad id
+        # ids 7, 13 and 424242 each reached the shared cache exactly once
+        assert server.metric("cache_misses_total", layer="shared") == 3
+        if backend.redis_url:
+            assert server.metric("redis_pool_size") > 0
         assert server.stop() == 0

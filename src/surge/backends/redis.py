@@ -44,12 +44,17 @@ class RedisCache:
         self._prefix = prefix
         self._on_error = on_error
         self._sets: list[tuple[str, bytes, int]] = []
+        self.in_flight = 0  # Redis commands under way (the pool-use gauge)
         self._tasks: set[asyncio.Task[None]] = set()
 
     async def get_many(self, keys: Sequence[str]) -> list[bytes | None]:
         if not keys:
             return []
-        values = await self._client.mget([self._prefix + k for k in keys])
+        self.in_flight += 1
+        try:
+            values = await self._client.mget([self._prefix + k for k in keys])
+        finally:
+            self.in_flight -= 1
         return values  # type: ignore[return-value]  # bytes: decode_responses is off
 
     async def set(self, key: str, value: bytes, ttl: float) -> None:
@@ -65,6 +70,7 @@ class RedisCache:
         self._spawn(self._pipeline_sets(batch))
 
     async def _pipeline_sets(self, batch: list[tuple[str, bytes, int]]) -> None:
+        self.in_flight += 1
         try:
             async with self._client.pipeline(transaction=False) as pipe:
                 for key, value, px in batch:
@@ -74,6 +80,8 @@ class RedisCache:
             if self._on_error is not None:
                 self._on_error(exc)
             log.warning("cache fill of %d keys failed: %s", len(batch), exc)
+        finally:
+            self.in_flight -= 1
 
     def _spawn(self, work: Awaitable[None]) -> None:
         task = asyncio.ensure_future(work)
