@@ -207,9 +207,17 @@ class OrderQuery:
     def _dispatch(self) -> None:
         batch, self._queue = self._queue, []
         for start in range(0, len(batch), MAX_BATCH):
-            task = self._loop.create_task(self._lookup(batch[start : start + MAX_BATCH]))
+            task = self._loop.create_task(self._guarded(batch[start : start + MAX_BATCH]))
             self._tasks.add(task)
             task.add_done_callback(self._tasks.discard)
+
+    async def _guarded(self, batch: list[Flight]) -> None:
+        try:
+            await self._lookup(batch)
+        except Exception:  # a bug: answer 503 now rather than let waiters run into 504
+            log.exception("order lookup batch failed")
+            for flight in batch:
+                self._fail(flight)
 
     async def _lookup(self, batch: list[Flight]) -> None:
         metrics = self._metrics
@@ -226,10 +234,11 @@ class OrderQuery:
             fill_shared = True
         missing = []
         for flight, value in zip(batch, values, strict=True):
-            if value is None:
+            entry = None if value is None else self._entry_from_bytes(flight.order_id, value)
+            if entry is None:
                 missing.append(flight)
             else:
-                self._resolve(flight, self._entry_from_bytes(flight.order_id, value))
+                self._resolve(flight, entry)
         metrics.cache_hits["shared"] += len(batch) - len(missing)
         metrics.cache_misses["shared"] += len(missing)
         if not missing:
@@ -284,12 +293,17 @@ class OrderQuery:
             self._cache.set_soon(f"order:{order_id}", body, ttl)
         return entry
 
-    def _entry_from_bytes(self, order_id: int, value: bytes) -> Entry:
+    def _entry_from_bytes(self, order_id: int, value: bytes) -> Entry | None:
+        """The near-cache entry for a shared-cache value; None if the value is unreadable
+        (then the database answers and overwrites it)."""
         if value == NEGATIVE:
             return self.near.put(order_id, None, None, self._negative_ttl)
-        return self.near.put(
-            order_id, orjson.loads(value)["user_id"], response(200, value), self.near.ttl
-        )
+        try:
+            owner = orjson.loads(value)["user_id"]
+        except (orjson.JSONDecodeError, KeyError, TypeError):
+            log.warning("order %d: unreadable shared-cache value ignored", order_id)
+            return None
+        return self.near.put(order_id, owner, response(200, value), self.near.ttl)
 
     # -- writes elsewhere call this -----------------------------------------------------------
     async def invalidate(self, order_id: int) -> None:

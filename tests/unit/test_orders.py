@@ -246,3 +246,14 @@ async def test_ageing_entries_are_refreshed_behind_the_scenes() -> None:
     assert after[3] > before[3]  # reloaded with a new lifetime
     assert len(store.queries) == 1  # from the shared cache, not the database
     await query.close()
+
+
+@pytest.mark.anyio
+async def test_unreadable_shared_cache_value_falls_back_to_the_database() -> None:
+    store = FakeStore({8: _order(8, "alice")})
+    query, _ = await _make(store)
+    await query._cache.set("order:8", b"{not json", ttl=60)
+    response = await _call(query, _request("8"))
+    assert response[0] == 200 and _json(response)["id"] == 8
+    assert store.queries == [[8]]
+    assert (await query._cache.get_many(["order:8"]))[0] != b"{not json"  # overwritten
