@@ -21,9 +21,9 @@ log = logging.getLogger("surge.app")
 class App:
     """Everything one server process serves; `start` opens it, `close` undoes it in reverse."""
 
-    def __init__(self, settings: Settings) -> None:
+    def __init__(self, settings: Settings, metrics: Metrics | None = None) -> None:
         self.settings = settings
-        self.metrics = Metrics()
+        self.metrics = metrics or Metrics()
         self.router = Router()
         self.draining = False
         self._stack = contextlib.AsyncExitStack()
@@ -65,6 +65,9 @@ class App:
             )
         lag = asyncio.create_task(self.metrics.watch_loop_lag(), name="loop-lag-watch")
         stack.push_async_callback(_cancel, lag)
+        if self.metrics.share_dir is not None:
+            share = asyncio.create_task(self.metrics.share(), name="metrics-share")
+            stack.push_async_callback(_cancel, share)
 
     def _count_cache_error(self, _exc: Exception) -> None:
         self.metrics.cache_errors += 1

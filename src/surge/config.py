@@ -48,7 +48,7 @@ class Settings:
     cache_jitter: float = 0.1
     negative_ttl: float = 5.0
     near_cache_size: int = 100_000
-    near_cache_ttl: float = 60.0
+    near_cache_ttl: float = 300.0
     token_cache_size: int = 100_000
     shutdown_delay: float = 2.0
     drain_timeout: float = 5.0

@@ -17,10 +17,13 @@ import ctypes
 import gc
 import logging
 import os
+import shutil
 import signal
 import socket
 import sys
+import tempfile
 import time
+from pathlib import Path
 
 import uvloop
 
@@ -28,6 +31,7 @@ from surge.app import App
 from surge.config import Settings
 from surge.http.listener import HttpServer, bind_socket
 from surge.http.server import ServerState
+from surge.metrics import Metrics
 
 log = logging.getLogger("surge.lifecycle")
 
@@ -35,8 +39,8 @@ EXIT_FORCED = 3
 PR_SET_PDEATHSIG = 1
 
 
-async def serve(settings: Settings, sock: socket.socket) -> int:
-    app = App(settings)
+async def serve(settings: Settings, sock: socket.socket, metrics: Metrics) -> int:
+    app = App(settings, metrics)
     await app.start()
     state = ServerState(
         app.router, app.metrics.observe_request, settings.keepalive_timeout, settings.max_body_bytes
@@ -76,8 +80,10 @@ async def serve(settings: Settings, sock: socket.socket) -> int:
     return 0
 
 
-def run_process(settings: Settings, sock: socket.socket) -> int:
-    return uvloop.run(serve(settings, sock))
+def run_process(
+    settings: Settings, sock: socket.socket, worker: int = 0, share_dir: Path | None = None
+) -> int:
+    return uvloop.run(serve(settings, sock, Metrics(str(worker), share_dir)))
 
 
 def tune_gc() -> None:
@@ -120,6 +126,8 @@ class Supervisor:
         self.settings = settings
         self.sock = sock
         self.children: dict[int, int] = {}  # pid -> slot
+        # where workers leave metric snapshots for each other (see surge.metrics)
+        self.share_dir = Path(tempfile.mkdtemp(prefix="surge-metrics-"))
         self.stopping: int | None = None
 
     def _spawn(self, slot: int) -> None:
@@ -130,7 +138,7 @@ class Supervisor:
             signal.signal(signal.SIGINT, signal.SIG_DFL)
             code = 1
             try:
-                code = run_process(self.settings, self.sock)
+                code = run_process(self.settings, self.sock, slot, self.share_dir)
             except BaseException:
                 log.exception("worker %d crashed", slot)
             finally:
@@ -176,6 +184,7 @@ class Supervisor:
             elif code != 0:
                 failed = True
         self.sock.close()
+        shutil.rmtree(self.share_dir, ignore_errors=True)
         return 1 if failed else 0
 
 

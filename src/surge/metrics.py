@@ -5,14 +5,22 @@ them into the exposition format when /metrics is scraped. prometheus_client's ow
 Counter/Histogram take a lock and walk label dicts on every call, which costs more than a
 near-cache hit does in total. Label values are fixed at start-up or are route templates,
 never raw user input.
+
+Several workers (`surge serve --workers N`) share one port, so a scrape reaches whichever
+worker accepts it. Every series therefore carries a `worker` label, each worker writes a
+snapshot of its own series to a directory the supervisor made, once a second, and any
+worker answers /metrics with its live series plus its peers' latest snapshots: every
+scrape sees every worker, and each series stays monotonic.
 """
 
 from __future__ import annotations
 
 import asyncio
+import os
 import time
 from bisect import bisect_left
 from collections.abc import Callable, Iterator
+from pathlib import Path
 
 from prometheus_client import CollectorRegistry, generate_latest
 from prometheus_client.core import (
@@ -21,13 +29,17 @@ from prometheus_client.core import (
     HistogramMetricFamily,
     Metric,
 )
+from prometheus_client.parser import text_string_to_metric_families
 
 LATENCY_BUCKETS = (0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5)
 CONTENT_TYPE = "text/plain; version=0.0.4; charset=utf-8"
 
 
 class Metrics:
-    def __init__(self) -> None:
+    def __init__(self, worker: str = "0", share_dir: Path | None = None) -> None:
+        self.worker = worker
+        self.share_dir = share_dir
+        self.started = time.time()
         self.requests: dict[tuple[str, str, int], int] = {}
         # route -> (bucket counts incl. +Inf, sum)
         self._latency: dict[str, list[float]] = {}
@@ -68,6 +80,15 @@ class Metrics:
 
     # -- exposition -------------------------------------------------------------------------
     def collect(self) -> Iterator[Metric]:
+        """This worker's series, each labelled with the worker."""
+        for family in self._families():
+            family.samples = [
+                sample._replace(labels={**sample.labels, "worker": self.worker})
+                for sample in family.samples
+            ]
+            yield family
+
+    def _families(self) -> Iterator[Metric]:
         total = CounterMetricFamily(
             "http_requests", "HTTP requests answered", labels=["route", "method", "status"]
         )
@@ -119,14 +140,52 @@ class Metrics:
         for name, (doc, read) in sorted(self.gauges.items()):
             yield GaugeMetricFamily(name, doc, value=read())
         yield GaugeMetricFamily(
-            "process_start_time_seconds", "Start time of the process", value=_STARTED
+            "process_start_time_seconds", "Start time of the process", value=self.started
         )
 
     def render(self) -> bytes:
-        return generate_latest(self.registry)
+        """Exposition text: this worker live, its peers as of their last snapshot."""
+        if self.share_dir is None:
+            return generate_latest(self.registry)
+        merged = {family.name: family for family in self.collect()}
+        for path in sorted(self.share_dir.glob("worker-*.prom")):
+            if path.name == self._snapshot_name:
+                continue
+            try:
+                text = path.read_text()
+            except OSError:  # a worker being replaced
+                continue
+            for family in text_string_to_metric_families(text):
+                own = merged.get(family.name)
+                if own is None:
+                    merged[family.name] = family
+                else:
+                    own.samples.extend(family.samples)
+        return generate_latest(_Fixed(list(merged.values())))
+
+    @property
+    def _snapshot_name(self) -> str:
+        return f"worker-{self.worker}.prom"
+
+    async def share(self, interval: float = 1.0) -> None:
+        """Writes this worker's snapshot for its peers, atomically, every `interval`."""
+        assert self.share_dir is not None
+        target = self.share_dir / self._snapshot_name
+        scratch = target.with_suffix(".tmp")
+        while True:
+            scratch.write_bytes(generate_latest(self.registry))
+            os.replace(scratch, target)
+            await asyncio.sleep(interval)
 
 
-_STARTED = time.time()
+class _Fixed:
+    """A registry-shaped holder of already collected families."""
+
+    def __init__(self, families: list[Metric]) -> None:
+        self._families = families
+
+    def collect(self) -> list[Metric]:
+        return self._families
 
 
 def _le(bound: float) -> str:

@@ -153,6 +153,8 @@ class OrderQuery:
     async def start(self) -> None:
         self._loop = asyncio.get_running_loop()
         await self._bus.subscribe(INVALIDATE_CHANNEL, self._on_invalidate)
+        # invalidations may have been lost while the bus was down: forget everything
+        self._bus.on_reconnect(self.near.clear)
 
     async def close(self) -> None:
         for task in list(self._tasks):

@@ -111,6 +111,10 @@ def test_workers_serve_together_and_a_dead_worker_is_replaced(tmp_path: Path) ->
         with serve(env, tmp_path, "--workers", "2") as server:
             workers = set(_children(server.process.pid))
             assert _pids_answering(server, len(workers)) == workers
+            time.sleep(1.2)  # workers share metric snapshots once a second
+            for _ in range(4):  # whichever worker answers, it reports both
+                text = httpx.get(server.url + "/metrics").text
+                assert 'worker="0"' in text and 'worker="1"' in text
             victim = next(iter(workers))
             os.kill(victim, signal.SIGKILL)
             deadline = time.monotonic() + 15

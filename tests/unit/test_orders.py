@@ -257,3 +257,22 @@ async def test_unreadable_shared_cache_value_falls_back_to_the_database() -> Non
     assert response[0] == 200 and _json(response)["id"] == 8
     assert store.queries == [[8]]
     assert (await query._cache.get_many(["order:8"]))[0] != b"{not json"  # overwritten
+
+
+@pytest.mark.anyio
+async def test_near_cache_is_forgotten_when_the_bus_reconnects() -> None:
+    hooks: list[object] = []
+
+    class Bus(MemoryBus):
+        def on_reconnect(self, hook: object) -> None:  # type: ignore[override]
+            hooks.append(hook)
+
+    store = FakeStore({5: _order(5, "alice")})
+    query = OrderQuery(Settings(jwt_secret=SECRET), Authenticator(SECRET), MemoryCache(), store,
+                       Bus(), Metrics())
+    await query.start()
+    await _call(query, _request("5"))
+    assert len(query.near) == 1
+    for hook in hooks:
+        hook()  # type: ignore[operator]
+    assert len(query.near) == 0

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import time
 from collections import defaultdict
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 
 from surge.types import Handler
 
@@ -59,6 +59,9 @@ class MemoryBus:
 
     async def subscribe(self, channel: str, handler: Handler) -> None:
         self._handlers[channel].append(handler)
+
+    def on_reconnect(self, hook: Callable[[], None]) -> None:
+        """Never called: an in-process bus cannot lose its connection."""
 
     async def ping(self) -> None:
         return None

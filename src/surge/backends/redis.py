@@ -101,15 +101,20 @@ class RedisCache:
 
 
 class RedisBus:
-    """Redis pub/sub; one subscriber connection per process, re-established after a loss."""
+    """Redis pub/sub; one subscriber connection per process, re-established after a loss.
+
+    Messages published while the subscriber was disconnected are lost (pub/sub keeps
+    nothing), so every reconnection, whether redis-py made it transparently or we did,
+    calls the `on_reconnect` hooks: the order query clears its near cache there.
+    """
 
     def __init__(self, client: aioredis.Redis, prefix: str) -> None:
         self._client = client
         self._prefix = prefix
         self._handlers: dict[str, list[Handler]] = defaultdict(list)
+        self._hooks: list[Callable[[], None]] = []
         self._pubsub: PubSub | None = None
         self._reader: asyncio.Task[None] | None = None
-        self.connected = asyncio.Event()
 
     async def publish(self, channel: str, message: bytes) -> None:
         await self._client.publish(self._prefix + channel, message)
@@ -117,31 +122,51 @@ class RedisBus:
     async def subscribe(self, channel: str, handler: Handler) -> None:
         self._handlers[channel].append(handler)
         if self._pubsub is None:
-            self._pubsub = self._client.pubsub(ignore_subscribe_messages=True)
-        await self._pubsub.subscribe(self._prefix + channel)
+            await self._open()
+        else:
+            await self._pubsub.subscribe(self._prefix + channel)
         if self._reader is None:
             self._reader = asyncio.create_task(self._read(), name="redis-bus-reader")
-        self.connected.set()
+
+    def on_reconnect(self, hook: Callable[[], None]) -> None:
+        self._hooks.append(hook)
+
+    async def _open(self) -> None:
+        pubsub = self._client.pubsub(ignore_subscribe_messages=True)
+        await pubsub.subscribe(*(self._prefix + c for c in self._handlers))
+        if pubsub.connection is not None:
+            # registered after the first connect: every call is a reconnection
+            pubsub.connection.register_connect_callback(self._reconnected)
+        self._pubsub = pubsub
+
+    def _reconnected(self, _connection: object) -> None:
+        log.warning("pub/sub reconnected; messages sent meanwhile may be lost")
+        for hook in list(self._hooks):
+            try:
+                hook()
+            except Exception:
+                log.exception("reconnect hook failed")
 
     async def _read(self) -> None:
-        assert self._pubsub is not None
         strip = len(self._prefix)
         delay = 0.05
         while True:
+            assert self._pubsub is not None
             try:
                 message = await self._pubsub.get_message(timeout=1.0)
                 delay = 0.05
             except asyncio.CancelledError:
                 raise
             except Exception as exc:
-                self.connected.clear()
                 log.warning("pub/sub connection lost (%s); retrying in %.2fs", exc, delay)
                 await asyncio.sleep(delay)
                 delay = min(delay * 2, 2.0)
                 try:
-                    await self._resubscribe()
+                    await self._pubsub.aclose()  # type: ignore[no-untyped-call]
+                    await self._open()
                 except Exception:  # still down; the next turn retries
                     continue
+                self._reconnected(None)
                 continue
             if message is None or message.get("type") != "message":
                 continue
@@ -151,13 +176,6 @@ class RedisBus:
                     handler(message["data"])
                 except Exception:
                     log.exception("pub/sub handler for %s failed", channel)
-
-    async def _resubscribe(self) -> None:
-        assert self._pubsub is not None
-        await self._pubsub.reset()
-        self._pubsub = self._client.pubsub(ignore_subscribe_messages=True)
-        await self._pubsub.subscribe(*(self._prefix + c for c in self._handlers))
-        self.connected.set()
 
     async def ping(self) -> None:
         await self._client.ping()
