@@ -55,14 +55,14 @@ class NearCache:
     """Bounded in-process cache; oldest-inserted entries leave first when it is full."""
 
     def __init__(self, max_entries: int, ttl: float) -> None:
-        self._data: dict[int, Entry] = {}
+        self.data: dict[int, Entry] = {}
         self._max = max_entries
         self.ttl = ttl
 
     def get(self, key: int) -> Entry | None:
-        entry = self._data.get(key)
+        entry = self.data.get(key)
         if entry is not None and entry[3] < time.monotonic():
-            del self._data[key]
+            del self.data[key]
             return None
         return entry
 
@@ -70,7 +70,7 @@ class NearCache:
         now = time.monotonic()
         ttl = min(ttl, self.ttl)
         entry = (owner, found, now + ttl * REFRESH_AT if found else now + ttl, now + ttl)
-        data = self._data
+        data = self.data
         data.pop(key, None)
         if len(data) >= self._max:
             del data[next(iter(data))]
@@ -78,13 +78,13 @@ class NearCache:
         return entry
 
     def drop(self, key: int) -> None:
-        self._data.pop(key, None)
+        self.data.pop(key, None)
 
     def clear(self) -> None:
-        self._data.clear()
+        self.data.clear()
 
     def __len__(self) -> int:
-        return len(self._data)
+        return len(self.data)
 
 
 def parse_order_id(text: str) -> int:
@@ -165,12 +165,13 @@ class OrderQuery:
     def handle(self, request: Request) -> Response | asyncio.Future[Response]:
         user = self._auth.user(request.headers.get(b"authorization"))
         order_id = parse_order_id(request.params["id"])
-        entry = self.near.get(order_id)
-        if entry is None:
+        entry = self.near.data.get(order_id)
+        now = time.monotonic()
+        if entry is None or entry[3] < now:  # absent or expired
             self._metrics.cache_misses["near"] += 1
             return self._wait(order_id, user.id, user.admin)
         self._metrics.cache_hits["near"] += 1
-        if entry[2] < time.monotonic():
+        if entry[2] < now:
             self._refresh(order_id)  # ageing: answer from it, reload it behind the scenes
         return _answer(entry, user.id, user.admin)
 

@@ -28,7 +28,8 @@ class Route:
 class Router:
     def __init__(self) -> None:
         self._static: dict[str, Route] = {}
-        self._templated: dict[tuple[int, str], list[tuple[tuple[str | None, ...], Route]]] = {}
+        # (segment count, first segment) -> [(literal segments still to check, route)]
+        self._templated: dict[tuple[int, str], list[tuple[tuple[tuple[int, str], ...], Route]]] = {}
         self._routes: dict[str, Route] = {}
 
     def add(self, method: str, template: str, handler: Handler) -> None:
@@ -40,9 +41,12 @@ class Router:
             if not params:
                 self._static[template] = route
             else:
-                pattern = tuple(None if s.startswith("{") else s for s in segments)
+                # segments 0 ("") and 1 are implied by the lookup key; check only the rest
+                literals = tuple(
+                    (i, s) for i, s in enumerate(segments) if i > 1 and not s.startswith("{")
+                )
                 key = (len(segments), segments[1])
-                self._templated.setdefault(key, []).append((pattern, route))
+                self._templated.setdefault(key, []).append((literals, route))
         route.methods[method] = handler
 
     def match(self, path: str) -> tuple[Route, dict[str, str]] | None:
@@ -52,8 +56,11 @@ class Router:
         segments = path.split("/")
         if len(segments) < 2:
             return None
-        for pattern, candidate in self._templated.get((len(segments), segments[1]), ()):
-            if all(p is None or p == s for p, s in zip(pattern, segments, strict=True)):
+        for literals, candidate in self._templated.get((len(segments), segments[1]), ()):
+            for i, literal in literals:
+                if segments[i] != literal:
+                    break
+            else:
                 return candidate, {name: segments[i] for i, name in candidate.params}
         return None
 
