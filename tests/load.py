@@ -70,12 +70,15 @@ class Hammer:
     refused: int = 0
     closes: int = 0
     pids: set[int] = field(default_factory=set)
+    # Like a load balancer that took the server out of rotation: no new connections once
+    # this Event is set (requests on open connections go on).
+    no_new_connections: asyncio.Event = field(default_factory=asyncio.Event)
 
     async def client(
         self, host: str, port: int, path: str, headers: dict[str, str], stop: asyncio.Event
     ) -> None:
         payload = _request(path, headers)
-        while not stop.is_set():
+        while not stop.is_set() and not self.no_new_connections.is_set():
             try:
                 reader, writer = await asyncio.open_connection(host, port)
             except OSError:
@@ -104,8 +107,9 @@ async def hammer(
     targets: list[tuple[str, dict[str, str]]],
     clients: int,
     stop: asyncio.Event,
+    result: Hammer | None = None,
 ) -> Hammer:
-    result = Hammer()
+    result = result or Hammer()
     await asyncio.gather(
         *(result.client(host, port, *targets[i % len(targets)], stop) for i in range(clients))
     )

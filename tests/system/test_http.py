@@ -166,9 +166,7 @@ def test_metrics_use_route_templates(embedded_server: Server) -> None:
         client.get("/orders/6", headers=bearer(owner(6)))
         client.get("/orders/abc", headers=bearer(owner(6)))
         text = client.get("/metrics").text
-    assert (
-        'http_requests_total{method="GET",route="/orders/{id}",status="200",worker="0"}' in text
-    )
+    assert 'http_requests_total{method="GET",route="/orders/{id}",status="200",worker="0"}' in text
     assert 'route="/orders/6"' not in text and "/orders/abc" not in text
     for name in (
         "http_request_duration_seconds_bucket",

@@ -268,8 +268,9 @@ async def test_near_cache_is_forgotten_when_the_bus_reconnects() -> None:
             hooks.append(hook)
 
     store = FakeStore({5: _order(5, "alice")})
-    query = OrderQuery(Settings(jwt_secret=SECRET), Authenticator(SECRET), MemoryCache(), store,
-                       Bus(), Metrics())
+    query = OrderQuery(
+        Settings(jwt_secret=SECRET), Authenticator(SECRET), MemoryCache(), store, Bus(), Metrics()
+    )
     await query.start()
     await _call(query, _request("5"))
     assert len(query.near) == 1

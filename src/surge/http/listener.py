@@ -73,15 +73,18 @@ class HttpServer:
         answer now); returns False if `grace` ran out first and the rest were cut off."""
         state = self.state
         try:
-            if state.connections:
-                async with asyncio.timeout(grace):
+            async with asyncio.timeout(grace):
+                # re-check after each wake-up: a connection accepted just before intake
+                # stopped may join after the set was momentarily empty
+                while state.connections:
+                    state.drained.clear()
                     await state.drained.wait()
             return True
         except TimeoutError:
-            return False
-        finally:
             for conn in list(state.connections):
                 conn.abort()
+            return False
+        finally:
             if self._timer is not None:
                 self._timer.cancel()
 

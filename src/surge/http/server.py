@@ -149,6 +149,9 @@ class HttpProtocol(asyncio.Protocol):
     # -- transport callbacks ------------------------------------------------------------
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         self._transport = transport  # type: ignore[assignment]  # uvloop's is not a subclass
+        # exact, not the coarse per-second clock: during shutdown a fresh connection gets
+        # FIRST_REQUEST_GRACE from now, not from the last tick
+        self._last = time.monotonic()
         peer = transport.get_extra_info("peername")
         self.client = peer[0] if isinstance(peer, tuple) else ""
         self._state.connections.add(self)
