@@ -20,7 +20,7 @@ import subprocess
 import time
 import urllib.error
 import urllib.request
-from collections.abc import Callable, Iterator, Mapping, Sequence
+from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any, NoReturn
@@ -28,6 +28,10 @@ from typing import Any, NoReturn
 ROOT = Path(__file__).resolve().parent.parent  # the project (/work/main)
 BENCH = ROOT / "bench"
 OUT = BENCH / "out"
+# shared by the harness and its report
+HIT_IDS = 100_000
+MAX_WARMUP_RUNS = 6
+THREADS = 2
 
 
 class BenchError(RuntimeError):
@@ -339,30 +343,6 @@ def parse_prometheus(text: str) -> dict[str, float]:
             with contextlib.suppress(ValueError):
                 samples[name] = float(value)
     return samples
-
-
-def scrape_processes(
-    url: str, processes: int, keep: Callable[[str], bool], scrapes: int = 30
-) -> list[dict[str, float]]:
-    """The samples `keep` selects from /metrics, once per server process behind `url`.
-
-    Each process counts for itself and a scrape reaches whichever process accepts it, so
-    scrape `scrapes` times on fresh connections and tell the processes apart by the kept
-    samples. That needs counters at rest: requests still in flight when the load stopped
-    must finish first, so wait, and wait again while more than `processes` differ.
-    """
-    seen: dict[tuple[tuple[str, float], ...], dict[str, float]] = {}
-    for _ in range(5):
-        time.sleep(1.0)
-        seen.clear()
-        for _ in range(scrapes):
-            status, body = http_get(url)
-            if status == 200:
-                samples = {k: v for k, v in parse_prometheus(body.decode()).items() if keep(k)}
-                seen[tuple(sorted(samples.items()))] = samples
-        if len(seen) <= processes:
-            break
-    return list(seen.values())
 
 
 def delta(after: dict[str, Any], before: dict[str, Any]) -> dict[str, Any]:

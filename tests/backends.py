@@ -52,24 +52,13 @@ def require_service(name: str, address: tuple[str, int]) -> None:
         pytest.skip(message)
 
 
-async def _create_mariadb(name: str) -> None:
+async def _mariadb(statement: str) -> None:
     import asyncmy
 
     conn = await asyncmy.connect(host=MARIADB[0], port=MARIADB[1], user="root", password="")
     try:
         async with conn.cursor() as cursor:
-            await cursor.execute(f"CREATE DATABASE `{name}`")
-    finally:
-        conn.close()
-
-
-async def _drop_mariadb(name: str) -> None:
-    import asyncmy
-
-    conn = await asyncmy.connect(host=MARIADB[0], port=MARIADB[1], user="root", password="")
-    try:
-        async with conn.cursor() as cursor:
-            await cursor.execute(f"DROP DATABASE IF EXISTS `{name}`")
+            await cursor.execute(statement)
     finally:
         conn.close()
 
@@ -98,11 +87,11 @@ def make_backend(kind: str, tmp_path: Path) -> Iterator[Backend]:
     name = f"surge_t_{uuid.uuid4().hex[:12]}"
     if kind == "mariadb+redis":
         require_service("MariaDB", MARIADB)
-        asyncio.run(_create_mariadb(name))
+        asyncio.run(_mariadb(f"CREATE DATABASE `{name}`"))
         try:
             yield Backend(kind, f"mysql://root@{MARIADB[0]}:{MARIADB[1]}/{name}", redis_url, prefix)
         finally:
-            asyncio.run(_drop_mariadb(name))
+            asyncio.run(_mariadb(f"DROP DATABASE IF EXISTS `{name}`"))
     elif kind == "postgresql+redis":
         require_service("PostgreSQL", POSTGRES)
         asyncio.run(_pg(f'CREATE DATABASE "{name}"'))
