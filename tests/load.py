@@ -69,7 +69,6 @@ class Hammer:
     failures: list[str] = field(default_factory=list)
     refused: int = 0
     closes: int = 0
-    pids: set[int] = field(default_factory=set)
     # Like a load balancer that took the server out of rotation: no new connections once
     # this Event is set (requests on open connections go on).
     no_new_connections: asyncio.Event = field(default_factory=asyncio.Event)

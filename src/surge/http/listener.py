@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import asyncio
 import socket
-from typing import Any
 
 from surge.http.server import HttpProtocol, ServerState
 
@@ -87,6 +86,3 @@ class HttpServer:
         finally:
             if self._timer is not None:
                 self._timer.cancel()
-
-    def address(self) -> Any:
-        return self._sock.getsockname()
