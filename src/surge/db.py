@@ -17,7 +17,7 @@ from alembic.runtime.migration import MigrationContext
 from alembic.script import ScriptDirectory
 
 from surge.backends.sql import create_engine
-from surge.schema import orders, sales
+from surge.schema import orders, outbox, sale_buyers, sales
 
 STATUSES = ("confirmed", "paid", "shipped", "delivered", "cancelled")
 SEED_CHUNK = 1000
@@ -82,6 +82,9 @@ async def seed(
 
     Order k of this run (1-based) belongs to `owner_of(k, users)` and gets id
     `first_order_id + k - 1`; with `reset` the tables are emptied first and ids start at 1.
+    The orders belong to 10 past (ended) sales whose stock is exactly what was sold; one
+    more sale, live for a day with 100 items and a limit of 1 per user, is there to try a
+    purchase.
     """
     rng = rng or random.Random(42)
     started = time.perf_counter()
@@ -90,22 +93,33 @@ async def seed(
     try:
         async with engine.begin() as conn:
             if reset:
-                await conn.execute(orders.delete())
-                await conn.execute(sales.delete())
+                for table in (outbox, orders, sale_buyers, sales):
+                    await conn.execute(table.delete())
             base_sale = (await conn.execute(sa.select(sa.func.max(sales.c.id)))).scalar() or 0
             sale_rows = [
                 {
                     "id": base_sale + i + 1,
                     "name": f"Demo sale {base_sale + i + 1}",
-                    "stock": 1000,
-                    "per_user_limit": 1,
-                    "starts_at": now - timedelta(days=1),
-                    "ends_at": now + timedelta(days=30),
-                    "created_at": now - timedelta(days=2),
+                    "stock": 0,  # set below to what was sold
+                    "remaining": 0,
+                    "per_user_limit": 1000,
+                    "starts_at": now - timedelta(days=31),
+                    "ends_at": now - timedelta(hours=1),
+                    "created_at": now - timedelta(days=32),
                 }
                 for i in range(10)
             ]
-            await conn.execute(sa.insert(sales).values(sale_rows))
+            live = {
+                "id": base_sale + 11,
+                "name": "Demo live sale",
+                "stock": 100,
+                "remaining": 100,
+                "per_user_limit": 1,
+                "starts_at": now - timedelta(minutes=1),
+                "ends_at": now + timedelta(days=1),
+                "created_at": now - timedelta(minutes=2),
+            }
+            await conn.execute(sa.insert(sales).values([*sale_rows, live]))
             base = (await conn.execute(sa.select(sa.func.max(orders.c.id)))).scalar() or 0
             for start in range(0, order_count, SEED_CHUNK):
                 rows = []
@@ -121,6 +135,16 @@ async def seed(
                         }
                     )
                 await conn.execute(sa.insert(orders), rows)  # executemany: the driver batches
+            sold = (
+                sa.select(sa.func.coalesce(sa.func.sum(orders.c.quantity), 0))
+                .where(orders.c.sale_id == sales.c.id)
+                .scalar_subquery()
+            )
+            await conn.execute(
+                sa.update(sales)
+                .where(sales.c.id.in_([row["id"] for row in sale_rows]))
+                .values(stock=sold)
+            )
             if conn.dialect.name == "postgresql":  # explicit ids do not move the sequences
                 for table in ("orders", "sales"):
                     await conn.execute(
@@ -131,4 +155,4 @@ async def seed(
                     )
     finally:
         await engine.dispose()
-    return SeedResult(order_count, len(sale_rows), base + 1, time.perf_counter() - started)
+    return SeedResult(order_count, len(sale_rows) + 1, base + 1, time.perf_counter() - started)

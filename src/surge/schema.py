@@ -20,6 +20,9 @@ sales = sa.Table(
     sa.Column("id", Id, primary_key=True, autoincrement=True),
     sa.Column("name", sa.String(200), nullable=False),
     sa.Column("stock", sa.Integer, nullable=False),
+    # Stock not yet sold. Only a conditional UPDATE (remaining >= quantity) in the purchase
+    # transaction lowers it, so it can never go below zero whatever Redis believes.
+    sa.Column("remaining", sa.Integer, nullable=False),
     sa.Column("per_user_limit", sa.Integer, nullable=False, server_default="1"),
     sa.Column("starts_at", sa.DateTime, nullable=False),
     sa.Column("ends_at", sa.DateTime, nullable=False),
@@ -35,6 +38,32 @@ orders = sa.Table(
     sa.Column("quantity", sa.Integer, nullable=False),
     sa.Column("status", sa.String(32), nullable=False),
     sa.Column("created_at", sa.DateTime, nullable=False),
+    # A purchase's Idempotency-Key and the fingerprint of its request (sale and body):
+    # one order per user and key, enforced here, not only by the gate.
+    sa.Column("idempotency_key", sa.String(64), nullable=True),
+    sa.Column("request_hash", sa.String(64), nullable=True),
     sa.Index("ix_orders_user_id_id", "user_id", "id"),
     sa.Index("ix_orders_sale_id", "sale_id"),
+    sa.Index("ux_orders_user_id_idempotency_key", "user_id", "idempotency_key", unique=True),
+)
+
+# How much each user bought of each sale: the database's own per-user limit.
+sale_buyers = sa.Table(
+    "sale_buyers",
+    metadata,
+    sa.Column("sale_id", Id, sa.ForeignKey("sales.id"), primary_key=True),
+    sa.Column("user_id", sa.String(64), primary_key=True),
+    sa.Column("bought", sa.Integer, nullable=False),
+)
+
+# Side work handed to `surge worker`, written in the same transaction as the order.
+outbox = sa.Table(
+    "outbox",
+    metadata,
+    sa.Column("id", Id, primary_key=True, autoincrement=True),
+    sa.Column("topic", sa.String(64), nullable=False),
+    sa.Column("payload", sa.Text, nullable=False),
+    sa.Column("created_at", sa.DateTime, nullable=False),
+    sa.Column("published_at", sa.DateTime, nullable=True),
+    sa.Index("ix_outbox_published_at_id", "published_at", "id"),
 )
