@@ -146,11 +146,11 @@ async def seed(
                 .values(stock=sold)
             )
             if conn.dialect.name == "postgresql":  # explicit ids do not move the sequences
-                for table in ("orders", "sales"):
+                for name in ("orders", "sales"):
                     await conn.execute(
                         sa.text(
-                            f"SELECT setval(pg_get_serial_sequence('{table}', 'id'), "
-                            f"(SELECT COALESCE(MAX(id), 1) FROM {table}))"
+                            f"SELECT setval(pg_get_serial_sequence('{name}', 'id'), "
+                            f"(SELECT COALESCE(MAX(id), 1) FROM {name}))"
                         )
                     )
     finally:
