@@ -9,11 +9,13 @@ import logging
 from surge.auth import Authenticator, load_or_create_secret
 from surge.backends import open_backends
 from surge.backends.redis import RedisCache
+from surge.catalog import Catalog
 from surge.config import Settings
 from surge.http import ops
 from surge.http.router import Router
 from surge.metrics import Metrics
 from surge.orders import OrderQuery
+from surge.purchase import Purchases, SaleConfigs, SoldOutBoard
 
 log = logging.getLogger("surge.app")
 
@@ -45,6 +47,15 @@ class App:
             probes["redis"] = backends.cache.ping
         readiness = ops.Readiness(probes, lambda: self.draining)
         self.router.add("GET", "/orders/{id}", self.orders.handle)
+        configs = SaleConfigs(backends.sales)
+        self.sold_out = SoldOutBoard(backends.bus)
+        await self.sold_out.start()
+        purchases = Purchases(self.auth, backends.sales, backends.gate, configs, self.sold_out)
+        catalog = Catalog(self.auth, backends.sales, backends.gate, configs)
+        self.router.add("POST", "/sales", catalog.create)
+        self.router.add("GET", "/sales/{id}", catalog.view)
+        self.router.add("POST", "/sales/{id}/orders", purchases.handle)
+        self.router.add("GET", "/users/me/orders", catalog.my_orders)
         ops.add_routes(self.router, self.metrics, readiness, self.auth)
 
         store = backends.store

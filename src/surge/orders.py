@@ -87,14 +87,13 @@ class NearCache:
         return len(self.data)
 
 
-def parse_order_id(text: str) -> int:
+def parse_id(text: str, what: str = "order") -> int:
     """A positive integer id in canonical ASCII digits; anything else is a 400."""
-    if not (0 < len(text) <= 19 and text.isascii() and text.isdigit()):
-        raise Problem(400, "bad-order-id", "order id must be a positive integer")
-    value = int(text)
-    if not 0 < value <= MAX_ID:
-        raise Problem(400, "bad-order-id", "order id must be a positive integer")
-    return value
+    if 0 < len(text) <= 19 and text.isascii() and text.isdigit():
+        value = int(text)
+        if 0 < value <= MAX_ID:
+            return value
+    raise Problem(400, f"bad-{what}-id", f"{what} id must be a positive integer")
 
 
 def encode_order(order: Order) -> bytes:
@@ -164,7 +163,7 @@ class OrderQuery:
     # -- the request path ---------------------------------------------------------------------
     def handle(self, request: Request) -> Response | asyncio.Future[Response]:
         user = self._auth.user(request.headers.get(b"authorization"))
-        order_id = parse_order_id(request.params["id"])
+        order_id = parse_id(request.params["id"])
         entry = self.near.data.get(order_id)
         now = time.monotonic()
         if entry is None or entry[3] < now:  # absent or expired

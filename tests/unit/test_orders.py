@@ -15,7 +15,7 @@ from surge.config import Settings
 from surge.http.response import Problem, Response
 from surge.http.server import Request
 from surge.metrics import Metrics
-from surge.orders import NearCache, OrderQuery, parse_order_id
+from surge.orders import NearCache, OrderQuery, parse_id
 from surge.types import Order
 
 SECRET = "orders-unit-secret-0123456789-0123456789"
@@ -99,14 +99,14 @@ def _json(response: Response) -> dict[str, object]:
 )
 def test_bad_ids_are_400(text: str) -> None:
     with pytest.raises(Problem) as caught:
-        parse_order_id(text)
+        parse_id(text)
     assert caught.value.status == 400
 
 
 def test_good_ids() -> None:
-    assert parse_order_id("1") == 1
-    assert parse_order_id("007") == 7
-    assert parse_order_id("9223372036854775807") == 2**63 - 1
+    assert parse_id("1") == 1
+    assert parse_id("007") == 7
+    assert parse_id("9223372036854775807") == 2**63 - 1
 
 
 def test_near_cache_is_bounded_and_expires() -> None:

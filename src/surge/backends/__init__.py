@@ -6,7 +6,9 @@ import contextlib
 from collections.abc import Callable
 from dataclasses import dataclass
 
+from surge.backends.sql_sales import SqlSales
 from surge.config import Settings
+from surge.gate import Gate
 from surge.types import Bus, Cache, Store
 
 
@@ -15,6 +17,8 @@ class Backends:
     cache: Cache
     bus: Bus
     store: Store
+    sales: SqlSales
+    gate: Gate
     redis: bool  # the shared layers are Redis (False: in-process)
 
 
@@ -30,17 +34,20 @@ async def open_backends(
         create_engine(settings.database_url, settings.db_pool_size), settings.db_pool_size
     )
     stack.push_async_callback(store.close)
+    sales = SqlSales(store.engine)
 
     if settings.redis_url is None:
         from surge.backends.memory import MemoryBus, MemoryCache
+        from surge.gate import MemoryGate
 
         cache: Cache = MemoryCache(max_entries=max(settings.near_cache_size * 4, 100_000))
         bus: Bus = MemoryBus()
         stack.push_async_callback(cache.close)
         stack.push_async_callback(bus.close)
-        return Backends(cache, bus, store, redis=False)
+        return Backends(cache, bus, store, sales, MemoryGate(), redis=False)
 
     from surge.backends.redis import RedisBus, RedisCache, connect
+    from surge.backends.redis_gate import RedisGate
 
     client = connect(settings.redis_url, settings.redis_pool_size)
     stack.push_async_callback(client.aclose)
@@ -48,4 +55,5 @@ async def open_backends(
     redis_bus = RedisBus(client, settings.redis_prefix)
     stack.push_async_callback(redis_cache.close)
     stack.push_async_callback(redis_bus.close)
-    return Backends(redis_cache, redis_bus, store, redis=True)
+    gate = RedisGate(client, settings.redis_prefix)
+    return Backends(redis_cache, redis_bus, store, sales, gate, redis=True)

@@ -1,0 +1,12 @@
+-- Gives a reservation back. KEYS as in gate_reserve.lua; ARGV: user, user|key, quantity.
+-- Only a pending reservation is released, and only once: a retried release is harmless.
+local prior = redis.call('HGET', KEYS[3], ARGV[2])
+if prior and string.sub(prior, 1, 1) == 'p' then
+  redis.call('HDEL', KEYS[3], ARGV[2])
+  redis.call('HINCRBY', KEYS[1], 'remaining', tonumber(ARGV[3]))
+  local left = redis.call('HINCRBY', KEYS[2], ARGV[1], -tonumber(ARGV[3]))
+  if left <= 0 then
+    redis.call('HDEL', KEYS[2], ARGV[1])
+  end
+end
+return tonumber(redis.call('HGET', KEYS[1], 'remaining') or '0')

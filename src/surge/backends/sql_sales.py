@@ -1,0 +1,285 @@
+"""Sales in SQL: creating and reading them, a user's orders, and the purchase transaction.
+
+The purchase transaction is where "no oversell, no lost order" is decided, whatever the
+gate (Redis) believed: one transaction lowers `sales.remaining` only if enough is left,
+raises the user's `sale_buyers.bought` only within the limit, inserts the order (unique per
+user and Idempotency-Key) and its outbox row, and commits before anyone hears "201".
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from typing import Any
+
+import sqlalchemy as sa
+from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
+
+from surge.gate import GateState
+from surge.sales import NewSale, Sale
+from surge.schema import orders, outbox, sale_buyers, sales
+from surge.types import Order
+
+log = logging.getLogger("surge.sales")
+
+ATTEMPTS = 3  # deadlocks and first-insert races are retried this often
+
+
+@dataclass(frozen=True, slots=True)
+class Purchase:
+    """What the purchase transaction did: "committed", "sold_out", "limit" or "duplicate"
+    (the user already used the key: `order` is that first order)."""
+
+    outcome: str
+    order: Order | None = None
+    request_hash: str | None = None
+
+
+class _Abort(Exception):
+    def __init__(self, outcome: str) -> None:
+        self.outcome = outcome
+
+
+def _naive(moment: datetime) -> datetime:
+    return moment.astimezone(UTC).replace(tzinfo=None)
+
+
+def _aware(moment: datetime) -> datetime:
+    return moment.replace(tzinfo=UTC)
+
+
+def _sale(row: Any) -> Sale:
+    m = row._mapping
+    return Sale(
+        m["id"],
+        m["name"],
+        m["stock"],
+        m["remaining"],
+        m["per_user_limit"],
+        _aware(m["starts_at"]),
+        _aware(m["ends_at"]),
+    )
+
+
+def _order(row: Any) -> Order:
+    m = row._mapping
+    return Order(
+        m["id"], m["sale_id"], m["user_id"], m["quantity"], m["status"], _aware(m["created_at"])
+    )
+
+
+_SALE_COLUMNS = (
+    sales.c.id,
+    sales.c.name,
+    sales.c.stock,
+    sales.c.remaining,
+    sales.c.per_user_limit,
+    sales.c.starts_at,
+    sales.c.ends_at,
+)
+_ORDER_COLUMNS = (
+    orders.c.id,
+    orders.c.sale_id,
+    orders.c.user_id,
+    orders.c.quantity,
+    orders.c.status,
+    orders.c.created_at,
+)
+
+
+class SqlSales:
+    def __init__(self, engine: AsyncEngine) -> None:
+        self.engine = engine
+
+    async def create_sale(self, new: NewSale, now: datetime) -> Sale:
+        async with self.engine.begin() as conn:
+            result = await conn.execute(
+                sa.insert(sales).values(
+                    name=new.name,
+                    stock=new.stock,
+                    remaining=new.stock,
+                    per_user_limit=new.per_user_limit,
+                    starts_at=_naive(new.starts_at),
+                    ends_at=_naive(new.ends_at),
+                    created_at=_naive(now),
+                )
+            )
+            sale_id = result.inserted_primary_key[0]  # type: ignore[index]
+        return Sale(
+            int(sale_id),
+            new.name,
+            new.stock,
+            new.stock,
+            new.per_user_limit,
+            new.starts_at,
+            new.ends_at,
+        )
+
+    async def get_sale(self, sale_id: int) -> Sale | None:
+        async with self.engine.connect() as conn:
+            row = (
+                await conn.execute(sa.select(*_SALE_COLUMNS).where(sales.c.id == sale_id))
+            ).first()
+        return None if row is None else _sale(row)
+
+    async def gate_state(self, sale_id: int) -> GateState | None:
+        """The gate's view of a sale, rebuilt from what the database committed."""
+        async with self.engine.connect() as conn:
+            row = (
+                await conn.execute(sa.select(*_SALE_COLUMNS).where(sales.c.id == sale_id))
+            ).first()
+            if row is None:
+                return None
+            sale = _sale(row)
+            bought = dict(
+                (
+                    await conn.execute(
+                        sa.select(sale_buyers.c.user_id, sale_buyers.c.bought).where(
+                            sale_buyers.c.sale_id == sale_id
+                        )
+                    )
+                )
+                .tuples()
+                .all()
+            )
+        return GateState(
+            sale.id,
+            sale.remaining,
+            sale.per_user_limit,
+            int(sale.starts_at.timestamp() * 1000),
+            int(sale.ends_at.timestamp() * 1000),
+            bought,
+        )
+
+    async def user_orders(self, user_id: str, before: int | None, limit: int) -> list[Order]:
+        query = sa.select(*_ORDER_COLUMNS).where(orders.c.user_id == user_id)
+        if before is not None:
+            query = query.where(orders.c.id < before)
+        query = query.order_by(orders.c.id.desc()).limit(limit)
+        async with self.engine.connect() as conn:
+            return [_order(row) for row in (await conn.execute(query)).all()]
+
+    async def order_by_key(self, user_id: str, key: str) -> tuple[Order, str] | None:
+        async with self.engine.connect() as conn:
+            row = (
+                await conn.execute(
+                    sa.select(*_ORDER_COLUMNS, orders.c.request_hash).where(
+                        orders.c.user_id == user_id, orders.c.idempotency_key == key
+                    )
+                )
+            ).first()
+        return None if row is None else (_order(row), row._mapping["request_hash"] or "")
+
+    async def sale_orders(self, sale_id: int) -> list[Order]:
+        async with self.engine.connect() as conn:
+            rows = (
+                await conn.execute(sa.select(*_ORDER_COLUMNS).where(orders.c.sale_id == sale_id))
+            ).all()
+        return [_order(row) for row in rows]
+
+    async def purchase(
+        self, sale: Sale, user_id: str, quantity: int, key: str, request_hash: str, now: datetime
+    ) -> Purchase:
+        created = now.astimezone(UTC).replace(microsecond=0)  # what every database keeps
+        for attempt in range(1, ATTEMPTS + 1):
+            try:
+                async with self.engine.begin() as conn:
+                    order_id = await self._purchase(
+                        conn, sale, user_id, quantity, key, request_hash, created
+                    )
+                return Purchase(
+                    "committed",
+                    Order(order_id, sale.id, user_id, quantity, "confirmed", created),
+                    request_hash,
+                )
+            except _Abort as abort:
+                return Purchase(abort.outcome)
+            except sa.exc.IntegrityError:
+                found = await self.order_by_key(user_id, key)
+                if found is not None:
+                    return Purchase("duplicate", found[0], found[1])
+                if attempt == ATTEMPTS:
+                    raise
+                # two first purchases of one user raced to insert sale_buyers: go again
+            except sa.exc.OperationalError as exc:
+                if attempt == ATTEMPTS or not _retryable(exc):
+                    raise
+                log.info("purchase retried after %s", type(exc.orig).__name__)
+        raise AssertionError("unreachable")
+
+    async def _purchase(
+        self,
+        conn: AsyncConnection,
+        sale: Sale,
+        user_id: str,
+        quantity: int,
+        key: str,
+        request_hash: str,
+        created: datetime,
+    ) -> int:
+        taken = await conn.execute(
+            sa.update(sales)
+            .where(sales.c.id == sale.id, sales.c.remaining >= quantity)
+            .values(remaining=sales.c.remaining - quantity)
+        )
+        if taken.rowcount != 1:
+            raise _Abort("sold_out")
+        counted = await conn.execute(
+            sa.update(sale_buyers)
+            .where(
+                sale_buyers.c.sale_id == sale.id,
+                sale_buyers.c.user_id == user_id,
+                sale_buyers.c.bought + quantity <= sale.per_user_limit,
+            )
+            .values(bought=sale_buyers.c.bought + quantity)
+        )
+        if counted.rowcount != 1:
+            known = (
+                await conn.execute(
+                    sa.select(sale_buyers.c.bought).where(
+                        sale_buyers.c.sale_id == sale.id, sale_buyers.c.user_id == user_id
+                    )
+                )
+            ).first()
+            if known is not None or quantity > sale.per_user_limit:
+                raise _Abort("limit")
+            await conn.execute(
+                sa.insert(sale_buyers).values(sale_id=sale.id, user_id=user_id, bought=quantity)
+            )
+        result = await conn.execute(
+            sa.insert(orders).values(
+                sale_id=sale.id,
+                user_id=user_id,
+                quantity=quantity,
+                status="confirmed",
+                created_at=_naive(created),
+                idempotency_key=key,
+                request_hash=request_hash,
+            )
+        )
+        order_id = int(result.inserted_primary_key[0])  # type: ignore[index]
+        await conn.execute(
+            sa.insert(outbox).values(
+                topic="order.confirmed",
+                created_at=_naive(created),
+                payload=json.dumps(
+                    {
+                        "order_id": order_id,
+                        "sale_id": sale.id,
+                        "user_id": user_id,
+                        "quantity": quantity,
+                    }
+                ),
+            )
+        )
+        return order_id
+
+
+def _retryable(exc: sa.exc.OperationalError) -> bool:
+    text = str(exc.orig).lower()
+    return any(
+        sign in text
+        for sign in ("deadlock", "lock wait", "database is locked", "could not serialize")
+    )

@@ -1,0 +1,209 @@
+"""POST /sales/{id}/orders: the flash-sale purchase, top to bottom.
+
+1. Cheap refusals first, without I/O: token (401), sale id (400), Idempotency-Key (400),
+   body (400/422), the sale's config from an in-process cache (404, 403 when not live),
+   and the process-wide sold-out board (409): once a sale is sold out every process knows
+   it (pub/sub), so the flood of late buyers costs no Redis or database round trip.
+2. The gate (`surge.gate`) decides in one atomic step: ok / sold_out / limit / in_flight /
+   done (replay) / mismatch (422).
+3. A reservation is committed by one database transaction (`SqlSales.purchase`) that
+   re-checks stock, limit and key; 201 only after it committed. Whatever fails after the
+   reservation gives it back to the gate.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from collections.abc import Awaitable
+from datetime import UTC, datetime
+
+from surge.auth import Authenticator
+from surge.backends.sql_sales import SqlSales
+from surge.gate import Gate
+from surge.http.response import JSON, Problem, Response, response
+from surge.http.server import Request
+from surge.orders import encode_order, parse_id
+from surge.sales import Sale, fingerprint, parse_idempotency_key, parse_quantity
+from surge.types import Bus, Order
+
+log = logging.getLogger("surge.purchase")
+
+SOLD_OUT_CHANNEL = "sales.sold_out"
+RESTOCKED_CHANNEL = "sales.restocked"
+SALE_CONFIG_TTL = 5.0  # seconds a sale's name, stock, limit and window are cached
+
+
+class SaleConfigs:
+    """Sales by id, cached briefly in-process (their config never changes once created)."""
+
+    def __init__(self, sales: SqlSales) -> None:
+        self._sales = sales
+        self._cache: dict[int, tuple[float, Sale | None]] = {}
+
+    def cached(self, sale_id: int) -> Sale | bool | None:
+        """The sale, None if known absent, False if not cached."""
+        item = self._cache.get(sale_id)
+        if item is None or item[0] < time.monotonic():
+            return False
+        return item[1]
+
+    async def get(self, sale_id: int) -> Sale | None:
+        hit = self.cached(sale_id)
+        if hit is not False:
+            return hit  # type: ignore[return-value]
+        sale = await self._sales.get_sale(sale_id)
+        if len(self._cache) > 10_000:
+            self._cache.clear()
+        self._cache[sale_id] = (time.monotonic() + SALE_CONFIG_TTL, sale)
+        return sale
+
+
+class SoldOutBoard:
+    """Sale ids known sold out in this process, kept in step across processes by pub/sub."""
+
+    def __init__(self, bus: Bus) -> None:
+        self._bus = bus
+        self.ids: set[int] = set()
+
+    async def start(self) -> None:
+        await self._bus.subscribe(SOLD_OUT_CHANNEL, lambda m: self.ids.add(int(m)))
+        await self._bus.subscribe(RESTOCKED_CHANNEL, lambda m: self.ids.discard(int(m)))
+        self._bus.on_reconnect(self.ids.clear)  # missed news: ask the gate again
+
+    async def mark(self, sale_id: int) -> None:
+        if sale_id not in self.ids:
+            self.ids.add(sale_id)
+            await self._bus.publish(SOLD_OUT_CHANNEL, str(sale_id).encode())
+
+    async def unmark(self, sale_id: int) -> None:
+        self.ids.discard(sale_id)
+        await self._bus.publish(RESTOCKED_CHANNEL, str(sale_id).encode())
+
+
+def _problem_409(kind: str, detail: str) -> Problem:
+    return Problem(409, kind, detail)
+
+
+class Purchases:
+    def __init__(
+        self,
+        auth: Authenticator,
+        sales: SqlSales,
+        gate: Gate,
+        configs: SaleConfigs,
+        board: SoldOutBoard,
+    ) -> None:
+        self._auth = auth
+        self._sales = sales
+        self._gate = gate
+        self._configs = configs
+        self._board = board
+
+    def handle(self, request: Request) -> Response | Awaitable[Response]:
+        user = self._auth.user(request.headers.get(b"authorization"))
+        sale_id = parse_id(request.params["id"], "sale")
+        key = parse_idempotency_key(request.headers.get(b"idempotency-key"))
+        quantity = parse_quantity(request.body)
+        sale = self._configs.cached(sale_id)
+        if isinstance(sale, Sale):
+            if not sale.live(datetime.now(UTC)):
+                raise Problem(403, "sale-not-live", "the sale is not open")
+            if sale_id in self._board.ids:
+                raise _problem_409("sold-out", "the sale is sold out")
+        return self._purchase(sale_id, user.id, key, quantity)
+
+    async def _purchase(self, sale_id: int, user_id: str, key: str, quantity: int) -> Response:
+        sale = await self._configs.get(sale_id)
+        if sale is None:
+            raise Problem(404, "sale-not-found", "no such sale")
+        now = datetime.now(UTC)
+        if not sale.live(now):
+            raise Problem(403, "sale-not-live", "the sale is not open")
+        if sale_id in self._board.ids:
+            raise _problem_409("sold-out", "the sale is sold out")
+        wanted = fingerprint(sale_id, quantity)
+        answer = await self._gate.reserve(sale_id, user_id, key, quantity, wanted)
+        if answer.outcome == "unknown":  # Redis lost it, or first purchase here: rebuild
+            state = await self._sales.gate_state(sale_id)
+            if state is not None:
+                await self._gate.load(state)
+            answer = await self._gate.reserve(sale_id, user_id, key, quantity, wanted)
+        outcome = answer.outcome
+        if outcome == "ok":
+            return await self._commit(sale, user_id, key, quantity, wanted, now)
+        if outcome == "sold_out":
+            if answer.remaining <= 0:
+                await self._board.mark(sale_id)
+            raise _problem_409("sold-out", "the sale is sold out")
+        if outcome == "limit":
+            raise _problem_409(
+                "limit-reached", f"at most {sale.per_user_limit} per user in this sale"
+            )
+        if outcome == "in_flight":
+            raise _problem_409(
+                "key-in-flight", "a request with this Idempotency-Key is still being processed"
+            )
+        if outcome == "mismatch":
+            raise Problem(422, "key-reused", "this Idempotency-Key was used for another request")
+        if outcome == "done":
+            return await self._replay(user_id, key, wanted)
+        if outcome == "not_live":
+            raise Problem(403, "sale-not-live", "the sale is not open")
+        raise Problem(503, "unavailable", "the sale gate is not ready", (("retry-after", "1"),))
+
+    async def _commit(
+        self, sale: Sale, user_id: str, key: str, quantity: int, wanted: str, now: datetime
+    ) -> Response:
+        try:
+            done = await self._sales.purchase(sale, user_id, quantity, key, wanted, now)
+        except asyncio.CancelledError:
+            # shutting down mid-commit: give the stock back whatever happened; if the
+            # commit did land, the database still has the order and the key replays it
+            await asyncio.shield(self._release(sale.id, user_id, key, quantity))
+            raise
+        except Exception:
+            await self._release(sale.id, user_id, key, quantity)
+            log.exception("purchase commit failed")
+            raise Problem(
+                503, "unavailable", "the order could not be stored; retry", (("retry-after", "1"),)
+            ) from None
+        if done.outcome == "committed" and done.order is not None:
+            await self._gate.confirm(sale.id, user_id, key, wanted, done.order.id)
+            return created(done.order)
+        await self._release(sale.id, user_id, key, quantity)
+        if done.outcome == "duplicate" and done.order is not None:
+            if done.request_hash != wanted:
+                raise Problem(
+                    422, "key-reused", "this Idempotency-Key was used for another request"
+                )
+            return created(done.order)
+        if done.outcome == "sold_out":
+            await self._gate.sold_out(sale.id)
+            await self._board.mark(sale.id)
+            raise _problem_409("sold-out", "the sale is sold out")
+        raise _problem_409("limit-reached", f"at most {sale.per_user_limit} per user in this sale")
+
+    async def _release(self, sale_id: int, user_id: str, key: str, quantity: int) -> None:
+        try:
+            left = await self._gate.release(sale_id, user_id, key, quantity)
+        except Exception:
+            log.exception("gate release failed for sale %d", sale_id)
+            return
+        if left == quantity and sale_id in self._board.ids:
+            await self._board.unmark(sale_id)
+
+    async def _replay(self, user_id: str, key: str, wanted: str) -> Response:
+        found = await self._sales.order_by_key(user_id, key)
+        if found is None:  # confirmed in the gate but not in the database: cannot be
+            raise Problem(503, "unavailable", "retry", (("retry-after", "1"),))
+        order, request_hash = found
+        if request_hash != wanted:
+            raise Problem(422, "key-reused", "this Idempotency-Key was used for another request")
+        return created(order)
+
+
+def created(order: Order) -> Response:
+    """The 201 of a purchase; a replay of the same key gives these very bytes."""
+    return response(201, encode_order(order), JSON, (("location", f"/orders/{order.id}"),))
