@@ -8,6 +8,20 @@ import orjson
 
 PROBLEM_TYPES = {
     "bad-order-id": "the order id is not a positive integer",
+    "bad-sale-id": "the sale id is not a positive integer",
+    "bad-cursor-id": "the page cursor is not a positive integer",
+    "bad-limit": "the page size is out of range",
+    "bad-json": "the body is not a JSON object",
+    "invalid-sale": "a field of the new sale is missing or out of range",
+    "invalid-purchase": "quantity is missing, not an integer or out of range",
+    "missing-idempotency-key": "a purchase needs an Idempotency-Key header",
+    "bad-idempotency-key": "the Idempotency-Key is longer than 64 characters or not printable",
+    "sale-not-found": "no such sale",
+    "sale-not-live": "the sale has not started or has ended",
+    "sold-out": "no stock left",
+    "limit-reached": "the user bought as many as the sale allows",
+    "key-in-flight": "the first request with this Idempotency-Key is still being processed",
+    "key-reused": "the Idempotency-Key was used with another request",
     "unauthorized": "missing, malformed or invalid bearer token",
     "token-expired": "the bearer token has expired",
     "forbidden": "the token lacks the admin role",
@@ -43,6 +57,12 @@ def _json(description: str, ref: str) -> dict[str, Any]:
 
 
 _BEARER: list[dict[str, list[str]]] = [{"bearer": []}]
+_ID = {
+    "name": "id",
+    "in": "path",
+    "required": True,
+    "schema": {"type": "integer", "minimum": 1, "maximum": 9223372036854775807},
+}
 
 DOCUMENT: dict[str, Any] = {
     "openapi": "3.1.0",
@@ -86,6 +106,61 @@ DOCUMENT: dict[str, Any] = {
                     "checks": {"type": "object", "additionalProperties": {"type": "string"}},
                 },
             },
+            "Sale": {
+                "type": "object",
+                "required": [
+                    "id",
+                    "name",
+                    "stock",
+                    "remaining",
+                    "state",
+                    "per_user_limit",
+                    "starts_at",
+                    "ends_at",
+                ],
+                "additionalProperties": False,
+                "properties": {
+                    "id": {"type": "integer", "minimum": 1},
+                    "name": {"type": "string"},
+                    "stock": {"type": "integer", "minimum": 0},
+                    "remaining": {"type": "integer", "minimum": 0},
+                    "state": {"type": "string", "enum": ["upcoming", "live", "sold_out", "ended"]},
+                    "per_user_limit": {"type": "integer", "minimum": 1},
+                    "starts_at": {"type": "string", "format": "date-time"},
+                    "ends_at": {"type": "string", "format": "date-time"},
+                },
+            },
+            "NewSale": {
+                "type": "object",
+                "required": ["name", "stock", "starts_at", "ends_at"],
+                "additionalProperties": False,
+                "properties": {
+                    "name": {"type": "string", "minLength": 1, "maxLength": 200},
+                    "stock": {"type": "integer", "minimum": 1, "maximum": 10_000_000},
+                    "per_user_limit": {
+                        "type": "integer",
+                        "minimum": 1,
+                        "maximum": 1000,
+                        "default": 1,
+                    },
+                    "starts_at": {"type": "string", "format": "date-time"},
+                    "ends_at": {"type": "string", "format": "date-time"},
+                },
+            },
+            "PurchaseRequest": {
+                "type": "object",
+                "required": ["quantity"],
+                "additionalProperties": False,
+                "properties": {"quantity": {"type": "integer", "minimum": 1, "maximum": 1000}},
+            },
+            "OrderList": {
+                "type": "object",
+                "required": ["items", "next"],
+                "properties": {
+                    "items": {"type": "array", "items": {"$ref": "#/components/schemas/Order"}},
+                    "next": {"type": ["string", "null"]},
+                },
+            },
             "Tasks": {
                 "type": "object",
                 "required": ["total", "by_coroutine"],
@@ -97,6 +172,88 @@ DOCUMENT: dict[str, Any] = {
         },
     },
     "paths": {
+        "/sales": {
+            "post": {
+                "summary": "Create a sale (admin); it may be created already live",
+                "security": _BEARER,
+                "requestBody": {
+                    "required": True,
+                    "content": {
+                        "application/json": {"schema": {"$ref": "#/components/schemas/NewSale"}}
+                    },
+                },
+                "responses": {
+                    "201": _json("the sale", "Sale"),
+                    "400": _problem("not JSON"),
+                    "401": _problem("missing or invalid token"),
+                    "403": _problem("not an admin (checked before the body)"),
+                    "422": _problem("invalid field"),
+                },
+            }
+        },
+        "/sales/{id}": {
+            "get": {
+                "summary": "A sale with its remaining stock and state (cached 0.5 s)",
+                "parameters": [_ID],
+                "responses": {
+                    "200": _json("the sale", "Sale"),
+                    "400": _problem("bad id"),
+                    "404": _problem("no such sale"),
+                },
+            }
+        },
+        "/sales/{id}/orders": {
+            "post": {
+                "summary": "Buy: 201 only once the order is committed",
+                "security": _BEARER,
+                "parameters": [
+                    _ID,
+                    {
+                        "name": "Idempotency-Key",
+                        "in": "header",
+                        "required": True,
+                        "schema": {"type": "string", "minLength": 1, "maxLength": 64},
+                    },
+                ],
+                "requestBody": {
+                    "required": True,
+                    "content": {
+                        "application/json": {
+                            "schema": {"$ref": "#/components/schemas/PurchaseRequest"}
+                        }
+                    },
+                },
+                "responses": {
+                    "201": _json("the order (a retry with the same key replays it)", "Order"),
+                    "400": _problem("bad id, missing or bad key, not JSON"),
+                    "401": _problem("missing or invalid token"),
+                    "403": _problem("the sale is not live"),
+                    "404": _problem("no such sale"),
+                    "409": _problem("sold out, limit reached, or the same key in flight"),
+                    "422": _problem("invalid quantity, or the key reused with another body"),
+                    "503": _problem("the order could not be stored; retry"),
+                },
+            }
+        },
+        "/users/me/orders": {
+            "get": {
+                "summary": "The caller's orders, newest first; pass `next` as `cursor`",
+                "security": _BEARER,
+                "parameters": [
+                    {"name": "cursor", "in": "query", "schema": {"type": "string"}},
+                    {
+                        "name": "limit",
+                        "in": "query",
+                        "schema": {"type": "integer", "minimum": 1, "maximum": 200},
+                    },
+                ],
+                "responses": {
+                    "200": _json("a page", "OrderList"),
+                    "400": _problem("bad cursor or limit"),
+                    "401": _problem("missing or invalid token"),
+                },
+            }
+        },
         "/orders/{id}": {
             "get": {
                 "summary": "One order, to its owner or an admin",
