@@ -132,7 +132,10 @@ class MemoryGate:
         sale = self._sales.get(sale_id)
         if sale is None:
             return 0
-        if sale.keys.pop(_field(user_id, key), None) is not None:
+        field = _field(user_id, key)
+        prior = sale.keys.get(field)
+        if prior is not None and prior[0] == "p":  # only a pending one, and only once
+            del sale.keys[field]
             sale.remaining += quantity
             sale.bought[user_id] = max(0, sale.bought.get(user_id, 0) - quantity)
         return sale.remaining

@@ -1,0 +1,91 @@
+"""The stock gate's contract, in-process and in Redis: the same outcomes, and exactly S."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+import uuid
+from collections.abc import AsyncIterator
+
+import pytest
+
+from surge.backends.redis import connect
+from surge.backends.redis_gate import RedisGate
+from surge.gate import Gate, GateState, MemoryGate
+from tests.backends import REDIS, require_service
+
+pytestmark = pytest.mark.anyio
+
+
+@pytest.fixture(params=["memory", "redis"])
+async def gate(request: pytest.FixtureRequest) -> AsyncIterator[Gate]:
+    if request.param == "memory":
+        yield MemoryGate()
+        return
+    require_service("Redis", REDIS)
+    client = connect(f"redis://{REDIS[0]}:{REDIS[1]}/0", pool_size=64)
+    prefix = f"surge-test-{uuid.uuid4().hex[:12]}:"
+    try:
+        yield RedisGate(client, prefix)
+    finally:
+        keys = [k async for k in client.scan_iter(match=prefix + "*")]
+        if keys:
+            await client.delete(*keys)
+        await client.aclose()
+
+
+def _state(
+    sale_id: int,
+    stock: int,
+    limit: int = 1,
+    live: bool = True,
+    bought: dict[str, int] | None = None,
+) -> GateState:
+    now = int(time.time() * 1000)
+    starts = now - 60_000 if live else now + 60_000
+    return GateState(sale_id, stock, limit, starts, starts + 3_600_000, bought or {})
+
+
+async def test_outcomes(gate: Gate) -> None:
+    assert (await gate.reserve(1, "u", "k", 1, "f")).outcome == "unknown"
+    assert await gate.load(_state(1, stock=3, limit=2))
+    assert not await gate.load(_state(1, stock=99))  # an existing gate is kept
+    first = await gate.reserve(1, "u", "k1", 1, "f1")
+    assert (first.outcome, first.remaining) == ("ok", 2)
+    assert (await gate.reserve(1, "u", "k1", 1, "f1")).outcome == "in_flight"
+    assert (await gate.reserve(1, "u", "k1", 2, "other")).outcome == "mismatch"
+    await gate.confirm(1, "u", "k1", "f1", 41)
+    done = await gate.reserve(1, "u", "k1", 1, "f1")
+    assert (done.outcome, done.order_id) == ("done", 41)
+    assert (await gate.reserve(1, "u", "k2", 2, "f2")).outcome == "limit"
+    assert (await gate.reserve(1, "u", "k2", 1, "f2")).outcome == "ok"
+    assert (await gate.reserve(1, "v", "k", 2, "f")).outcome == "sold_out"
+    assert await gate.remaining(1) == 1
+    assert await gate.release(1, "u", "k2", 1) == 2
+    assert await gate.release(1, "u", "k2", 1) == 2  # a second release changes nothing
+    assert await gate.release(1, "u", "k1", 1) == 2  # a confirmed order is not released
+    assert (await gate.reserve(1, "v", "k", 2, "f")).outcome == "ok"
+    assert await gate.remaining(1) == 0
+    assert await gate.remaining(2) is None
+
+
+async def test_not_live_and_rebuilt_limits(gate: Gate) -> None:
+    await gate.load(_state(5, stock=10, live=False))
+    assert (await gate.reserve(5, "u", "k", 1, "f")).outcome == "not_live"
+    await gate.load(_state(6, stock=10, limit=2, bought={"u": 2}))
+    assert (await gate.reserve(6, "u", "k", 1, "f")).outcome == "limit"
+    await gate.sold_out(6)
+    assert (await gate.reserve(6, "w", "k", 1, "f")).outcome == "sold_out"
+    await gate.sold_out(7)  # unknown sale: nothing to do
+    assert (await gate.reserve(7, "w", "k", 1, "f")).outcome == "unknown"
+
+
+async def test_exactly_stock_pass_under_concurrency(gate: Gate) -> None:
+    await gate.load(_state(9, stock=100, limit=1))
+    attempts = [(f"user{i % 2000}", f"key{i}") for i in range(5000)]
+    answers = await asyncio.gather(*(gate.reserve(9, u, k, 1, "f") for u, k in attempts))
+    winners = [a for a, ans in zip(attempts, answers, strict=True) if ans.outcome == "ok"]
+    assert len(winners) == 100
+    assert len({user for user, _ in winners}) == 100  # nobody above the limit of 1
+    assert await gate.remaining(9) == 0
+    assert {a.outcome for a in answers} <= {"ok", "sold_out", "limit"}
