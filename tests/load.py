@@ -113,3 +113,48 @@ async def hammer(
         *(result.client(host, port, *targets[i % len(targets)], stop) for i in range(clients))
     )
     return result
+
+
+@dataclass(frozen=True)
+class Attempt:
+    method: str
+    path: str
+    headers: dict[str, str]
+    body: bytes = b""
+
+    def encode(self) -> bytes:
+        lines = [
+            f"{self.method} {self.path} HTTP/1.1",
+            "Host: test",
+            f"Content-Length: {len(self.body)}",
+        ]
+        lines += [f"{k}: {v}" for k, v in self.headers.items()]
+        return ("\r\n".join(lines) + "\r\n\r\n").encode() + self.body
+
+
+async def storm(
+    host: str, port: int, attempts: list[Attempt], connections: int
+) -> list[tuple[int, bytes]]:
+    """Sends every attempt over `connections` keep-alive connections at once; returns
+    (status, body) per attempt, in order (status 0: no answer, body says why)."""
+    results: list[tuple[int, bytes]] = [(0, b"not sent")] * len(attempts)
+    cursor = iter(range(len(attempts)))
+
+    async def worker() -> None:
+        reader, writer = await asyncio.open_connection(host, port)
+        try:
+            for index in cursor:
+                writer.write(attempts[index].encode())
+                try:
+                    status, head, body = await read_response(reader)
+                except Exception as exc:
+                    results[index] = (0, repr(exc).encode())
+                    return
+                results[index] = (status, body)
+                if b"connection: close" in head.lower():
+                    return
+        finally:
+            writer.close()
+
+    await asyncio.gather(*(worker() for _ in range(connections)))
+    return results
