@@ -15,7 +15,7 @@ from surge.http import ops
 from surge.http.router import Router
 from surge.metrics import Metrics
 from surge.orders import OrderQuery
-from surge.purchase import Purchases, SaleConfigs, SoldOutBoard
+from surge.purchase import Purchases, SaleConfigs, SoldOutBoard, rebuild_gates
 
 log = logging.getLogger("surge.app")
 
@@ -47,6 +47,9 @@ class App:
             probes["redis"] = backends.cache.ping
         readiness = ops.Readiness(probes, lambda: self.draining)
         self.router.add("GET", "/orders/{id}", self.orders.handle)
+        rebuilt = await rebuild_gates(backends.sales, backends.gate)
+        if rebuilt:
+            log.info("rebuilt the stock gate of %d open sales from the database", rebuilt)
         configs = SaleConfigs(backends.sales)
         self.sold_out = SoldOutBoard(backends.bus)
         await self.sold_out.start()

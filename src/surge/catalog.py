@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import time
 from collections.abc import Awaitable
 from datetime import UTC, datetime
@@ -38,15 +39,16 @@ class Catalog:
         new = parse_new_sale(request.body)
         now = datetime.now(UTC)
         sale = await self._sales.create_sale(new, now)
-        await self._gate.load(
-            GateState(
-                sale.id,
-                sale.stock,
-                sale.per_user_limit,
-                int(sale.starts_at.timestamp() * 1000),
-                int(sale.ends_at.timestamp() * 1000),
+        with contextlib.suppress(Exception):  # else the first purchase loads it (lazily)
+            await self._gate.load(
+                GateState(
+                    sale.id,
+                    sale.stock,
+                    sale.per_user_limit,
+                    int(sale.starts_at.timestamp() * 1000),
+                    int(sale.ends_at.timestamp() * 1000),
+                )
             )
-        )
         return json_response(201, sale.to_json(now), (("location", f"/sales/{sale.id}"),))
 
     # GET /sales/{id} --------------------------------------------------------------------------

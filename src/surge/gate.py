@@ -39,8 +39,10 @@ class GateState:
 
 
 class Gate(Protocol):
-    async def load(self, state: GateState) -> bool:
-        """Installs a sale's state unless the gate already has one; True if installed."""
+    async def load(self, state: GateState, replace: bool = False) -> bool:
+        """Installs a sale's state unless the gate already has one (or `replace`); True if
+        installed. Replacing forgets reservations in flight: their commits still succeed
+        or fail in the database, which stays the arbiter."""
         ...
 
     async def reserve(
@@ -84,8 +86,8 @@ class MemoryGate:
     def __init__(self) -> None:
         self._sales: dict[int, _Sale] = {}
 
-    async def load(self, state: GateState) -> bool:
-        if state.sale_id in self._sales:
+    async def load(self, state: GateState, replace: bool = False) -> bool:
+        if state.sale_id in self._sales and not replace:
             return False
         self._sales[state.sale_id] = _Sale(
             state.remaining,

@@ -21,7 +21,7 @@ from datetime import UTC, datetime
 
 from surge.auth import Authenticator
 from surge.backends.sql_sales import SqlSales
-from surge.gate import Gate
+from surge.gate import Answer, Gate
 from surge.http.response import JSON, Problem, Response, response
 from surge.http.server import Request
 from surge.orders import encode_order, parse_id
@@ -124,18 +124,21 @@ class Purchases:
         if sale_id in self._board.ids:
             raise _problem_409("sold-out", "the sale is sold out")
         wanted = fingerprint(sale_id, quantity)
-        answer = await self._gate.reserve(sale_id, user_id, key, quantity, wanted)
-        if answer.outcome == "unknown":  # Redis lost it, or first purchase here: rebuild
-            state = await self._sales.gate_state(sale_id)
-            if state is not None:
-                await self._gate.load(state)
-            answer = await self._gate.reserve(sale_id, user_id, key, quantity, wanted)
+        try:
+            answer = await self._reserve(sale_id, user_id, key, quantity, wanted)
+        except Problem:
+            raise
+        except Exception as exc:  # Redis (or the database, rebuilding the gate) is down
+            log.warning("sale %d: gate unavailable: %s", sale_id, exc)
+            raise Problem(
+                503, "unavailable", "the sale gate is unavailable; retry", (("retry-after", "1"),)
+            ) from None
         outcome = answer.outcome
         if outcome == "ok":
             return await self._commit(sale, user_id, key, quantity, wanted, now)
         if outcome == "sold_out":
             if answer.remaining <= 0:
-                await self._board.mark(sale_id)
+                await _quietly(self._board.mark(sale_id))
             raise _problem_409("sold-out", "the sale is sold out")
         if outcome == "limit":
             raise _problem_409(
@@ -152,6 +155,17 @@ class Purchases:
         if outcome == "not_live":
             raise Problem(403, "sale-not-live", "the sale is not open")
         raise Problem(503, "unavailable", "the sale gate is not ready", (("retry-after", "1"),))
+
+    async def _reserve(
+        self, sale_id: int, user_id: str, key: str, quantity: int, wanted: str
+    ) -> Answer:
+        answer = await self._gate.reserve(sale_id, user_id, key, quantity, wanted)
+        if answer.outcome == "unknown":  # Redis lost it, or first purchase here: rebuild
+            state = await self._sales.gate_state(sale_id)
+            if state is not None:
+                await self._gate.load(state)
+            answer = await self._gate.reserve(sale_id, user_id, key, quantity, wanted)
+        return answer
 
     async def _commit(
         self, sale: Sale, user_id: str, key: str, quantity: int, wanted: str, now: datetime
@@ -170,7 +184,8 @@ class Purchases:
                 503, "unavailable", "the order could not be stored; retry", (("retry-after", "1"),)
             ) from None
         if done.outcome == "committed" and done.order is not None:
-            await self._gate.confirm(sale.id, user_id, key, wanted, done.order.id)
+            # committed: from here on nothing may turn the 201 into an error
+            await _quietly(self._gate.confirm(sale.id, user_id, key, wanted, done.order.id))
             return created(done.order)
         await self._release(sale.id, user_id, key, quantity)
         if done.outcome == "duplicate" and done.order is not None:
@@ -180,8 +195,8 @@ class Purchases:
                 )
             return created(done.order)
         if done.outcome == "sold_out":
-            await self._gate.sold_out(sale.id)
-            await self._board.mark(sale.id)
+            await _quietly(self._gate.sold_out(sale.id))
+            await _quietly(self._board.mark(sale.id))
             raise _problem_409("sold-out", "the sale is sold out")
         raise _problem_409("limit-reached", f"at most {sale.per_user_limit} per user in this sale")
 
@@ -192,7 +207,7 @@ class Purchases:
             log.exception("gate release failed for sale %d", sale_id)
             return
         if left == quantity and sale_id in self._board.ids:
-            await self._board.unmark(sale_id)
+            await _quietly(self._board.unmark(sale_id))
 
     async def _replay(self, user_id: str, key: str, wanted: str) -> Response:
         found = await self._sales.order_by_key(user_id, key)
@@ -202,6 +217,28 @@ class Purchases:
         if request_hash != wanted:
             raise Problem(422, "key-reused", "this Idempotency-Key was used for another request")
         return created(order)
+
+
+async def _quietly(step: Awaitable[None]) -> None:
+    """Best-effort bookkeeping (the gate, the sold-out board): the database is the truth,
+    so a Redis hiccup here is logged, never turned into an error answer."""
+    try:
+        await step
+    except Exception as exc:
+        log.warning("gate bookkeeping skipped: %s", exc)
+
+
+async def rebuild_gates(sales: SqlSales, gate: Gate) -> int:
+    """Start-up recovery: every sale not yet ended gets its gate rebuilt from what the
+    database committed (stock left, what each user bought). Reservations a crashed
+    process left behind are dropped, so its stock is not stranded; reservations other
+    processes still have in flight commit or fail in the database, which re-checks all."""
+    rebuilt = 0
+    for sale_id in await sales.open_sales(datetime.now(UTC)):
+        state = await sales.gate_state(sale_id)
+        if state is not None and await gate.load(state, replace=True):
+            rebuilt += 1
+    return rebuilt
 
 
 def created(order: Order) -> Response:

@@ -89,3 +89,11 @@ async def test_exactly_stock_pass_under_concurrency(gate: Gate) -> None:
     assert len({user for user, _ in winners}) == 100  # nobody above the limit of 1
     assert await gate.remaining(9) == 0
     assert {a.outcome for a in answers} <= {"ok", "sold_out", "limit"}
+
+
+async def test_replace_rebuilds_from_the_database_view(gate: Gate) -> None:
+    await gate.load(_state(3, stock=5))
+    assert (await gate.reserve(3, "crashed", "k", 1, "f")).outcome == "ok"  # never committed
+    assert await gate.load(_state(3, stock=5), replace=True)  # the database still says 5
+    assert await gate.remaining(3) == 5
+    assert (await gate.reserve(3, "crashed", "k", 1, "f")).outcome == "ok"

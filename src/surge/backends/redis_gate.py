@@ -39,8 +39,9 @@ class RedisGate:
         tag = f"{self._prefix}{{sale:{sale_id}}}"
         return [f"{tag}:meta", f"{tag}:bought", f"{tag}:keys"]
 
-    async def load(self, state: GateState) -> bool:
+    async def load(self, state: GateState, replace: bool = False) -> bool:
         args: list[str | int] = [
+            1 if replace else 0,
             state.remaining,
             state.per_user_limit,
             state.starts_ms,

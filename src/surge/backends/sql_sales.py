@@ -124,6 +124,12 @@ class SqlSales:
             ).first()
         return None if row is None else _sale(row)
 
+    async def open_sales(self, now: datetime) -> list[int]:
+        """Sales not ended yet: the ones whose gates start-up rebuilds."""
+        async with self.engine.connect() as conn:
+            rows = await conn.execute(sa.select(sales.c.id).where(sales.c.ends_at > _naive(now)))
+            return [int(row[0]) for row in rows]
+
     async def gate_state(self, sale_id: int) -> GateState | None:
         """The gate's view of a sale, rebuilt from what the database committed."""
         async with self.engine.connect() as conn:
