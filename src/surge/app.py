@@ -11,6 +11,7 @@ from surge.backends import open_backends
 from surge.backends.redis import RedisCache
 from surge.catalog import Catalog
 from surge.config import Settings
+from surge.feed import LocalRooms, StockFeed
 from surge.http import ops
 from surge.http.router import Router
 from surge.metrics import Metrics
@@ -53,7 +54,12 @@ class App:
         configs = SaleConfigs(backends.sales)
         self.sold_out = SoldOutBoard(backends.bus)
         await self.sold_out.start()
-        purchases = Purchases(self.auth, backends.sales, backends.gate, configs, self.sold_out)
+        self.rooms = LocalRooms()  # the WebSocket hub replaces this (issue 4)
+        self.feed = StockFeed(self.rooms)
+        stack.push_async_callback(self.feed.close)
+        purchases = Purchases(
+            self.auth, backends.sales, backends.gate, configs, self.sold_out, self.feed
+        )
         catalog = Catalog(self.auth, backends.sales, backends.gate, configs)
         self.router.add("POST", "/sales", catalog.create)
         self.router.add("GET", "/sales/{id}", catalog.view)

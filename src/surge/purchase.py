@@ -21,6 +21,7 @@ from datetime import UTC, datetime
 
 from surge.auth import Authenticator
 from surge.backends.sql_sales import SqlSales
+from surge.feed import StockFeed
 from surge.gate import Answer, Gate
 from surge.http.response import JSON, Problem, Response, response
 from surge.http.server import Request
@@ -94,12 +95,14 @@ class Purchases:
         gate: Gate,
         configs: SaleConfigs,
         board: SoldOutBoard,
+        feed: StockFeed,
     ) -> None:
         self._auth = auth
         self._sales = sales
         self._gate = gate
         self._configs = configs
         self._board = board
+        self._feed = feed
 
     def handle(self, request: Request) -> Response | Awaitable[Response]:
         user = self._auth.user(request.headers.get(b"authorization"))
@@ -135,9 +138,11 @@ class Purchases:
             ) from None
         outcome = answer.outcome
         if outcome == "ok":
+            self._feed.changed(sale_id, answer.remaining, sale.state(now, answer.remaining))
             return await self._commit(sale, user_id, key, quantity, wanted, now)
         if outcome == "sold_out":
             if answer.remaining <= 0:
+                self._feed.changed(sale_id, 0, "sold_out")
                 await _quietly(self._board.mark(sale_id))
             raise _problem_409("sold-out", "the sale is sold out")
         if outcome == "limit":
@@ -195,6 +200,7 @@ class Purchases:
                 )
             return created(done.order)
         if done.outcome == "sold_out":
+            self._feed.changed(sale.id, 0, "sold_out")
             await _quietly(self._gate.sold_out(sale.id))
             await _quietly(self._board.mark(sale.id))
             raise _problem_409("sold-out", "the sale is sold out")
@@ -206,6 +212,7 @@ class Purchases:
         except Exception:
             log.exception("gate release failed for sale %d", sale_id)
             return
+        self._feed.changed(sale_id, left, "live")
         if left == quantity and sale_id in self._board.ids:
             await _quietly(self._board.unmark(sale_id))
 

@@ -1,0 +1,76 @@
+"""Live stock: every change of a sale's remaining stock goes to room `sale:{id}`.
+
+`Rooms` is the real-time publisher interface the WebSocket hub will implement (issue 4);
+`LocalRooms` is its in-process implementation, the default until then and the fake in
+tests. `StockFeed` coalesces: however many purchases change a sale's stock, its room gets
+at most one update per `interval` (4 a second by default), carrying the latest count.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections import defaultdict
+from collections.abc import Callable
+from typing import Protocol
+
+import orjson
+
+log = logging.getLogger("surge.feed")
+
+
+class Rooms(Protocol):
+    async def publish(self, room: str, data: bytes) -> None:
+        """Sends `data` (an encoded JSON message) to every subscriber of `room`."""
+        ...
+
+
+class LocalRooms:
+    """Rooms within this process: subscribers are callbacks."""
+
+    def __init__(self) -> None:
+        self._subscribers: dict[str, list[Callable[[bytes], None]]] = defaultdict(list)
+
+    def subscribe(self, room: str, callback: Callable[[bytes], None]) -> None:
+        self._subscribers[room].append(callback)
+
+    async def publish(self, room: str, data: bytes) -> None:
+        for callback in list(self._subscribers.get(room, ())):
+            callback(data)
+
+
+class StockFeed:
+    def __init__(self, rooms: Rooms, interval: float = 0.25) -> None:
+        self._rooms = rooms
+        self._interval = interval
+        self._latest: dict[int, tuple[int, str]] = {}
+        self._timer: asyncio.TimerHandle | None = None
+        self._tasks: set[asyncio.Task[None]] = set()
+
+    def changed(self, sale_id: int, remaining: int, state: str) -> None:
+        """Notes the newest count; the room hears of it within `interval`."""
+        self._latest[sale_id] = (max(0, remaining), state)
+        if self._timer is None:
+            loop = asyncio.get_running_loop()
+            self._timer = loop.call_later(self._interval, self._flush)
+
+    def _flush(self) -> None:
+        self._timer = None
+        latest, self._latest = self._latest, {}
+        task = asyncio.get_running_loop().create_task(self._send(latest))
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
+
+    async def _send(self, latest: dict[int, tuple[int, str]]) -> None:
+        for sale_id, (remaining, state) in latest.items():
+            message = orjson.dumps({"remaining": remaining, "state": state})
+            try:
+                await self._rooms.publish(f"sale:{sale_id}", message)
+            except Exception as exc:  # a live feed is best effort; the next change retries
+                log.warning("stock update for sale %d not published: %s", sale_id, exc)
+
+    async def close(self) -> None:
+        if self._timer is not None:
+            self._timer.cancel()
+            self._flush()
+        await asyncio.gather(*self._tasks, return_exceptions=True)

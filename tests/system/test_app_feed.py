@@ -1,0 +1,75 @@
+"""In-process: purchases move the live stock of room sale:{id}."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+
+import pytest
+
+from surge import db
+from surge.app import App
+from surge.auth import mint
+from surge.config import Settings
+from surge.http.response import Problem, Response
+from surge.http.server import Request
+
+pytestmark = pytest.mark.anyio
+SECRET = "feed-test-secret-0123456789-0123456789"
+
+
+async def _call(
+    app: App, method: str, path: str, user: str, body: dict[str, object], **headers: str
+) -> Response:
+    match = app.router.match(path)
+    assert match is not None
+    route, params = match
+    raw = {b"authorization": f"Bearer {mint(SECRET, user, admin=user == 'root')}".encode()}
+    raw.update({k.replace("_", "-").encode(): v.encode() for k, v in headers.items()})
+    request = Request(method, path, "", raw, json.dumps(body).encode(), "127.0.0.1", b"t")
+    request.params = params
+    try:
+        result = route.methods[method](request)
+        return result if isinstance(result, tuple) else await result  # type: ignore[misc]
+    except Problem as problem:
+        return problem.response()
+
+
+async def test_purchases_reach_the_sale_room(tmp_path: Path) -> None:
+    url = f"sqlite:///{tmp_path / 'feed.db'}"
+    await asyncio.to_thread(db.migrate, url)
+    app = App(Settings(database_url=url, jwt_secret=SECRET, data_dir=tmp_path))
+    await app.start()
+    try:
+        now = datetime.now(UTC)
+        sale = await _call(
+            app,
+            "POST",
+            "/sales",
+            "root",
+            {
+                "name": "feed",
+                "stock": 3,
+                "starts_at": (now - timedelta(minutes=1)).isoformat(),
+                "ends_at": (now + timedelta(hours=1)).isoformat(),
+            },
+        )
+        sale_id = json.loads(sale[2])["id"]
+        heard: list[dict[str, object]] = []
+        app.rooms.subscribe(f"sale:{sale_id}", lambda data: heard.append(json.loads(data)))
+        for user in ("a", "b", "c", "d"):
+            await _call(
+                app,
+                "POST",
+                f"/sales/{sale_id}/orders",
+                user,
+                {"quantity": 1},
+                idempotency_key=f"k-{user}",
+            )
+        await asyncio.sleep(0.4)
+        assert heard and heard[-1] == {"remaining": 0, "state": "sold_out"}
+        assert len(heard) <= 2  # coalesced, not one message per purchase
+    finally:
+        await app.close()

@@ -1,0 +1,37 @@
+from __future__ import annotations
+
+import asyncio
+import json
+
+import pytest
+
+from surge.feed import LocalRooms, StockFeed
+
+pytestmark = pytest.mark.anyio
+
+
+async def test_changes_are_coalesced_to_the_latest() -> None:
+    rooms = LocalRooms()
+    heard: list[dict[str, object]] = []
+    rooms.subscribe("sale:1", lambda data: heard.append(json.loads(data)))
+    feed = StockFeed(rooms, interval=0.05)
+    for left in range(100, 0, -1):
+        feed.changed(1, left, "live")
+    feed.changed(2, 5, "live")  # another room: its own message
+    await asyncio.sleep(0.1)
+    assert heard == [{"remaining": 1, "state": "live"}]
+    feed.changed(1, 0, "sold_out")
+    await asyncio.sleep(0.1)
+    assert heard[-1] == {"remaining": 0, "state": "sold_out"}
+    assert len(heard) == 2
+    await feed.close()
+
+
+async def test_close_sends_what_is_pending() -> None:
+    rooms = LocalRooms()
+    heard: list[bytes] = []
+    rooms.subscribe("sale:3", heard.append)
+    feed = StockFeed(rooms, interval=60)
+    feed.changed(3, 7, "live")
+    await feed.close()
+    assert heard == [b'{"remaining":7,"state":"live"}']
