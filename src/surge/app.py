@@ -58,7 +58,13 @@ class App:
         self.feed = StockFeed(self.rooms)
         stack.push_async_callback(self.feed.close)
         purchases = Purchases(
-            self.auth, backends.sales, backends.gate, configs, self.sold_out, self.feed
+            self.auth,
+            backends.sales,
+            backends.gate,
+            configs,
+            self.sold_out,
+            self.feed,
+            self.metrics.purchases,
         )
         catalog = Catalog(self.auth, backends.sales, backends.gate, configs)
         self.router.add("POST", "/sales", catalog.create)

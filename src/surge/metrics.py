@@ -49,6 +49,7 @@ class Metrics:
         self.db_queries = 0
         self.db_rows = 0
         self.deadline_exceeded = 0
+        self.purchases: dict[str, int] = {}  # outcome (a problem type, or "ordered") -> n
         self.loop_lag = 0.0
         self.gauges: dict[str, tuple[str, Callable[[], float]]] = {}
         self.registry = CollectorRegistry(auto_describe=False)
@@ -131,6 +132,12 @@ class Metrics:
             "Requests answered 504 at their deadline",
             value=self.deadline_exceeded,
         )
+        purchases = CounterMetricFamily(
+            "purchases", "Purchase attempts by outcome", labels=["outcome"]
+        )
+        for outcome, count in sorted(self.purchases.items()):
+            purchases.add_metric([outcome], count)
+        yield purchases
         yield GaugeMetricFamily(
             "event_loop_lag_seconds", "Latest measured event-loop lag", value=self.loop_lag
         )

@@ -23,7 +23,7 @@ from surge.auth import Authenticator
 from surge.backends.sql_sales import SqlSales
 from surge.feed import StockFeed
 from surge.gate import Answer, Gate
-from surge.http.response import JSON, Problem, Response, response
+from surge.http.response import JSON, Problem, Response, problem_response, response
 from surge.http.server import Request
 from surge.orders import encode_order, parse_id
 from surge.sales import Sale, fingerprint, parse_idempotency_key, parse_quantity
@@ -33,6 +33,7 @@ log = logging.getLogger("surge.purchase")
 
 SOLD_OUT_CHANNEL = "sales.sold_out"
 RESTOCKED_CHANNEL = "sales.restocked"
+SOLD_OUT = problem_response(409, "sold-out", "the sale is sold out")
 SALE_CONFIG_TTL = 5.0  # seconds a sale's name, stock, limit and window are cached
 
 
@@ -96,6 +97,7 @@ class Purchases:
         configs: SaleConfigs,
         board: SoldOutBoard,
         feed: StockFeed,
+        outcomes: dict[str, int],
     ) -> None:
         self._auth = auth
         self._sales = sales
@@ -103,19 +105,37 @@ class Purchases:
         self._configs = configs
         self._board = board
         self._feed = feed
+        self._outcomes = outcomes  # purchases_total{outcome} (surge.metrics)
 
     def handle(self, request: Request) -> Response | Awaitable[Response]:
-        user = self._auth.user(request.headers.get(b"authorization"))
-        sale_id = parse_id(request.params["id"], "sale")
-        key = parse_idempotency_key(request.headers.get(b"idempotency-key"))
-        quantity = parse_quantity(request.body)
-        sale = self._configs.cached(sale_id)
-        if isinstance(sale, Sale):
-            if not sale.live(datetime.now(UTC)):
-                raise Problem(403, "sale-not-live", "the sale is not open")
-            if sale_id in self._board.ids:
-                raise _problem_409("sold-out", "the sale is sold out")
-        return self._purchase(sale_id, user.id, key, quantity)
+        try:
+            user = self._auth.user(request.headers.get(b"authorization"))
+            sale_id = parse_id(request.params["id"], "sale")
+            key = parse_idempotency_key(request.headers.get(b"idempotency-key"))
+            quantity = parse_quantity(request.body)
+            sale = self._configs.cached(sale_id)
+            if isinstance(sale, Sale):
+                if not sale.live(datetime.now(UTC)):
+                    raise Problem(403, "sale-not-live", "the sale is not open")
+                if sale_id in self._board.ids:  # known everywhere: no Redis, no database
+                    self._count("sold-out-local")
+                    return SOLD_OUT
+        except Problem as problem:
+            self._count(problem.kind)
+            raise
+        return self._counted(self._purchase(sale_id, user.id, key, quantity))
+
+    def _count(self, outcome: str) -> None:
+        self._outcomes[outcome] = self._outcomes.get(outcome, 0) + 1
+
+    async def _counted(self, work: Awaitable[Response]) -> Response:
+        try:
+            answer = await work
+        except Problem as problem:
+            self._count(problem.kind)
+            raise
+        self._count("ordered")
+        return answer
 
     async def _purchase(self, sale_id: int, user_id: str, key: str, quantity: int) -> Response:
         sale = await self._configs.get(sale_id)

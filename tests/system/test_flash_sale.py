@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import time
 from collections import Counter
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
@@ -110,6 +111,10 @@ def test_exactly_stock_is_sold_to_a_flood(sale_server: tuple[Backend, Server]) -
                 break
             asyncio.run(asyncio.sleep(0.1))
     assert view["remaining"] == 0 and view["state"] == "sold_out"
+    time.sleep(1.2)  # workers share metric snapshots once a second
+    assert server.metric("purchases_total", outcome="ordered") == 100
+    # once sold out, the flood was refused in-process, without Redis or the database
+    assert server.metric("purchases_total", outcome="sold-out-local") > 1000
 
 
 def test_idempotency_key_yields_one_order(sale_server: tuple[Backend, Server]) -> None:
