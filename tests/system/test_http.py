@@ -178,3 +178,24 @@ def test_metrics_use_route_templates(embedded_server: Server) -> None:
         "http_in_flight",
     ):
         assert name in text, name
+
+
+def test_my_orders_are_paginated_newest_first(embedded_server: Server) -> None:
+    seen: list[int] = []
+    cursor = None
+    with embedded_server.client() as client:
+        for _ in range(10):
+            query = "?limit=3" + (f"&cursor={cursor}" if cursor else "")
+            page = client.get("/users/me/orders" + query, headers=bearer("user4"))
+            assert page.status_code == 200
+            body = page.json()
+            assert len(body["items"]) <= 3
+            assert all(item["user_id"] == "user4" for item in body["items"])
+            seen += [item["id"] for item in body["items"]]
+            cursor = body["next"]
+            if cursor is None:
+                break
+        bad = client.get("/users/me/orders?cursor=abc", headers=bearer("user4"))
+    expected = [k for k in range(200, 0, -1) if owner(k) == "user4"]
+    assert seen == expected
+    _problem(bad, 400, "bad-cursor-id")
