@@ -41,8 +41,10 @@ async def test_every_route_is_documented(document: dict[str, Any], tmp_path: Pat
         await app.close()
 
 
-def _check(document: dict[str, Any], template: str, response: httpx.Response) -> None:
-    operation = document["paths"][template]["get"]
+def _check(
+    document: dict[str, Any], template: str, response: httpx.Response, method: str = "get"
+) -> None:
+    operation = document["paths"][template][method]
     spec = operation["responses"][str(response.status_code)]
     media = response.headers["content-type"].split(";")[0]
     schema = spec["content"][media]["schema"]
@@ -74,3 +76,47 @@ def test_responses_match_the_document(
 ) -> None:
     response = httpx.get(embedded_server.url + path, headers=headers)
     _check(document, template, response)
+
+
+def test_sale_routes_match_the_document(embedded_server: Server, document: dict[str, Any]) -> None:
+    live_sale = "/sales/11"  # the seed's live demo sale
+    with embedded_server.client() as client:
+        _check(document, "/sales/{id}", client.get(live_sale))
+        _check(document, "/sales/{id}", client.get("/sales/999"))
+        _check(
+            document,
+            "/users/me/orders",
+            client.get("/users/me/orders?limit=2", headers=bearer(owner(1))),
+        )
+        buy = {**bearer("openapi-buyer"), "Idempotency-Key": "spec-1"}
+        first = client.post(live_sale + "/orders", json={"quantity": 1}, headers=buy)
+        assert first.status_code == 201
+        _check(document, "/sales/{id}/orders", first, "post")
+        _check(
+            document,
+            "/sales/{id}/orders",
+            client.post(live_sale + "/orders", json={"quantity": 2}, headers=buy),
+            "post",
+        )
+        _check(
+            document,
+            "/sales/{id}/orders",
+            client.post(
+                live_sale + "/orders",
+                json={"quantity": 1},
+                headers={**buy, "Idempotency-Key": "spec-2"},
+            ),
+            "post",
+        )
+        created = client.post(
+            "/sales",
+            headers=bearer("root", admin=True),
+            json={
+                "name": "spec",
+                "stock": 5,
+                "starts_at": "2026-01-01T00:00:00Z",
+                "ends_at": "2030-01-01T00:00:00Z",
+            },
+        )
+        _check(document, "/sales", created, "post")
+        _check(document, "/sales", client.post("/sales", headers=bearer("x"), json={}), "post")
