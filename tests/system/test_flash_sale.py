@@ -16,7 +16,7 @@ import pytest
 from surge.backends.sql import create_engine
 from surge.backends.sql_sales import SqlSales
 from surge.types import Order
-from tests.backends import Backend, make_backend
+from tests.backends import Backend
 from tests.load import Attempt, storm
 from tests.server import Server, base_env, run_cli, serve
 from tests.system.conftest import bearer
@@ -139,91 +139,89 @@ def test_idempotency_key_yields_one_order(sale_server: tuple[Backend, Server]) -
     assert reused[0][0] == 422 and json.loads(reused[0][1])["type"] == "/problems/key-reused"
 
 
-def test_bad_purchases_are_4xx_problems(tmp_path: Path) -> None:
-    with make_backend("embedded", tmp_path) as backend:
-        env = base_env(tmp_path, backend.env())
-        with serve(env, tmp_path) as server:
-            sale_id = _create_sale(server, stock=5)
-            upcoming = _create_sale(server, stock=5, live=False)
-            cases: list[tuple[str, dict[str, str], bytes, int, str]] = [
-                (f"/sales/{sale_id}/orders", {}, b'{"quantity":1}', 401, "unauthorized"),
-                (
-                    f"/sales/{sale_id}/orders",
-                    bearer("u"),
-                    b'{"quantity":1}',
-                    400,
-                    "missing-idempotency-key",
-                ),
-                (
-                    f"/sales/{sale_id}/orders",
-                    {**bearer("u"), "Idempotency-Key": "k" * 65},
-                    b'{"quantity":1}',
-                    400,
-                    "bad-idempotency-key",
-                ),
-                (
-                    f"/sales/{sale_id}/orders",
-                    {**bearer("u"), "Idempotency-Key": "k"},
-                    b"{not json",
-                    400,
-                    "bad-json",
-                ),
-                (
-                    f"/sales/{sale_id}/orders",
-                    {**bearer("u"), "Idempotency-Key": "k"},
-                    b'{"quantity":"2"}',
-                    422,
-                    "invalid-purchase",
-                ),
-                (
-                    f"/sales/{sale_id}/orders",
-                    {**bearer("u"), "Idempotency-Key": "k"},
-                    b'{"quantity":99999999999999999999999}',
-                    422,
-                    "invalid-purchase",
-                ),
-                (
-                    f"/sales/{sale_id}/orders",
-                    {**bearer("u"), "Idempotency-Key": "k"},
-                    b"[]",
-                    400,
-                    "bad-json",
-                ),
-                (
-                    "/sales/424242/orders",
-                    {**bearer("u"), "Idempotency-Key": "k"},
-                    b'{"quantity":1}',
-                    404,
-                    "sale-not-found",
-                ),
-                (
-                    "/sales/abc/orders",
-                    {**bearer("u"), "Idempotency-Key": "k"},
-                    b'{"quantity":1}',
-                    400,
-                    "bad-sale-id",
-                ),
-                (
-                    f"/sales/{upcoming}/orders",
-                    {**bearer("u"), "Idempotency-Key": "k"},
-                    b'{"quantity":1}',
-                    403,
-                    "sale-not-live",
-                ),
-                ("/sales", bearer("u"), b'{"name":"x"}', 403, "forbidden"),
-                ("/sales", bearer("root", admin=True), b'{"name":"x"}', 422, "invalid-sale"),
-                ("/sales", bearer("root", admin=True), b"nope", 400, "bad-json"),
-            ]
-            with server.client() as client:
-                for path, headers, body, status, kind in cases:
-                    answer = client.post(path, content=body, headers=headers)
-                    assert answer.status_code == status, (path, body, answer.text)
-                    assert answer.headers["content-type"] == "application/problem+json"
-                    assert answer.json()["type"] == f"/problems/{kind}"
-                assert client.get("/sales/424242").status_code == 404
-                mine = client.get("/users/me/orders", headers=bearer("u")).json()
-                assert mine == {"items": [], "next": None}
-                bad = client.get("/users/me/orders?limit=0", headers=bearer("u"))
-                assert bad.status_code == 400
-            assert "Traceback" not in server.output()
-            assert httpx.get(server.url + "/healthz").status_code == 200
+def test_bad_purchases_are_4xx_problems(sale_server: tuple[Backend, Server]) -> None:
+    _, server = sale_server
+    sale_id = _create_sale(server, stock=5)
+    upcoming = _create_sale(server, stock=5, live=False)
+    cases: list[tuple[str, dict[str, str], bytes, int, str]] = [
+        (f"/sales/{sale_id}/orders", {}, b'{"quantity":1}', 401, "unauthorized"),
+        (
+            f"/sales/{sale_id}/orders",
+            bearer("u"),
+            b'{"quantity":1}',
+            400,
+            "missing-idempotency-key",
+        ),
+        (
+            f"/sales/{sale_id}/orders",
+            {**bearer("u"), "Idempotency-Key": "k" * 65},
+            b'{"quantity":1}',
+            400,
+            "bad-idempotency-key",
+        ),
+        (
+            f"/sales/{sale_id}/orders",
+            {**bearer("u"), "Idempotency-Key": "k"},
+            b"{not json",
+            400,
+            "bad-json",
+        ),
+        (
+            f"/sales/{sale_id}/orders",
+            {**bearer("u"), "Idempotency-Key": "k"},
+            b'{"quantity":"2"}',
+            422,
+            "invalid-purchase",
+        ),
+        (
+            f"/sales/{sale_id}/orders",
+            {**bearer("u"), "Idempotency-Key": "k"},
+            b'{"quantity":99999999999999999999999}',
+            422,
+            "invalid-purchase",
+        ),
+        (
+            f"/sales/{sale_id}/orders",
+            {**bearer("u"), "Idempotency-Key": "k"},
+            b"[]",
+            400,
+            "bad-json",
+        ),
+        (
+            "/sales/424242/orders",
+            {**bearer("u"), "Idempotency-Key": "k"},
+            b'{"quantity":1}',
+            404,
+            "sale-not-found",
+        ),
+        (
+            "/sales/abc/orders",
+            {**bearer("u"), "Idempotency-Key": "k"},
+            b'{"quantity":1}',
+            400,
+            "bad-sale-id",
+        ),
+        (
+            f"/sales/{upcoming}/orders",
+            {**bearer("u"), "Idempotency-Key": "k"},
+            b'{"quantity":1}',
+            403,
+            "sale-not-live",
+        ),
+        ("/sales", bearer("u"), b'{"name":"x"}', 403, "forbidden"),
+        ("/sales", bearer("root", admin=True), b'{"name":"x"}', 422, "invalid-sale"),
+        ("/sales", bearer("root", admin=True), b"nope", 400, "bad-json"),
+    ]
+    with server.client() as client:
+        for path, headers, body, status, kind in cases:
+            answer = client.post(path, content=body, headers=headers)
+            assert answer.status_code == status, (path, body, answer.text)
+            assert answer.headers["content-type"] == "application/problem+json"
+            assert answer.json()["type"] == f"/problems/{kind}"
+        assert client.get("/sales/424242").status_code == 404
+        mine = client.get("/users/me/orders", headers=bearer("u")).json()
+        assert mine == {"items": [], "next": None}
+        bad = client.get("/users/me/orders?limit=0", headers=bearer("u"))
+        assert bad.status_code == 400
+    assert "Traceback" not in server.output()
+    assert httpx.get(server.url + "/healthz").status_code == 200
