@@ -65,8 +65,11 @@ class App:
             self.sold_out,
             self.feed,
             self.metrics.purchases,
+            settings.write_deadline_ms / 1000,
         )
-        catalog = Catalog(self.auth, backends.sales, backends.gate, configs)
+        catalog = Catalog(
+            self.auth, backends.sales, backends.gate, configs, settings.write_deadline_ms / 1000
+        )
         self.router.add("POST", "/sales", catalog.create)
         self.router.add("GET", "/sales/{id}", catalog.view)
         self.router.add("POST", "/sales/{id}/orders", purchases.handle)

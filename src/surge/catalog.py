@@ -9,6 +9,7 @@ from datetime import UTC, datetime
 
 from surge.auth import Authenticator
 from surge.backends.sql_sales import SqlSales
+from surge.deadlines import within
 from surge.gate import Gate, GateState
 from surge.http.response import Problem, Response, json_response, response
 from surge.http.server import Request
@@ -23,8 +24,14 @@ MAX_PAGE_SIZE = 200
 
 class Catalog:
     def __init__(
-        self, auth: Authenticator, sales: SqlSales, gate: Gate, configs: SaleConfigs
+        self,
+        auth: Authenticator,
+        sales: SqlSales,
+        gate: Gate,
+        configs: SaleConfigs,
+        deadline: float,
     ) -> None:
+        self._deadline = deadline
         self._auth = auth
         self._sales = sales
         self._gate = gate
@@ -32,7 +39,10 @@ class Catalog:
         self._views: dict[int, tuple[float, Response]] = {}
 
     # POST /sales ------------------------------------------------------------------------------
-    async def create(self, request: Request) -> Response:
+    def create(self, request: Request) -> Awaitable[Response]:
+        return within(self._deadline, self._create(request))
+
+    async def _create(self, request: Request) -> Response:
         user = self._auth.user(request.headers.get(b"authorization"))
         if not user.admin:  # authorization before the body is even looked at
             raise Problem(403, "forbidden", "admin role required")
@@ -57,7 +67,7 @@ class Catalog:
         cached = self._views.get(sale_id)
         if cached is not None and cached[0] > time.monotonic():
             return cached[1]
-        return self._build_view(sale_id)
+        return within(self._deadline, self._build_view(sale_id))
 
     async def _build_view(self, sale_id: int) -> Response:
         sale = await self._configs.get(sale_id)
@@ -82,7 +92,10 @@ class Catalog:
         return sale.remaining if fresh is None else fresh.remaining
 
     # GET /users/me/orders ---------------------------------------------------------------------
-    async def my_orders(self, request: Request) -> Response:
+    def my_orders(self, request: Request) -> Awaitable[Response]:
+        return within(self._deadline, self._my_orders(request))
+
+    async def _my_orders(self, request: Request) -> Response:
         user = self._auth.user(request.headers.get(b"authorization"))
         before, limit = _page(request.query)
         found = await self._sales.user_orders(user.id, before, limit + 1)

@@ -44,6 +44,7 @@ class Settings:
     db_pool_size: int = 10
     redis_pool_size: int = 32
     deadline_ms: int = 50
+    write_deadline_ms: int = 2000
     cache_ttl: float = 600.0
     cache_jitter: float = 0.1
     negative_ttl: float = 5.0
@@ -164,7 +165,12 @@ FIELDS: tuple[Field, ...] = (
         "db_pool_size", _positive_int, "database connections per process (bounds DB concurrency)"
     ),
     Field("redis_pool_size", _positive_int, "Redis connections per process"),
-    Field("deadline_ms", _positive_int, "per-request deadline in milliseconds (then 504)"),
+    Field("deadline_ms", _positive_int, "deadline of the order query, milliseconds (then 504)"),
+    Field(
+        "write_deadline_ms",
+        _positive_int,
+        "deadline of purchases and the sale routes, milliseconds (then 504)",
+    ),
     Field("cache_ttl", _non_negative_float, "Redis TTL of a cached order, seconds"),
     Field("cache_jitter", _fraction, "random +- fraction applied to cache TTLs"),
     Field("negative_ttl", _non_negative_float, "how long a not-found is cached, seconds"),

@@ -21,6 +21,7 @@ from datetime import UTC, datetime
 
 from surge.auth import Authenticator
 from surge.backends.sql_sales import SqlSales
+from surge.deadlines import within
 from surge.feed import StockFeed
 from surge.gate import Answer, Gate
 from surge.http.response import JSON, Problem, Response, problem_response, response
@@ -98,6 +99,7 @@ class Purchases:
         board: SoldOutBoard,
         feed: StockFeed,
         outcomes: dict[str, int],
+        deadline: float,
     ) -> None:
         self._auth = auth
         self._sales = sales
@@ -106,6 +108,7 @@ class Purchases:
         self._board = board
         self._feed = feed
         self._outcomes = outcomes  # purchases_total{outcome} (surge.metrics)
+        self._deadline = deadline
 
     def handle(self, request: Request) -> Response | Awaitable[Response]:
         try:
@@ -130,7 +133,7 @@ class Purchases:
 
     async def _counted(self, work: Awaitable[Response]) -> Response:
         try:
-            answer = await work
+            answer = await within(self._deadline, work)
         except Problem as problem:
             self._count(problem.kind)
             raise

@@ -1,4 +1,4 @@
-"""In-process: purchases move the live stock of room sale:{id}."""
+"""In-process App tests of the sale routes: the live stock feed, deadlines."""
 
 from __future__ import annotations
 
@@ -12,6 +12,7 @@ import pytest
 from surge import db
 from surge.app import App
 from surge.auth import mint
+from surge.backends.sql_sales import SqlSales
 from surge.config import Settings
 from surge.http.response import Problem, Response
 from surge.http.server import Request
@@ -71,5 +72,47 @@ async def test_purchases_reach_the_sale_room(tmp_path: Path) -> None:
         await asyncio.sleep(0.4)
         assert heard and heard[-1] == {"remaining": 0, "state": "sold_out"}
         assert len(heard) <= 2  # coalesced, not one message per purchase
+    finally:
+        await app.close()
+
+
+async def test_a_hanging_database_gives_504_and_the_stock_back(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    url = f"sqlite:///{tmp_path / 'slow.db'}"
+    await asyncio.to_thread(db.migrate, url)
+    app = App(
+        Settings(database_url=url, jwt_secret=SECRET, data_dir=tmp_path, write_deadline_ms=200)
+    )
+    await app.start()
+    try:
+        now = datetime.now(UTC)
+        sale = await _call(
+            app,
+            "POST",
+            "/sales",
+            "root",
+            {
+                "name": "slow",
+                "stock": 2,
+                "starts_at": (now - timedelta(minutes=1)).isoformat(),
+                "ends_at": (now + timedelta(hours=1)).isoformat(),
+            },
+        )
+        sale_id = json.loads(sale[2])["id"]
+
+        async def hang(*_args: object, **_kwargs: object) -> None:
+            await asyncio.sleep(30)
+
+        monkeypatch.setattr(SqlSales, "purchase", hang)
+        started = asyncio.get_running_loop().time()
+        answer = await _call(
+            app, "POST", f"/sales/{sale_id}/orders", "a", {"quantity": 1}, idempotency_key="k"
+        )
+        assert answer[0] == 504
+        assert asyncio.get_running_loop().time() - started < 1
+        await asyncio.sleep(0.6)  # past the public view's cache
+        view = await _call(app, "GET", f"/sales/{sale_id}", "a", {})
+        assert json.loads(view[2])["remaining"] == 2  # the reservation was given back
     finally:
         await app.close()
