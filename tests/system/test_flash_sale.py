@@ -75,6 +75,9 @@ def _buy(
 @pytest.fixture
 def sale_server(backend: Backend, tmp_path: Path) -> Any:
     env = base_env(tmp_path, backend.env())
+    # These tests count every answer; a parallel test run on 2 cores can stall a purchase
+    # past the 2 s default (a deadline 504 is tested in test_app_sales.py).
+    env["SURGE_WRITE_DEADLINE_MS"] = "30000"
     run_cli(env, "db", "migrate")
     workers = ("--workers", "2") if backend.redis_url else ()
     with serve(env, tmp_path, *workers) as server:
