@@ -1,17 +1,26 @@
-"""Per-request deadlines for coroutine handlers: past it, 504 and the work is cancelled.
+"""Per-request deadlines for coroutine handlers, and what a failing dependency answers.
 
-(The order query's hot path keeps its own timer-based deadline: it has no coroutine.)
+Past the deadline: 504, and the work is cancelled. A database or Redis error that escaped
+the handler: 503 with Retry-After (the dependency is down; the request may be retried),
+never a 500. (The order query's hot path keeps its own timer-based deadline: it has no
+coroutine.)
 """
 
 from __future__ import annotations
 
 import asyncio
+import logging
 from collections.abc import Awaitable
 from typing import TypeVar
 
+from redis.exceptions import RedisError
+from sqlalchemy.exc import SQLAlchemyError
+
 from surge.http.response import Problem
 
+log = logging.getLogger("surge.deadlines")
 T = TypeVar("T")
+DEPENDENCY_ERRORS = (SQLAlchemyError, RedisError, OSError)
 
 
 async def within(seconds: float, work: Awaitable[T]) -> T:
@@ -21,4 +30,9 @@ async def within(seconds: float, work: Awaitable[T]) -> T:
     except TimeoutError:
         raise Problem(
             504, "deadline-exceeded", f"no answer within {seconds * 1000:.0f} ms"
+        ) from None
+    except DEPENDENCY_ERRORS as exc:
+        log.warning("dependency failed: %s: %s", type(exc).__name__, exc)
+        raise Problem(
+            503, "unavailable", "a dependency is unavailable; retry", (("retry-after", "1"),)
         ) from None

@@ -8,6 +8,7 @@ from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 import pytest
+import sqlalchemy as sa
 
 from surge import db
 from surge.app import App
@@ -114,5 +115,29 @@ async def test_a_hanging_database_gives_504_and_the_stock_back(
         await asyncio.sleep(0.6)  # past the public view's cache
         view = await _call(app, "GET", f"/sales/{sale_id}", "a", {})
         assert json.loads(view[2])["remaining"] == 2  # the reservation was given back
+    finally:
+        await app.close()
+
+
+async def test_a_failing_database_gives_503_not_500(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    url = f"sqlite:///{tmp_path / 'down.db'}"
+    await asyncio.to_thread(db.migrate, url)
+    app = App(Settings(database_url=url, jwt_secret=SECRET, data_dir=tmp_path))
+    await app.start()
+    try:
+
+        async def down(*_args: object, **_kwargs: object) -> None:
+            raise sa.exc.OperationalError("SELECT", {}, Exception("connection refused"))
+
+        monkeypatch.setattr(SqlSales, "get_sale", down)
+        bought = await _call(
+            app, "POST", "/sales/1/orders", "a", {"quantity": 1}, idempotency_key="k"
+        )
+        viewed = await _call(app, "GET", "/sales/1", "a", {})
+        for answer in (bought, viewed):
+            assert answer[0] == 503
+            assert b"retry-after: 1" in answer[1]
     finally:
         await app.close()
