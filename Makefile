@@ -4,7 +4,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: run test install lint typecheck bench bench-orders clean
+.PHONY: run test install lint typecheck bench bench-orders bench-sale clean
 
 $(STAMP): pyproject.toml constraints.txt scripts/install-system-deps.sh
 	bash scripts/install-system-deps.sh
@@ -35,12 +35,17 @@ lint: $(STAMP)
 typecheck: $(STAMP)
 	$(BIN)/mypy
 
-## Benchmarks against the Go baseline (writes BENCHMARKS.md); minutes, not part of `test`.
-bench: bench-orders
+## Benchmarks (write BENCHMARKS.md); minutes, not part of `test`.
+bench: bench-orders bench-sale
 
 bench-orders: $(STAMP)
 	bash scripts/ensure-services.sh
 	$(BIN)/python -m bench.orders
+
+## The flash-sale storm: 100,000 purchase attempts for 1,000 items on MariaDB + Redis.
+bench-sale: $(STAMP)
+	bash scripts/ensure-services.sh
+	$(BIN)/python -m bench.sale
 
 clean:
 	rm -rf $(VENV) surge-data .pytest_cache .mypy_cache .ruff_cache

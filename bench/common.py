@@ -7,6 +7,7 @@ owned by `Processes`, which stops what it started when the harness ends, however
 from __future__ import annotations
 
 import contextlib
+import json
 import os
 import platform
 import re
@@ -100,6 +101,21 @@ def http_get(url: str, headers: Mapping[str, str] | None = None) -> tuple[int, b
     request = urllib.request.Request(url, headers=dict(headers or {}))
     try:
         with urllib.request.urlopen(request, timeout=5.0) as reply:
+            return reply.status, reply.read()
+    except urllib.error.HTTPError as exc:
+        return exc.code, exc.read()
+    except (OSError, urllib.error.URLError):
+        return 0, b""
+
+
+def http_post(url: str, headers: Mapping[str, str], payload: Any) -> tuple[int, bytes]:
+    """One JSON POST on a fresh connection: (status, body); status 0 when nothing answered."""
+    data = json.dumps(payload).encode()
+    request = urllib.request.Request(
+        url, data=data, method="POST", headers={**headers, "Content-Type": "application/json"}
+    )
+    try:
+        with urllib.request.urlopen(request, timeout=10.0) as reply:
             return reply.status, reply.read()
     except urllib.error.HTTPError as exc:
         return exc.code, exc.read()
@@ -402,6 +418,14 @@ def machine() -> dict[str, str]:
         "mariadb": _first_line(["mariadb", "-uroot", "-N", "-e", "SELECT VERSION()"]),
         "redis": _first_line(["redis-server", "--version"]),
     }
+
+
+def machine_line(m: Mapping[str, str]) -> str:
+    """The report's one-line description of `machine()`."""
+    return (
+        f"Machine: {m['nproc']} CPUs ({m['cpu']}), {m['kernel']}, Python {m['python']}, "
+        f"{m['wrk']}, {m['go']}, MariaDB {m['mariadb']}, {m['redis'].split(' sha')[0]}."
+    )
 
 
 def rewrite_section(path: Path, start: str, end: str, body: str, header: str) -> None:

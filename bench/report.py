@@ -79,8 +79,7 @@ def markdown(bench: Bench, report: dict[str, Any]) -> str:
         f"per server; medians. wrk -t{THREADS} shares the machine's cores with the server "
         "under test. Method: the docstring of `bench/orders.py`.",
         "",
-        f"Machine: {m['nproc']} CPUs ({m['cpu']}), {m['kernel']}, Python {m['python']}, "
-        f"{m['wrk']}, {m['go']}, MariaDB {m['mariadb']}, {m['redis'].split(' sha')[0]}.",
+        common.machine_line(m),
         "",
         "### Targets",
         "",

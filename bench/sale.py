@@ -1,0 +1,448 @@
+"""Flash-sale storm: a flood of purchase attempts on one sale, against Surge on MariaDB+Redis.
+
+Run it with `make bench-sale` or `.venv/bin/python -m bench.sale [--quick]` from the project
+root.
+
+What is measured. Surge runs as 2 processes (`surge serve --workers 2`) on MariaDB
+(`surge_bench`, schema brought current by `surge db migrate`) and Redis DB 1 (flushed
+first). An admin creates a sale of `--stock` items, at most 1 per user, live since a minute
+ago. wrk (-t2, `--connections` keep-alive connections, opened at once) then sends exactly
+`--attempts` purchase attempts, user n % `--users` + 1 making attempt n, each with its own
+Idempotency-Key, and times every attempt itself (see `bench/sale_load.py`): per-status
+counts, attempts/s over the whole storm, refusals/s over the storm and after the sale sold
+out, and the latency of every winner (201) and every refusal (409).
+
+Then the database is asked: exactly `--stock` orders for the sale, one per user, each the
+answer of a 201 and each 201 one of them, `sales.remaining` 0, as many `sale_buyers` units
+and outbox rows. Surge's `purchases_total{outcome}` is scraped from /metrics (any worker
+answers with every worker's series).
+
+Last, the sustained refusal rate: wrk sends further attempts at the sold-out sale for
+`--flood` seconds with a plain script (no Lua response hook, which slows wrk), as the
+order benchmark's cache-hit runs do, and the database is asked again.
+
+The reference for "refusals as fast as cache hits" is the latest Surge c=256 cache-hit
+figure in the order section of BENCHMARKS.md, measured by another run of another harness:
+this machine's run-to-run noise (10-20 %) applies to the ratio.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import re
+import resource
+import secrets
+import shlex
+import signal
+import subprocess
+import sys
+import time
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+from typing import Any
+
+from bench import common, sale_load
+from bench.common import OUT, ROOT, THREADS, BenchError, Processes, Server
+from bench.orders import HEADER
+from bench.sale_report import (
+    REPORT,
+    hit_reference,
+    markdown,
+    place_markers,
+    problems_of,
+    targets,
+)
+
+START, END = "<!-- bench:sale:start -->", "<!-- bench:sale:end -->"
+DATABASE = "surge_bench"
+DATABASE_URL = f"mysql://root@127.0.0.1:3306/{DATABASE}"
+REDIS_URL = "redis://127.0.0.1:6379/1"
+SURGE_WORKERS = 2
+TOKEN_TTL = 12 * 3600.0
+ROUTE = "/sales/{id}/orders"
+SURGE_BIN = Path(sys.executable).parent / "surge"
+
+
+def parse_args(argv: list[str] | None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(
+        prog="python -m bench.sale", description=__doc__.split("\n")[0]
+    )
+    parser.add_argument("--attempts", type=int, help="purchase attempts (default 100000)")
+    parser.add_argument("--users", type=int, help="distinct buyers (default 10000)")
+    parser.add_argument("--stock", type=int, help="items for sale (default 1000)")
+    parser.add_argument("--connections", type=int, default=256, help="wrk connections (256)")
+    parser.add_argument(
+        "--flood", type=float, help="seconds of sustained refusals after the storm (10; 0: none)"
+    )
+    parser.add_argument(
+        "--timeout", type=float, default=120.0, help="seconds the storm may take (120)"
+    )
+    parser.add_argument(
+        "--quick",
+        action="store_true",
+        help="smoke test: 10000 attempts from 1000 users for 100 items, 3 s flood",
+    )
+    args = parser.parse_args(argv)
+    quick = args.quick
+    args.attempts = args.attempts or (10_000 if quick else 100_000)
+    args.users = args.users or (1_000 if quick else 10_000)
+    args.stock = args.stock or (100 if quick else 1_000)
+    args.flood = args.flood if args.flood is not None else (3.0 if quick else 10.0)
+    if args.attempts % THREADS or args.attempts < args.users:
+        parser.error(f"--attempts must be a multiple of {THREADS} and >= --users")
+    if not 0 < args.stock <= args.users:
+        parser.error("--stock must be between 1 and --users (1 item per user)")
+    if args.connections < THREADS or args.flood < 0:
+        parser.error(f"--connections must be >= {THREADS} and --flood >= 0")
+    return args
+
+
+def sql(query: str) -> list[list[str]]:
+    """Rows of a query run by the mariadb client on the benchmark database."""
+    out = common.run(["mariadb", "-uroot", "-N", "-B", DATABASE, "-e", query])
+    return [line.split("\t") for line in out.splitlines() if line]
+
+
+class SaleBench:
+    def __init__(self, args: argparse.Namespace, processes: Processes) -> None:
+        self.args = args
+        self.processes = processes
+        self.secret = secrets.token_urlsafe(32)  # a new signing key every run
+        self.commands: list[str] = []
+        self.port = 0
+        self.surge: Server | None = None
+        self.sale_id = 0
+        self.tokens = OUT / "sale-tokens.lua"
+        self.scripts: tuple[Path, Path, Path] | None = None
+
+    def note(self, command: str) -> None:
+        if command not in self.commands:
+            self.commands.append(command)
+
+    def env(self) -> dict[str, str]:
+        return common.clean_env(
+            {
+                "SURGE_DATABASE_URL": DATABASE_URL,
+                "SURGE_REDIS_URL": REDIS_URL,
+                "SURGE_JWT_SECRET": self.secret,
+                "SURGE_LOG_LEVEL": "warning",
+            }
+        )
+
+    @property
+    def url(self) -> str:
+        return f"http://127.0.0.1:{self.port}"
+
+    # -- preparation and Surge ----------------------------------------------------------------
+    def prepare(self) -> None:
+        common.require_tool("wrk", "install it with `bash scripts/install-system-deps.sh`")
+        common.require_tool("mariadb", "the MariaDB client is needed to create the database")
+        common.require_tool("redis-cli", "the Redis client is needed to flush Redis DB 1")
+        create = ["mariadb", "-uroot", "-e", f"CREATE DATABASE IF NOT EXISTS {DATABASE}"]
+        common.run(create)
+        self.note(shlex.join(create))
+        common.run([str(SURGE_BIN), "db", "migrate"], env=self.env(), timeout=300)
+        self.note(f"SURGE_DATABASE_URL={DATABASE_URL} .venv/bin/surge db migrate")
+        common.run(["redis-cli", "-n", "1", "flushdb"])
+        self.note("redis-cli -n 1 flushdb")
+        from surge.auth import mint
+
+        OUT.mkdir(parents=True, exist_ok=True)
+        users = range(1, self.args.users + 1)
+        print(f"minting {self.args.users} user tokens ...")
+        common.write_tokens(
+            self.tokens, [mint(self.secret, f"user{u}", ttl=TOKEN_TTL) for u in users]
+        )
+
+    def start_surge(self) -> None:
+        self.port = common.free_port()
+        argv = [str(SURGE_BIN), "serve", "--workers", str(SURGE_WORKERS), "--port", str(self.port)]
+        self.surge = self.processes.start("surge", argv, self.env())
+        common.wait_until_ok(self.surge, f"{self.url}/healthz")
+        self.note(
+            f"SURGE_DATABASE_URL={DATABASE_URL} SURGE_REDIS_URL={REDIS_URL} "
+            "SURGE_JWT_SECRET=<random, per run> SURGE_LOG_LEVEL=warning "
+            f".venv/bin/surge serve --workers {SURGE_WORKERS} --port PORT"
+        )
+
+    def create_sale(self) -> None:
+        from surge.auth import mint
+
+        now = datetime.now(UTC).replace(microsecond=0)
+        payload = {
+            "name": f"bench storm {now:%Y-%m-%d %H:%M:%S}",
+            "stock": self.args.stock,
+            "per_user_limit": 1,
+            "starts_at": (now - timedelta(minutes=1)).isoformat().replace("+00:00", "Z"),
+            "ends_at": (now + timedelta(hours=2)).isoformat().replace("+00:00", "Z"),
+        }
+        admin = {"Authorization": f"Bearer {mint(self.secret, 'bench-admin', admin=True)}"}
+        status, body = common.http_post(f"{self.url}/sales", admin, payload)
+        if status != 201:
+            common.fail(f"POST /sales answered {status} {body[:300]!r}")
+        self.sale_id = int(json.loads(body)["id"])
+        shown = {**payload, "name": "...", "starts_at": "now-1min", "ends_at": "now+2h"}
+        self.note(
+            f"POST /sales {json.dumps(shown)}  # admin token; answered 201, sale {self.sale_id}"
+        )
+        view = self.sale_view()
+        if view.get("state") != "live" or view.get("remaining") != self.args.stock:
+            common.fail(f"the new sale is not live with all its stock: {view}")
+        self.scripts = sale_load.write_scripts(
+            OUT,
+            tokens=self.tokens,
+            sale_id=self.sale_id,
+            users=self.args.users,
+            threads=THREADS,
+            attempts=self.args.attempts,
+        )
+
+    def sale_view(self) -> dict[str, Any]:
+        status, body = common.http_get(f"{self.url}/sales/{self.sale_id}")
+        if status != 200:
+            common.fail(f"GET /sales/{self.sale_id} answered {status} {body[:200]!r}")
+        view: dict[str, Any] = json.loads(body)
+        return view
+
+    def counters(self) -> dict[str, Any]:
+        """purchases_total by outcome and the purchase route's answers by status, summed
+        over the workers (after 2.5 s: every worker has written a fresh snapshot)."""
+        time.sleep(2.5)
+        status, body = common.http_get(f"{self.url}/metrics")
+        if status != 200:
+            raise BenchError(f"Surge /metrics answered {status}")
+        workers: set[str] = set()
+        purchases: dict[str, int] = {}
+        answers: dict[str, int] = {}
+        for sample, value in common.parse_prometheus(body.decode()).items():
+            labels = dict(re.findall(r'(\w+)="([^"]*)"', sample.partition("{")[2]))
+            name = sample.partition("{")[0]
+            if name == "purchases_total":
+                purchases[labels["outcome"]] = purchases.get(labels["outcome"], 0) + int(value)
+                workers.add(labels.get("worker", ""))
+            elif name == "http_requests_total" and labels.get("route") == ROUTE:
+                answers[labels["status"]] = answers.get(labels["status"], 0) + int(value)
+        return {
+            "workers_seen": len(workers),
+            "purchases_total": dict(sorted(purchases.items())),
+            "http_requests_by_status": dict(sorted(answers.items())),
+        }
+
+    # -- load ---------------------------------------------------------------------------------
+    def storm(self) -> tuple[dict[str, Any], sale_load.Storm]:
+        assert self.scripts is not None
+        script, _, results = self.scripts
+        for index in range(THREADS):
+            Path(f"{results}{index}.tsv").unlink(missing_ok=True)
+        limit = self.args.timeout
+        argv = common.wrk_argv(self.url, script, self.args.connections, limit, THREADS)
+        argv[1:1] = ["--timeout", "30s"]  # wrk counts slower answers as socket errors
+        shown = [a if a != self.url else "http://127.0.0.1:PORT" for a in argv]
+        self.note(shlex.join(shown) + "  # SIGINT once every thread wrote its results")
+        print(
+            f"storm: {self.args.attempts} attempts from {self.args.users} users for "
+            f"{self.args.stock} items, c={self.args.connections} ..."
+        )
+        wrk = self.processes.start("wrk-storm", argv, common.clean_env())
+        files = [Path(f"{results}{index}.tsv") for index in range(THREADS)]
+        deadline = time.monotonic() + limit + 10.0
+        while not all(f.exists() for f in files):
+            if wrk.process.poll() is not None or time.monotonic() > deadline:
+                break
+            time.sleep(0.05)
+        cpu = sale_load.cpu_seconds(wrk.process.pid)  # the load generator's own cost
+        if wrk.process.poll() is None:
+            wrk.process.send_signal(signal.SIGINT)  # ends wrk's sleep: it prints and exits
+        try:
+            wrk.process.wait(timeout=30.0)
+        finally:
+            self.processes.stop(wrk)
+        text = wrk.log.read_text()
+        threads = re.findall(
+            r"^bench-sale thread=(\d+) sent=(\d+) answered=(\d+) flushed=(\w+)$", text, re.M
+        )
+        if len(threads) != THREADS or any(flushed != "true" for *_, flushed in threads):
+            common.fail(f"the storm did not complete (wrk threads: {threads}):\n{text[-3000:]}")
+        sent = sum(int(t[1]) for t in threads)
+        if sent != self.args.attempts:
+            common.fail(f"wrk sent {sent} attempts, not {self.args.attempts}")
+        storm = sale_load.read_storm(results, THREADS, self.args.attempts)
+        summary = sale_load.summarize(storm)
+        summary["wrk"] = {**common.parse_wrk(text).as_dict(), "sent": sent, "cpu_s": cpu}
+        w, lat = summary["wrk"], summary["latency"]
+        print(
+            f"  {summary['attempts']} answered in {summary['seconds']:.2f} s: "
+            f"{summary['attempts_per_s']:.0f} attempts/s, {summary['refusals_per_s']:.0f} "
+            f"refusals/s; after sold out {summary['after_sold_out']['per_s']:.0f} answers/s"
+        )
+        print(
+            f"  winners p50 {lat['winners']['p50_ms']:.1f} ms p99 {lat['winners']['p99_ms']:.1f} "
+            f"ms; refusals p50 {lat['refusals']['p50_ms']:.2f} ms p99 "
+            f"{lat['refusals']['p99_ms']:.2f} ms; counts {summary['counts']}"
+        )
+        print(
+            f"  wrk: {w['requests']} requests, p50 {w['p50_ms']:.2f} ms p99 {w['p99_ms']:.2f} ms,"
+            f" non-2xx {w['non_2xx']}, socket errors {w['socket_errors']}"
+        )
+        return summary, storm
+
+    def flood(self) -> dict[str, Any] | None:
+        if not self.args.flood:
+            return None
+        assert self.scripts is not None
+        before = self.counters()
+        seconds = self.args.flood
+        argv = common.wrk_argv(self.url, self.scripts[1], self.args.connections, seconds, THREADS)
+        self.note(shlex.join(a if a != self.url else "http://127.0.0.1:PORT" for a in argv))
+        used = resource.getrusage(resource.RUSAGE_CHILDREN)
+        result = common.run_wrk(argv, seconds)
+        now = resource.getrusage(resource.RUSAGE_CHILDREN)  # wrk is the only child reaped
+        cpu = now.ru_utime + now.ru_stime - used.ru_utime - used.ru_stime
+        after = self.counters()
+        outcomes = common.delta(after["purchases_total"], before["purchases_total"])
+        statuses = common.delta(after["http_requests_by_status"], before["http_requests_by_status"])
+        print(
+            f"flood (sold out, plain wrk, {seconds:g} s): {result.rps:.0f} req/s, p50 "
+            f"{result.p50_ms:.2f} ms p99 {result.p99_ms:.2f} ms, non-2xx {result.non_2xx} of "
+            f"{result.requests}, socket errors {result.socket_errors}; outcomes {outcomes}"
+        )
+        return {
+            **result.as_dict(),
+            "cpu_s": cpu,
+            "purchases_total": outcomes,
+            "http_requests_by_status": statuses,
+            "counters_after": after,
+        }
+
+    # -- the database's word ------------------------------------------------------------------
+    def verify(self, storm: sale_load.Storm | None) -> dict[str, Any]:
+        """What MariaDB holds for the sale, and (given the storm) whether it matches the 201s."""
+        sale = self.sale_id
+        count, quantity, users = sql(
+            "SELECT COUNT(*), COALESCE(SUM(quantity), 0), COUNT(DISTINCT user_id) "
+            f"FROM orders WHERE sale_id = {sale}"
+        )[0]
+        stock, remaining = sql(f"SELECT stock, remaining FROM sales WHERE id = {sale}")[0]
+        found: dict[str, Any] = {
+            "orders": int(count),
+            "quantity": int(quantity),
+            "distinct_users": int(users),
+            "stock": int(stock),
+            "remaining": int(remaining),
+        }
+        if storm is None:
+            return found
+        self.note(
+            "mariadb -uroot -N -B surge_bench -e 'SELECT COUNT(*), SUM(quantity), "
+            "COUNT(DISTINCT user_id) FROM orders WHERE sale_id = SALE; "
+            "SELECT stock, remaining FROM sales WHERE id = SALE'"
+        )
+        buyers, bought = sql(
+            f"SELECT COUNT(*), COALESCE(SUM(bought), 0) FROM sale_buyers WHERE sale_id = {sale}"
+        )[0]
+        outbox = sql(
+            "SELECT COUNT(*) FROM outbox WHERE topic = 'order.confirmed' "
+            f"AND JSON_VALUE(payload, '$.sale_id') = {sale}"
+        )[0][0]
+        query = f"SELECT id, user_id, idempotency_key FROM orders WHERE sale_id = {sale}"
+        rows = {int(i): (user, key) for i, user, key in sql(query)}
+        winners = {a.order_id: a for a in storm.of("201")}
+        users_of = self.args.users
+        mismatched = sum(
+            1
+            for order_id, attempt in winners.items()
+            if order_id not in rows or rows[order_id][0] != f"user{attempt.number % users_of + 1}"
+        )
+        # an order committed without a 201: what did its attempt (its key) get instead?
+        kinds = {f"s{sale}-{a.number}": a.kind for a in storm.attempts}
+        unacknowledged: dict[str, int] = {}
+        for order_id, (_, key) in rows.items():
+            if order_id not in winners:
+                kind = kinds.get(key, f"key {key}")
+                unacknowledged[kind] = unacknowledged.get(kind, 0) + 1
+        found.update(
+            {
+                "sale_buyers": int(buyers),
+                "sale_buyers_bought": int(bought),
+                "outbox_rows": int(outbox),
+                "rows_without_201": sum(unacknowledged.values()),
+                "rows_without_201_answered": unacknowledged,
+                "201s_without_row_or_other_user": mismatched,
+                "201s_same_order_twice": len(storm.of("201")) - len(winners),
+            }
+        )
+        self.note(
+            "mariadb ... 'SELECT id, user_id, idempotency_key FROM orders WHERE sale_id = SALE'"
+            "  # matched with the 201s; also sale_buyers and outbox counts"
+        )
+        return found
+
+
+def main(argv: list[str] | None = None) -> int:
+    given = sys.argv[1:] if argv is None else argv
+    args = parse_args(given)
+    common.interrupt_on_termination()
+    started = datetime.now(UTC)
+    stamp = started.strftime("%Y%m%d-%H%M%S")
+    began = time.monotonic()
+    try:
+        with Processes(OUT / "logs" / f"sale-{stamp}") as processes:
+            bench = SaleBench(args, processes)
+            bench.prepare()
+            bench.start_surge()
+            bench.create_sale()
+            storm, raw = bench.storm()
+            counters = bench.counters()
+            print(f"  surge counters after the storm: {counters}")
+            found = bench.verify(raw)
+            view = bench.sale_view()
+            flood = bench.flood()
+            after_flood = bench.verify(None) if flood else None
+    except BenchError as exc:
+        print(f"bench.sale: {exc}", file=sys.stderr)
+        return 1
+    except KeyboardInterrupt:
+        print("bench.sale: interrupted; every process it started is stopped", file=sys.stderr)
+        return 130
+    except subprocess.SubprocessError as exc:
+        print(f"bench.sale: {exc}", file=sys.stderr)
+        return 1
+    problems = problems_of(found, args.stock, storm["counts"])
+    if view.get("remaining") != 0 or view.get("state") != "sold_out":
+        problems.append(f"GET /sales/{bench.sale_id} after the storm: {view}")
+    if after_flood is not None and after_flood["orders"] != args.stock:
+        problems.append(f"after the flood the sale has {after_flood['orders']} orders")
+    report: dict[str, Any] = {
+        "date": started.strftime("%Y-%m-%d %H:%M UTC"),
+        "command": shlex.join(["python", "-m", "bench.sale", *given]),
+        "seconds": round(time.monotonic() - began, 1),
+        "config": dict(vars(args)),
+        "machine": common.machine(),
+        "sale_id": bench.sale_id,
+        "storm": storm,
+        "database": found,
+        "sale_view": view,
+        "database_after_flood": after_flood,
+        "surge_counters": counters,
+        "flood": flood,
+        "problems": problems,
+        "hit_reference": hit_reference(),
+        "commands": bench.commands,
+    }
+    report["targets"] = targets(report)
+    raw_file = OUT / f"sale-{stamp}.json"
+    raw_file.write_text(json.dumps(report, indent=2) + "\n")
+    (OUT / "sale-latest.json").write_text(raw_file.read_text())
+    section = markdown(report)
+    if REPORT.exists():
+        place_markers(START, END)  # after the order section, before the hand-kept history
+    common.rewrite_section(REPORT, START, END, section, HEADER)
+    print("\n" + section + "\n")
+    print(f"raw results: {raw_file.relative_to(ROOT)}; section rewritten in {REPORT.name}")
+    print(f"done in {report['seconds']:.0f} s")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,236 @@
+"""The flash-sale storm's report: the cache-hit reference, target verdicts, the section."""
+
+from __future__ import annotations
+
+import json
+import re
+from typing import Any
+
+from bench import common
+from bench.common import ROOT, THREADS
+
+REPORT = ROOT / "BENCHMARKS.md"
+ORDERS_START, ORDERS_END = "<!-- bench:orders:start -->", "<!-- bench:orders:end -->"
+WINNER_P99_MS = 100.0
+
+
+def hit_reference() -> dict[str, Any] | None:
+    """The latest Surge c=256 cache-hit req/s of the order benchmark's section, if any."""
+    text = REPORT.read_text() if REPORT.exists() else ""
+    section = re.search(re.escape(ORDERS_START) + r"(.*?)" + re.escape(ORDERS_END), text, re.S)
+    if section is None:
+        return None
+    hits = re.search(r"^### Cache hits.*?\n(.*?)(?=^#|\Z)", section[1], re.S | re.M)
+    if hits is None:
+        return None
+    rows = [
+        [cell.strip() for cell in line.strip().strip("|").split("|")]
+        for line in hits[1].splitlines()
+        if line.startswith("|") and not line.startswith("|---")
+    ]
+    if len(rows) < 2 or "c" not in rows[0] or "Surge req/s" not in rows[0]:
+        return None
+    c, surge = rows[0].index("c"), rows[0].index("Surge req/s")
+    for row in rows[1:]:
+        if len(row) > max(c, surge) and row[c] == "256":
+            run = re.search(r"^Run (\d{4}-\d\d-\d\d \d\d:\d\d UTC)", section[1], re.M)
+            return {
+                "rps": float(row[surge]),
+                "run": run[1] if run else "unknown date",
+                "smoke": "**Smoke run**" in section[1],
+            }
+    return None
+
+
+def problems_of(found: dict[str, Any], stock: int, counts: dict[str, int]) -> list[str]:
+    """Every way the database disagrees with "exactly `stock` orders, one per user"."""
+    wanted = {
+        "orders": stock,
+        "quantity": stock,
+        "distinct_users": stock,
+        "remaining": 0,
+        "sale_buyers": stock,
+        "sale_buyers_bought": stock,
+        "outbox_rows": stock,
+        "rows_without_201": 0,
+        "201s_without_row_or_other_user": 0,
+        "201s_same_order_twice": 0,
+    }
+    out = [f"{k} = {found[k]}, not {v}" for k, v in wanted.items() if k in found and found[k] != v]
+    if found.get("rows_without_201_answered"):
+        out.append(f"the orders without a 201 were answered {found['rows_without_201_answered']}")
+    winners, sold_out = counts.get("201", 0), counts.get("409 sold-out", 0)
+    if winners != stock:
+        out.append(f"{winners} answers 201, not {stock}")
+    if found["remaining"] > 0 and sold_out:
+        out.append(
+            f"stock stranded: {found['remaining']} items unsold in MariaDB while {sold_out} "
+            "attempts were answered 409 sold-out"
+        )
+    return out
+
+
+def _judged(ok: bool | None) -> str:
+    return "not measured" if ok is None else ("met" if ok else "**not met**")
+
+
+def targets(report: dict[str, Any]) -> list[tuple[str, str, str]]:
+    storm, found, stock = report["storm"], report["database"], report["config"]["stock"]
+    rows = []
+    measured = (
+        f"{found['orders']} orders, {found['quantity']} items, {found['distinct_users']} "
+        f"users; remaining {found['remaining']}; {storm['counts'].get('201', 0)} answers 201"
+    )
+    ok = not report["problems"]
+    rows.append((f"exactly {stock} orders in MariaDB, remaining 0", measured, _judged(ok)))
+    ref = report["hit_reference"]
+    rates = [("refusals/s in the storm, once sold out", storm["after_sold_out"]["per_s"])]
+    if report["flood"]:
+        rates.append(("refusals/s sustained (plain wrk, as the hit runs)", report["flood"]["rps"]))
+    for label, rate in rates:
+        if ref is None:
+            rows.append((f"{label} >= order-query cache hits", f"{rate:.0f}", "not compared"))
+        else:
+            ratio = common.ratio(rate, ref["rps"])
+            rows.append(
+                (
+                    f"{label} >= order-query cache hits, c=256 ({ref['rps']:.0f} req/s, "
+                    f"run {ref['run']}{', a smoke run' if ref['smoke'] else ''})",
+                    f"{rate:.0f} ({ratio:.2f}x)",
+                    _judged(ratio >= 1.0),
+                )
+            )
+    winners = storm["latency"]["winners"]
+    p99 = winners["p99_ms"]
+    rows.append(
+        (
+            f"winners' p99 < {WINNER_P99_MS:.0f} ms",
+            f"{p99:.1f} ms (of {winners['n']} winners)",
+            _judged(p99 < WINNER_P99_MS if winners["n"] else None),
+        )
+    )
+    return rows
+
+
+def _lat(lat: dict[str, float]) -> str:
+    return f"{lat['p50_ms']:.2f} / {lat['p99_ms']:.2f} / {lat['max_ms']:.2f}"
+
+
+def _cpu(wrk: dict[str, Any], m: dict[str, str], run: dict[str, Any]) -> str:
+    """wrk's CPU seconds, per request and as a share of all CPUs over the run."""
+    if wrk.get("cpu_s") is None:
+        return "unknown"
+    share = wrk["cpu_s"] / (run["seconds"] * int(m["nproc"]))
+    per = wrk["cpu_s"] / max(1, wrk["requests"]) * 1e6
+    return f"{wrk['cpu_s']:.2f} s ({per:.0f} us per request, {share:.0%} of {m['nproc']} CPUs)"
+
+
+def markdown(report: dict[str, Any]) -> str:
+    args, m, storm = report["config"], report["machine"], report["storm"]
+    wrk, after, lat = storm["wrk"], storm["after_sold_out"], storm["latency"]
+    last = storm["after_last_win"]
+    lines = ["## Flash-sale storm", ""]
+    if args["quick"]:
+        lines += [
+            f"> **Smoke run** (`--quick`: {args['attempts']} attempts from {args['users']} "
+            f"users for {args['stock']} items, {args['flood']:g} s flood). It shows that the "
+            "harness works end to end; its figures are too small to be a measurement. Run "
+            "`make bench-sale` for those.",
+            "",
+        ]
+    lines += [
+        f"Run {report['date']} by `{report['command']}`: {args['attempts']} purchase attempts "
+        f"from {args['users']} users (user n % {args['users']} + 1 makes attempt n, each "
+        f"with its own Idempotency-Key) for a sale of {args['stock']} items, 1 per user, on "
+        f"Surge (2 processes) with MariaDB and Redis; wrk -t{THREADS} -c{args['connections']} "
+        "on the same cores. Method: the docstrings of `bench/sale.py` and `bench/sale_load.py`.",
+        "",
+        common.machine_line(m),
+        "",
+        "### Targets",
+        "",
+        common.markdown_table(["target", "measured", "status"], iter(report["targets"])),
+        "",
+    ]
+    if report["problems"]:
+        lines += ["Problems: " + "; ".join(report["problems"]) + ".", ""]
+    rows = [
+        ("attempts answered", f"{storm['attempts']} in {storm['seconds']:.2f} s"),
+        ("attempts/s (first request sent to last answer)", f"{storm['attempts_per_s']:.0f}"),
+        ("refusals/s (409s over the whole storm)", f"{storm['refusals_per_s']:.0f}"),
+        (
+            f"refusals/s once sold out (the {after['refusals']} answered in the "
+            f"{after['seconds']:.2f} s after the first sold-out answer)",
+            f"{after['per_s']:.0f}",
+        ),
+        (
+            f"refusals/s after the last 201 (the {last['refusals']} answered in the last "
+            f"{last['seconds']:.2f} s: nothing left to commit; n/a if under 0.1 s)",
+            f"{last['per_s']:.0f}" if last["per_s"] == last["per_s"] else "n/a",
+        ),
+        (
+            "first sold-out answer; first / last 201 (s after the first request)",
+            f"{storm['first_sold_out_s']:.3f}; {storm['first_win_s']:.3f} / "
+            f"{storm['last_win_s']:.3f}",
+        ),
+        ("winners (201) p50 / p99 / max ms", _lat(lat["winners"])),
+        ("refusals (409) p50 / p99 / max ms", _lat(lat["refusals"])),
+        ("all attempts p50 / p99 / max ms", _lat(lat["all"])),
+        (
+            "wrk's own figures (its clock runs until SIGINT; latencies mix all statuses)",
+            f"{wrk['requests']} requests, {wrk['rps']:.0f} req/s, p50 {wrk['p50_ms']:.2f} ms, "
+            f"p99 {wrk['p99_ms']:.2f} ms, {wrk['socket_errors']} socket errors",
+        ),
+    ]
+    rows.append(("wrk's CPU time (its share of the machine over the storm)", _cpu(wrk, m, storm)))
+    rows += [(f"answers {kind}", str(n)) for kind, n in storm["counts"].items()]
+    lines += [
+        "### The storm",
+        "",
+        common.markdown_table(["", "measured"], iter(rows)),
+        "",
+        "How the latencies were measured: wrk's histogram mixes winners and refusals, so the "
+        "wrk script times every attempt itself. It sends the attempt number as X-Request-ID, "
+        "which Surge echoes, notes CLOCK_MONOTONIC (LuaJIT FFI) in `request()` right before "
+        "wrk writes the request and again in `response()` right after wrk parsed the answer; "
+        "each answer is matched to its own request, so winners' p50/p99 are exact order "
+        "statistics (nearest rank) over every winner, measured by the load generator.",
+        "",
+        f"MariaDB for sale {report['sale_id']}: `{json.dumps(report['database'])}`; "
+        f"`GET /sales/{report['sale_id']}` afterwards: "
+        f"`{json.dumps({k: report['sale_view'].get(k) for k in ('remaining', 'state')})}`.",
+        "",
+        f"Surge counters after the storm: `{json.dumps(report['surge_counters'])}`",
+        "",
+    ]
+    flood = report["flood"]
+    if flood:
+        lines += [
+            f"### Sustained refusals: the sold-out sale, {args['flood']:g} s of plain wrk",
+            "",
+            "The same attempts, numbered on from the storm's, with a wrk script without a "
+            "`response()` hook, as the order benchmark's cache-hit runs use: "
+            f"{flood['rps']:.0f} req/s, p50 {flood['p50_ms']:.2f} ms, p99 "
+            f"{flood['p99_ms']:.2f} ms, {flood['non_2xx']} of {flood['requests']} answers "
+            f"non-2xx, {flood['socket_errors']} socket errors; wrk's CPU time "
+            f"{_cpu(flood, m, flood)}. Purchase outcomes in Surge: "
+            f"`{json.dumps(flood['purchases_total'])}`; MariaDB afterwards: "
+            f"`{json.dumps(report['database_after_flood'])}`.",
+            "",
+        ]
+    lines += ["### Commands", "", "```", *report["commands"], "```"]
+    return "\n".join(lines)
+
+
+def place_markers(start: str, end: str) -> None:
+    """Adds the empty section after the order section, before "## History", if missing."""
+    text = REPORT.read_text()
+    if start in text:
+        return
+    block = f"{start}\n{end}\n\n"
+    history = re.search(r"^## History", text, re.M)
+    if history is not None:
+        text = text[: history.start()] + block + text[history.start() :]
+    else:
+        text = text.rstrip() + "\n\n" + block
+    REPORT.write_text(text)
