@@ -20,7 +20,7 @@ from collections.abc import Awaitable
 from datetime import UTC, datetime
 
 from surge.auth import Authenticator
-from surge.backends.sql_sales import SqlSales
+from surge.backends.sql_sales import Purchase, SqlSales
 from surge.deadlines import within
 from surge.feed import StockFeed
 from surge.gate import Answer, Gate
@@ -35,54 +35,89 @@ log = logging.getLogger("surge.purchase")
 SOLD_OUT_CHANNEL = "sales.sold_out"
 RESTOCKED_CHANNEL = "sales.restocked"
 SOLD_OUT = problem_response(409, "sold-out", "the sale is sold out")
-SALE_CONFIG_TTL = 5.0  # seconds a sale's name, stock, limit and window are cached
 
 
 class SaleConfigs:
-    """Sales by id, cached briefly in-process (their config never changes once created)."""
+    """Sales by id, cached in-process: a sale's config never changes once created, so it is
+    kept for good (bounded); "no such sale" is remembered for a second only, since another
+    process may create it. Concurrent misses for one id share one query."""
+
+    MAX = 10_000
+    ABSENT_TTL = 1.0
 
     def __init__(self, sales: SqlSales) -> None:
         self._sales = sales
-        self._cache: dict[int, tuple[float, Sale | None]] = {}
+        self._known: dict[int, Sale] = {}
+        self._absent: dict[int, float] = {}
+        self._loading: dict[int, asyncio.Future[Sale | None]] = {}
 
-    def cached(self, sale_id: int) -> Sale | bool | None:
-        """The sale, None if known absent, False if not cached."""
-        item = self._cache.get(sale_id)
-        if item is None or item[0] < time.monotonic():
-            return False
-        return item[1]
+    def cached(self, sale_id: int) -> Sale | None:
+        return self._known.get(sale_id)
 
     async def get(self, sale_id: int) -> Sale | None:
-        hit = self.cached(sale_id)
-        if hit is not False:
-            return hit  # type: ignore[return-value]
-        sale = await self._sales.get_sale(sale_id)
-        if len(self._cache) > 10_000:
-            self._cache.clear()
-        self._cache[sale_id] = (time.monotonic() + SALE_CONFIG_TTL, sale)
+        sale = self._known.get(sale_id)
+        if sale is not None:
+            return sale
+        if self._absent.get(sale_id, 0.0) > time.monotonic():
+            return None
+        loading = self._loading.get(sale_id)
+        if loading is None:
+            loading = asyncio.ensure_future(self._sales.get_sale(sale_id))
+            self._loading[sale_id] = loading
+            loading.add_done_callback(lambda _: self._loading.pop(sale_id, None))
+        sale = await asyncio.shield(loading)
+        if sale is None:
+            self._absent[sale_id] = time.monotonic() + self.ABSENT_TTL
+        else:
+            if len(self._known) >= self.MAX:
+                self._known.clear()
+            self._known[sale_id] = sale
         return sale
 
 
 class SoldOutBoard:
-    """Sale ids known sold out in this process, kept in step across processes by pub/sub."""
+    """Sale ids known sold out, so the flood of late buyers is refused from memory.
+
+    A mark lasts `HOLD` seconds, then the next buyer asks the gate again (and marks anew if
+    still sold out): stock given back by a failed commit reaches buyers within `HOLD`
+    even if a "restocked" message raced a late "sold out" one, and nothing can stay
+    wrongly sold out. Marks travel between processes by pub/sub.
+    """
+
+    HOLD = 1.0
 
     def __init__(self, bus: Bus) -> None:
         self._bus = bus
-        self.ids: set[int] = set()
+        self._until: dict[int, float] = {}
 
     async def start(self) -> None:
-        await self._bus.subscribe(SOLD_OUT_CHANNEL, lambda m: self.ids.add(int(m)))
-        await self._bus.subscribe(RESTOCKED_CHANNEL, lambda m: self.ids.discard(int(m)))
-        self._bus.on_reconnect(self.ids.clear)  # missed news: ask the gate again
+        await self._bus.subscribe(SOLD_OUT_CHANNEL, lambda m: self._hold(int(m)))
+        await self._bus.subscribe(RESTOCKED_CHANNEL, lambda m: self._release(int(m)))
+        self._bus.on_reconnect(self._until.clear)  # missed news: ask the gate again
+
+    def __contains__(self, sale_id: int) -> bool:
+        until = self._until.get(sale_id)
+        return until is not None and until > time.monotonic()
+
+    def _release(self, sale_id: int) -> None:
+        self._until.pop(sale_id, None)
+
+    def _hold(self, sale_id: int) -> None:
+        self._until[sale_id] = time.monotonic() + self.HOLD
 
     async def mark(self, sale_id: int) -> None:
-        if sale_id not in self.ids:
-            self.ids.add(sale_id)
+        fresh = sale_id not in self
+        self._hold(sale_id)
+        if fresh:
             await self._bus.publish(SOLD_OUT_CHANNEL, str(sale_id).encode())
 
     async def unmark(self, sale_id: int) -> None:
-        self.ids.discard(sale_id)
+        self._release(sale_id)
         await self._bus.publish(RESTOCKED_CHANNEL, str(sale_id).encode())
+
+
+class _Unknown(Exception):
+    """A commit outlived the deadline and its grace: whether it landed is unknown."""
 
 
 def _problem_409(kind: str, detail: str) -> Problem:
@@ -117,10 +152,10 @@ class Purchases:
             key = parse_idempotency_key(request.headers.get(b"idempotency-key"))
             quantity = parse_quantity(request.body)
             sale = self._configs.cached(sale_id)
-            if isinstance(sale, Sale):
+            if sale is not None:
                 if not sale.live(datetime.now(UTC)):
                     raise Problem(403, "sale-not-live", "the sale is not open")
-                if sale_id in self._board.ids:  # known everywhere: no Redis, no database
+                if sale_id in self._board:  # known everywhere: no Redis, no database
                     self._count("sold-out-local")
                     return SOLD_OUT
         except Problem as problem:
@@ -147,7 +182,7 @@ class Purchases:
         now = datetime.now(UTC)
         if not sale.live(now):
             raise Problem(403, "sale-not-live", "the sale is not open")
-        if sale_id in self._board.ids:
+        if sale_id in self._board:
             raise _problem_409("sold-out", "the sale is sold out")
         wanted = fingerprint(sale_id, quantity)
         try:
@@ -198,13 +233,25 @@ class Purchases:
     async def _commit(
         self, sale: Sale, user_id: str, key: str, quantity: int, wanted: str, now: datetime
     ) -> Response:
+        commit = asyncio.ensure_future(
+            self._sales.purchase(sale, user_id, quantity, key, wanted, now)
+        )
         try:
-            done = await self._sales.purchase(sale, user_id, quantity, key, wanted, now)
-        except asyncio.CancelledError:
-            # shutting down mid-commit: give the stock back whatever happened; if the
-            # commit did land, the database still has the order and the key replays it
-            await asyncio.shield(self._release(sale.id, user_id, key, quantity))
-            raise
+            try:
+                done = await asyncio.shield(commit)
+            except asyncio.CancelledError:
+                # The deadline (or shutdown) came during the commit. Cutting it off would
+                # leave the buyer not knowing whether it landed: its outcome is the answer,
+                # if it comes within one more deadline.
+                done = await self._grace(commit)
+        except _Unknown:
+            await self._release(sale.id, user_id, key, quantity)  # over-admitting is safe
+            raise Problem(
+                503,
+                "unavailable",
+                "the order may or may not be stored: retry with the same Idempotency-Key",
+                (("retry-after", "1"),),
+            ) from None
         except Exception:
             await self._release(sale.id, user_id, key, quantity)
             log.exception("purchase commit failed")
@@ -229,6 +276,14 @@ class Purchases:
             raise _problem_409("sold-out", "the sale is sold out")
         raise _problem_409("limit-reached", f"at most {sale.per_user_limit} per user in this sale")
 
+    async def _grace(self, commit: asyncio.Future[Purchase]) -> Purchase:
+        try:
+            async with asyncio.timeout(self._deadline):
+                return await asyncio.shield(commit)
+        except TimeoutError:
+            commit.cancel()
+            raise _Unknown from None
+
     async def _release(self, sale_id: int, user_id: str, key: str, quantity: int) -> None:
         try:
             left = await self._gate.release(sale_id, user_id, key, quantity)
@@ -236,7 +291,7 @@ class Purchases:
             log.exception("gate release failed for sale %d", sale_id)
             return
         self._feed.changed(sale_id, left, "live")
-        if left == quantity and sale_id in self._board.ids:
+        if left > 0:  # stock is back: nobody may be refused for it any longer
             await _quietly(self._board.unmark(sale_id))
 
     async def _replay(self, user_id: str, key: str, wanted: str) -> Response:

@@ -33,7 +33,11 @@ orders = sa.Table(
     "orders",
     metadata,
     sa.Column("id", Id, primary_key=True, autoincrement=True),
-    sa.Column("sale_id", Id, sa.ForeignKey("sales.id"), nullable=False),
+    # No foreign key to sales, on purpose: MySQL/MariaDB would take a shared lock on the
+    # sale's row for every order inserted, which deadlocks with the purchase's UPDATE of
+    # that very row (the one hot row of a flash sale). The purchase transaction reads the
+    # sale first and writes orders only for it.
+    sa.Column("sale_id", Id, nullable=False),
     sa.Column("user_id", sa.String(64), nullable=False),
     sa.Column("quantity", sa.Integer, nullable=False),
     sa.Column("status", sa.String(32), nullable=False),
@@ -51,7 +55,7 @@ orders = sa.Table(
 sale_buyers = sa.Table(
     "sale_buyers",
     metadata,
-    sa.Column("sale_id", Id, sa.ForeignKey("sales.id"), primary_key=True),
+    sa.Column("sale_id", Id, primary_key=True),  # no foreign key: see orders.sale_id
     sa.Column("user_id", sa.String(64), primary_key=True),
     sa.Column("bought", sa.Integer, nullable=False),
 )

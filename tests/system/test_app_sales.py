@@ -77,7 +77,7 @@ async def test_purchases_reach_the_sale_room(tmp_path: Path) -> None:
         await app.close()
 
 
-async def test_a_hanging_database_gives_504_and_the_stock_back(
+async def test_a_hanging_commit_gives_503_and_the_stock_back(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     url = f"sqlite:///{tmp_path / 'slow.db'}"
@@ -110,8 +110,11 @@ async def test_a_hanging_database_gives_504_and_the_stock_back(
         answer = await _call(
             app, "POST", f"/sales/{sale_id}/orders", "a", {"quantity": 1}, idempotency_key="k"
         )
-        assert answer[0] == 504
-        assert asyncio.get_running_loop().time() - started < 1
+        # the commit is given one more deadline to land, then the answer says its fate is
+        # unknown (a retry with the same key replays it if it did land)
+        assert answer[0] == 503
+        assert b"same Idempotency-Key" in answer[2]
+        assert asyncio.get_running_loop().time() - started < 1.5
         await asyncio.sleep(0.6)  # past the public view's cache
         view = await _call(app, "GET", f"/sales/{sale_id}", "a", {})
         assert json.loads(view[2])["remaining"] == 2  # the reservation was given back

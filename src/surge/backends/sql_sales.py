@@ -191,10 +191,15 @@ class SqlSales:
         created = now.astimezone(UTC).replace(microsecond=0)  # what every database keeps
         for attempt in range(1, ATTEMPTS + 1):
             try:
-                async with self.engine.begin() as conn:
-                    order_id = await self._purchase(
-                        conn, sale, user_id, quantity, key, request_hash, created
-                    )
+                async with self.engine.connect() as conn:
+                    if conn.dialect.name == "mysql":
+                        # READ COMMITTED: InnoDB's default REPEATABLE READ gap-locks the
+                        # missing sale_buyers row, and two first buyers then deadlock
+                        await conn.execution_options(isolation_level="READ COMMITTED")
+                    async with conn.begin():
+                        order_id = await self._purchase(
+                            conn, sale, user_id, quantity, key, request_hash, created
+                        )
                 return Purchase(
                     "committed",
                     Order(order_id, sale.id, user_id, quantity, "confirmed", created),
@@ -225,13 +230,6 @@ class SqlSales:
         request_hash: str,
         created: datetime,
     ) -> int:
-        taken = await conn.execute(
-            sa.update(sales)
-            .where(sales.c.id == sale.id, sales.c.remaining >= quantity)
-            .values(remaining=sales.c.remaining - quantity)
-        )
-        if taken.rowcount != 1:
-            raise _Abort("sold_out")
         counted = await conn.execute(
             sa.update(sale_buyers)
             .where(
@@ -280,6 +278,15 @@ class SqlSales:
                 ),
             )
         )
+        # Last, the sale's row: it is the one row every buyer of the sale needs, so its lock
+        # is taken as late as possible and held only until the COMMIT that follows.
+        taken = await conn.execute(
+            sa.update(sales)
+            .where(sales.c.id == sale.id, sales.c.remaining >= quantity)
+            .values(remaining=sales.c.remaining - quantity)
+        )
+        if taken.rowcount != 1:
+            raise _Abort("sold_out")  # rolls back the rows above
         return order_id
 
 

@@ -30,7 +30,7 @@ def upgrade() -> None:
         )
     op.create_table(
         "sale_buyers",
-        sa.Column("sale_id", Id, sa.ForeignKey("sales.id"), primary_key=True),
+        sa.Column("sale_id", Id, primary_key=True),  # no foreign key: see surge.schema
         sa.Column("user_id", sa.String(64), primary_key=True),
         sa.Column("bought", sa.Integer, nullable=False),
     )
