@@ -117,37 +117,44 @@ class SoldOutBoard:
 
 
 class CommitBatcher:
-    """Gate winners of one sale that arrive in the same event-loop turn are committed in one
-    transaction (`SqlSales.purchase_many`): under a storm the database sees a few round
-    trips per batch instead of five per winner, and the sale's row is locked once per batch.
+    """Gate winners of a sale are committed in batches, one transaction each
+    (`SqlSales.purchase_many`), like a database's group commit: while one batch of a sale
+    is being committed, the winners that arrive wait and form the next one. Idle, a winner
+    commits at once, alone; under a storm the database sees a few round trips per batch
+    instead of five per winner, and the sale's row is locked once per batch.
     """
 
-    MAX = 100
+    MAX = 200
 
     def __init__(self, sales: SqlSales) -> None:
         self._sales = sales
-        self._pending: dict[int, tuple[Sale, list[tuple[Win, asyncio.Future[Purchase]]]]] = {}
+        self._waiting: dict[int, tuple[Sale, list[tuple[Win, asyncio.Future[Purchase]]]]] = {}
+        self._busy: set[int] = set()  # sales with a batch being committed
         self._tasks: set[asyncio.Task[None]] = set()
 
     def submit(self, sale: Sale, win: Win) -> asyncio.Future[Purchase]:
         loop = asyncio.get_running_loop()
         future: asyncio.Future[Purchase] = loop.create_future()
-        entry = self._pending.get(sale.id)
+        entry = self._waiting.get(sale.id)
         if entry is None:
-            entry = self._pending[sale.id] = (sale, [])
-            if len(self._pending) == 1:
-                loop.call_soon(self._flush)
+            entry = self._waiting[sale.id] = (sale, [])
+            if sale.id not in self._busy:
+                loop.call_soon(self._start, sale.id)  # the rest of this loop turn joins
         entry[1].append((win, future))
         return future
 
-    def _flush(self) -> None:
-        pending, self._pending = self._pending, {}
-        loop = asyncio.get_running_loop()
-        for sale, items in pending.values():
-            for start in range(0, len(items), self.MAX):
-                task = loop.create_task(self._commit(sale, items[start : start + self.MAX]))
-                self._tasks.add(task)
-                task.add_done_callback(self._tasks.discard)
+    def _start(self, sale_id: int) -> None:
+        entry = self._waiting.pop(sale_id, None)
+        if entry is None or sale_id in self._busy:
+            return
+        sale, items = entry
+        if len(items) > self.MAX:
+            self._waiting[sale_id] = (sale, items[self.MAX :])
+            items = items[: self.MAX]
+        self._busy.add(sale_id)
+        task = asyncio.get_running_loop().create_task(self._commit(sale, items))
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
 
     async def _commit(self, sale: Sale, items: list[tuple[Win, asyncio.Future[Purchase]]]) -> None:
         outcomes: list[Purchase | Exception]
@@ -157,6 +164,10 @@ class CommitBatcher:
             )
         except Exception as exc:
             outcomes = [exc for _ in items]
+        finally:
+            self._busy.discard(sale.id)
+            if sale.id in self._waiting:
+                self._start(sale.id)  # those who came meanwhile: the next batch
         for (_, future), outcome in zip(items, outcomes, strict=True):
             if future.done():
                 continue
