@@ -3,9 +3,12 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
+from collections.abc import AsyncIterator
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
+from typing import Any
 
 import pytest
 import sqlalchemy as sa
@@ -39,26 +42,38 @@ async def _call(
         return problem.response()
 
 
-async def test_purchases_reach_the_sale_room(tmp_path: Path) -> None:
-    url = f"sqlite:///{tmp_path / 'feed.db'}"
+@contextlib.asynccontextmanager
+async def _app(tmp_path: Path, **settings: Any) -> AsyncIterator[App]:
+    url = f"sqlite:///{tmp_path / 'app.db'}"
     await asyncio.to_thread(db.migrate, url)
-    app = App(Settings(database_url=url, jwt_secret=SECRET, data_dir=tmp_path))
+    app = App(Settings(database_url=url, jwt_secret=SECRET, data_dir=tmp_path, **settings))
     await app.start()
     try:
-        now = datetime.now(UTC)
-        sale = await _call(
-            app,
-            "POST",
-            "/sales",
-            "root",
-            {
-                "name": "feed",
-                "stock": 3,
-                "starts_at": (now - timedelta(minutes=1)).isoformat(),
-                "ends_at": (now + timedelta(hours=1)).isoformat(),
-            },
-        )
-        sale_id = json.loads(sale[2])["id"]
+        yield app
+    finally:
+        await app.close()
+
+
+async def _new_sale(app: App, stock: int) -> int:
+    now = datetime.now(UTC)
+    sale = await _call(
+        app,
+        "POST",
+        "/sales",
+        "root",
+        {
+            "name": "test",
+            "stock": stock,
+            "starts_at": (now - timedelta(minutes=1)).isoformat(),
+            "ends_at": (now + timedelta(hours=1)).isoformat(),
+        },
+    )
+    return int(json.loads(sale[2])["id"])
+
+
+async def test_purchases_reach_the_sale_room(tmp_path: Path) -> None:
+    async with _app(tmp_path) as app:
+        sale_id = await _new_sale(app, stock=3)
         heard: list[dict[str, object]] = []
         app.rooms.subscribe(f"sale:{sale_id}", lambda data: heard.append(json.loads(data)))
         for user in ("a", "b", "c", "d"):
@@ -73,39 +88,18 @@ async def test_purchases_reach_the_sale_room(tmp_path: Path) -> None:
         await asyncio.sleep(0.4)
         assert heard and heard[-1] == {"remaining": 0, "state": "sold_out"}
         assert len(heard) <= 2  # coalesced, not one message per purchase
-    finally:
-        await app.close()
 
 
 async def test_a_hanging_commit_gives_503_and_the_stock_back(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    url = f"sqlite:///{tmp_path / 'slow.db'}"
-    await asyncio.to_thread(db.migrate, url)
-    app = App(
-        Settings(database_url=url, jwt_secret=SECRET, data_dir=tmp_path, write_deadline_ms=200)
-    )
-    await app.start()
-    try:
-        now = datetime.now(UTC)
-        sale = await _call(
-            app,
-            "POST",
-            "/sales",
-            "root",
-            {
-                "name": "slow",
-                "stock": 2,
-                "starts_at": (now - timedelta(minutes=1)).isoformat(),
-                "ends_at": (now + timedelta(hours=1)).isoformat(),
-            },
-        )
-        sale_id = json.loads(sale[2])["id"]
+    async with _app(tmp_path, write_deadline_ms=200) as app:
+        sale_id = await _new_sale(app, stock=2)
 
         async def hang(*_args: object, **_kwargs: object) -> None:
             await asyncio.sleep(30)
 
-        monkeypatch.setattr(SqlSales, "purchase", hang)
+        monkeypatch.setattr(SqlSales, "purchase_many", hang)
         started = asyncio.get_running_loop().time()
         answer = await _call(
             app, "POST", f"/sales/{sale_id}/orders", "a", {"quantity": 1}, idempotency_key="k"
@@ -118,18 +112,12 @@ async def test_a_hanging_commit_gives_503_and_the_stock_back(
         await asyncio.sleep(0.6)  # past the public view's cache
         view = await _call(app, "GET", f"/sales/{sale_id}", "a", {})
         assert json.loads(view[2])["remaining"] == 2  # the reservation was given back
-    finally:
-        await app.close()
 
 
 async def test_a_failing_database_gives_503_not_500(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    url = f"sqlite:///{tmp_path / 'down.db'}"
-    await asyncio.to_thread(db.migrate, url)
-    app = App(Settings(database_url=url, jwt_secret=SECRET, data_dir=tmp_path))
-    await app.start()
-    try:
+    async with _app(tmp_path) as app:
 
         async def down(*_args: object, **_kwargs: object) -> None:
             raise sa.exc.OperationalError("SELECT", {}, Exception("connection refused"))
@@ -142,5 +130,3 @@ async def test_a_failing_database_gives_503_not_500(
         for answer in (bought, viewed):
             assert answer[0] == 503
             assert b"retry-after: 1" in answer[1]
-    finally:
-        await app.close()
