@@ -18,6 +18,7 @@ import socket
 import statistics
 import string
 import subprocess
+import sys
 import time
 import urllib.error
 import urllib.request
@@ -29,6 +30,7 @@ from typing import Any, NoReturn
 ROOT = Path(__file__).resolve().parent.parent  # the project (/work/main)
 BENCH = ROOT / "bench"
 OUT = BENCH / "out"
+SURGE_BIN = Path(sys.executable).parent / "surge"
 # shared by the harness and its report
 HIT_IDS = 100_000
 MAX_WARMUP_RUNS = 6
@@ -444,3 +446,20 @@ def markdown_table(head: Sequence[str], rows: Iterator[Sequence[str]]) -> str:
     lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
     lines += ["| " + " | ".join(row) + " |" for row in rows]
     return "\n".join(lines)
+
+
+def start_surge(
+    processes: Processes, env: dict[str, str], workers: int, database_url: str, redis_url: str
+) -> tuple[Server, int, str]:
+    """Starts `surge serve --workers N` on a free port and waits for /healthz; returns the
+    server, its port and the command line to print in a report (secret hidden)."""
+    port = free_port()
+    argv = [str(SURGE_BIN), "serve", "--workers", str(workers), "--port", str(port)]
+    server = processes.start("surge", argv, env)
+    wait_until_ok(server, f"http://127.0.0.1:{port}/healthz")
+    shown = (
+        f"SURGE_DATABASE_URL={database_url} SURGE_REDIS_URL={redis_url} "
+        "SURGE_JWT_SECRET=<random, per run> SURGE_LOG_LEVEL=warning "
+        f".venv/bin/surge serve --workers {workers} --port PORT"
+    )
+    return server, port, shown

@@ -57,7 +57,7 @@ USERS = 10_000
 SURGE_WORKERS = 2
 TOKEN_TTL = 12 * 3600.0
 WARM_ERRORS = 0.01  # a warm-up run with at most this share of errors ends it
-SURGE_BIN = Path(sys.executable).parent / "surge"
+SURGE_BIN = common.SURGE_BIN
 GO_BIN = ROOT / "bench" / "bin" / "orderserver"
 BUILD_SCRIPT = ROOT.parent / "shared" / "baseline" / "build.sh"
 REPORT = ROOT / "BENCHMARKS.md"
@@ -204,16 +204,10 @@ class Bench:
             code = self.processes.stop(self.surge)
             if code != 0:
                 print(f"  note: surge exited with {code} on SIGTERM (see {self.surge.log})")
-        self.surge_port = common.free_port()
-        argv = [str(SURGE_BIN), "serve", "--workers", str(SURGE_WORKERS)]
-        argv += ["--port", str(self.surge_port)]
-        self.surge = self.processes.start("surge", argv, self.surge_env())
-        common.wait_until_ok(self.surge, f"http://127.0.0.1:{self.surge_port}/healthz")
-        self.note(
-            f"SURGE_DATABASE_URL={DATABASE_URL} SURGE_REDIS_URL={SURGE_REDIS_URL} "
-            "SURGE_JWT_SECRET=<random, per run> SURGE_LOG_LEVEL=warning "
-            f".venv/bin/surge serve --workers {SURGE_WORKERS} --port PORT"
+        self.surge, self.surge_port, shown = common.start_surge(
+            self.processes, self.surge_env(), SURGE_WORKERS, DATABASE_URL, SURGE_REDIS_URL
         )
+        self.note(shown)
 
     def preflight(self) -> None:
         """One request each, checked by hand, before any load: the workload is what we think."""

@@ -61,7 +61,7 @@ REDIS_URL = "redis://127.0.0.1:6379/1"
 SURGE_WORKERS = 2
 TOKEN_TTL = 12 * 3600.0
 ROUTE = "/sales/{id}/orders"
-SURGE_BIN = Path(sys.executable).parent / "surge"
+SURGE_BIN = common.SURGE_BIN
 
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
@@ -156,15 +156,10 @@ class SaleBench:
         )
 
     def start_surge(self) -> None:
-        self.port = common.free_port()
-        argv = [str(SURGE_BIN), "serve", "--workers", str(SURGE_WORKERS), "--port", str(self.port)]
-        self.surge = self.processes.start("surge", argv, self.env())
-        common.wait_until_ok(self.surge, f"{self.url}/healthz")
-        self.note(
-            f"SURGE_DATABASE_URL={DATABASE_URL} SURGE_REDIS_URL={REDIS_URL} "
-            "SURGE_JWT_SECRET=<random, per run> SURGE_LOG_LEVEL=warning "
-            f".venv/bin/surge serve --workers {SURGE_WORKERS} --port PORT"
+        self.surge, self.port, shown = common.start_surge(
+            self.processes, self.env(), SURGE_WORKERS, DATABASE_URL, REDIS_URL
         )
+        self.note(shown)
 
     def create_sale(self) -> None:
         from surge.auth import mint
