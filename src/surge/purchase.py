@@ -206,6 +206,7 @@ class Purchases:
         self._outcomes = outcomes  # purchases_total{outcome} (surge.metrics)
         self._deadline = deadline
         self._batcher = CommitBatcher(sales)
+        self._background: set[asyncio.Future[None]] = set()
 
     def handle(self, request: Request) -> Response | Awaitable[Response]:
         try:
@@ -319,8 +320,10 @@ class Purchases:
                 503, "unavailable", "the order could not be stored; retry", (("retry-after", "1"),)
             ) from None
         if done.outcome == "committed" and done.order is not None:
-            # committed: from here on nothing may turn the 201 into an error
-            await _quietly(self._gate.confirm(sale.id, user_id, key, wanted, done.order.id))
+            # Committed: from here on nothing may turn the 201 into an error or delay it.
+            # The gate learns the order id in the background; until it does, a retry with
+            # the key gets 409 key-in-flight (then the replay), as while committing.
+            self._behind(self._gate.confirm(sale.id, user_id, key, wanted, done.order.id))
             return created(done.order)
         await self._release(sale.id, user_id, key, quantity)
         if done.outcome == "duplicate" and done.order is not None:
@@ -335,6 +338,11 @@ class Purchases:
             await _quietly(self._board.mark(sale.id))
             raise _problem_409("sold-out", "the sale is sold out")
         raise _problem_409("limit-reached", f"at most {sale.per_user_limit} per user in this sale")
+
+    def _behind(self, step: Awaitable[None]) -> None:
+        task = asyncio.ensure_future(_quietly(step))
+        self._background.add(task)
+        task.add_done_callback(self._background.discard)
 
     async def _grace(self, commit: asyncio.Future[Purchase]) -> Purchase:
         try:
