@@ -125,11 +125,15 @@ class CommitBatcher:
     """
 
     MAX = 200
+    # Batches of one sale under way at once, per process. Measured in the storm (A/B, 3 runs
+    # each): 2 made winners' p99 worse (511-804 ms against 276-422 ms with 1): the second
+    # batch only waits for the sale's row lock while holding a connection.
+    IN_FLIGHT = 1
 
     def __init__(self, sales: SqlSales) -> None:
         self._sales = sales
         self._waiting: dict[int, tuple[Sale, list[tuple[Win, asyncio.Future[Purchase]]]]] = {}
-        self._busy: set[int] = set()  # sales with a batch being committed
+        self._busy: dict[int, int] = {}  # sale -> batches being committed
         self._tasks: set[asyncio.Task[None]] = set()
 
     def submit(self, sale: Sale, win: Win) -> asyncio.Future[Purchase]:
@@ -138,20 +142,22 @@ class CommitBatcher:
         entry = self._waiting.get(sale.id)
         if entry is None:
             entry = self._waiting[sale.id] = (sale, [])
-            if sale.id not in self._busy:
+            if self._busy.get(sale.id, 0) < self.IN_FLIGHT:
                 loop.call_soon(self._start, sale.id)  # the rest of this loop turn joins
         entry[1].append((win, future))
         return future
 
     def _start(self, sale_id: int) -> None:
+        if self._busy.get(sale_id, 0) >= self.IN_FLIGHT:
+            return
         entry = self._waiting.pop(sale_id, None)
-        if entry is None or sale_id in self._busy:
+        if entry is None:
             return
         sale, items = entry
         if len(items) > self.MAX:
             self._waiting[sale_id] = (sale, items[self.MAX :])
             items = items[: self.MAX]
-        self._busy.add(sale_id)
+        self._busy[sale_id] = self._busy.get(sale_id, 0) + 1
         task = asyncio.get_running_loop().create_task(self._commit(sale, items))
         self._tasks.add(task)
         task.add_done_callback(self._tasks.discard)
@@ -165,7 +171,9 @@ class CommitBatcher:
         except Exception as exc:
             outcomes = [exc for _ in items]
         finally:
-            self._busy.discard(sale.id)
+            left = self._busy.pop(sale.id, 1) - 1
+            if left:
+                self._busy[sale.id] = left
             if sale.id in self._waiting:
                 self._start(sale.id)  # those who came meanwhile: the next batch
         for (_, future), outcome in zip(items, outcomes, strict=True):
