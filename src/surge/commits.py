@@ -1,0 +1,78 @@
+"""Group commit of flash-sale winners (see CommitBatcher)."""
+
+from __future__ import annotations
+
+import asyncio
+from datetime import UTC, datetime
+
+from surge.backends.sql_sales import Purchase, SqlSales, Win
+from surge.sales import Sale
+
+
+class CommitBatcher:
+    """Gate winners of a sale are committed in batches, one transaction each
+    (`SqlSales.purchase_many`), like a database's group commit: while one batch of a sale
+    is being committed, the winners that arrive wait and form the next one. Idle, a winner
+    commits at once, alone; under a storm the database sees a few round trips per batch
+    instead of five per winner, and the sale's row is locked once per batch.
+    """
+
+    MAX = 200
+    # Batches of one sale under way at once, per process. Measured in the storm (A/B, 3 runs
+    # each): 2 made winners' p99 worse (511-804 ms against 276-422 ms with 1): the second
+    # batch only waits for the sale's row lock while holding a connection.
+    IN_FLIGHT = 1
+
+    def __init__(self, sales: SqlSales) -> None:
+        self._sales = sales
+        self._waiting: dict[int, tuple[Sale, list[tuple[Win, asyncio.Future[Purchase]]]]] = {}
+        self._busy: dict[int, int] = {}  # sale -> batches being committed
+        self._tasks: set[asyncio.Task[None]] = set()
+
+    def submit(self, sale: Sale, win: Win) -> asyncio.Future[Purchase]:
+        loop = asyncio.get_running_loop()
+        future: asyncio.Future[Purchase] = loop.create_future()
+        entry = self._waiting.get(sale.id)
+        if entry is None:
+            entry = self._waiting[sale.id] = (sale, [])
+            if self._busy.get(sale.id, 0) < self.IN_FLIGHT:
+                loop.call_soon(self._start, sale.id)  # the rest of this loop turn joins
+        entry[1].append((win, future))
+        return future
+
+    def _start(self, sale_id: int) -> None:
+        if self._busy.get(sale_id, 0) >= self.IN_FLIGHT:
+            return
+        entry = self._waiting.pop(sale_id, None)
+        if entry is None:
+            return
+        sale, items = entry
+        if len(items) > self.MAX:
+            self._waiting[sale_id] = (sale, items[self.MAX :])
+            items = items[: self.MAX]
+        self._busy[sale_id] = self._busy.get(sale_id, 0) + 1
+        task = asyncio.get_running_loop().create_task(self._commit(sale, items))
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
+
+    async def _commit(self, sale: Sale, items: list[tuple[Win, asyncio.Future[Purchase]]]) -> None:
+        outcomes: list[Purchase | Exception]
+        try:
+            outcomes = await self._sales.purchase_many(
+                sale, [win for win, _ in items], datetime.now(UTC)
+            )
+        except Exception as exc:
+            outcomes = [exc for _ in items]
+        finally:
+            left = self._busy.pop(sale.id, 1) - 1
+            if left:
+                self._busy[sale.id] = left
+            if sale.id in self._waiting:
+                self._start(sale.id)  # those who came meanwhile: the next batch
+        for (_, future), outcome in zip(items, outcomes, strict=True):
+            if future.done():
+                continue
+            if isinstance(outcome, Exception):
+                future.set_exception(outcome)
+            else:
+                future.set_result(outcome)
