@@ -71,3 +71,13 @@ outbox = sa.Table(
     sa.Column("published_at", sa.DateTime, nullable=True),
     sa.Index("ix_outbox_published_at_id", "published_at", "id"),
 )
+
+# The columns an Order is made of (surge.types.Order), in its field order.
+ORDER_COLUMNS = (
+    orders.c.id,
+    orders.c.sale_id,
+    orders.c.user_id,
+    orders.c.quantity,
+    orders.c.status,
+    orders.c.created_at,
+)

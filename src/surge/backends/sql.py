@@ -15,7 +15,7 @@ import sqlalchemy as sa
 from sqlalchemy.engine import make_url
 from sqlalchemy.ext.asyncio import AsyncEngine, create_async_engine
 
-from surge.schema import orders
+from surge.schema import ORDER_COLUMNS, orders
 from surge.types import Order
 
 DRIVERS = {
@@ -60,14 +60,7 @@ def _sqlite_pragmas(dbapi_conn: Any, _record: Any) -> None:
     cursor.close()
 
 
-_SELECT_ORDERS = sa.select(
-    orders.c.id,
-    orders.c.sale_id,
-    orders.c.user_id,
-    orders.c.quantity,
-    orders.c.status,
-    orders.c.created_at,
-)
+_SELECT_ORDERS = sa.select(*ORDER_COLUMNS)
 
 
 class SqlStore:

@@ -19,7 +19,7 @@ from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 
 from surge.gate import GateState
 from surge.sales import NewSale, Sale
-from surge.schema import orders, outbox, sale_buyers, sales
+from surge.schema import ORDER_COLUMNS, orders, outbox, sale_buyers, sales
 from surge.types import Order
 
 log = logging.getLogger("surge.sales")
@@ -89,14 +89,7 @@ _SALE_COLUMNS = (
     sales.c.starts_at,
     sales.c.ends_at,
 )
-_ORDER_COLUMNS = (
-    orders.c.id,
-    orders.c.sale_id,
-    orders.c.user_id,
-    orders.c.quantity,
-    orders.c.status,
-    orders.c.created_at,
-)
+_ORDER_COLUMNS = ORDER_COLUMNS
 
 
 class SqlSales:
