@@ -59,9 +59,10 @@ class NearCache:
         self._max = max_entries
         self.ttl = ttl
 
-    def get(self, key: int) -> Entry | None:
+    def get(self, key: int, now: float) -> Entry | None:
+        """The live entry for `key` at monotonic time `now`, or None (absent or expired)."""
         entry = self.data.get(key)
-        if entry is not None and entry[3] < time.monotonic():
+        if entry is not None and entry[3] < now:
             del self.data[key]
             return None
         return entry
@@ -164,9 +165,9 @@ class OrderQuery:
     def handle(self, request: Request) -> Response | asyncio.Future[Response]:
         user = self._auth.user(request.headers.get(b"authorization"))
         order_id = parse_id(request.params["id"])
-        entry = self.near.data.get(order_id)
         now = time.monotonic()
-        if entry is None or entry[3] < now:  # absent or expired
+        entry = self.near.get(order_id, now)
+        if entry is None:
             self._metrics.cache_misses["near"] += 1
             return self._wait(order_id, user.id, user.admin)
         self._metrics.cache_hits["near"] += 1

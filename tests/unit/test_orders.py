@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import time
 from collections.abc import Sequence
 from datetime import UTC, datetime
 
@@ -113,9 +114,13 @@ def test_near_cache_is_bounded_and_expires() -> None:
     near = NearCache(max_entries=3, ttl=60)
     for key in range(5):
         near.put(key, "u", (200, b"", b""), 60)
-    assert len(near) == 3 and near.get(0) is None and near.get(4) is not None
+    assert (
+        len(near) == 3
+        and near.get(0, time.monotonic()) is None
+        and near.get(4, time.monotonic()) is not None
+    )
     near.put(9, "u", (200, b"", b""), 0)
-    assert near.get(9) is None
+    assert near.get(9, time.monotonic()) is None
 
 
 @pytest.mark.anyio
@@ -237,11 +242,11 @@ async def test_ageing_entries_are_refreshed_behind_the_scenes() -> None:
     store = FakeStore({5: _order(5, "alice")})
     query, _ = await _make(store, near_cache_ttl=0.2)
     await _call(query, _request("5"))
-    before = query.near.get(5)
+    before = query.near.get(5, time.monotonic())
     await asyncio.sleep(0.16)  # past 75% of the TTL: the next hit answers and refreshes
     assert isinstance(query.handle(_request("5")), tuple)
     await asyncio.sleep(0.02)
-    after = query.near.get(5)
+    after = query.near.get(5, time.monotonic())
     assert before is not None and after is not None
     assert after[3] > before[3]  # reloaded with a new lifetime
     assert len(store.queries) == 1  # from the shared cache, not the database
