@@ -66,6 +66,7 @@ class App:
             self.feed,
             self.metrics.purchases,
             settings.write_deadline_ms / 1000,
+            self.orders.invalidate,
         )
         catalog = Catalog(
             self.auth, backends.sales, backends.gate, configs, settings.write_deadline_ms / 1000

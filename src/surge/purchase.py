@@ -16,7 +16,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
-from collections.abc import Awaitable
+from collections.abc import Awaitable, Callable
 from datetime import UTC, datetime
 
 from surge.auth import Authenticator
@@ -136,6 +136,7 @@ class Purchases:
         feed: StockFeed,
         outcomes: dict[str, int],
         deadline: float,
+        ordered: Callable[[int], Awaitable[None]],
     ) -> None:
         self._auth = auth
         self._sales = sales
@@ -145,6 +146,7 @@ class Purchases:
         self._feed = feed
         self._outcomes = outcomes  # purchases_total{outcome} (surge.metrics)
         self._deadline = deadline
+        self._ordered = ordered  # the order query forgets what it cached for a new id
         self._batcher = CommitBatcher(sales)
         self._background: set[asyncio.Future[None]] = set()
 
@@ -264,6 +266,9 @@ class Purchases:
             # The gate learns the order id in the background; until it does, a retry with
             # the key gets 409 key-in-flight (then the replay), as while committing.
             self._behind(self._gate.confirm(sale.id, user_id, key, wanted, done.order.id))
+            # Order ids are sequential: someone may have asked for this one before it
+            # existed, and every process would answer 404 from its negative cache.
+            self._behind(self._ordered(done.order.id))
             return created(done.order)
         await self._release(sale.id, user_id, key, quantity)
         if done.outcome == "duplicate" and done.order is not None:

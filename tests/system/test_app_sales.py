@@ -130,3 +130,17 @@ async def test_a_failing_database_gives_503_not_500(
         for answer in (bought, viewed):
             assert answer[0] == 503
             assert b"retry-after: 1" in answer[1]
+
+
+async def test_a_new_order_is_found_even_if_its_id_was_asked_for_before(tmp_path: Path) -> None:
+    async with _app(tmp_path) as app:
+        sale_id = await _new_sale(app, stock=1)
+        early = await _call(app, "GET", "/orders/1", "a", {})
+        assert early[0] == 404  # and now cached as absent
+        bought = await _call(
+            app, "POST", f"/sales/{sale_id}/orders", "a", {"quantity": 1}, idempotency_key="k"
+        )
+        assert bought[0] == 201 and json.loads(bought[2])["id"] == 1
+        await asyncio.sleep(0.05)  # the purchase tells the order query in the background
+        found = await _call(app, "GET", "/orders/1", "a", {})
+        assert found[0] == 200 and found[2] == bought[2]
