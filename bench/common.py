@@ -100,14 +100,7 @@ def free_port() -> int:
 
 def http_get(url: str, headers: Mapping[str, str] | None = None) -> tuple[int, bytes]:
     """One GET on a fresh connection: (status, body); status 0 when nothing answered."""
-    request = urllib.request.Request(url, headers=dict(headers or {}))
-    try:
-        with urllib.request.urlopen(request, timeout=5.0) as reply:
-            return reply.status, reply.read()
-    except urllib.error.HTTPError as exc:
-        return exc.code, exc.read()
-    except (OSError, urllib.error.URLError):
-        return 0, b""
+    return _urlopen(urllib.request.Request(url, headers=dict(headers or {})), 5.0)
 
 
 def http_post(url: str, headers: Mapping[str, str], payload: Any) -> tuple[int, bytes]:
@@ -116,13 +109,27 @@ def http_post(url: str, headers: Mapping[str, str], payload: Any) -> tuple[int, 
     request = urllib.request.Request(
         url, data=data, method="POST", headers={**headers, "Content-Type": "application/json"}
     )
+    return _urlopen(request, 10.0)
+
+
+def _urlopen(request: urllib.request.Request, timeout: float) -> tuple[int, bytes]:
     try:
-        with urllib.request.urlopen(request, timeout=10.0) as reply:
+        with urllib.request.urlopen(request, timeout=timeout) as reply:
             return reply.status, reply.read()
     except urllib.error.HTTPError as exc:
         return exc.code, exc.read()
     except (OSError, urllib.error.URLError):
         return 0, b""
+
+
+def failed(harness: str, exc: BaseException) -> int:
+    """The exit code of a harness stopped by `exc` (every process it started is stopped by
+    then: `Processes` closes them), after one line saying why."""
+    if isinstance(exc, KeyboardInterrupt):
+        print(f"{harness}: interrupted; every process it started is stopped", file=sys.stderr)
+        return 130
+    print(f"{harness}: {exc}", file=sys.stderr)
+    return 1
 
 
 # -- processes --------------------------------------------------------------------------------

@@ -406,15 +406,8 @@ def main(argv: list[str] | None = None) -> int:
             bench.preflight()
             bench.hit_phase()
             bench.miss_phase()
-    except BenchError as exc:
-        print(f"bench.orders: {exc}", file=sys.stderr)
-        return 1
-    except KeyboardInterrupt:
-        print("bench.orders: interrupted; every server it started is stopped", file=sys.stderr)
-        return 130
-    except subprocess.SubprocessError as exc:
-        print(f"bench.orders: {exc}", file=sys.stderr)
-        return 1
+    except (BenchError, KeyboardInterrupt, subprocess.SubprocessError) as exc:
+        return common.failed("bench.orders", exc)
     results: dict[str, Any] = {
         "hit": {str(c): bench.summary("hit", c) for c in args.connections},
         "miss": {

@@ -394,15 +394,8 @@ def main(argv: list[str] | None = None) -> int:
             view = bench.sale_view()
             flood = bench.flood()
             after_flood = bench.verify(None) if flood else None
-    except BenchError as exc:
-        print(f"bench.sale: {exc}", file=sys.stderr)
-        return 1
-    except KeyboardInterrupt:
-        print("bench.sale: interrupted; every process it started is stopped", file=sys.stderr)
-        return 130
-    except subprocess.SubprocessError as exc:
-        print(f"bench.sale: {exc}", file=sys.stderr)
-        return 1
+    except (BenchError, KeyboardInterrupt, subprocess.SubprocessError) as exc:
+        return common.failed("bench.sale", exc)
     problems = problems_of(found, args.stock, storm["counts"])
     if view.get("remaining") != 0 or view.get("state") != "sold_out":
         problems.append(f"GET /sales/{bench.sale_id} after the storm: {view}")
