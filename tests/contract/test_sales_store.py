@@ -6,6 +6,7 @@ import asyncio
 from datetime import UTC, datetime, timedelta
 
 import pytest
+import sqlalchemy as sa
 
 from surge import db
 from surge.backends.sql import create_engine
@@ -54,3 +55,37 @@ async def test_a_batch_commits_together_with_exact_outcomes(backend: Backend) ->
         assert isinstance(replay[0], Purchase) and replay[0].outcome == "duplicate"
     finally:
         await engine.dispose()  # type: ignore[attr-defined]
+
+
+async def test_connections_come_back_without_an_open_transaction(backend: Backend) -> None:
+    """The pool's ROLLBACK on check-in is skipped after a commit (MySQL); any other use
+    must still end its implicit transaction, and MySQL runs at READ COMMITTED."""
+    if backend.kind != "mariadb+redis":
+        pytest.skip("the check-in shortcut and the isolation level are MySQL's")
+    await asyncio.to_thread(db.migrate, backend.database_url)
+    engine = create_engine(backend.database_url, pool_size=1)  # one connection, reused
+    sales = SqlSales(engine)
+
+    async def state() -> tuple[int, str]:
+        async with engine.connect() as conn:
+            row = (
+                await conn.execute(sa.text("SELECT @@in_transaction, @@tx_isolation"))
+            ).one()
+        return int(row[0]), str(row[1])
+
+    try:
+        now = datetime.now(UTC)
+        sale = await sales.create_sale(_new(stock=5), now)
+        await sales.purchase_many(sale, [Win("a", 1, "k", "h"), Win("b", 1, "k", "h")], now)
+        assert await state() == (0, "READ-COMMITTED")
+        await sales.purchase(sale, "c", 1, "k", "h", now)  # a single commit
+        assert await state() == (0, "READ-COMMITTED")
+        assert len(await sales.sale_orders(sale.id)) == 3  # a read of InnoDB rows
+        assert await state() == (0, "READ-COMMITTED")
+        with pytest.raises(RuntimeError):
+            async with engine.connect() as conn:  # abandoned mid-transaction
+                await conn.execute(sa.text("SELECT COUNT(*) FROM orders"))
+                raise RuntimeError
+        assert await state() == (0, "READ-COMMITTED")
+    finally:
+        await engine.dispose()

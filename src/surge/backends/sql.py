@@ -44,10 +44,39 @@ def create_engine(url: str, pool_size: int) -> AsyncEngine:
         # lookup). A connection that died is invalidated by SQLAlchemy when its query
         # fails; that batch answers 503 and the next gets a fresh connection.
         kwargs.update(pool_recycle=1800)
+    if target.get_backend_name() == "mysql":
+        # READ COMMITTED for the whole engine, set once per connection: InnoDB's default
+        # REPEATABLE READ gap-locks a user's missing sale_buyers row and two first buyers
+        # deadlock on the insert. Set per transaction instead, it cost four round trips
+        # (SET + COMMIT, and again to restore it on check-in).
+        kwargs.update(isolation_level="READ COMMITTED", pool_reset_on_return=None)
     engine = create_async_engine(target, **kwargs)
     if target.get_backend_name() == "sqlite":
         sa.event.listen(engine.sync_engine, "connect", _sqlite_pragmas)
+    if target.get_backend_name() == "mysql":
+        sa.event.listen(engine.sync_engine, "reset", _rollback_unless_ended)
     return engine
+
+
+ENDED = "surge.transaction_ended"
+
+
+def mark_ended(info: dict[Any, Any]) -> None:
+    """Tells the pool that this connection's transaction was committed (or rolled back)
+    just now, so checking it in needs no ROLLBACK round trip; pass `AsyncConnection.info`
+    right after `begin()`'s block ended. Only for connections that ran nothing since."""
+    info[ENDED] = True
+
+
+def _rollback_unless_ended(dbapi_conn: Any, record: Any, state: Any) -> None:
+    # The pool's own reset-on-return is off on MySQL (see create_engine): it rolls back
+    # every connection checked in whose Connection did not just roll back itself, and so
+    # the purchase batch, committed already, paid a sixth round trip for nothing. Every
+    # other use still ends here without a transaction left open.
+    ended = record is not None and record.info.pop(ENDED, False)
+    if ended or state.transaction_was_reset or state.terminate_only or not state.asyncio_safe:
+        return
+    dbapi_conn.rollback()
 
 
 def _sqlite_pragmas(dbapi_conn: Any, _record: Any) -> None:

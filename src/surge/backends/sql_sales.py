@@ -17,6 +17,7 @@ from typing import Any
 import sqlalchemy as sa
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 
+from surge.backends.sql import mark_ended
 from surge.gate import GateState
 from surge.sales import NewSale, Sale
 from surge.schema import ORDER_COLUMNS, orders, outbox, sale_buyers, sales
@@ -221,8 +222,6 @@ class SqlSales:
         if any(w.quantity > sale.per_user_limit for w in wins):
             raise _Abort("limit")
         async with self.engine.connect() as conn:
-            if conn.dialect.name == "mysql":
-                await conn.execution_options(isolation_level="READ COMMITTED")
             async with conn.begin():
                 # first purchases of each user: an existing row (a repeat buyer) is a
                 # primary-key violation, and the single commits sort it out
@@ -276,6 +275,7 @@ class SqlSales:
                 )
                 if taken.rowcount != 1:
                     raise _Abort("sold_out")  # rolls the lot back; singles decide who gets
+            mark_ended(conn.info)
         return [
             Purchase(
                 "committed",
@@ -292,14 +292,12 @@ class SqlSales:
         for attempt in range(1, ATTEMPTS + 1):
             try:
                 async with self.engine.connect() as conn:
-                    if conn.dialect.name == "mysql":
-                        # READ COMMITTED: InnoDB's default REPEATABLE READ gap-locks the
-                        # missing sale_buyers row, and two first buyers then deadlock
-                        await conn.execution_options(isolation_level="READ COMMITTED")
+                    # READ COMMITTED on MySQL (surge.backends.sql.create_engine)
                     async with conn.begin():
                         order_id = await self._purchase(
                             conn, sale, user_id, quantity, key, request_hash, created
                         )
+                    mark_ended(conn.info)
                 return Purchase(
                     "committed",
                     Order(order_id, sale.id, user_id, quantity, "confirmed", created),
