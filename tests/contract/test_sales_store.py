@@ -68,9 +68,7 @@ async def test_connections_come_back_without_an_open_transaction(backend: Backen
 
     async def state() -> tuple[int, str]:
         async with engine.connect() as conn:
-            row = (
-                await conn.execute(sa.text("SELECT @@in_transaction, @@tx_isolation"))
-            ).one()
+            row = (await conn.execute(sa.text("SELECT @@in_transaction, @@tx_isolation"))).one()
         return int(row[0]), str(row[1])
 
     try:
