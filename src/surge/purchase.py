@@ -149,6 +149,7 @@ class Purchases:
         self._ordered = ordered  # the order query forgets what it cached for a new id
         self._batcher = CommitBatcher(sales)
         self._background: set[asyncio.Future[None]] = set()
+        self._rebuilding: dict[int, asyncio.Future[None]] = {}
 
     def handle(self, request: Request) -> Response | Awaitable[Response]:
         try:
@@ -229,11 +230,24 @@ class Purchases:
     ) -> Answer:
         answer = await self._gate.reserve(sale_id, user_id, key, quantity, wanted)
         if answer.outcome == "unknown":  # Redis lost it, or first purchase here: rebuild
-            state = await self._sales.gate_state(sale_id)
-            if state is not None:
-                await self._gate.load(state)
+            await self._rebuild(sale_id)
             answer = await self._gate.reserve(sale_id, user_id, key, quantity, wanted)
         return answer
+
+    async def _rebuild(self, sale_id: int) -> None:
+        """Loads a sale's gate from the database, once for all the buyers who found it
+        missing at the same moment (a storm hitting a restarted Redis)."""
+        running = self._rebuilding.get(sale_id)
+        if running is None:
+            running = asyncio.ensure_future(self._load_gate(sale_id))
+            self._rebuilding[sale_id] = running
+            running.add_done_callback(lambda _: self._rebuilding.pop(sale_id, None))
+        await asyncio.shield(running)
+
+    async def _load_gate(self, sale_id: int) -> None:
+        state = await self._sales.gate_state(sale_id)
+        if state is not None:
+            await self._gate.load(state)
 
     async def _commit(
         self, sale: Sale, user_id: str, key: str, quantity: int, wanted: str, now: datetime

@@ -97,3 +97,43 @@ async def test_replace_rebuilds_from_the_database_view(gate: Gate) -> None:
     assert await gate.load(_state(3, stock=5), replace=True)  # the database still says 5
     assert await gate.remaining(3) == 5
     assert (await gate.reserve(3, "crashed", "k", 1, "f")).outcome == "ok"
+
+
+async def test_attempts_decided_together_are_decided_one_by_one(gate: Gate) -> None:
+    await gate.load(_state(11, stock=3, limit=1))
+    answers = await asyncio.gather(  # one loop turn: one script call on Redis
+        gate.reserve(11, "a", "k1", 1, "f"),
+        gate.reserve(11, "a", "k1", 1, "f"),  # the same key again: still pending
+        gate.reserve(11, "a", "k2", 1, "f"),  # the same user again: over the limit
+        gate.reserve(11, "b", "k", 1, "f"),
+        gate.reserve(11, "c", "k", 1, "f"),
+        gate.reserve(11, "d", "k", 1, "f"),
+        gate.reserve(12, "a", "k1", 1, "f"),  # another sale, not loaded
+    )
+    assert [(a.outcome, a.remaining) for a in answers] == [
+        ("ok", 2),
+        ("in_flight", 2),
+        ("limit", 2),
+        ("ok", 1),
+        ("ok", 0),
+        ("sold_out", 0),
+        ("unknown", 0),
+    ]
+
+
+async def test_an_attempt_abandoned_in_flight_gives_its_stock_back(gate: Gate) -> None:
+    await gate.load(_state(13, stock=2))
+    for i in range(20):
+        attempt = asyncio.ensure_future(gate.reserve(13, f"gone{i}", "k", 1, "f"))
+        for _ in range(i % 4):  # cancelled before, while and after it was sent
+            await asyncio.sleep(0)
+        if attempt.done():  # answered already (always so in-process): the caller's to give
+            await gate.release(13, f"gone{i}", "k", 1)
+        attempt.cancel()
+        await asyncio.gather(attempt, return_exceptions=True)
+    for _ in range(200):  # given back by the script call's own task, a moment later
+        if await gate.remaining(13) == 2:
+            break
+        await asyncio.sleep(0.01)
+    assert await gate.remaining(13) == 2
+    assert (await gate.reserve(13, "gone0", "k", 1, "f")).outcome == "ok"  # key not pending

@@ -16,10 +16,12 @@ import sqlalchemy as sa
 from surge import db
 from surge.app import App
 from surge.auth import mint
+from surge.backends.sql import create_engine
 from surge.backends.sql_sales import SqlSales
 from surge.config import Settings
 from surge.http.response import Problem, Response
 from surge.http.server import Request
+from surge.sales import NewSale
 
 pytestmark = pytest.mark.anyio
 SECRET = "feed-test-secret-0123456789-0123456789"
@@ -144,3 +146,38 @@ async def test_a_new_order_is_found_even_if_its_id_was_asked_for_before(tmp_path
         await asyncio.sleep(0.05)  # the purchase tells the order query in the background
         found = await _call(app, "GET", "/orders/1", "a", {})
         assert found[0] == 200 and found[2] == bought[2]
+
+
+async def test_buyers_finding_no_gate_rebuild_it_once(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    loads = 0
+    original = SqlSales.gate_state
+
+    async def counted(self: SqlSales, sale_id: int) -> Any:
+        nonlocal loads
+        loads += 1
+        return await original(self, sale_id)
+
+    monkeypatch.setattr(SqlSales, "gate_state", counted)
+    async with _app(tmp_path) as app:
+        engine = create_engine(f"sqlite:///{tmp_path / 'app.db'}", 1)
+        now = datetime.now(UTC)
+        new = NewSale("no gate yet", 5, 1, now - timedelta(minutes=1), now + timedelta(hours=1))
+        sale = await SqlSales(engine).create_sale(new, now)  # behind Surge's back: no gate
+        await engine.dispose()
+        answers = await asyncio.gather(
+            *(
+                _call(
+                    app,
+                    "POST",
+                    f"/sales/{sale.id}/orders",
+                    f"u{i}",
+                    {"quantity": 1},
+                    idempotency_key=f"k{i}",
+                )
+                for i in range(40)
+            )
+        )
+        assert sorted(status for status, *_ in answers).count(201) == 5
+        assert loads == 1

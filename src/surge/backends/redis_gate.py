@@ -2,10 +2,18 @@
 
 redis-py's `register_script` keeps the SHA1 and falls back to EVAL (which loads the script)
 when Redis answers NOSCRIPT, e.g. after a restart.
+
+Reservations are batched: the attempts on one sale that arrive in one turn of the event
+loop go to Redis as ONE script call, decided one after the other inside it. In a storm
+every process has a hundred attempts or more in flight at once; one command each cost
+a pooled connection, a write and a reply to wake up for each, and the gate's latency
+(p50 23 ms, p99 108 ms measured in the storm) was most of a winner's.
 """
 
 from __future__ import annotations
 
+import asyncio
+import logging
 from importlib import resources
 
 from redis import asyncio as aioredis
@@ -13,6 +21,7 @@ from redis import asyncio as aioredis
 from surge.gate import Answer, GateState
 
 _LUA = resources.files("surge.backends") / "lua"
+log = logging.getLogger("surge.gate")
 
 
 # only a gate that exists learns it is sold out (a half-made one would break reserve)
@@ -26,10 +35,17 @@ def _script(name: str) -> str:
     return (_LUA / name).read_text()
 
 
+_Attempt = tuple[str, str, int, str, "asyncio.Future[Answer]"]  # user, key, qty, fp, answer
+
+
 class RedisGate:
+    MAX_BATCH = 256  # attempts per script call: Redis runs a call of this size in ~1 ms
+
     def __init__(self, client: aioredis.Redis, prefix: str) -> None:
         self._client = client
         self._prefix = prefix
+        self._waiting: dict[int, list[_Attempt]] = {}  # sale -> attempts of this loop turn
+        self._tasks: set[asyncio.Task[None]] = set()
         self._reserve = client.register_script(_script("gate_reserve.lua"))
         self._release = client.register_script(_script("gate_release.lua"))
         self._load = client.register_script(_script("gate_load.lua"))
@@ -54,10 +70,50 @@ class RedisGate:
     async def reserve(
         self, sale_id: int, user_id: str, key: str, quantity: int, fingerprint: str
     ) -> Answer:
-        outcome, remaining, order_id = await self._reserve(
-            keys=self._keys(sale_id), args=[user_id, f"{user_id}|{key}", quantity, fingerprint]
-        )
-        return Answer(outcome.decode(), int(remaining), int(order_id))
+        loop = asyncio.get_running_loop()
+        answer: asyncio.Future[Answer] = loop.create_future()
+        waiting = self._waiting.get(sale_id)
+        if waiting is None:
+            waiting = self._waiting[sale_id] = []
+            loop.call_soon(self._send, sale_id)  # the rest of this loop turn joins
+        waiting.append((user_id, key, quantity, fingerprint, answer))
+        return await answer
+
+    def _send(self, sale_id: int) -> None:
+        attempts = self._waiting.pop(sale_id, [])
+        for start in range(0, len(attempts), self.MAX_BATCH):
+            task = asyncio.get_running_loop().create_task(
+                self._decide(sale_id, attempts[start : start + self.MAX_BATCH])
+            )
+            self._tasks.add(task)
+            task.add_done_callback(self._tasks.discard)
+
+    async def _decide(self, sale_id: int, attempts: list[_Attempt]) -> None:
+        """One script call for the lot. It runs as its own task, so a caller that gave up
+        (deadline) cannot cut it off between Redis reserving and us hearing it: a
+        reservation nobody waits for any more is given back at once."""
+        args: list[str | int] = []
+        for user_id, key, quantity, fingerprint, _ in attempts:
+            args += (user_id, f"{user_id}|{key}", quantity, fingerprint)
+        try:
+            flat = await self._reserve(keys=self._keys(sale_id), args=args)
+        except Exception as exc:
+            for *_, answer in attempts:
+                if not answer.done():
+                    answer.set_exception(exc)
+            return
+        for i, (user_id, key, quantity, _, answer) in enumerate(attempts):
+            outcome = flat[3 * i].decode()
+            if not answer.done():
+                answer.set_result(Answer(outcome, int(flat[3 * i + 1]), int(flat[3 * i + 2])))
+            elif outcome == "ok":
+                await self._abandoned(sale_id, user_id, key, quantity)
+
+    async def _abandoned(self, sale_id: int, user_id: str, key: str, quantity: int) -> None:
+        try:
+            await self.release(sale_id, user_id, key, quantity)
+        except Exception as exc:  # the next start-up's rebuild frees it (docs/sales.md)
+            log.warning("sale %d: an abandoned reservation was not released: %s", sale_id, exc)
 
     async def confirm(
         self, sale_id: int, user_id: str, key: str, fingerprint: str, order_id: int

@@ -143,17 +143,12 @@ class SqlSales:
             if row is None:
                 return None
             sale = _sale(row)
-            bought = dict(
-                (
-                    await conn.execute(
-                        sa.select(sale_buyers.c.user_id, sale_buyers.c.bought).where(
-                            sale_buyers.c.sale_id == sale_id
-                        )
-                    )
+            rows = await conn.execute(
+                sa.select(sale_buyers.c.user_id, sale_buyers.c.bought).where(
+                    sale_buyers.c.sale_id == sale_id
                 )
-                .tuples()
-                .all()
             )
+            bought = {str(user): int(count) for user, count in rows}
         return GateState(
             sale.id,
             sale.remaining,
