@@ -3,15 +3,19 @@
 from __future__ import annotations
 
 import asyncio
+import json
 from datetime import UTC, datetime, timedelta
+from typing import Any
 
 import pytest
 import sqlalchemy as sa
 
 from surge import db
 from surge.backends.sql import create_engine
+from surge.backends.sql_batch import Refused, commit_batch
 from surge.backends.sql_sales import Purchase, SqlSales, Win
 from surge.sales import NewSale
+from surge.schema import orders, outbox, sale_buyers, sales
 from tests.backends import Backend
 
 pytestmark = pytest.mark.anyio
@@ -87,3 +91,56 @@ async def test_connections_come_back_without_an_open_transaction(backend: Backen
         assert await state() == (0, "READ-COMMITTED")
     finally:
         await engine.dispose()
+
+
+async def _counts(engine: Any, sale_id: int) -> tuple[int, int, int, int]:
+    async with engine.connect() as conn:
+        remaining = (
+            await conn.execute(sa.select(sales.c.remaining).where(sales.c.id == sale_id))
+        ).scalar_one()
+        bought = (
+            await conn.execute(sa.select(sa.func.count()).where(sale_buyers.c.sale_id == sale_id))
+        ).scalar_one()
+        placed = (
+            await conn.execute(sa.select(sa.func.count()).where(orders.c.sale_id == sale_id))
+        ).scalar_one()
+        payloads = (await conn.execute(sa.select(outbox.c.payload))).scalars().all()
+    mine = [json.loads(p) for p in payloads if json.loads(p)["sale_id"] == sale_id]
+    return int(remaining), int(bought), int(placed), len(mine)
+
+
+async def test_one_round_trip_batch_all_or_nothing(backend: Backend) -> None:
+    sales_store, engine = await _sales(backend)
+    try:
+        now = datetime.now(UTC).replace(microsecond=0)
+        sale = await sales_store.create_sale(_new(stock=4, limit=2), now)
+        naive = now.replace(tzinfo=None)
+        wins = [Win("a", 2, "k", "h1"), Win("b", 1, "k", "h2")]
+        ids = await commit_batch(engine, sale.id, wins, naive)  # type: ignore[arg-type]
+        assert set(ids) == {"a", "b"}
+        stored = await sales_store.sale_orders(sale.id)
+        assert {(o.id, o.user_id, o.quantity) for o in stored} == {
+            (ids["a"], "a", 2),
+            (ids["b"], "b", 1),
+        }
+        assert await _counts(engine, sale.id) == (1, 2, 2, 2)
+        async with engine.connect() as conn:  # type: ignore[attr-defined]
+            events = [
+                json.loads(p) for p in (await conn.execute(sa.select(outbox.c.payload))).scalars()
+            ]
+        assert {"order_id": ids["a"], "sale_id": sale.id, "user_id": "a", "quantity": 2} in events
+        found = await sales_store.order_by_key("b", "k")
+        assert found is not None and found[1] == "h2"
+        # refused, and nothing of the batch stays: a repeat buyer; then too little stock
+        for refused in (
+            [Win("c", 1, "k", "h"), Win("a", 1, "k2", "h")],
+            [Win("d", 1, "k", "h"), Win("e", 1, "k", "h")],
+        ):
+            with pytest.raises(Refused):
+                await commit_batch(engine, sale.id, refused, naive)  # type: ignore[arg-type]
+            assert await _counts(engine, sale.id) == (1, 2, 2, 2)
+        last = await commit_batch(engine, sale.id, [Win("d", 1, "k", "h")], naive)  # type: ignore[arg-type]
+        assert list(last) == ["d"] and last["d"] > max(ids.values())
+        assert await _counts(engine, sale.id) == (0, 3, 3, 3)
+    finally:
+        await engine.dispose()  # type: ignore[attr-defined]

@@ -18,6 +18,7 @@ import sqlalchemy as sa
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 
 from surge.backends.sql import mark_ended
+from surge.backends.sql_batch import Refused, commit_batch
 from surge.gate import GateState
 from surge.sales import NewSale, Sale
 from surge.schema import ORDER_COLUMNS, orders, outbox, sale_buyers, sales
@@ -187,18 +188,30 @@ class SqlSales:
     async def purchase_many(
         self, sale: Sale, wins: list[Win], now: datetime
     ) -> list[Purchase | Exception]:
-        """Commits several gate winners of one sale in ONE transaction (a handful of round
-        trips for the lot instead of five each); if the database refuses anything in it
-        (a repeat buyer, a reused key, not enough stock), falls back to one transaction per
-        winner, so each still gets its own exact outcome."""
+        """Commits several gate winners of one sale in ONE transaction (one round trip on
+        MariaDB and PostgreSQL: `surge.backends.sql_batch`); if the database refuses
+        anything in it (a repeat buyer, a reused key, not enough stock), falls back to one
+        transaction per winner, so each still gets its own exact outcome."""
+        created = now.astimezone(UTC).replace(microsecond=0)
         users = {w.user_id for w in wins}
-        if len(wins) > 1 and len(users) == len(wins):
+        if (
+            len(wins) > 1
+            and len(users) == len(wins)
+            and all(w.quantity <= sale.per_user_limit for w in wins)
+        ):
             try:
-                return await self._purchase_batch(sale, wins, now)
-            except (_Abort, sa.exc.IntegrityError, sa.exc.OperationalError) as exc:
-                log.info(
-                    "batch of %d fell back to single commits: %s", len(wins), type(exc).__name__
-                )
+                ids = await commit_batch(self.engine, sale.id, wins, _naive(created))
+            except Refused as refused:
+                log.info("batch of %d fell back to single commits: %s", len(wins), refused)
+            else:
+                return [
+                    Purchase(
+                        "committed",
+                        Order(ids[w.user_id], sale.id, w.user_id, w.quantity, "confirmed", created),
+                        w.request_hash,
+                    )
+                    for w in wins
+                ]
         outcomes: list[Purchase | Exception] = []
         for w in wins:
             try:
@@ -208,77 +221,6 @@ class SqlSales:
             except Exception as exc:  # this winner's own failure, not the others'
                 outcomes.append(exc)
         return outcomes
-
-    async def _purchase_batch(
-        self, sale: Sale, wins: list[Win], now: datetime
-    ) -> list[Purchase | Exception]:
-        created = now.astimezone(UTC).replace(microsecond=0)
-        total = sum(w.quantity for w in wins)
-        if any(w.quantity > sale.per_user_limit for w in wins):
-            raise _Abort("limit")
-        async with self.engine.connect() as conn:
-            async with conn.begin():
-                # first purchases of each user: an existing row (a repeat buyer) is a
-                # primary-key violation, and the single commits sort it out
-                await conn.execute(
-                    sa.insert(sale_buyers),
-                    [
-                        {"sale_id": sale.id, "user_id": w.user_id, "bought": w.quantity}
-                        for w in wins
-                    ],
-                )
-                rows = (
-                    await conn.execute(
-                        sa.insert(orders).returning(orders.c.id, orders.c.user_id),
-                        [
-                            {
-                                "sale_id": sale.id,
-                                "user_id": w.user_id,
-                                "quantity": w.quantity,
-                                "status": "confirmed",
-                                "created_at": _naive(created),
-                                "idempotency_key": w.key,
-                                "request_hash": w.request_hash,
-                            }
-                            for w in wins
-                        ],
-                    )
-                ).all()
-                ids = {row[1]: int(row[0]) for row in rows}
-                await conn.execute(
-                    sa.insert(outbox),
-                    [
-                        {
-                            "topic": "order.confirmed",
-                            "created_at": _naive(created),
-                            "payload": json.dumps(
-                                {
-                                    "order_id": ids[w.user_id],
-                                    "sale_id": sale.id,
-                                    "user_id": w.user_id,
-                                    "quantity": w.quantity,
-                                }
-                            ),
-                        }
-                        for w in wins
-                    ],
-                )
-                taken = await conn.execute(
-                    sa.update(sales)
-                    .where(sales.c.id == sale.id, sales.c.remaining >= total)
-                    .values(remaining=sales.c.remaining - total)
-                )
-                if taken.rowcount != 1:
-                    raise _Abort("sold_out")  # rolls the lot back; singles decide who gets
-            mark_ended(conn.info)
-        return [
-            Purchase(
-                "committed",
-                Order(ids[w.user_id], sale.id, w.user_id, w.quantity, "confirmed", created),
-                w.request_hash,
-            )
-            for w in wins
-        ]
 
     async def purchase(
         self, sale: Sale, user_id: str, quantity: int, key: str, request_hash: str, now: datetime
