@@ -36,26 +36,27 @@ class CommitBatcher:
         if entry is None:
             entry = self._waiting[sale.id] = (sale, [])
             if self._busy.get(sale.id, 0) < self.IN_FLIGHT:
-                loop.call_soon(self._start, sale.id)  # the rest of this loop turn joins
+                self._start(sale.id)
         entry[1].append((win, future))
         return future
 
     def _start(self, sale_id: int) -> None:
-        if self._busy.get(sale_id, 0) >= self.IN_FLIGHT:
-            return
+        """A batch's task; its first step runs in the next loop turn, so the winners that
+        come in the rest of this one join it."""
+        self._busy[sale_id] = self._busy.get(sale_id, 0) + 1
+        task = asyncio.get_running_loop().create_task(self._commit(sale_id))
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
+
+    async def _commit(self, sale_id: int) -> None:
         entry = self._waiting.pop(sale_id, None)
-        if entry is None:
+        if entry is None:  # cannot happen: a batch is started for waiting winners only
+            self._done(sale_id)
             return
         sale, items = entry
         if len(items) > self.MAX:
             self._waiting[sale_id] = (sale, items[self.MAX :])
             items = items[: self.MAX]
-        self._busy[sale_id] = self._busy.get(sale_id, 0) + 1
-        task = asyncio.get_running_loop().create_task(self._commit(sale, items))
-        self._tasks.add(task)
-        task.add_done_callback(self._tasks.discard)
-
-    async def _commit(self, sale: Sale, items: list[tuple[Win, asyncio.Future[Purchase]]]) -> None:
         outcomes: list[Purchase | Exception]
         try:
             outcomes = await self._sales.purchase_many(
@@ -64,11 +65,7 @@ class CommitBatcher:
         except Exception as exc:
             outcomes = [exc for _ in items]
         finally:
-            left = self._busy.pop(sale.id, 1) - 1
-            if left:
-                self._busy[sale.id] = left
-            if sale.id in self._waiting:
-                self._start(sale.id)  # those who came meanwhile: the next batch
+            self._done(sale.id)
         for (_, future), outcome in zip(items, outcomes, strict=True):
             if future.done():
                 continue
@@ -76,3 +73,10 @@ class CommitBatcher:
                 future.set_exception(outcome)
             else:
                 future.set_result(outcome)
+
+    def _done(self, sale_id: int) -> None:
+        left = self._busy.pop(sale_id, 1) - 1
+        if left:
+            self._busy[sale_id] = left
+        if sale_id in self._waiting:
+            self._start(sale_id)  # those who came meanwhile: the next batch

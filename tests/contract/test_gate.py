@@ -123,9 +123,9 @@ async def test_attempts_decided_together_are_decided_one_by_one(gate: Gate) -> N
 
 async def test_an_attempt_abandoned_in_flight_gives_its_stock_back(gate: Gate) -> None:
     await gate.load(_state(13, stock=2))
-    for i in range(20):
+    for i in range(64):
         attempt = asyncio.ensure_future(gate.reserve(13, f"gone{i}", "k", 1, "f"))
-        for _ in range(i % 4):  # cancelled before, while and after it was sent
+        for _ in range(i % 16):  # cancelled before it was sent, in flight, just after
             await asyncio.sleep(0)
         if attempt.done():  # answered already (always so in-process): the caller's to give
             await gate.release(13, f"gone{i}", "k", 1)

@@ -75,23 +75,34 @@ class RedisGate:
         waiting = self._waiting.get(sale_id)
         if waiting is None:
             waiting = self._waiting[sale_id] = []
-            loop.call_soon(self._send, sale_id)  # the rest of this loop turn joins
+            # its first step runs in the next loop turn: the rest of this one joins the call
+            self._track(loop.create_task(self._send(sale_id)))
         waiting.append((user_id, key, quantity, fingerprint, answer))
-        return await answer
+        try:
+            return await answer
+        except asyncio.CancelledError:
+            # Cancelled after the answer came but before we resumed: a reservation made
+            # for nobody. (Cancelled before it came, `_decide` gives it back.)
+            if answer.done() and not answer.cancelled() and answer.exception() is None:
+                if answer.result().outcome == "ok":
+                    self._track(loop.create_task(self._abandoned(sale_id, user_id, key, quantity)))
+            raise
 
-    def _send(self, sale_id: int) -> None:
+    def _track(self, task: asyncio.Task[None]) -> None:
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
+
+    async def _send(self, sale_id: int) -> None:
+        """One script call for the lot (more past MAX_BATCH). It runs as its own task, so
+        a caller that gave up (deadline) cannot cut it off between Redis reserving and us
+        hearing it: a reservation nobody waits for any more is given back at once."""
         attempts = self._waiting.pop(sale_id, [])
-        for start in range(0, len(attempts), self.MAX_BATCH):
-            task = asyncio.get_running_loop().create_task(
-                self._decide(sale_id, attempts[start : start + self.MAX_BATCH])
-            )
-            self._tasks.add(task)
-            task.add_done_callback(self._tasks.discard)
+        for start in range(self.MAX_BATCH, len(attempts), self.MAX_BATCH):
+            chunk = attempts[start : start + self.MAX_BATCH]
+            self._track(asyncio.get_running_loop().create_task(self._decide(sale_id, chunk)))
+        await self._decide(sale_id, attempts[: self.MAX_BATCH])
 
     async def _decide(self, sale_id: int, attempts: list[_Attempt]) -> None:
-        """One script call for the lot. It runs as its own task, so a caller that gave up
-        (deadline) cannot cut it off between Redis reserving and us hearing it: a
-        reservation nobody waits for any more is given back at once."""
         args: list[str | int] = []
         for user_id, key, quantity, fingerprint, _ in attempts:
             args += (user_id, f"{user_id}|{key}", quantity, fingerprint)
@@ -102,12 +113,15 @@ class RedisGate:
                 if not answer.done():
                     answer.set_exception(exc)
             return
+        abandoned = []
         for i, (user_id, key, quantity, _, answer) in enumerate(attempts):
             outcome = flat[3 * i].decode()
             if not answer.done():
                 answer.set_result(Answer(outcome, int(flat[3 * i + 1]), int(flat[3 * i + 2])))
             elif outcome == "ok":
-                await self._abandoned(sale_id, user_id, key, quantity)
+                abandoned.append((user_id, key, quantity))
+        for user_id, key, quantity in abandoned:
+            await self._abandoned(sale_id, user_id, key, quantity)
 
     async def _abandoned(self, sale_id: int, user_id: str, key: str, quantity: int) -> None:
         try:
