@@ -35,6 +35,7 @@ class App:
         settings = self.settings
         stack = self._stack
         backends = await open_backends(settings, stack, self._count_cache_error)
+        await backends.warm()
         secret = settings.jwt_secret or load_or_create_secret(settings.secret_path)
         self.auth = Authenticator(secret, settings.token_cache_size)
         self.orders = OrderQuery(

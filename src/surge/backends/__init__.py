@@ -2,14 +2,18 @@
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
-from collections.abc import Callable
+import logging
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 
 from surge.backends.sql_sales import SqlSales
 from surge.config import Settings
 from surge.gate import Gate
 from surge.types import Bus, Cache, Store
+
+log = logging.getLogger("surge.backends")
 
 
 @dataclass(slots=True)
@@ -20,6 +24,17 @@ class Backends:
     sales: SqlSales
     gate: Gate
     redis: bool  # the shared layers are Redis (False: in-process)
+    warm_redis: Callable[[], Awaitable[None]] | None = None
+
+    async def warm(self) -> None:
+        """Opens the connection pools before traffic comes (best effort: a dependency that
+        is down now is reported by readiness, and connected to on first use)."""
+        steps: list[Awaitable[None]] = [self.store.warm()]
+        if self.warm_redis is not None:
+            steps.append(self.warm_redis())
+        for outcome in await asyncio.gather(*steps, return_exceptions=True):
+            if isinstance(outcome, Exception):
+                log.warning("could not open the connection pools ahead of time: %s", outcome)
 
 
 async def open_backends(
@@ -46,7 +61,7 @@ async def open_backends(
         stack.push_async_callback(bus.close)
         return Backends(cache, bus, store, sales, MemoryGate(), redis=False)
 
-    from surge.backends.redis import RedisBus, RedisCache, connect
+    from surge.backends.redis import RedisBus, RedisCache, connect, warm
     from surge.backends.redis_gate import RedisGate
 
     client = connect(settings.redis_url, settings.redis_pool_size)
@@ -56,4 +71,12 @@ async def open_backends(
     stack.push_async_callback(redis_cache.close)
     stack.push_async_callback(redis_bus.close)
     gate = RedisGate(client, settings.redis_prefix)
-    return Backends(redis_cache, redis_bus, store, sales, gate, redis=True)
+    return Backends(
+        redis_cache,
+        redis_bus,
+        store,
+        sales,
+        gate,
+        redis=True,
+        warm_redis=lambda: warm(client, settings.redis_pool_size),
+    )

@@ -33,6 +33,19 @@ def connect(url: str, pool_size: int, timeout: float = 2.0) -> aioredis.Redis:
     return aioredis.Redis.from_pool(pool)  # the client owns the pool: aclose() closes it
 
 
+async def warm(client: aioredis.Redis, connections: int) -> None:
+    """Opens `connections` pooled connections now rather than in a storm's first burst
+    (see SqlStore.warm)."""
+    pool = client.connection_pool
+    held = []
+    try:
+        for _ in range(connections):
+            held.append(await pool.get_connection())  # type: ignore[no-untyped-call]
+    finally:
+        for connection in held:
+            await pool.release(connection)
+
+
 class RedisCache:
     def __init__(
         self,

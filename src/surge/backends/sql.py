@@ -7,6 +7,7 @@ connection at most until its own deadline cancels it.
 
 from __future__ import annotations
 
+import contextlib
 from collections.abc import Sequence
 from datetime import UTC
 from typing import Any
@@ -115,6 +116,15 @@ class SqlStore:
             row[0]: Order(row[0], row[1], row[2], row[3], row[4], row[5].replace(tzinfo=UTC))
             for row in rows
         }
+
+    async def warm(self) -> None:
+        """Opens the whole pool now. Connections are otherwise opened on first use, and a
+        storm's first burst (a sale opening) paid a connection handshake per query, on a
+        loop already busy with thousands of requests: the slowest winners were the first
+        ones. Idle connections stay pooled (recycled after 30 min)."""
+        async with contextlib.AsyncExitStack() as held:
+            for _ in range(self._size):
+                await held.enter_async_context(self.engine.connect())
 
     async def ping(self) -> None:
         async with self.engine.connect() as conn:
