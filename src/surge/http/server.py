@@ -33,6 +33,7 @@ log = logging.getLogger("surge.http")
 
 MAX_HEADER_BYTES = 16_384
 MAX_PIPELINE = 16
+_SHUTTING_DOWN = problem_response(503, "shutting-down", "server is shutting down")
 # Slowloris guard: a connection in the middle of a request may stay silent this long.
 REQUEST_TIMEOUT = 10.0
 # During shutdown, how long an accepted connection may take to send its first request.
@@ -124,6 +125,7 @@ class HttpProtocol(asyncio.Protocol):
         "_queue",
         "_served",
         "_state",
+        "_task",
         "_transport",
         "_url",
         "client",
@@ -139,6 +141,7 @@ class HttpProtocol(asyncio.Protocol):
         self._body: list[bytes] | None = None
         self._queue: deque[Request] = deque()
         self._busy = False  # a request is being handled (pipelined ones wait in _queue)
+        self._task: asyncio.Task[None] | None = None  # the Task answering it, if any
         self._keep_alive = True
         self._paused_reading = False
         self._paused_writing = False
@@ -273,25 +276,46 @@ class HttpProtocol(asyncio.Protocol):
             self._send(request, result)
             return
         self._busy = True
-        if not isinstance(result, asyncio.Future):  # a coroutine: give it a Task
-            result = asyncio.ensure_future(result)
-        # A Future (the order query's miss path returns one) needs no Task of its own.
-        result.add_done_callback(lambda done: self._complete(request, done))
+        if isinstance(result, asyncio.Future):
+            # A Future (the order query's miss path returns one) needs no Task of its own.
+            result.add_done_callback(lambda done: self._complete(request, done))
+        else:  # a coroutine: a Task that answers as its last step
+            self._task = asyncio.ensure_future(self._drive(request, result))
+
+    async def _drive(self, request: Request, work: Awaitable[Response]) -> None:
+        # The answer is written in the Task's own last step: a done-callback would run one
+        # loop turn later, and under load a turn is several milliseconds.
+        try:
+            response = await work
+        except Problem as problem:
+            response = problem.response()
+        except asyncio.CancelledError:
+            self._finish(request, _SHUTTING_DOWN)
+            raise
+        except Exception:
+            log.exception("handler failed: %s %s", request.method, request.route)
+            response = problem_response(500, "internal", "internal error")
+        self._finish(request, response)
 
     def _complete(self, request: Request, done: asyncio.Future[Response]) -> None:
         if done.cancelled():
-            response = problem_response(503, "shutting-down", "server is shutting down")
-            self._keep_alive = False
+            self._finish(request, _SHUTTING_DOWN)
+            return
+        exc = done.exception()
+        if exc is None:
+            response = done.result()
+        elif isinstance(exc, Problem):
+            response = exc.response()
         else:
-            exc = done.exception()
-            if exc is None:
-                response = done.result()
-            elif isinstance(exc, Problem):
-                response = exc.response()
-            else:
-                log.error("handler failed: %s %s", request.method, request.route, exc_info=exc)
-                response = problem_response(500, "internal", "internal error")
+            log.error("handler failed: %s %s", request.method, request.route, exc_info=exc)
+            response = problem_response(500, "internal", "internal error")
+        self._finish(request, response)
+
+    def _finish(self, request: Request, response: Response) -> None:
+        if response is _SHUTTING_DOWN:
+            self._keep_alive = False
         self._busy = False
+        self._task = None
         self._send(request, response)
         while self._queue and not self._busy and self._transport is not None:
             self._handle(self._queue.popleft())
