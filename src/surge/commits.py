@@ -1,12 +1,19 @@
-"""Group commit of flash-sale winners (see CommitBatcher)."""
+"""Group commit of flash-sale winners (CommitBatcher), and the bookkeeping after it
+(AfterCommit)."""
 
 from __future__ import annotations
 
 import asyncio
+import logging
+from collections import defaultdict
+from collections.abc import Awaitable, Callable
 from datetime import UTC, datetime
 
 from surge.backends.sql_sales import Purchase, SqlSales, Win
+from surge.gate import Confirmed, Gate
 from surge.sales import Sale
+
+log = logging.getLogger("surge.commits")
 
 
 class CommitBatcher:
@@ -80,3 +87,44 @@ class CommitBatcher:
             self._busy[sale_id] = left
         if sale_id in self._waiting:
             self._start(sale_id)  # those who came meanwhile: the next batch
+
+
+class AfterCommit:
+    """What follows a commit, in the background (never delaying a 201), one loop turn's
+    worth of orders at a time:
+
+    - the gate learns the order ids, one HSET per sale (until it does, a retry with the
+      key gets 409 key-in-flight, then the replay);
+    - the order query forgets whatever it cached for the new ids, one DEL and one message
+      to every process: ids are sequential, and a "not found" cached before an order
+      existed would answer 404 after its 201.
+
+    One command per order (measured with py-spy in a storm of 50,000 winners) took a fifth
+    of the CPU, on the same loop the winners wait for.
+    """
+
+    def __init__(self, gate: Gate, forget: Callable[..., Awaitable[None]]) -> None:
+        self._gate = gate
+        self._forget = forget  # OrderQuery.invalidate(*ids)
+        self._pending: list[tuple[int, Confirmed]] = []
+        self._tasks: set[asyncio.Task[None]] = set()
+
+    def committed(self, sale_id: int, order: Confirmed) -> None:
+        if not self._pending:
+            task = asyncio.get_running_loop().create_task(self._flush())
+            self._tasks.add(task)
+            task.add_done_callback(self._tasks.discard)
+        self._pending.append((sale_id, order))
+
+    async def _flush(self) -> None:
+        pending, self._pending = self._pending, []
+        by_sale: dict[int, list[Confirmed]] = defaultdict(list)
+        for sale_id, order in pending:
+            by_sale[sale_id].append(order)
+        steps: list[Awaitable[None]] = [
+            self._gate.confirm(sale_id, orders) for sale_id, orders in by_sale.items()
+        ]
+        steps.append(self._forget(*(order.order_id for _, order in pending)))
+        for outcome in await asyncio.gather(*steps, return_exceptions=True):
+            if isinstance(outcome, Exception):  # the database is the truth: log, go on
+                log.warning("bookkeeping after commit skipped: %s", outcome)

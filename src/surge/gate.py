@@ -15,6 +15,7 @@ it from the database and try again).
 from __future__ import annotations
 
 import time
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Protocol
 
@@ -24,6 +25,16 @@ class Answer:
     outcome: str
     remaining: int = 0
     order_id: int = 0
+
+
+@dataclass(frozen=True, slots=True)
+class Confirmed:
+    """A reservation that became an order."""
+
+    user_id: str
+    key: str
+    fingerprint: str
+    order_id: int
 
 
 @dataclass(frozen=True, slots=True)
@@ -49,10 +60,8 @@ class Gate(Protocol):
         self, sale_id: int, user_id: str, key: str, quantity: int, fingerprint: str
     ) -> Answer: ...
 
-    async def confirm(
-        self, sale_id: int, user_id: str, key: str, fingerprint: str, order_id: int
-    ) -> None:
-        """The reservation became order `order_id`: the key now replays it."""
+    async def confirm(self, sale_id: int, orders: Sequence[Confirmed]) -> None:
+        """The reservations became orders: their keys now replay them (one step for all)."""
         ...
 
     async def release(self, sale_id: int, user_id: str, key: str, quantity: int) -> int:
@@ -123,12 +132,11 @@ class MemoryGate:
         sale.keys[_field(user_id, key)] = ("p", fingerprint, 0)
         return Answer("ok", sale.remaining)
 
-    async def confirm(
-        self, sale_id: int, user_id: str, key: str, fingerprint: str, order_id: int
-    ) -> None:
+    async def confirm(self, sale_id: int, orders: Sequence[Confirmed]) -> None:
         sale = self._sales.get(sale_id)
         if sale is not None:
-            sale.keys[_field(user_id, key)] = ("d", fingerprint, order_id)
+            for o in orders:
+                sale.keys[_field(o.user_id, o.key)] = ("d", o.fingerprint, o.order_id)
 
     async def release(self, sale_id: int, user_id: str, key: str, quantity: int) -> int:
         sale = self._sales.get(sale_id)

@@ -309,17 +309,24 @@ class OrderQuery:
         return self.near.put(order_id, owner, response(200, value), self.near.ttl)
 
     # -- writes elsewhere call this -----------------------------------------------------------
-    async def invalidate(self, order_id: int) -> None:
-        """Forgets an order everywhere: shared cache, and every process's near cache."""
-        self.near.drop(order_id)
-        await self._cache.delete(f"order:{order_id}")
-        await self._bus.publish(INVALIDATE_CHANNEL, str(order_id).encode())
+    async def invalidate(self, *order_ids: int) -> None:
+        """Forgets orders everywhere: shared cache, and every process's near cache; one
+        DEL and one message for all of them (a message is comma-separated ids)."""
+        if not order_ids:
+            return
+        for order_id in order_ids:
+            self.near.drop(order_id)
+        await self._cache.delete(*(f"order:{order_id}" for order_id in order_ids))
+        await self._bus.publish(INVALIDATE_CHANNEL, ",".join(map(str, order_ids)).encode())
 
     def _on_invalidate(self, message: bytes) -> None:
         try:
-            self.near.drop(int(message))
+            order_ids = [int(part) for part in message.split(b",")]
         except ValueError:
             log.warning("ignored malformed invalidation %r", message[:64])
+            return
+        for order_id in order_ids:
+            self.near.drop(order_id)
 
 
 def _answer(entry: Entry, user_id: str, admin: bool) -> Response:

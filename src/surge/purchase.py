@@ -21,10 +21,10 @@ from datetime import UTC, datetime
 
 from surge.auth import Authenticator
 from surge.backends.sql_sales import Purchase, SqlSales, Win
-from surge.commits import CommitBatcher
+from surge.commits import AfterCommit, CommitBatcher
 from surge.deadlines import within
 from surge.feed import StockFeed
-from surge.gate import Answer, Gate
+from surge.gate import Answer, Confirmed, Gate
 from surge.http.response import JSON, Problem, Response, problem_response, response
 from surge.http.server import Request
 from surge.orders import encode_order, parse_id
@@ -136,7 +136,7 @@ class Purchases:
         feed: StockFeed,
         outcomes: dict[str, int],
         deadline: float,
-        ordered: Callable[[int], Awaitable[None]],
+        ordered: Callable[..., Awaitable[None]],
     ) -> None:
         self._auth = auth
         self._sales = sales
@@ -148,7 +148,7 @@ class Purchases:
         self._deadline = deadline
         self._ordered = ordered  # the order query forgets what it cached for a new id
         self._batcher = CommitBatcher(sales)
-        self._background: set[asyncio.Future[None]] = set()
+        self._books = AfterCommit(gate, ordered)
         self._rebuilding: dict[int, asyncio.Future[None]] = {}
 
     def handle(self, request: Request) -> Response | Awaitable[Response]:
@@ -277,12 +277,8 @@ class Purchases:
             ) from None
         if done.outcome == "committed" and done.order is not None:
             # Committed: from here on nothing may turn the 201 into an error or delay it.
-            # The gate learns the order id in the background; until it does, a retry with
-            # the key gets 409 key-in-flight (then the replay), as while committing.
-            self._behind(self._gate.confirm(sale.id, user_id, key, wanted, done.order.id))
-            # Order ids are sequential: someone may have asked for this one before it
-            # existed, and every process would answer 404 from its negative cache.
-            self._behind(self._ordered(done.order.id))
+            # The bookkeeping is done in the background (see AfterCommit).
+            self._books.committed(sale.id, Confirmed(user_id, key, wanted, done.order.id))
             return created(done.order)
         await self._release(sale.id, user_id, key, quantity)
         if done.outcome == "duplicate" and done.order is not None:
@@ -297,11 +293,6 @@ class Purchases:
             await _quietly(self._board.mark(sale.id))
             raise _problem_409("sold-out", "the sale is sold out")
         raise _problem_409("limit-reached", f"at most {sale.per_user_limit} per user in this sale")
-
-    def _behind(self, step: Awaitable[None]) -> None:
-        task = asyncio.ensure_future(_quietly(step))
-        self._background.add(task)
-        task.add_done_callback(self._background.discard)
 
     async def _grace(self, commit: asyncio.Future[Purchase]) -> Purchase:
         try:

@@ -11,7 +11,7 @@ import pytest
 
 from surge.backends.redis import connect
 from surge.backends.redis_gate import RedisGate
-from surge.gate import Gate, GateState, MemoryGate
+from surge.gate import Confirmed, Gate, GateState, MemoryGate
 from tests.backends import REDIS, require_service
 
 pytestmark = pytest.mark.anyio
@@ -54,7 +54,7 @@ async def test_outcomes(gate: Gate) -> None:
     assert (first.outcome, first.remaining) == ("ok", 2)
     assert (await gate.reserve(1, "u", "k1", 1, "f1")).outcome == "in_flight"
     assert (await gate.reserve(1, "u", "k1", 2, "other")).outcome == "mismatch"
-    await gate.confirm(1, "u", "k1", "f1", 41)
+    await gate.confirm(1, [Confirmed("u", "k1", "f1", 41)])
     done = await gate.reserve(1, "u", "k1", 1, "f1")
     assert (done.outcome, done.order_id) == ("done", 41)
     assert (await gate.reserve(1, "u", "k2", 2, "f2")).outcome == "limit"

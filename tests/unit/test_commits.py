@@ -8,7 +8,8 @@ from datetime import UTC, datetime, timedelta
 import pytest
 
 from surge.backends.sql_sales import Purchase, Win
-from surge.commits import CommitBatcher
+from surge.commits import AfterCommit, CommitBatcher
+from surge.gate import Confirmed
 from surge.sales import Sale
 
 pytestmark = pytest.mark.anyio
@@ -49,3 +50,38 @@ async def test_an_idle_winner_commits_at_once_alone() -> None:
     batcher = CommitBatcher(store)  # type: ignore[arg-type]
     assert (await batcher.submit(SALE, Win("solo", 1, "k", "h"))).outcome == "committed"
     assert store.batches == [["solo"]]
+
+
+class Books:
+    def __init__(self, fail_confirm: bool = False) -> None:
+        self.confirmed: list[tuple[int, list[int]]] = []
+        self.forgotten: list[tuple[int, ...]] = []
+        self.fail_confirm = fail_confirm
+
+    async def confirm(self, sale_id: int, orders: list[Confirmed]) -> None:
+        if self.fail_confirm:
+            raise ConnectionError("redis down")
+        self.confirmed.append((sale_id, [o.order_id for o in orders]))
+
+    async def forget(self, *order_ids: int) -> None:
+        self.forgotten.append(order_ids)
+
+
+async def test_bookkeeping_of_one_loop_turn_goes_out_together() -> None:
+    books = Books()
+    after = AfterCommit(books, books.forget)  # type: ignore[arg-type]
+    for sale_id, order_id in ((1, 10), (2, 20), (1, 11)):
+        after.committed(sale_id, Confirmed(f"u{order_id}", "k", "f", order_id))
+    await asyncio.sleep(0.01)
+    after.committed(1, Confirmed("late", "k", "f", 12))  # a later turn: its own round
+    await asyncio.sleep(0.01)
+    assert books.confirmed == [(1, [10, 11]), (2, [20]), (1, [12])]
+    assert books.forgotten == [(10, 20, 11), (12,)]
+
+
+async def test_bookkeeping_failing_in_part_still_does_the_rest() -> None:
+    books = Books(fail_confirm=True)
+    after = AfterCommit(books, books.forget)  # type: ignore[arg-type]
+    after.committed(1, Confirmed("u", "k", "f", 7))
+    await asyncio.sleep(0.01)
+    assert books.forgotten == [(7,)]

@@ -231,7 +231,7 @@ async def test_shared_cache_serves_other_processes_and_invalidation_reaches_them
     assert (await _call(queries[0], _request("5")))[0] == 200
     assert (await _call(queries[1], _request("5")))[0] == 200
     assert len(store.queries) == 1  # the second came from the shared cache
-    await queries[0].invalidate(5)
+    await queries[0].invalidate(5, 6)  # one message for several ids
     assert len(queries[0].near) == 0 and len(queries[1].near) == 0
     store.orders[5] = Order(5, 1, "alice", 2, "cancelled", WHEN)
     assert _json(await _call(queries[1], _request("5")))["status"] == "cancelled"

@@ -37,8 +37,9 @@ class MemoryCache:
             del data[next(iter(data))]
         data[key] = (value, time.monotonic() + ttl)
 
-    async def delete(self, key: str) -> None:
-        self._data.pop(key, None)
+    async def delete(self, *keys: str) -> None:
+        for key in keys:
+            self._data.pop(key, None)
 
     async def ping(self) -> None:
         return None

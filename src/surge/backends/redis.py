@@ -101,8 +101,9 @@ class RedisCache:
         self._tasks.add(task)
         task.add_done_callback(self._tasks.discard)
 
-    async def delete(self, key: str) -> None:
-        await self._client.delete(self._prefix + key)
+    async def delete(self, *keys: str) -> None:
+        if keys:
+            await self._client.delete(*(self._prefix + key for key in keys))
 
     async def ping(self) -> None:
         await self._client.ping()

@@ -14,11 +14,12 @@ from __future__ import annotations
 
 import asyncio
 import logging
+from collections.abc import Sequence
 from importlib import resources
 
 from redis import asyncio as aioredis
 
-from surge.gate import Answer, GateState
+from surge.gate import Answer, Confirmed, GateState
 
 _LUA = resources.files("surge.backends") / "lua"
 log = logging.getLogger("surge.gate")
@@ -129,12 +130,12 @@ class RedisGate:
         except Exception as exc:  # the next start-up's rebuild frees it (docs/sales.md)
             log.warning("sale %d: an abandoned reservation was not released: %s", sale_id, exc)
 
-    async def confirm(
-        self, sale_id: int, user_id: str, key: str, fingerprint: str, order_id: int
-    ) -> None:
-        await self._client.hset(
-            self._keys(sale_id)[2], f"{user_id}|{key}", f"d|{fingerprint}|{order_id}"
-        )
+    async def confirm(self, sale_id: int, orders: Sequence[Confirmed]) -> None:
+        if orders:
+            await self._client.hset(
+                self._keys(sale_id)[2],
+                mapping={f"{o.user_id}|{o.key}": f"d|{o.fingerprint}|{o.order_id}" for o in orders},
+            )
 
     async def release(self, sale_id: int, user_id: str, key: str, quantity: int) -> int:
         left = await self._release(
