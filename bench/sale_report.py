@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import re
+import statistics
 from typing import Any
 
 from bench import common
@@ -75,19 +76,19 @@ def _judged(ok: bool | None) -> str:
 
 
 def targets(report: dict[str, Any]) -> list[tuple[str, str, str]]:
-    storm, found, stock = report["storm"], report["database"], report["config"]["stock"]
+    """Verdicts on every round: exactly S in each; rates and latencies as medians."""
+    rounds, stock = report["rounds"], report["config"]["stock"]
+    n = len(rounds)
     rows = []
-    measured = (
-        f"{found['orders']} orders, {found['quantity']} items, {found['distinct_users']} "
-        f"users; remaining {found['remaining']}; {storm['counts'].get('201', 0)} answers 201"
-    )
+    orders = ", ".join(str(r["orders"]) for r in rounds)
+    measured = f"{orders} orders ({n} round{'s' * (n > 1)}); see the problems line if any"
     ok = not report["problems"]
     rows.append((f"exactly {stock} orders in MariaDB, remaining 0", measured, _judged(ok)))
     ref = report["hit_reference"]
-    rates = [("refusals/s in the storm, once sold out", storm["after_sold_out"]["per_s"])]
+    in_storm = statistics.median(r["refusals_once_sold_out_per_s"] for r in rounds)
     if report["flood"]:
-        rates.append(("refusals/s sustained (plain wrk, as the hit runs)", report["flood"]["rps"]))
-    for label, rate in rates:
+        rate = report["flood"]["rps"]
+        label = "refusals/s of the sold-out sale, same client as the hit runs (plain wrk)"
         if ref is None:
             rows.append((f"{label} >= order-query cache hits", f"{rate:.0f}", "not compared"))
         else:
@@ -100,16 +101,51 @@ def targets(report: dict[str, Any]) -> list[tuple[str, str, str]]:
                     _judged(ratio >= 1.0),
                 )
             )
-    winners = storm["latency"]["winners"]
-    p99 = winners["p99_ms"]
     rows.append(
         (
-            f"winners' p99 < {WINNER_P99_MS:.0f} ms",
-            f"{p99:.1f} ms (of {winners['n']} winners)",
-            _judged(p99 < WINNER_P99_MS if winners["n"] else None),
+            "refusals/s in the storm once sold out, median of the rounds (context: the "
+            "storm's client times every answer, at 2-3x wrk's CPU per request of the hit runs)",
+            f"{in_storm:.0f}"
+            + (f" ({common.ratio(in_storm, ref['rps']):.2f}x the hits)" if ref else ""),
+            "context",
+        )
+    )
+    p99s = [float(r["winners"]["p99_ms"]) for r in rounds if r["winners"]["n"]]
+    p99 = statistics.median(p99s) if p99s else float("nan")
+    each = " / ".join(f"{v:.1f}" for v in p99s)
+    rows.append(
+        (
+            f"winners' p99 < {WINNER_P99_MS:.0f} ms (median of the rounds)",
+            f"{p99:.1f} ms (rounds: {each} ms)",
+            _judged(p99 < WINNER_P99_MS if p99s else None),
         )
     )
     return rows
+
+
+def _rounds_table(report: dict[str, Any]) -> str:
+    rows = (
+        (
+            str(i),
+            str(r["sale_id"]),
+            str(r["orders"]),
+            f"{r['attempts_per_s']:.0f}",
+            f"{r['refusals_once_sold_out_per_s']:.0f}",
+            f"{r['winners']['p50_ms']:.1f} / {r['winners']['p99_ms']:.1f}",
+            f"{r['refusals']['p50_ms']:.2f} / {r['refusals']['p99_ms']:.2f}",
+        )
+        for i, r in enumerate(report["rounds"], 1)
+    )
+    head = [
+        "round",
+        "sale",
+        "orders",
+        "attempts/s",
+        "refusals/s once sold out",
+        "winners p50 / p99 ms",
+        "refusals p50 / p99 ms",
+    ]
+    return common.markdown_table(head, rows)
 
 
 def _lat(lat: dict[str, float]) -> str:
@@ -154,6 +190,16 @@ def markdown(report: dict[str, Any]) -> str:
     ]
     if report["problems"]:
         lines += ["Problems: " + "; ".join(report["problems"]) + ".", ""]
+    lines += [
+        "### Rounds",
+        "",
+        "Each round: a freshly started Surge, a new sale, the storm, the database checked "
+        "against every answer. The storm section below shows the round with the median "
+        "winners' p99.",
+        "",
+        _rounds_table(report),
+        "",
+    ]
     rows = [
         ("attempts answered", f"{storm['attempts']} in {storm['seconds']:.2f} s"),
         ("attempts/s (first request sent to last answer)", f"{storm['attempts_per_s']:.0f}"),
@@ -185,7 +231,7 @@ def markdown(report: dict[str, Any]) -> str:
     rows.append(("wrk's CPU time (its share of the machine over the storm)", _cpu(wrk, m, storm)))
     rows += [(f"answers {kind}", str(n)) for kind, n in storm["counts"].items()]
     lines += [
-        "### The storm",
+        f"### The storm (sale {report['sale_id']})",
         "",
         common.markdown_table(["", "measured"], iter(rows)),
         "",
