@@ -11,12 +11,13 @@ from surge.backends import open_backends
 from surge.backends.redis import RedisCache
 from surge.catalog import Catalog
 from surge.config import Settings
-from surge.feed import LocalRooms, StockFeed
+from surge.feed import StockFeed
 from surge.http import ops
 from surge.http.router import Router
 from surge.metrics import Metrics
 from surge.orders import OrderQuery
 from surge.purchase import Purchases, SaleConfigs, SoldOutBoard, rebuild_gates
+from surge.realtime.setup import start_hub
 
 log = logging.getLogger("surge.app")
 
@@ -55,8 +56,9 @@ class App:
         configs = SaleConfigs(backends.sales)
         self.sold_out = SoldOutBoard(backends.bus)
         await self.sold_out.start()
-        self.rooms = LocalRooms()  # the WebSocket hub replaces this (issue 4)
-        self.feed = StockFeed(self.rooms)
+        self.hub = await start_hub(settings, backends, self.auth, self.router, self.metrics)
+        stack.push_async_callback(self.hub.close)  # after the feed's last update (reverse)
+        self.feed = StockFeed(self.hub)
         stack.push_async_callback(self.feed.close)
         purchases = Purchases(
             self.auth,

@@ -56,6 +56,15 @@ class Settings:
     keepalive_timeout: float = 5.0
     max_body_bytes: int = 65_536
     redis_prefix: str = "surge:"
+    ws_max_connections: int = 0  # 0: the open-files limit less 1,000 (see realtime.endpoint)
+    ws_max_message: int = 65_536
+    ws_max_rooms: int = 50
+    ws_publish_rate: int = 50
+    ws_send_buffer: int = 1_048_576
+    ws_ping_interval: float = 20.0
+    ws_ping_timeout: float = 10.0
+    ws_history: int = 100
+    ws_origins: str = ""
 
     @property
     def embedded(self) -> bool:
@@ -90,6 +99,20 @@ def _positive_int(text: str) -> int:
     value = int(text)
     if value < 1:
         raise ValueError("must be >= 1")
+    return value
+
+
+def _non_negative_int(text: str) -> int:
+    value = int(text)
+    if value < 0:
+        raise ValueError("must be >= 0")
+    return value
+
+
+def _positive_float(text: str) -> float:
+    value = float(text)
+    if not value > 0.0:  # also rejects NaN
+        raise ValueError("must be > 0")
     return value
 
 
@@ -190,6 +213,27 @@ FIELDS: tuple[Field, ...] = (
     Field("keepalive_timeout", _non_negative_float, "idle keep-alive connections close after"),
     Field("max_body_bytes", _positive_int, "largest accepted request body (then 413)"),
     Field("redis_prefix", str, "prefix of every Redis key and channel Surge uses"),
+    Field(
+        "ws_max_connections",
+        _non_negative_int,
+        "WebSocket connections per process (then 503); 0 = the open-files limit less 1,000",
+    ),
+    Field("ws_max_message", _positive_int, "largest client WebSocket message, bytes (then 1009)"),
+    Field("ws_max_rooms", _positive_int, "rooms one WebSocket connection may join"),
+    Field("ws_publish_rate", _positive_int, "publishes a second per connection, and burst"),
+    Field(
+        "ws_send_buffer",
+        _positive_int,
+        "bytes queued for a WebSocket client before it is closed as too slow (4008)",
+    ),
+    Field("ws_ping_interval", _positive_float, "seconds between WebSocket pings"),
+    Field("ws_ping_timeout", _positive_float, "a silent peer is dropped this long after a ping"),
+    Field("ws_history", _non_negative_int, "messages kept per chat room for resume (0 = none)"),
+    Field(
+        "ws_origins",
+        str,
+        "comma-separated Origins allowed to open /ws (scheme://host[:port]); empty = any",
+    ),
 )
 
 

@@ -1,8 +1,8 @@
 """Live stock: every change of a sale's remaining stock goes to room `sale:{id}`.
 
-`Rooms` is the real-time publisher interface the WebSocket hub will implement (issue 4);
-`LocalRooms` is its in-process implementation, the default until then and the fake in
-tests. `StockFeed` coalesces: however many purchases change a sale's stock, its room gets
+`Rooms` is the real-time publisher interface; the WebSocket hub (`surge.realtime.hub`)
+implements it, across processes through Redis. `LocalRooms` is a plain in-process
+implementation, for tests. `StockFeed` coalesces: however many purchases change a sale's stock, its room gets
 at most one update per `interval` (4 a second by default), carrying the latest count.
 """
 

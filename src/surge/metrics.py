@@ -35,6 +35,21 @@ LATENCY_BUCKETS = (0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0
 CONTENT_TYPE = "text/plain; version=0.0.4; charset=utf-8"
 
 
+class Histogram:
+    """Counts per bucket as plain numbers, for the same reason as the rest (see above)."""
+
+    __slots__ = ("bounds", "counts", "total")
+
+    def __init__(self, bounds: tuple[float, ...] = LATENCY_BUCKETS) -> None:
+        self.bounds = bounds
+        self.counts = [0] * (len(bounds) + 1)  # the last one is +Inf
+        self.total = 0.0
+
+    def observe(self, value: float) -> None:
+        self.counts[bisect_left(self.bounds, value)] += 1
+        self.total += value
+
+
 class Metrics:
     def __init__(self, worker: str = "0", share_dir: Path | None = None) -> None:
         self.worker = worker
@@ -52,6 +67,8 @@ class Metrics:
         self.purchases: dict[str, int] = {}  # outcome (a problem type, or "ordered") -> n
         self.loop_lag = 0.0
         self.gauges: dict[str, tuple[str, Callable[[], float]]] = {}
+        self.counters: dict[str, tuple[str, Callable[[], float]]] = {}
+        self.histograms: dict[str, tuple[str, Histogram]] = {}
         self.registry = CollectorRegistry(auto_describe=False)
         self.registry.register(self)
 
@@ -70,6 +87,13 @@ class Metrics:
     def gauge(self, name: str, doc: str, read: Callable[[], float]) -> None:
         """A gauge read at scrape time (pool use, in-flight requests...)."""
         self.gauges[name] = (doc, read)
+
+    def counter(self, name: str, doc: str, read: Callable[[], float]) -> None:
+        """A counter kept elsewhere as a plain number, read at scrape time."""
+        self.counters[name] = (doc, read)
+
+    def histogram(self, name: str, doc: str, histogram: Histogram) -> None:
+        self.histograms[name] = (doc, histogram)
 
     async def watch_loop_lag(self, interval: float = 0.25) -> None:
         """Measures how late the event loop wakes us: the time callbacks wait to run."""
@@ -146,6 +170,19 @@ class Metrics:
         )
         for name, (doc, read) in sorted(self.gauges.items()):
             yield GaugeMetricFamily(name, doc, value=read())
+        for name, (doc, read) in sorted(self.counters.items()):
+            yield CounterMetricFamily(name, doc, value=read())
+        for name, (doc, histogram) in sorted(self.histograms.items()):
+            family = HistogramMetricFamily(name, doc)
+            running = 0.0
+            buckets = []
+            for bound, observed in zip(
+                (*histogram.bounds, float("inf")), histogram.counts, strict=True
+            ):
+                running += observed
+                buckets.append((_le(bound), running))
+            family.add_metric([], buckets, sum_value=histogram.total)
+            yield family
         yield GaugeMetricFamily(
             "process_start_time_seconds", "Start time of the process", value=self.started
         )

@@ -32,6 +32,11 @@ PROBLEM_TYPES = {
     "unavailable": "a dependency is unavailable; retry after Retry-After",
     "shutting-down": "the server is shutting down",
     "not-ready": "draining, or a dependency is unreachable",
+    "upgrade-required": "GET /ws needs a WebSocket upgrade",
+    "websocket-version": "only WebSocket version 13 is spoken",
+    "bad-websocket-key": "Sec-WebSocket-Key is not 16 base64-encoded bytes",
+    "origin-not-allowed": "the Origin is not in SURGE_WS_ORIGINS",
+    "too-many-connections": "the process is at its WebSocket connection limit",
     "bad-request": "malformed HTTP",
     "body-too-large": "request body too large",
     "headers-too-large": "request headers too large",
@@ -273,6 +278,31 @@ DOCUMENT: dict[str, Any] = {
                     "404": _problem("no such order, or someone else's"),
                     "503": _problem("the database is unavailable"),
                     "504": _problem("deadline exceeded"),
+                },
+            }
+        },
+        "/ws": {
+            "get": {
+                "summary": "WebSocket: rooms, chat, live sale stock (docs/realtime.md)",
+                "description": "Upgrade with `Connection: Upgrade`, `Upgrade: websocket`. "
+                "Token optional (`?token=JWT` or `Authorization: Bearer`): anonymous clients "
+                "may subscribe only.",
+                "parameters": [
+                    {
+                        "name": "token",
+                        "in": "query",
+                        "required": False,
+                        "schema": {"type": "string"},
+                        "description": "a JWT, for clients that cannot set headers",
+                    }
+                ],
+                "responses": {
+                    "101": {"description": "switched to the WebSocket protocol"},
+                    "400": _problem("bad Sec-WebSocket-Key"),
+                    "401": _problem("invalid token"),
+                    "403": _problem("Origin not allowed (SURGE_WS_ORIGINS)"),
+                    "426": _problem("not a WebSocket upgrade, or not version 13"),
+                    "503": _problem("at the connection limit, or shutting down"),
                 },
             }
         },

@@ -73,11 +73,20 @@ async def _new_sale(app: App, stock: int) -> int:
     return int(json.loads(sale[2])["id"])
 
 
-async def test_purchases_reach_the_sale_room(tmp_path: Path) -> None:
+async def test_purchases_reach_the_sale_room(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
     async with _app(tmp_path) as app:
         sale_id = await _new_sale(app, stock=3)
         heard: list[dict[str, object]] = []
-        app.rooms.subscribe(f"sale:{sale_id}", lambda data: heard.append(json.loads(data)))
+        publish = app.hub.publish
+
+        async def listen(room: str, data: bytes) -> None:
+            if room == f"sale:{sale_id}":
+                heard.append(json.loads(data))
+            await publish(room, data)
+
+        monkeypatch.setattr(app.hub, "publish", listen)  # what the stock feed calls
         for user in ("a", "b", "c", "d"):
             await _call(
                 app,

@@ -7,6 +7,7 @@ import contextlib
 import logging
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
+from typing import Any
 
 from surge.backends.sql_sales import SqlSales
 from surge.config import Settings
@@ -25,6 +26,7 @@ class Backends:
     gate: Gate
     redis: bool  # the shared layers are Redis (False: in-process)
     warm_redis: Callable[[], Awaitable[None]] | None = None
+    redis_client: Any = None  # redis.asyncio.Redis when the shared layers are Redis
 
     async def warm(self) -> None:
         """Opens the connection pools before traffic comes (best effort: a dependency that
@@ -79,4 +81,5 @@ async def open_backends(
         gate,
         redis=True,
         warm_redis=lambda: warm(client, settings.redis_pool_size),
+        redis_client=client,
     )

@@ -12,9 +12,9 @@ from typing import TYPE_CHECKING, Union
 
 if TYPE_CHECKING:
     from surge.http.response import Response
-    from surge.http.server import Request
+    from surge.http.server import Request, Upgrade
 
-HandlerResult = Union["Response", Awaitable["Response"]]
+HandlerResult = Union["Response", Awaitable["Response"], "Upgrade"]
 Handler = Callable[["Request"], HandlerResult]
 
 

@@ -45,6 +45,18 @@ _REQUEST_ID = re.compile(rb"[A-Za-z0-9._:-]{1,128}")
 Observer = Callable[[str, str, int, float], None]
 
 
+class Upgrade:
+    """A handler's answer that hands the connection to another protocol (WebSocket):
+    `head` (the 101 status line and headers, CRLF-terminated) is written, then the
+    transport and any bytes that followed the request go to `protocol`."""
+
+    __slots__ = ("head", "protocol")
+
+    def __init__(self, head: bytes, protocol: asyncio.Protocol) -> None:
+        self.head = head
+        self.protocol = protocol
+
+
 class Request:
     __slots__ = (
         "body",
@@ -127,6 +139,7 @@ class HttpProtocol(asyncio.Protocol):
         "_state",
         "_task",
         "_transport",
+        "_upgrade",
         "_url",
         "client",
     )
@@ -142,6 +155,7 @@ class HttpProtocol(asyncio.Protocol):
         self._queue: deque[Request] = deque()
         self._busy = False  # a request is being handled (pipelined ones wait in _queue)
         self._task: asyncio.Task[None] | None = None  # the Task answering it, if any
+        self._upgrade: tuple[Request, Upgrade] | None = None
         self._keep_alive = True
         self._paused_reading = False
         self._paused_writing = False
@@ -170,8 +184,11 @@ class HttpProtocol(asyncio.Protocol):
         self._last = self._state.now
         try:
             self._parser.feed_data(data)
-        except httptools.HttpParserUpgrade:
-            self._reject(400, "upgrade-unsupported", "protocol upgrade is not supported here")
+        except httptools.HttpParserUpgrade as upgrade:
+            if self._upgrade is None:
+                self._reject(400, "upgrade-unsupported", "protocol upgrade is not supported here")
+            else:
+                self._switch(data[upgrade.args[0] :])
         except httptools.HttpParserError as exc:
             # httptools wraps exceptions raised in our callbacks (_TooLarge) in its own.
             cause = exc.__context__
@@ -252,7 +269,7 @@ class HttpProtocol(asyncio.Protocol):
         state = self._state
         state.in_flight += 1
         match = state.router.match(request.path)
-        result: Response | Awaitable[Response]
+        result: Response | Awaitable[Response] | Upgrade
         if match is None:
             result = problem_response(404, "not-found", "no such route")
         else:
@@ -274,6 +291,10 @@ class HttpProtocol(asyncio.Protocol):
                     result = problem_response(500, "internal", "internal error")
         if isinstance(result, tuple):
             self._send(request, result)
+            return
+        if isinstance(result, Upgrade):
+            # the parser reports the upgrade right after this request (data_received)
+            self._upgrade = (request, result)
             return
         self._busy = True
         if isinstance(result, asyncio.Future):
@@ -341,6 +362,26 @@ class HttpProtocol(asyncio.Protocol):
         self._served += 1
         state.observe(request.route, request.method, status, time.perf_counter() - request.started)
         state.in_flight -= 1
+
+    def _switch(self, rest: bytes) -> None:
+        """Hands the connection to the upgrade's protocol: from here on it is no HTTP
+        connection (shutdown's HTTP drain does not wait for it; its owner closes it)."""
+        assert self._upgrade is not None
+        request, upgrade = self._upgrade
+        self._upgrade = None
+        transport, state = self._transport, self._state
+        state.connections.discard(self)
+        state.observe(request.route, request.method, 101, time.perf_counter() - request.started)
+        state.in_flight -= 1
+        self._served += 1
+        if transport is None:
+            return
+        transport.write(upgrade.head + b"\r\n")
+        transport.set_protocol(upgrade.protocol)
+        self._transport = None
+        upgrade.protocol.connection_made(transport)
+        if rest:
+            upgrade.protocol.data_received(rest)
 
     def _reject(self, status: int, kind: str, detail: str) -> None:
         """Answers a request the parser refused, then closes: the stream is unusable."""

@@ -1,0 +1,168 @@
+"""One WebSocket client, after the upgrade: reads its frames, applies its limits, and is
+written to by the hub.
+
+Incoming frames are parsed by wsproto (sans-I/O, RFC 6455: masking, fragmentation,
+control frames, the close handshake); outgoing messages are frames the hub encoded once
+for all subscribers (frames.py). Nothing here awaits: an op that needs Redis runs in a
+task of the hub's, so a slow Redis never stops this connection's reading.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from typing import TYPE_CHECKING, Any
+
+from wsproto.connection import Connection, ConnectionState, ConnectionType
+from wsproto.events import BytesMessage, CloseConnection, Ping, TextMessage
+from wsproto.utilities import LocalProtocolError
+
+from surge.realtime import frames, wire
+
+if TYPE_CHECKING:
+    from surge.realtime.hub import Hub
+
+log = logging.getLogger("surge.realtime")
+
+# Close codes (docs/realtime.md)
+GOING_AWAY = 1001  # shutdown: reconnect elsewhere
+TOO_BIG = 1009  # a message over the size limit
+TOO_SLOW = 4008  # the client did not read fast enough: its outgoing buffer overflowed
+ABORT_AFTER = 5.0  # seconds a closing client gets to read its backlog and the close frame
+
+
+class WsConnection(asyncio.Protocol):
+    __slots__ = (
+        "_bucket",
+        "_hub",
+        "_partial",
+        "_partial_size",
+        "_refilled",
+        "_ws",
+        "closing",
+        "last_seen",
+        "rooms",
+        "transport",
+        "user",
+    )
+
+    def __init__(self, hub: Hub, user: str | None) -> None:
+        self._hub = hub
+        self.user = user  # None: anonymous (may only subscribe)
+        self.rooms: set[str] = set()
+        self.transport: asyncio.Transport | None = None
+        self._ws = Connection(ConnectionType.SERVER)
+        self._partial: list[str] | None = None
+        self._partial_size = 0
+        self._bucket = float(hub.limits.publish_rate)
+        self._refilled = time.monotonic()
+        self.last_seen = time.monotonic()
+        self.closing = False
+
+    # -- transport callbacks ------------------------------------------------------------------
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        self.transport = transport  # type: ignore[assignment]
+        self._hub.joined(self)
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        self.transport = None
+        self._hub.left(self)
+
+    def data_received(self, data: bytes) -> None:
+        self.last_seen = self._hub.now
+        ws = self._ws
+        ws.receive_data(data)
+        for event in ws.events():
+            if isinstance(event, TextMessage):
+                self._text(event.data, event.message_finished)
+            elif isinstance(event, BytesMessage):
+                if event.message_finished:
+                    self.reply(wire.error(None, "bad-frame", "send JSON in text frames"))
+            elif isinstance(event, Ping):
+                self._write(ws.send(event.response()))
+            elif isinstance(event, CloseConnection):
+                self._closed_by_peer(event)
+                return
+            if self.transport is None or self.closing:
+                return
+
+    def eof_received(self) -> bool | None:
+        return False  # the peer half-closed: close our side too
+
+    # -- incoming messages ----------------------------------------------------------------------
+    def _text(self, text: str, finished: bool) -> None:
+        limit = self._hub.limits.max_message
+        size = self._partial_size + len(text)  # characters: a lower bound of the bytes
+        if size > limit:
+            self.close(TOO_BIG, f"messages are limited to {limit} bytes")
+            return
+        if not finished:
+            if self._partial is None:
+                self._partial = []
+            self._partial.append(text)
+            self._partial_size = size
+            return
+        if self._partial is not None:
+            self._partial.append(text)
+            text = "".join(self._partial)
+            self._partial, self._partial_size = None, 0
+        if len(text.encode()) > limit:
+            self.close(TOO_BIG, f"messages are limited to {limit} bytes")
+            return
+        self._hub.stats["messages_in"] += 1
+        try:
+            op = wire.parse(text)
+            self._hub.handle(self, op)
+        except wire.WireError as refused:
+            self._hub.stats["errors"] += 1
+            self.reply(wire.error(refused.request_id, refused.code, refused.message))
+
+    def allow_publish(self) -> bool:
+        """The connection's token bucket: `publish_rate` a second, as many in a burst."""
+        rate = self._hub.limits.publish_rate
+        now = time.monotonic()
+        self._bucket = min(float(rate), self._bucket + (now - self._refilled) * rate)
+        self._refilled = now
+        if self._bucket < 1.0:
+            return False
+        self._bucket -= 1.0
+        return True
+
+    def _closed_by_peer(self, event: CloseConnection) -> None:
+        try:
+            self._write(self._ws.send(event.response()))
+        except LocalProtocolError:  # we had sent our close first: the handshake is done
+            pass
+        if self.transport is not None:
+            self.transport.close()
+
+    # -- outgoing ---------------------------------------------------------------------------------
+    def reply(self, payload: bytes) -> None:
+        """A frame for this client alone (ack, error)."""
+        self._write(frames.text(payload))
+
+    def _write(self, data: bytes) -> None:
+        transport = self.transport
+        if transport is not None and not self.closing:
+            transport.write(data)
+
+    def close(self, code: int, reason: str) -> None:
+        """Sends a close frame after whatever is queued, stops sending anything else, and
+        drops the connection if the client has not read up to it within ABORT_AFTER."""
+        transport = self.transport
+        if transport is None or self.closing:
+            return
+        self.closing = True
+        self._hub.forget(self)
+        if self._ws.state is ConnectionState.OPEN:
+            transport.write(self._ws.send(CloseConnection(code=code, reason=reason)))
+        transport.close()  # after the buffer is flushed
+        asyncio.get_running_loop().call_later(ABORT_AFTER, self.abort)
+
+    def abort(self) -> None:
+        if self.transport is not None:
+            self.transport.abort()
+
+    def describe(self) -> dict[str, Any]:
+        return {"user": self.user, "rooms": sorted(self.rooms)}

@@ -1,0 +1,98 @@
+"""GET /ws: the WebSocket handshake, checked before anything is switched.
+
+Refused with a problem+json answer, never upgraded: not a WebSocket upgrade (426), a bad
+key or version (400/426), an Origin not allowed (403), a bad token (401), the process at
+its connection limit or shutting down (503, Retry-After). A token (`?token=JWT` or
+`Authorization: Bearer`) is optional: anonymous clients may subscribe, not publish.
+"""
+
+from __future__ import annotations
+
+import resource
+from urllib.parse import parse_qs
+
+from surge.auth import Authenticator
+from surge.config import Settings
+from surge.http.response import Problem, Response
+from surge.http.server import Request, Upgrade
+from surge.realtime import frames
+from surge.realtime.connection import WsConnection
+from surge.realtime.hub import Hub, Limits
+
+
+def limits_of(settings: Settings) -> Limits:
+    return Limits(
+        max_connections=settings.ws_max_connections or default_max_connections(),
+        max_message=settings.ws_max_message,
+        max_rooms=settings.ws_max_rooms,
+        publish_rate=settings.ws_publish_rate,
+        send_buffer=settings.ws_send_buffer,
+        ping_interval=settings.ws_ping_interval,
+        ping_timeout=settings.ws_ping_timeout,
+        history=settings.ws_history,
+    )
+
+
+def default_max_connections() -> int:
+    """The open-files limit less 1,000 for everything else (database, Redis, HTTP)."""
+    soft, _ = resource.getrlimit(resource.RLIMIT_NOFILE)
+    if soft == resource.RLIM_INFINITY:
+        return 100_000
+    return max(100, soft - 1000)
+
+
+class Endpoint:
+    def __init__(self, hub: Hub, auth: Authenticator, origins: str) -> None:
+        self._hub = hub
+        self._auth = auth
+        self._origins = {o.strip().lower().encode() for o in origins.split(",") if o.strip()}
+
+    def handle(self, request: Request) -> Response | Upgrade:
+        headers = request.headers
+        if b"websocket" not in headers.get(b"upgrade", b"").lower() or b"upgrade" not in (
+            headers.get(b"connection", b"").lower()
+        ):
+            raise Problem(
+                426,
+                "upgrade-required",
+                "GET /ws is a WebSocket endpoint: send Upgrade: websocket",
+                (("upgrade", "websocket"),),
+            )
+        if headers.get(b"sec-websocket-version") != b"13":
+            raise Problem(
+                426,
+                "websocket-version",
+                "WebSocket version 13 only",
+                (("sec-websocket-version", "13"),),
+            )
+        key = headers.get(b"sec-websocket-key")
+        if not frames.valid_client_key(key):
+            raise Problem(400, "bad-websocket-key", "Sec-WebSocket-Key must be 16 bytes, base64")
+        origin = headers.get(b"origin")
+        if self._origins and (origin is None or origin.lower() not in self._origins):
+            raise Problem(403, "origin-not-allowed", "this Origin may not open /ws")
+        user = self._user(request)
+        if not self._hub.has_room():
+            self._hub.stats["refused"] += 1
+            raise Problem(
+                503,
+                "too-many-connections",
+                "this process is at its WebSocket connection limit or shutting down",
+                (("retry-after", "1"),),
+            )
+        assert key is not None
+        head = (
+            b"HTTP/1.1 101 Switching Protocols\r\nupgrade: websocket\r\nconnection: Upgrade\r\n"
+            b"sec-websocket-accept: " + frames.accept_key(key) + b"\r\n"
+        )
+        return Upgrade(head, WsConnection(self._hub, user))
+
+    def _user(self, request: Request) -> str | None:
+        header = request.headers.get(b"authorization")
+        if header is None and "token=" in request.query:
+            tokens = parse_qs(request.query).get("token")
+            if tokens:
+                header = b"Bearer " + tokens[0].encode()
+        if header is None:
+            return None  # anonymous: may subscribe only
+        return self._auth.user(header).id

@@ -1,0 +1,279 @@
+"""Rooms and fan-out: who is subscribed where, and how a message reaches them.
+
+A message is encoded once (by whoever numbered it, see backplane.py), framed once here,
+and written to every local subscriber's transport as the same bytes. Writes never wait:
+uvloop sends what the socket takes and buffers the rest, and a connection whose buffer
+is over `send_buffer` is closed as too slow instead of being written to, so one slow
+client costs the others nothing and no lock is ever held across a write (the Go design
+this grew from held one mutex around every write of every client).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import time
+from collections.abc import Coroutine
+from dataclasses import dataclass
+from typing import Any
+
+from surge.metrics import Histogram
+from surge.realtime import frames, wire
+from surge.realtime.backplane import Backplane
+from surge.realtime.connection import GOING_AWAY, TOO_SLOW, WsConnection
+
+log = logging.getLogger("surge.realtime")
+
+
+@dataclass(frozen=True, slots=True)
+class Limits:
+    max_connections: int = 10_000
+    max_message: int = 65_536  # bytes of one client message
+    max_rooms: int = 50  # rooms per connection
+    publish_rate: int = 50  # publishes a second per connection (and burst)
+    send_buffer: int = 1_048_576  # queued outgoing bytes before a client is too slow
+    ping_interval: float = 20.0  # seconds between pings
+    ping_timeout: float = 10.0  # a peer silent this long after a ping is dropped
+    history: int = 100  # messages kept per chat room for resume
+
+
+SALE_KEEP = 1  # a sale room keeps its latest state: a new subscriber gets it at once
+
+
+class Hub:
+    def __init__(self, limits: Limits, backplane: Backplane) -> None:
+        self.limits = limits
+        self._backplane = backplane
+        self.rooms: dict[str, set[WsConnection]] = {}
+        # subscribers catching up on history: live messages wait for them here
+        self._joining: dict[str, dict[WsConnection, list[tuple[int, bytes]]]] = {}
+        self.connections: set[WsConnection] = set()
+        self.now = time.monotonic()  # coarse clock for last_seen, ticked by the heartbeat
+        self.accepting = True
+        self.stats = {
+            "messages_in": 0,
+            "messages_out": 0,
+            "published": 0,
+            "errors": 0,
+            "dropped_slow": 0,
+            "heartbeat_timeouts": 0,
+            "refused": 0,
+        }
+        self.fanout = Histogram()
+        self._tasks: set[asyncio.Task[Any]] = set()
+        self._heartbeat: asyncio.Task[None] | None = None
+        self._all_gone: asyncio.Event | None = None  # set up by close()
+
+    async def start(self) -> None:
+        await self._backplane.start(self._deliver)
+        self._heartbeat = asyncio.get_running_loop().create_task(self._beat())
+
+    # -- the Rooms interface (surge.feed): the server publishes -------------------------------
+    async def publish(self, room: str, data: bytes) -> None:
+        await self._backplane.publish(room, data, self._keep(room))
+        self.stats["published"] += 1
+
+    def _keep(self, room: str) -> int:
+        return SALE_KEEP if room.startswith("sale:") else self.limits.history
+
+    # -- connections --------------------------------------------------------------------------
+    def has_room(self) -> bool:
+        return self.accepting and len(self.connections) < self.limits.max_connections
+
+    def joined(self, conn: WsConnection) -> None:
+        self.connections.add(conn)
+
+    def left(self, conn: WsConnection) -> None:
+        self.connections.discard(conn)
+        self.forget(conn)
+        if not self.connections and self._all_gone is not None:
+            self._all_gone.set()
+
+    def forget(self, conn: WsConnection) -> None:
+        """Takes a connection out of every room (it is closing)."""
+        for room in conn.rooms:
+            self._leave(conn, room)
+        conn.rooms.clear()
+
+    def _leave(self, conn: WsConnection, room: str) -> None:
+        members = self.rooms.get(room)
+        if members is not None:
+            members.discard(conn)
+            if not members:
+                del self.rooms[room]
+        joining = self._joining.get(room)
+        if joining is not None:
+            joining.pop(conn, None)
+            if not joining:
+                del self._joining[room]
+
+    # -- ops ----------------------------------------------------------------------------------
+    def handle(self, conn: WsConnection, op: wire.Op) -> None:
+        if isinstance(op, wire.Subscribe):
+            self._subscribe(conn, op)
+        elif isinstance(op, wire.Unsubscribe):
+            if op.room in conn.rooms:
+                conn.rooms.discard(op.room)
+                self._leave(conn, op.room)
+            conn.reply(wire.ack(op.request_id, room=op.room))
+        else:
+            self._publish(conn, op)
+
+    def _subscribe(self, conn: WsConnection, op: wire.Subscribe) -> None:
+        room = op.room
+        if room in conn.rooms:
+            conn.reply(wire.ack(op.request_id, room=room))
+            return
+        if len(conn.rooms) >= self.limits.max_rooms:
+            raise wire.WireError(
+                "too-many-rooms", f"at most {self.limits.max_rooms} rooms", op.request_id
+            )
+        conn.rooms.add(room)
+        since = op.since
+        if since is None and not room.startswith("sale:"):
+            self.rooms.setdefault(room, set()).add(conn)
+            conn.reply(wire.ack(op.request_id, room=room))
+            return
+        # history first (a sale room's latest state; or what a resuming client missed),
+        # live messages meanwhile held back for this subscriber
+        self._joining.setdefault(room, {})[conn] = []
+        self._spawn(self._catch_up(conn, room, since, op.request_id))
+
+    async def _catch_up(
+        self, conn: WsConnection, room: str, since: int | None, request_id: Any
+    ) -> None:
+        try:
+            kept, latest = await self._backplane.history(room)
+        except Exception as exc:
+            log.warning("history of %s unavailable: %s", room, exc)
+            self._leave(conn, room)
+            conn.rooms.discard(room)
+            conn.reply(wire.error(request_id, "unavailable", "history unavailable; retry"))
+            return
+        joining = self._joining.get(room)
+        if joining is None or conn not in joining:
+            return  # unsubscribed or gone meanwhile
+        held = joining.pop(conn)
+        if not joining:
+            del self._joining[room]
+        conn.reply(wire.ack(request_id, room=room, seq=latest))
+        if since is None:  # a sale room: its latest state only
+            missed, last = kept[-1:], 0
+        else:
+            missed, last = [(s, p) for s, p in kept if s > since], since
+            first = kept[0][0] if kept else latest + 1
+            if since < latest and first > since + 1:
+                conn.reply(
+                    wire.error(
+                        request_id,
+                        "resync",
+                        f"messages {since + 1}..{first - 1} of {room} are no longer kept: "
+                        "load the room's state anew; what is kept follows",
+                    )
+                )
+        for seq, payload in missed:
+            conn.reply(payload)
+            last = seq
+        for seq, frame in held:
+            if seq > last:
+                if conn.transport is not None and not conn.closing:
+                    conn.transport.write(frame)
+                last = seq
+        self.rooms.setdefault(room, set()).add(conn)
+
+    def _publish(self, conn: WsConnection, op: wire.Publish) -> None:
+        if conn.user is None:
+            raise wire.WireError("unauthorized", "publishing needs a token", op.request_id)
+        if not op.room.startswith("chat:"):
+            raise wire.WireError(
+                "forbidden", "sale rooms are published by the server only", op.request_id
+            )
+        if not conn.allow_publish():
+            raise wire.WireError(
+                "rate-limited",
+                f"at most {self.limits.publish_rate} publishes a second",
+                op.request_id,
+            )
+        self._spawn(self._publish_for(conn, op))
+
+    async def _publish_for(self, conn: WsConnection, op: wire.Publish) -> None:
+        try:
+            seq = await self._backplane.publish(op.room, op.data, self.limits.history)
+        except Exception as exc:
+            log.warning("publish to %s failed: %s", op.room, exc)
+            conn.reply(wire.error(op.request_id, "unavailable", "not published; retry"))
+            return
+        self.stats["published"] += 1
+        conn.reply(wire.ack(op.request_id, room=op.room, seq=seq))
+
+    # -- fan-out ---
+    def _deliver(self, room: str, seq: int, payload: bytes) -> None:
+        members = self.rooms.get(room)
+        joining = self._joining.get(room)
+        if not members and not joining:
+            return
+        started = time.perf_counter()
+        frame = frames.text(payload)
+        limit = self.limits.send_buffer
+        slow: list[WsConnection] = []
+        written = 0
+        if members:
+            for conn in members:
+                transport = conn.transport
+                if transport is None:
+                    continue
+                if transport.get_write_buffer_size() > limit:
+                    slow.append(conn)
+                    continue
+                transport.write(frame)
+            written = len(members) - len(slow)
+        if joining:
+            for held in joining.values():
+                held.append((seq, frame))
+        for conn in slow:
+            self.stats["dropped_slow"] += 1
+            conn.close(TOO_SLOW, "too slow: outgoing buffer full")
+        self.stats["messages_out"] += written
+        self.fanout.observe(time.perf_counter() - started)
+
+    # -- heartbeat and shutdown ---------------------------------------------------------------
+    async def _beat(self) -> None:
+        interval, timeout = self.limits.ping_interval, self.limits.ping_timeout
+        ticks = 0
+        while True:
+            await asyncio.sleep(min(1.0, interval))
+            self.now = time.monotonic()
+            ticks += 1
+            if ticks * min(1.0, interval) < interval:
+                continue
+            ticks = 0
+            dead_before = self.now - interval - timeout
+            for conn in list(self.connections):
+                if conn.last_seen < dead_before:
+                    self.stats["heartbeat_timeouts"] += 1
+                    conn.abort()  # silent for a ping and its timeout: the peer is gone
+                elif conn.transport is not None and not conn.closing:
+                    conn.transport.write(frames.PING_FRAME)
+
+    async def close(self, grace: float = 1.0) -> None:
+        """Every client gets close code 1001 (going away: reconnect elsewhere)."""
+        self.accepting = False
+        if self._heartbeat is not None:
+            self._heartbeat.cancel()
+        self._all_gone = asyncio.Event()
+        for conn in list(self.connections):
+            conn.close(GOING_AWAY, "server shutting down")
+        if self.connections:
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self._all_gone.wait(), grace)
+        for conn in list(self.connections):
+            conn.abort()
+        for task in list(self._tasks):
+            task.cancel()
+        await asyncio.gather(*self._tasks, return_exceptions=True)
+
+    def _spawn(self, work: Coroutine[Any, Any, None]) -> None:
+        task = asyncio.get_running_loop().create_task(work)
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)

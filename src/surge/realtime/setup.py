@@ -1,0 +1,47 @@
+"""Builds the hub for the App: its backplane, its route and its metrics."""
+
+from __future__ import annotations
+
+from surge.auth import Authenticator
+from surge.backends import Backends
+from surge.config import Settings
+from surge.http.router import Router
+from surge.metrics import Metrics
+from surge.realtime.backplane import Backplane, LocalBackplane, RedisBackplane
+from surge.realtime.endpoint import Endpoint, limits_of
+from surge.realtime.hub import Hub
+
+
+async def start_hub(
+    settings: Settings, backends: Backends, auth: Authenticator, router: Router, metrics: Metrics
+) -> Hub:
+    backplane: Backplane = (
+        RedisBackplane(backends.redis_client, backends.bus, settings.redis_prefix)
+        if backends.redis_client is not None
+        else LocalBackplane()
+    )
+    hub = Hub(limits_of(settings), backplane)
+    await hub.start()
+    router.add("GET", "/ws", Endpoint(hub, auth, settings.ws_origins).handle)
+    metrics.gauge("ws_connections", "Open WebSocket connections", lambda: len(hub.connections))
+    metrics.gauge(
+        "ws_subscriptions",
+        "Room subscriptions of this process's connections",
+        lambda: sum(len(members) for members in hub.rooms.values()),
+    )
+    metrics.gauge("ws_rooms", "Rooms with a subscriber in this process", lambda: len(hub.rooms))
+    counters = {
+        "messages_in": "WebSocket messages received from clients",
+        "messages_out": "Room messages written to WebSocket clients (one per subscriber)",
+        "published": "Room messages published from this process",
+        "errors": "Client messages answered with an error frame",
+        "dropped_slow": "Clients closed as too slow (4008)",
+        "heartbeat_timeouts": "Clients dropped for not answering pings",
+        "refused": "WebSocket upgrades refused at the connection limit (503)",
+    }
+    for key, doc in counters.items():
+        metrics.counter(f"ws_{key}", doc, lambda key=key: hub.stats[key])  # type: ignore[misc]
+    metrics.histogram(
+        "ws_fanout_seconds", "Time to write one room message to every local subscriber", hub.fanout
+    )
+    return hub

@@ -1,0 +1,109 @@
+"""The hub's wire protocol: JSON text frames, small on purpose (docs/realtime.md).
+
+Client -> server:
+  {"op":"subscribe","room":"chat:lobby","id":1}            optional "since": SEQ to resume
+  {"op":"unsubscribe","room":"chat:lobby","id":2}
+  {"op":"publish","room":"chat:lobby","data":{...},"id":3}  needs a token; chat rooms only
+Server -> client:
+  {"op":"message","room":R,"seq":N,"data":D}
+  {"op":"ack","id":X,...}                                   subscribe/publish: "room", "seq"
+  {"op":"error","id":X,"code":"...","message":"..."}
+
+`id` is the client's (an integer or a short string), echoed in the ack or error; optional.
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass
+from typing import Any
+
+import orjson
+
+CHAT = re.compile(r"chat:[A-Za-z0-9_.\-]{1,64}")
+SALE = re.compile(r"sale:[1-9][0-9]{0,17}")
+
+
+class WireError(Exception):
+    """A request the hub refuses: answered with an error frame, the connection stays."""
+
+    def __init__(self, code: str, message: str, request_id: Any = None) -> None:
+        super().__init__(message)
+        self.code = code
+        self.message = message
+        self.request_id = request_id
+
+
+@dataclass(frozen=True, slots=True)
+class Subscribe:
+    room: str
+    request_id: Any
+    since: int | None
+
+
+@dataclass(frozen=True, slots=True)
+class Unsubscribe:
+    room: str
+    request_id: Any
+
+
+@dataclass(frozen=True, slots=True)
+class Publish:
+    room: str
+    data: bytes  # the data, as compact JSON
+    request_id: Any
+
+
+Op = Subscribe | Unsubscribe | Publish
+
+
+def parse(payload: str) -> Op:
+    try:
+        message = orjson.loads(payload)
+    except orjson.JSONDecodeError:
+        raise WireError("bad-json", "the frame is not JSON") from None
+    if not isinstance(message, dict):
+        raise WireError("bad-message", "a message is a JSON object")
+    request_id = message.get("id")
+    if request_id is not None and not _valid_id(request_id):
+        raise WireError("bad-message", "id must be an integer or a string of up to 64 characters")
+    op = message.get("op")
+    room = message.get("room")
+    if op not in ("subscribe", "unsubscribe", "publish"):
+        raise WireError("bad-op", "op must be subscribe, unsubscribe or publish", request_id)
+    if not isinstance(room, str) or not (CHAT.fullmatch(room) or SALE.fullmatch(room)):
+        raise WireError(
+            "bad-room",
+            "room must be chat:NAME (A-Z a-z 0-9 _ . -, up to 64) or sale:ID",
+            request_id,
+        )
+    if op == "subscribe":
+        since = message.get("since")
+        if since is not None and (type(since) is not int or since < 0):
+            raise WireError("bad-message", "since must be a sequence number >= 0", request_id)
+        return Subscribe(room, request_id, since)
+    if op == "unsubscribe":
+        return Unsubscribe(room, request_id)
+    if "data" not in message:
+        raise WireError("bad-message", "publish needs data", request_id)
+    return Publish(room, orjson.dumps(message["data"]), request_id)
+
+
+def _valid_id(value: Any) -> bool:
+    if type(value) is int:
+        return -(2**53) < value < 2**53
+    return isinstance(value, str) and len(value) <= 64
+
+
+def message(room: str, seq: int, data: bytes) -> bytes:
+    """A room's message. Built by concatenation: `data` is JSON already and the room name
+    was validated (nothing to escape), so the payload is encoded once, by the publisher."""
+    return b'{"op":"message","room":"%s","seq":%d,"data":%s}' % (room.encode(), seq, data)
+
+
+def ack(request_id: Any, **extra: Any) -> bytes:
+    return orjson.dumps({"op": "ack", "id": request_id, **extra})
+
+
+def error(request_id: Any, code: str, text: str) -> bytes:
+    return orjson.dumps({"op": "error", "id": request_id, "code": code, "message": text})
