@@ -2,8 +2,9 @@
 
 `Rooms` is the real-time publisher interface; the WebSocket hub (`surge.realtime.hub`)
 implements it, across processes through Redis. `LocalRooms` is a plain in-process
-implementation, for tests. `StockFeed` coalesces: however many purchases change a sale's stock, its room gets
-at most one update per `interval` (4 a second by default), carrying the latest count.
+implementation, for tests. `StockFeed` coalesces: however many purchases change a
+sale's stock, its room gets at most one update per `interval` (4 a second by default),
+carrying the latest count.
 """
 
 from __future__ import annotations
