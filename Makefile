@@ -4,7 +4,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: run test install lint typecheck bench bench-orders bench-sale clean
+.PHONY: run test install lint typecheck bench bench-orders bench-sale bench-broadcast clean
 
 $(STAMP): pyproject.toml constraints.txt scripts/install-system-deps.sh
 	bash scripts/install-system-deps.sh
@@ -36,11 +36,16 @@ typecheck: $(STAMP)
 	$(BIN)/mypy
 
 ## Benchmarks (write BENCHMARKS.md); minutes, not part of `test`.
-bench: bench-orders bench-sale
+bench: bench-orders bench-sale bench-broadcast
 
 bench-orders: $(STAMP)
 	bash scripts/ensure-services.sh
 	$(BIN)/python -m bench.orders
+
+## WebSocket broadcast against the Go chat baseline: 1,000 to 36,000 receivers.
+bench-broadcast: $(STAMP)
+	bash scripts/ensure-services.sh
+	$(BIN)/python -m bench.broadcast
 
 ## The flash-sale storm: 100,000 purchase attempts for 1,000 items on MariaDB + Redis.
 bench-sale: $(STAMP)

@@ -33,7 +33,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import re
 import secrets
 import shlex
@@ -44,7 +43,7 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
-from bench import common
+from bench import baseline, common
 from bench.common import HIT_IDS, MAX_WARMUP_RUNS, OUT, ROOT, THREADS, BenchError, Processes, Server
 from bench.report import markdown, targets
 
@@ -58,8 +57,7 @@ SURGE_WORKERS = 2
 TOKEN_TTL = 12 * 3600.0
 WARM_ERRORS = 0.01  # a warm-up run with at most this share of errors ends it
 SURGE_BIN = common.SURGE_BIN
-GO_BIN = ROOT / "bench" / "bin" / "orderserver"
-BUILD_SCRIPT = ROOT.parent / "shared" / "baseline" / "build.sh"
+GO_BIN = baseline.BIN / "orderserver"
 REPORT = ROOT / "BENCHMARKS.md"
 HEADER = """# Benchmarks
 
@@ -132,17 +130,7 @@ class Bench:
         common.require_tool("wrk", "install it with `bash scripts/install-system-deps.sh`")
         common.require_tool("mariadb", "the MariaDB client is needed to create the database")
         common.require_tool("redis-cli", "the Redis client is needed to clear the caches")
-        build = ["bash", os.path.relpath(BUILD_SCRIPT, ROOT), "bench/bin"]
-        if GO_BIN.exists():
-            self.note(f"{shlex.join(build)}  # skipped: bench/bin/orderserver exists")
-        else:
-            if not BUILD_SCRIPT.exists():
-                common.fail(f"no Go baseline at {BUILD_SCRIPT}")
-            print("building the Go baseline ...")
-            # an absolute output directory: the script builds from inside each program's
-            # own directory, where a relative one would land
-            common.run([*build[:2], str(GO_BIN.parent)], timeout=900)
-            self.note(shlex.join(build))
+        baseline.ensure_built(self.note)
         create = ["mariadb", "-uroot", "-e", f"CREATE DATABASE IF NOT EXISTS {DATABASE}"]
         common.run(create)
         self.note(shlex.join(create))
