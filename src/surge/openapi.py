@@ -306,6 +306,19 @@ DOCUMENT: dict[str, Any] = {
                 },
             }
         },
+        "/demo": {
+            "get": {
+                "summary": "A page to watch a sale's live stock and chat, in a browser",
+                "description": "Controls can be preset from the URL: "
+                "`?sale=ID&room=chat:NAME&token=JWT&say=TEXT`.",
+                "responses": {
+                    "200": {
+                        "description": "the page",
+                        "content": {"text/html": {"schema": {"type": "string"}}},
+                    }
+                },
+            }
+        },
         "/healthz": {
             "get": {
                 "summary": "Liveness: the process answers",

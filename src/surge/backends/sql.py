@@ -7,17 +7,21 @@ connection at most until its own deadline cancels it.
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
-from collections.abc import Sequence
+import logging
+from collections.abc import AsyncIterator, Sequence
 from datetime import UTC
 from typing import Any
 
 import sqlalchemy as sa
 from sqlalchemy.engine import make_url
-from sqlalchemy.ext.asyncio import AsyncEngine, create_async_engine
+from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine, create_async_engine
 
 from surge.schema import ORDER_COLUMNS, orders
 from surge.types import Order
+
+log = logging.getLogger("surge.sql")
 
 DRIVERS = {
     "sqlite": "sqlite+aiosqlite",
@@ -57,6 +61,36 @@ def create_engine(url: str, pool_size: int) -> AsyncEngine:
     if target.get_backend_name() == "mysql":
         sa.event.listen(engine.sync_engine, "reset", _rollback_unless_ended)
     return engine
+
+
+@contextlib.asynccontextmanager
+async def connected(engine: AsyncEngine) -> AsyncIterator[AsyncConnection]:
+    """`engine.connect()`, closed inline. SQLAlchemy's own context manager closes the
+    connection in a task of its own, shielded from cancellation: two more turns of the
+    event loop for every query, and under a storm a turn takes 10-25 ms (measured: a
+    winners' batch spent 50 ms of its 75 there). If a cancellation interrupts the close,
+    the connection is discarded (its state is unknown) in the background."""
+    conn = await engine.connect()
+    try:
+        yield conn
+    finally:
+        try:
+            await conn.close()
+        except asyncio.CancelledError:
+            task = asyncio.ensure_future(_discard(conn))
+            _discarding.add(task)
+            task.add_done_callback(_discarding.discard)
+            raise
+
+
+_discarding: set[asyncio.Future[None]] = set()
+
+
+async def _discard(conn: AsyncConnection) -> None:
+    try:
+        await conn.invalidate()
+    except Exception as exc:  # already closed, or the database is gone: nothing to do
+        log.debug("discarding a connection: %s", exc)
 
 
 ENDED = "surge.transaction_ended"
@@ -110,7 +144,7 @@ class SqlStore:
 
     async def get_orders(self, ids: Sequence[int]) -> dict[int, Order]:
         query = _SELECT_ORDERS.where(orders.c.id.in_(list(ids)))
-        async with self.engine.connect() as conn:
+        async with connected(self.engine) as conn:
             rows = (await conn.execute(query)).all()
         return {
             row[0]: Order(row[0], row[1], row[2], row[3], row[4], row[5].replace(tzinfo=UTC))
@@ -127,7 +161,7 @@ class SqlStore:
                 await held.enter_async_context(self.engine.connect())
 
     async def ping(self) -> None:
-        async with self.engine.connect() as conn:
+        async with connected(self.engine) as conn:
             await conn.execute(sa.text("SELECT 1"))
 
     async def close(self) -> None:

@@ -28,7 +28,7 @@ from typing import Any, Protocol
 import sqlalchemy as sa
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 
-from surge.backends.sql import mark_ended
+from surge.backends.sql import connected, mark_ended
 from surge.schema import orders, outbox, sale_buyers, sales
 
 
@@ -72,7 +72,7 @@ async def _mysql(
     engine: AsyncEngine, sale_id: int, wins: Sequence[Winner], total: int, created: datetime
 ) -> dict[str, int]:
     payload = json.dumps([[w.user_id, w.quantity, w.key, w.request_hash] for w in wins])
-    async with engine.connect() as conn:
+    async with connected(engine) as conn:
         driver: Any = (await conn.get_raw_connection()).driver_connection
         try:
             async with driver.cursor() as cursor:
@@ -122,7 +122,7 @@ _PG_REFUSALS = ("23505", "40P01", "40001", "55P03")
 async def _postgresql(
     engine: AsyncEngine, sale_id: int, wins: Sequence[Winner], total: int, created: datetime
 ) -> dict[str, int]:
-    async with engine.connect() as conn:
+    async with connected(engine) as conn:
         driver: Any = (await conn.get_raw_connection()).driver_connection
         try:
             rows = await driver.fetch(
@@ -156,7 +156,7 @@ async def _statements(
     engine: AsyncEngine, sale_id: int, wins: Sequence[Winner], total: int, created: datetime
 ) -> dict[str, int]:
     try:
-        async with engine.begin() as conn:
+        async with connected(engine) as conn, conn.begin():
             # a repeat buyer's existing row is a primary-key violation: refused
             await conn.execute(
                 sa.insert(sale_buyers),

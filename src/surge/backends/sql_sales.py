@@ -17,7 +17,7 @@ from typing import Any
 import sqlalchemy as sa
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 
-from surge.backends.sql import mark_ended
+from surge.backends.sql import connected, mark_ended
 from surge.backends.sql_batch import Refused, commit_batch
 from surge.gate import GateState
 from surge.sales import NewSale, Sale
@@ -99,7 +99,7 @@ class SqlSales:
         self.engine = engine
 
     async def create_sale(self, new: NewSale, now: datetime) -> Sale:
-        async with self.engine.begin() as conn:
+        async with connected(self.engine) as conn, conn.begin():
             result = await conn.execute(
                 sa.insert(sales).values(
                     name=new.name,
@@ -123,7 +123,7 @@ class SqlSales:
         )
 
     async def get_sale(self, sale_id: int) -> Sale | None:
-        async with self.engine.connect() as conn:
+        async with connected(self.engine) as conn:
             row = (
                 await conn.execute(sa.select(*_SALE_COLUMNS).where(sales.c.id == sale_id))
             ).first()
@@ -131,13 +131,13 @@ class SqlSales:
 
     async def open_sales(self, now: datetime) -> list[int]:
         """Sales not ended yet: the ones whose gates start-up rebuilds."""
-        async with self.engine.connect() as conn:
+        async with connected(self.engine) as conn:
             rows = await conn.execute(sa.select(sales.c.id).where(sales.c.ends_at > _naive(now)))
             return [int(row[0]) for row in rows]
 
     async def gate_state(self, sale_id: int) -> GateState | None:
         """The gate's view of a sale, rebuilt from what the database committed."""
-        async with self.engine.connect() as conn:
+        async with connected(self.engine) as conn:
             row = (
                 await conn.execute(sa.select(*_SALE_COLUMNS).where(sales.c.id == sale_id))
             ).first()
@@ -164,11 +164,11 @@ class SqlSales:
         if before is not None:
             query = query.where(orders.c.id < before)
         query = query.order_by(orders.c.id.desc()).limit(limit)
-        async with self.engine.connect() as conn:
+        async with connected(self.engine) as conn:
             return [_order(row) for row in (await conn.execute(query)).all()]
 
     async def order_by_key(self, user_id: str, key: str) -> tuple[Order, str] | None:
-        async with self.engine.connect() as conn:
+        async with connected(self.engine) as conn:
             row = (
                 await conn.execute(
                     sa.select(*_ORDER_COLUMNS, orders.c.request_hash).where(
@@ -179,7 +179,7 @@ class SqlSales:
         return None if row is None else (_order(row), row._mapping["request_hash"] or "")
 
     async def sale_orders(self, sale_id: int) -> list[Order]:
-        async with self.engine.connect() as conn:
+        async with connected(self.engine) as conn:
             rows = (
                 await conn.execute(sa.select(*_ORDER_COLUMNS).where(orders.c.sale_id == sale_id))
             ).all()
@@ -228,7 +228,7 @@ class SqlSales:
         created = now.astimezone(UTC).replace(microsecond=0)  # what every database keeps
         for attempt in range(1, ATTEMPTS + 1):
             try:
-                async with self.engine.connect() as conn:
+                async with connected(self.engine) as conn:
                     # READ COMMITTED on MySQL (surge.backends.sql.create_engine)
                     async with conn.begin():
                         order_id = await self._purchase(

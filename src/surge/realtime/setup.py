@@ -2,14 +2,21 @@
 
 from __future__ import annotations
 
+from importlib import resources
+
 from surge.auth import Authenticator
 from surge.backends import Backends
 from surge.config import Settings
+from surge.http.response import response
 from surge.http.router import Router
 from surge.metrics import Metrics
 from surge.realtime.backplane import Backplane, LocalBackplane, RedisBackplane
 from surge.realtime.endpoint import Endpoint, limits_of
 from surge.realtime.hub import Hub
+
+HTML = b"text/html; charset=utf-8"
+# a page to watch a sale's stock and chat from a browser (docs/realtime.md)
+DEMO_PAGE = (resources.files("surge.realtime") / "demo.html").read_bytes()
 
 
 async def start_hub(
@@ -23,6 +30,8 @@ async def start_hub(
     hub = Hub(limits_of(settings), backplane)
     await hub.start()
     router.add("GET", "/ws", Endpoint(hub, auth, settings.ws_origins).handle)
+    page = response(200, DEMO_PAGE, HTML, (("cache-control", "no-cache"),))
+    router.add("GET", "/demo", lambda _request: page)
     metrics.gauge("ws_connections", "Open WebSocket connections", lambda: len(hub.connections))
     metrics.gauge(
         "ws_subscriptions",
