@@ -255,12 +255,12 @@ class Purchases:
         commit = self._batcher.submit(sale, Win(user_id, quantity, key, wanted))
         try:
             try:
-                done = await asyncio.shield(commit)
+                done = await commit.waiter
             except asyncio.CancelledError:
                 # The deadline (or shutdown) came during the commit. Cutting it off would
                 # leave the buyer not knowing whether it landed: its outcome is the answer,
                 # if it comes within one more deadline.
-                done = await self._grace(commit)
+                done = await self._grace(commit.outcome)
         except _Unknown:
             await self._release(sale.id, user_id, key, quantity)  # over-admitting is safe
             raise Problem(

@@ -36,19 +36,32 @@ class Recorder:
 async def test_winners_wait_for_the_batch_in_front_and_go_together() -> None:
     store = Recorder(fail_user="u7")
     batcher = CommitBatcher(store)  # type: ignore[arg-type]
-    first = [batcher.submit(SALE, Win(f"u{i}", 1, "k", "h")) for i in range(3)]
+    first = [batcher.submit(SALE, Win(f"u{i}", 1, "k", "h")).waiter for i in range(3)]
     await asyncio.sleep(0.01)  # the first batch is committing now
-    later = [batcher.submit(SALE, Win(f"u{i}", 1, "k", "h")) for i in range(3, 10)]
+    later = [batcher.submit(SALE, Win(f"u{i}", 1, "k", "h")).waiter for i in range(3, 10)]
     results = await asyncio.gather(*first, *later, return_exceptions=True)
     assert store.batches == [["u0", "u1", "u2"], [f"u{i}" for i in range(3, 10)]]
     assert isinstance(results[7], ValueError)  # u7's own failure, nobody else's
     assert sum(isinstance(r, Purchase) for r in results) == 9
 
 
+async def test_a_request_that_gave_up_can_still_learn_the_outcome() -> None:
+    store = Recorder(fail_user="bad")
+    batcher = CommitBatcher(store)  # type: ignore[arg-type]
+    good = batcher.submit(SALE, Win("good", 1, "k", "h"))
+    bad = batcher.submit(SALE, Win("bad", 1, "k", "h"))
+    await asyncio.sleep(0.01)
+    good.waiter.cancel()  # its request hit the deadline during the commit
+    assert (await asyncio.wait_for(asyncio.shield(good.outcome), 1.0)).outcome == "committed"
+    with pytest.raises(ValueError):
+        await bad.waiter
+    assert isinstance(bad.outcome.exception(), ValueError)
+
+
 async def test_an_idle_winner_commits_at_once_alone() -> None:
     store = Recorder()
     batcher = CommitBatcher(store)  # type: ignore[arg-type]
-    assert (await batcher.submit(SALE, Win("solo", 1, "k", "h"))).outcome == "committed"
+    assert (await batcher.submit(SALE, Win("solo", 1, "k", "h")).waiter).outcome == "committed"
     assert store.batches == [["solo"]]
 
 
