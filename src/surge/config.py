@@ -65,6 +65,7 @@ class Settings:
     ws_ping_timeout: float = 10.0
     ws_history: int = 100
     ws_origins: str = ""
+    ws_fanout_threads: int = -1  # -1: one per further core, at most 3
 
     @property
     def embedded(self) -> bool:
@@ -106,6 +107,13 @@ def _non_negative_int(text: str) -> int:
     value = int(text)
     if value < 0:
         raise ValueError("must be >= 0")
+    return value
+
+
+def _fanout_threads(text: str) -> int:
+    value = int(text)
+    if not -1 <= value <= 16:
+        raise ValueError("must be -1 (automatic) or 0..16")
     return value
 
 
@@ -229,6 +237,11 @@ FIELDS: tuple[Field, ...] = (
     Field("ws_ping_interval", _positive_float, "seconds between WebSocket pings"),
     Field("ws_ping_timeout", _positive_float, "a silent peer is dropped this long after a ping"),
     Field("ws_history", _non_negative_int, "messages kept per chat room for resume (0 = none)"),
+    Field(
+        "ws_fanout_threads",
+        _fanout_threads,
+        "threads writing a WebSocket fan-out beside the event loop; -1 = cores - 1 (max 3)",
+    ),
     Field(
         "ws_origins",
         str,

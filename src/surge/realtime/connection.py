@@ -41,6 +41,7 @@ class WsConnection(asyncio.Protocol):
         "_refilled",
         "_ws",
         "closing",
+        "fd",
         "last_seen",
         "rooms",
         "transport",
@@ -63,6 +64,7 @@ class WsConnection(asyncio.Protocol):
     # -- transport callbacks ------------------------------------------------------------------
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         self.transport = transport  # type: ignore[assignment]
+        self.fd: int = transport.get_extra_info("socket").fileno()  # for the fan-out's writes
         self._hub.joined(self)
 
     def connection_lost(self, exc: Exception | None) -> None:

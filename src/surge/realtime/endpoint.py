@@ -17,6 +17,7 @@ from surge.http.response import Problem, Response
 from surge.http.server import Request, Upgrade
 from surge.realtime import frames
 from surge.realtime.connection import WsConnection
+from surge.realtime.fanout import default_helpers
 from surge.realtime.hub import Hub, Limits
 
 
@@ -30,6 +31,9 @@ def limits_of(settings: Settings) -> Limits:
         ping_interval=settings.ws_ping_interval,
         ping_timeout=settings.ws_ping_timeout,
         history=settings.ws_history,
+        fanout_threads=(
+            settings.ws_fanout_threads if settings.ws_fanout_threads >= 0 else default_helpers()
+        ),
     )
 
 

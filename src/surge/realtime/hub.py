@@ -22,6 +22,7 @@ from surge.metrics import Histogram
 from surge.realtime import frames, wire
 from surge.realtime.backplane import Backplane
 from surge.realtime.connection import GOING_AWAY, TOO_SLOW, WsConnection
+from surge.realtime.fanout import FanOut
 
 log = logging.getLogger("surge.realtime")
 
@@ -36,6 +37,7 @@ class Limits:
     ping_interval: float = 20.0  # seconds between pings
     ping_timeout: float = 10.0  # a peer silent this long after a ping is dropped
     history: int = 100  # messages kept per chat room for resume
+    fanout_threads: int = 1  # helper threads writing a fan-out beside the event loop
 
 
 SALE_KEEP = 1  # a sale room keeps its latest state: a new subscriber gets it at once
@@ -44,6 +46,7 @@ SALE_KEEP = 1  # a sale room keeps its latest state: a new subscriber gets it at
 class Hub:
     def __init__(self, limits: Limits, backplane: Backplane) -> None:
         self.limits = limits
+        self._fanout = FanOut(limits.fanout_threads)
         self._backplane = backplane
         self.rooms: dict[str, set[WsConnection]] = {}
         # subscribers catching up on history: live messages wait for them here
@@ -219,14 +222,22 @@ class Hub:
         slow: list[WsConnection] = []
         written = 0
         if members:
+            direct: list[WsConnection] = []  # nothing queued: written straight to the socket
             for conn in members:
                 transport = conn.transport
                 if transport is None:
                     continue
-                if transport.get_write_buffer_size() > limit:
+                queued = transport.get_write_buffer_size()
+                if queued > limit:
                     slow.append(conn)
-                    continue
-                transport.write(frame)
+                elif queued:
+                    transport.write(frame)  # behind what is queued
+                else:
+                    direct.append(conn)
+            for target, sent in self._fanout.write(direct, frame):
+                transport = target.transport  # type: ignore[attr-defined]
+                if transport is not None:
+                    transport.write(frame[sent:])
             written = len(members) - len(slow)
         if joining:
             for held in joining.values():
@@ -272,6 +283,7 @@ class Hub:
         for task in list(self._tasks):
             task.cancel()
         await asyncio.gather(*self._tasks, return_exceptions=True)
+        self._fanout.close()
 
     def _spawn(self, work: Coroutine[Any, Any, None]) -> None:
         task = asyncio.get_running_loop().create_task(work)
