@@ -11,6 +11,7 @@ import socket
 import time
 from collections.abc import AsyncIterator, Iterator
 from contextlib import asynccontextmanager, contextmanager
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
@@ -278,6 +279,42 @@ def test_chat_between_two_processes_through_redis(tmp_path: Path) -> None:
         run_cli(env, "db", "migrate")
         with serve(env, tmp_path) as one, serve(env, tmp_path) as two:
             asyncio.run(_chat_across(one, two))
+            asyncio.run(_sale_across(one, two))
+
+
+async def _sale_across(one: Server, two: Server) -> None:
+    """A purchase on one process moves the stock seen by a subscriber of the other."""
+    now = datetime.now(UTC)
+    async with httpx.AsyncClient() as http:
+        created = await http.post(
+            f"{one.url}/sales",
+            json={
+                "name": "across",
+                "stock": 5,
+                "starts_at": (now - timedelta(minutes=1)).isoformat(),
+                "ends_at": (now + timedelta(hours=1)).isoformat(),
+            },
+            headers={"Authorization": f"Bearer {mint(SECRET, 'root', admin=True)}"},
+        )
+        sale = int(created.json()["id"])
+        async with client(two) as watcher:
+            await op(watcher, op="subscribe", room=f"sale:{sale}")
+            bought = await http.post(
+                f"{one.url}/sales/{sale}/orders",
+                json={"quantity": 2},
+                headers={
+                    "Authorization": f"Bearer {mint(SECRET, 'kim')}",
+                    "Idempotency-Key": "k",
+                },
+            )
+            assert bought.status_code == 201
+            update = await receive(watcher)
+            assert (update["room"], update["data"]) == (
+                f"sale:{sale}",
+                {"remaining": 3, "state": "live"},
+            )
+            refused = await op(watcher, op="publish", room=f"sale:{sale}", data={})
+            assert refused["code"] == "unauthorized"  # anonymous; with a token: forbidden
 
 
 async def _chat_across(one: Server, two: Server) -> None:
@@ -293,3 +330,29 @@ async def _chat_across(one: Server, two: Server) -> None:
     async with client(two) as late:  # the history is shared too
         await op(late, op="subscribe", room="chat:x", since=18)
         assert [(await receive(late))["data"] for _ in range(2)] == [18, 19]
+
+
+async def test_a_protocol_violation_closes_with_1002(tmp_path: Path) -> None:
+    with embedded(tmp_path) as server:
+        sock = _raw_upgrade(server, "chat:v")
+        try:
+            sock.sendall(b"\x81\x02hi")  # a client frame without a mask
+            sock.settimeout(5)
+            data = b""
+            while chunk := sock.recv(4096):  # until the server closes
+                data += chunk
+            frames = []
+            while data:  # small unmasked server frames: 2-byte headers
+                size = data[1] & 0x7F
+                frames.append((data[0], data[2 : 2 + size]))
+                data = data[2 + size :]
+            assert frames[-1][0] == 0x88  # a close frame, last...
+            assert int.from_bytes(frames[-1][1][:2], "big") == 1002  # ...protocol error
+            assert (await _healthy(server)) == 200  # and the server goes on
+        finally:
+            sock.close()
+
+
+async def _healthy(server: Server) -> int:
+    async with httpx.AsyncClient() as http:
+        return (await http.get(f"{server.url}/healthz")).status_code

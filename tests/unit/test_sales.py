@@ -121,3 +121,21 @@ def test_states() -> None:
 def test_fingerprints_tell_requests_apart() -> None:
     assert fingerprint(1, 1) == fingerprint(1, 1)
     assert len({fingerprint(1, 1), fingerprint(1, 2), fingerprint(2, 1)}) == 3
+
+
+def test_remembered_bodies_answer_as_parsed_ones() -> None:
+    for _ in range(3):  # parsed, then remembered
+        assert parse_quantity(b'{"quantity":3}') == 3
+        with pytest.raises(Problem) as bad:
+            parse_quantity(b'{"quantity":0}')  # refusals are never remembered
+        assert bad.value.kind == "invalid-purchase"
+    padded = b'{"quantity": 2' + b" " * 100 + b"}"
+    assert parse_quantity(padded) == 2  # long bodies parsed every time
+
+
+def test_live_at_agrees_with_live() -> None:
+    now = datetime.now(UTC)
+    sale = Sale(1, "s", 1, 1, 1, now - timedelta(seconds=10), now + timedelta(seconds=10))
+    for offset in (-20, -10, 0, 9.9, 10, 20):
+        moment = now + timedelta(seconds=offset)
+        assert sale.live_at(moment.timestamp()) == sale.live(moment)
