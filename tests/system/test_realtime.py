@@ -291,6 +291,7 @@ async def _sale_across(one: Server, two: Server) -> None:
             json={
                 "name": "across",
                 "stock": 5,
+                "per_user_limit": 2,
                 "starts_at": (now - timedelta(minutes=1)).isoformat(),
                 "ends_at": (now + timedelta(hours=1)).isoformat(),
             },
