@@ -25,10 +25,11 @@ Last, the sustained refusal rate: wrk sends further attempts at the sold-out sal
 `--flood` seconds with a plain script (no Lua response hook, which slows wrk), as the
 order benchmark's cache-hit runs do, and the database is asked again.
 
-The reference for "refusals as fast as cache hits" is the latest Surge c=256 cache-hit
-figure in the order section of BENCHMARKS.md, measured by another run of another harness
-with the same plain wrk client as the sustained refusals: that pair is the comparison.
-The storm's refusal rate is reported beside it for context only: its client times every
+"Refusals as fast as cache hits" is then measured on that same server: the order query's
+caches are warmed (`GET /orders/{id}` walking ids 1..100,000 with each owner's token;
+missing orders are seeded first), and runs of cache hits and of refusals of the sold-out
+sale alternate, 3 each, with the same plain wrk client; the medians are compared. The
+storm's own refusal rate is reported beside it for context only: its client times every
 answer in Lua, which costs wrk 2-3x the CPU per request on the same two cores.
 """
 
@@ -49,7 +50,7 @@ from pathlib import Path
 from typing import Any
 
 from bench import common, sale_load
-from bench.common import OUT, ROOT, THREADS, BenchError, Processes, Server
+from bench.common import HIT_IDS, OUT, ROOT, THREADS, BenchError, Processes, Server
 from bench.orders import HEADER
 from bench.sale_report import (
     REPORT,
@@ -67,6 +68,7 @@ REDIS_URL = "redis://127.0.0.1:6379/1"
 SURGE_WORKERS = 2
 TOKEN_TTL = 12 * 3600.0
 ROUTE = "/sales/{id}/orders"
+ROUNDS_COMPARED = 3  # alternated cache-hit and refusal runs
 SURGE_BIN = common.SURGE_BIN
 
 
@@ -157,6 +159,7 @@ class SaleBench:
         self.note(shlex.join(create))
         common.run([str(SURGE_BIN), "db", "migrate"], env=self.env(), timeout=300)
         self.note(f"SURGE_DATABASE_URL={DATABASE_URL} .venv/bin/surge db migrate")
+        self.ensure_orders()
         common.run(["redis-cli", "-n", "1", "flushdb"])
         self.note("redis-cli -n 1 flushdb")
         from surge.auth import mint
@@ -167,6 +170,22 @@ class SaleBench:
         common.write_tokens(
             self.tokens, [mint(self.secret, f"user{u}", ttl=TOKEN_TTL) for u in users]
         )
+
+    def ensure_orders(self) -> None:
+        """Orders 1..HIT_IDS owned as the tokens expect (order k: user (k-1) % users + 1),
+        for the cache-hit runs the refusals are compared with; seeded if missing."""
+        users = self.args.users
+        rows = sql(
+            f"SELECT COUNT(*), MAX(CASE WHEN id = {users + 1} THEN user_id END), "
+            f"MAX(CASE WHEN id = 2 THEN user_id END) FROM orders WHERE id <= {HIT_IDS}"
+        )
+        count, wraps, second = rows[0]
+        if int(count) == HIT_IDS and wraps == "user1" and second == "user2":
+            return
+        seed = ["db", "seed", "--orders", str(HIT_IDS), "--users", str(users), "--reset"]
+        print(f"seeding {HIT_IDS} orders for {users} users (for the cache-hit runs) ...")
+        common.run([str(SURGE_BIN), *seed], env=self.env(), timeout=600)
+        self.note(f"SURGE_DATABASE_URL={DATABASE_URL} .venv/bin/surge {shlex.join(seed)}")
 
     def start_surge(self) -> None:
         if self.surge is not None:  # each round on a fresh server: cold caches, as a sale's
@@ -296,6 +315,47 @@ class SaleBench:
             f" non-2xx {w['non_2xx']}, socket errors {w['socket_errors']}"
         )
         return summary, storm
+
+    def compare(self) -> dict[str, Any] | None:
+        """Refusals of the sold-out sale against order-query cache hits, on this server, with
+        the same plain wrk client, alternated (after a warm-up of the hits' caches): the
+        target's comparison, free of the drift between separate runs."""
+        if not self.args.flood:
+            return None
+        assert self.scripts is not None
+        seconds = self.args.flood
+        scripts = {
+            mode: common.write_lua(
+                OUT / f"sale-hits-{mode}.lua",
+                tokens=self.tokens,
+                users=self.args.users,
+                last=HIT_IDS,
+                threads=THREADS,
+                mode=mode,
+                url_path="/orders/",
+            )
+            for mode in ("cycle", "random")
+        }
+        conns = self.args.connections
+        warm = common.wrk_argv(self.url, scripts["cycle"], conns, 2 * seconds, THREADS)
+        self.note(shlex.join(a if a != self.url else "http://127.0.0.1:PORT" for a in warm))
+        common.run_wrk(warm, 2 * seconds)  # every id into both workers' near caches
+        rounds = []
+        for number in range(1, ROUNDS_COMPARED + 1):
+            rates = {}
+            for kind, script in (("hits", scripts["random"]), ("refusals", self.scripts[1])):
+                argv = common.wrk_argv(self.url, script, conns, seconds, THREADS)
+                self.note(shlex.join(a if a != self.url else "http://127.0.0.1:PORT" for a in argv))
+                result = common.run_wrk(argv, seconds)
+                rates[kind] = result.as_dict()
+            print(
+                f"  round {number}: hits {rates['hits']['rps']:.0f} req/s (non-2xx "
+                f"{rates['hits']['non_2xx']}), refusals {rates['refusals']['rps']:.0f} req/s"
+            )
+            rounds.append(rates)
+        hits = common.median([r["hits"]["rps"] for r in rounds])
+        refusals = common.median([r["refusals"]["rps"] for r in rounds])
+        return {"rounds": rounds, "hits_rps": hits, "refusals_rps": refusals}
 
     def flood(self) -> dict[str, Any] | None:
         if not self.args.flood:
@@ -440,6 +500,7 @@ def main(argv: list[str] | None = None) -> int:
                 print(f"round {number} of {args.rounds}")
                 rounds.append(one_round(bench))
             flood = bench.flood()
+            compared = bench.compare()
             after_flood = bench.verify(None) if flood else None
     except (BenchError, KeyboardInterrupt, subprocess.SubprocessError) as exc:
         return common.failed("bench.sale", exc)
@@ -460,6 +521,7 @@ def main(argv: list[str] | None = None) -> int:
         "rounds": [round_summary(r) for r in rounds],
         "database_after_flood": after_flood,
         "flood": flood,
+        "compared": compared,
         "problems": [f"round {i}: {p}" for i, r in enumerate(rounds, 1) for p in r["problems"]],
         "hit_reference": hit_reference(),
         "commands": bench.commands,
