@@ -34,7 +34,6 @@ import subprocess
 import sys
 import tempfile
 import time
-from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
@@ -250,10 +249,8 @@ def main(argv: list[str] | None = None) -> int:
 
     given = sys.argv[1:] if argv is None else argv
     args = parse_args(given)
-    common.interrupt_on_termination()
-    started = datetime.now(UTC)
-    stamp = started.strftime("%Y%m%d-%H%M%S")
-    began = time.monotonic()
+    run = common.start_run()
+    stamp = run.stamp
     try:
         with Processes(OUT / "logs" / f"broadcast-{stamp}") as processes:
             bench = Broadcast(args, processes)
@@ -269,9 +266,9 @@ def main(argv: list[str] | None = None) -> int:
     except (BenchError, KeyboardInterrupt, subprocess.SubprocessError) as exc:
         return common.failed("bench.broadcast", exc)
     report: dict[str, Any] = {
-        "date": started.strftime("%Y-%m-%d %H:%M UTC"),
+        "date": run.date,
         "command": shlex.join(["python", "-m", "bench.broadcast", *given]),
-        "seconds": round(time.monotonic() - began, 1),
+        "seconds": run.seconds(),
         "config": dict(vars(args)),
         "machine": common.machine(),
         "runs": runs,

@@ -24,6 +24,7 @@ import urllib.error
 import urllib.request
 from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import asdict, dataclass, field
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any, NoReturn
 
@@ -43,6 +44,31 @@ class BenchError(RuntimeError):
 
 def fail(message: str) -> NoReturn:
     raise BenchError(message)
+
+
+@dataclass(frozen=True)
+class Run:
+    """When a harness run began: its date for the report, its stamp for file names."""
+
+    started: datetime
+    began: float
+
+    @property
+    def stamp(self) -> str:
+        return self.started.strftime("%Y%m%d-%H%M%S")
+
+    @property
+    def date(self) -> str:
+        return self.started.strftime("%Y-%m-%d %H:%M UTC")
+
+    def seconds(self) -> float:
+        return round(time.monotonic() - self.began, 1)
+
+
+def start_run() -> Run:
+    """Every harness starts so: SIGTERM behaves as Ctrl-C, and the clock starts."""
+    interrupt_on_termination()
+    return Run(datetime.now(UTC), time.monotonic())
 
 
 def interrupt_on_termination() -> None:

@@ -39,7 +39,6 @@ import shlex
 import subprocess
 import sys
 import time
-from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
@@ -383,10 +382,8 @@ def _order_counter(sample: str) -> bool:
 def main(argv: list[str] | None = None) -> int:
     given = sys.argv[1:] if argv is None else argv
     args = parse_args(given)
-    common.interrupt_on_termination()
-    started = datetime.now(UTC)
-    stamp = started.strftime("%Y%m%d-%H%M%S")
-    began = time.monotonic()
+    run = common.start_run()
+    stamp = run.stamp
     try:
         with Processes(OUT / "logs" / stamp) as processes:
             bench = Bench(args, processes)
@@ -407,9 +404,9 @@ def main(argv: list[str] | None = None) -> int:
     }
     problems = bench.miss_problems()
     report = {
-        "date": started.strftime("%Y-%m-%d %H:%M UTC"),
+        "date": run.date,
         "command": shlex.join(["python", "-m", "bench.orders", *given]),
-        "seconds": round(time.monotonic() - began, 1),
+        "seconds": run.seconds(),
         "config": dict(vars(args)),
         "machine": common.machine(),
         "results": results,

@@ -487,10 +487,8 @@ def round_summary(found: dict[str, Any]) -> dict[str, Any]:
 def main(argv: list[str] | None = None) -> int:
     given = sys.argv[1:] if argv is None else argv
     args = parse_args(given)
-    common.interrupt_on_termination()
-    started = datetime.now(UTC)
-    stamp = started.strftime("%Y%m%d-%H%M%S")
-    began = time.monotonic()
+    run = common.start_run()
+    stamp = run.stamp
     try:
         with Processes(OUT / "logs" / f"sale-{stamp}") as processes:
             bench = SaleBench(args, processes)
@@ -512,9 +510,9 @@ def main(argv: list[str] | None = None) -> int:
     shown = sorted(rounds, key=lambda r: float(r["storm"]["latency"]["winners"]["p99_ms"]))
     median = shown[len(shown) // 2]
     report: dict[str, Any] = {
-        "date": started.strftime("%Y-%m-%d %H:%M UTC"),
+        "date": run.date,
         "command": shlex.join(["python", "-m", "bench.sale", *given]),
-        "seconds": round(time.monotonic() - began, 1),
+        "seconds": run.seconds(),
         "config": dict(vars(args)),
         "machine": common.machine(),
         **median,
