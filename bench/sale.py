@@ -28,7 +28,8 @@ order benchmark's cache-hit runs do, and the database is asked again.
 "Refusals as fast as cache hits" is then measured on that same server: the order query's
 caches are warmed (`GET /orders/{id}` walking ids 1..100,000 with each owner's token;
 missing orders are seeded first), and runs of cache hits and of refusals of the sold-out
-sale alternate, 3 each, with the same plain wrk client; the medians are compared. The
+sale alternate, 3 each, with the same plain wrk client (no response hook, no
+X-Request-ID: neither sends one); the medians are compared. The
 storm's own refusal rate is reported beside it for context only: its client times every
 answer in Lua, which costs wrk 2-3x the CPU per request on the same two cores.
 """

@@ -44,10 +44,16 @@ function setup(thread)
   table.insert(threads, thread)
 end
 
+-- TRACE: the storm sends the attempt number as X-Request-ID too, to match each answer to
+-- its request; the flood does not, like the cache-hit runs it is compared with.
+local TRACE = $trace
 local function attempt(n)
   local key = KEY .. n
-  return HEAD .. tokens[n % USERS + 1] .. "Idempotency-Key: " .. key
-    .. "\r\nX-Request-ID: " .. key .. "\r\n\r\n" .. BODY
+  local head = HEAD .. tokens[n % USERS + 1] .. "Idempotency-Key: " .. key .. "\r\n"
+  if TRACE then
+    head = head .. "X-Request-ID: " .. key .. "\r\n"
+  end
+  return head .. "\r\n" .. BODY
 end
 """
 
@@ -171,9 +177,11 @@ def write_scripts(
     }
     results = directory / "sale-storm-t"
     storm = directory / "sale-storm.lua"
-    storm.write_text(_STORM.substitute(values, first=0, share=attempts // threads, out=results))
+    storm.write_text(
+        _STORM.substitute(values, first=0, share=attempts // threads, out=results, trace="true")
+    )
     flood = directory / "sale-flood.lua"
-    flood.write_text(_FLOOD.substitute(values, first=attempts))
+    flood.write_text(_FLOOD.substitute(values, first=attempts, trace="false"))
     return storm, flood, results
 
 

@@ -131,7 +131,7 @@ async def test_an_attempt_abandoned_in_flight_gives_its_stock_back(gate: Gate) -
             await gate.release(13, f"gone{i}", "k", 1)
         attempt.cancel()
         await asyncio.gather(attempt, return_exceptions=True)
-    for _ in range(200):  # given back by the script call's own task, a moment later
+    for _ in range(500):  # given back by the script call's own task, a moment later
         if await gate.remaining(13) == 2:
             break
         await asyncio.sleep(0.01)
