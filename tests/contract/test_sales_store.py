@@ -61,11 +61,10 @@ async def test_a_batch_commits_together_with_exact_outcomes(backend: Backend) ->
         await engine.dispose()  # type: ignore[attr-defined]
 
 
+@pytest.mark.parametrize("backend", ["mariadb+redis"], indirect=True)  # MySQL's own settings
 async def test_connections_come_back_without_an_open_transaction(backend: Backend) -> None:
     """The pool's ROLLBACK on check-in is skipped after a commit (MySQL); any other use
     must still end its implicit transaction, and MySQL runs at READ COMMITTED."""
-    if backend.kind != "mariadb+redis":
-        pytest.skip("the check-in shortcut and the isolation level are MySQL's")
     await asyncio.to_thread(db.migrate, backend.database_url)
     engine = create_engine(backend.database_url, pool_size=1)  # one connection, reused
     sales = SqlSales(engine)
