@@ -66,9 +66,36 @@ class Run:
 
 
 def start_run() -> Run:
-    """Every harness starts so: SIGTERM behaves as Ctrl-C, and the clock starts."""
+    """Every harness starts so: SIGTERM behaves as Ctrl-C, the machine is given time to
+    settle (the previous harness's aftermath: MariaDB flushing, sockets closing), and the
+    clock starts."""
     interrupt_on_termination()
+    wait_for_idle()
     return Run(datetime.now(UTC), time.monotonic())
+
+
+def wait_for_idle(share: float = 0.9, limit: float = 60.0) -> None:
+    """Waits until the CPUs were at least `share` idle over one second (at most `limit`
+    seconds; then goes on, saying so)."""
+    deadline = time.monotonic() + limit
+    while True:
+        idle = _idle_share(1.0)
+        if idle >= share:
+            return
+        if time.monotonic() > deadline:
+            print(f"the machine is still busy ({1 - idle:.0%} of the CPUs); measuring anyway")
+            return
+
+
+def _idle_share(seconds: float) -> float:
+    def sample() -> tuple[int, int]:
+        fields = [int(x) for x in Path("/proc/stat").read_text().split("\n")[0].split()[1:]]
+        return fields[3] + fields[4], sum(fields)  # idle + iowait, total
+
+    idle0, total0 = sample()
+    time.sleep(seconds)
+    idle1, total1 = sample()
+    return (idle1 - idle0) / max(1, total1 - total0)
 
 
 def interrupt_on_termination() -> None:
