@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import base64
+import contextlib
 import json
 import os
 import signal
@@ -357,3 +358,73 @@ async def test_a_protocol_violation_closes_with_1002(tmp_path: Path) -> None:
 async def _healthy(server: Server) -> int:
     async with httpx.AsyncClient() as http:
         return (await http.get(f"{server.url}/healthz")).status_code
+
+
+async def test_a_client_that_never_reads_its_answers_is_dropped_too(tmp_path: Path) -> None:
+    """Acks, errors and resumed history are bounded like room messages (review finding):
+    resuming a room of 60 KB messages over and over without reading ends in 4008."""
+    with embedded(tmp_path, ws_send_buffer="262144", ws_publish_rate="1000") as server:
+        async with client(server, "lee") as lee:
+            for i in range(40):
+                await op(lee, op="publish", room="chat:big", data=["z" * 60_000, i])
+        reader = _raw_upgrade(server, "chat:other")  # tiny window, never reads
+        try:
+            for _ in range(40):
+                for message in (
+                    {"op": "subscribe", "room": "chat:big", "since": 0},
+                    {"op": "unsubscribe", "room": "chat:big"},
+                ):
+                    _send_masked(reader, json.dumps(message).encode())
+                await asyncio.sleep(0.02)
+            for _ in range(100):
+                if server.metric("ws_dropped_slow_total") >= 1:
+                    break
+                await asyncio.sleep(0.1)
+            assert server.metric("ws_dropped_slow_total") == 1
+        finally:
+            reader.close()
+
+
+def _send_masked(sock: socket.socket, payload: bytes) -> None:
+    mask = os.urandom(4)
+    masked = bytes(b ^ mask[i % 4] for i, b in enumerate(payload))
+    size = len(payload)
+    head = bytes([0x81, 0x80 | size]) if size < 126 else bytes([0x81, 0xFE]) + size.to_bytes(2)
+    with contextlib.suppress(OSError):
+        sock.sendall(head + mask + masked)
+
+
+async def test_an_upgrade_llhttp_does_not_see_gets_one_answer(tmp_path: Path) -> None:
+    """`Connection: keep-alive, upgradex` is no upgrade token (review finding): one 426,
+    nothing pending, and the connection counts nowhere."""
+    with embedded(tmp_path) as server:
+        port = int(server.url.rsplit(":", 1)[1])
+        key = base64.b64encode(os.urandom(16)).decode()
+        reader, writer = await asyncio.open_connection("127.0.0.1", port)
+        writer.write(
+            f"GET /ws HTTP/1.1\r\nHost: x\r\nConnection: keep-alive, upgradex\r\n"
+            f"Upgrade: websocket\r\nSec-WebSocket-Version: 13\r\nSec-WebSocket-Key: {key}"
+            "\r\n\r\n".encode()
+        )
+        head = await asyncio.wait_for(reader.readuntil(b"\r\n\r\n"), 5)
+        assert head.startswith(b"HTTP/1.1 426")
+        writer.close()
+        assert server.metric("http_in_flight") == 1  # the scrape itself: none left pending
+        assert server.metric("ws_connections") == 0
+
+
+async def test_every_subscribe_is_answered_even_when_superseded(tmp_path: Path) -> None:
+    with embedded(tmp_path) as server:
+        async with client(server, "mo") as mo:
+            await op(mo, op="publish", room="chat:r", data=1)
+            for message in (
+                {"op": "subscribe", "room": "chat:r", "since": 0, "id": "A"},
+                {"op": "unsubscribe", "room": "chat:r", "id": "U"},
+                {"op": "subscribe", "room": "chat:r", "since": 0, "id": "B"},
+            ):
+                await mo.send(json.dumps(message))
+            answered = set()
+            while answered != {"A", "U", "B"}:
+                answer = await receive(mo)
+                if answer["op"] != "message":
+                    answered.add(answer["id"])

@@ -34,6 +34,15 @@ log = logging.getLogger("surge.http")
 MAX_HEADER_BYTES = 16_384
 MAX_PIPELINE = 16
 _SHUTTING_DOWN = problem_response(503, "shutting-down", "server is shutting down")
+_NOT_AN_UPGRADE = problem_response(
+    426,
+    "upgrade-required",
+    "send Connection: Upgrade and Upgrade: websocket",
+    (("upgrade", "websocket"),),
+)
+_NO_UPGRADE_NOW = problem_response(
+    503, "shutting-down", "server is shutting down", (("retry-after", "1"),)
+)
 # Slowloris guard: a connection in the middle of a request may stay silent this long.
 REQUEST_TIMEOUT = 10.0
 # During shutdown, how long an accepted connection may take to send its first request.
@@ -185,10 +194,12 @@ class HttpProtocol(asyncio.Protocol):
         try:
             self._parser.feed_data(data)
         except httptools.HttpParserUpgrade as upgrade:
-            if self._upgrade is None:
-                self._reject(400, "upgrade-unsupported", "protocol upgrade is not supported here")
-            else:
+            if self._upgrade is not None:
                 self._switch(data[upgrade.args[0] :])
+            elif self._busy:  # its answer is under way: the connection ends with it
+                self._keep_alive = False
+            elif self._transport is not None:  # answered already (refused, or not /ws)
+                self._transport.close()
         except httptools.HttpParserError as exc:
             # httptools wraps exceptions raised in our callbacks (_TooLarge) in its own.
             cause = exc.__context__
@@ -293,8 +304,13 @@ class HttpProtocol(asyncio.Protocol):
             self._send(request, result)
             return
         if isinstance(result, Upgrade):
-            # the parser reports the upgrade right after this request (data_received)
-            self._upgrade = (request, result)
+            if not self._parser.should_upgrade():  # llhttp's reading of the headers decides
+                self._send(request, _NOT_AN_UPGRADE)
+            elif self._state.closing:
+                self._send(request, _NO_UPGRADE_NOW)
+            else:
+                # the parser reports the upgrade right after this request (data_received)
+                self._upgrade = (request, result)
             return
         self._busy = True
         if isinstance(result, asyncio.Future):
@@ -371,6 +387,8 @@ class HttpProtocol(asyncio.Protocol):
         self._upgrade = None
         transport, state = self._transport, self._state
         state.connections.discard(self)
+        if state.stopped and not state.connections:
+            state.drained.set()  # it was the last HTTP connection the drain waited for
         state.observe(request.route, request.method, 101, time.perf_counter() - request.started)
         state.in_flight -= 1
         self._served += 1

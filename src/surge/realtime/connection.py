@@ -34,6 +34,7 @@ ABORT_AFTER = 5.0  # seconds a closing client gets to read its backlog and the c
 
 class WsConnection(asyncio.Protocol):
     __slots__ = (
+        "_abort",
         "_bucket",
         "_hub",
         "_partial",
@@ -60,6 +61,7 @@ class WsConnection(asyncio.Protocol):
         self._refilled = time.monotonic()
         self.last_seen = time.monotonic()
         self.closing = False
+        self._abort: asyncio.TimerHandle | None = None
 
     # -- transport callbacks ------------------------------------------------------------------
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
@@ -70,6 +72,18 @@ class WsConnection(asyncio.Protocol):
     def connection_lost(self, exc: Exception | None) -> None:
         self.transport = None
         self._hub.left(self)
+        if self._abort is not None:
+            self._abort.cancel()
+
+    def pause_writing(self) -> None:
+        # The client reads slower than it is answered: stop reading its requests until
+        # it catches up (its own replies are bounded like room messages, see `_write`).
+        if self.transport is not None:
+            self.transport.pause_reading()
+
+    def resume_writing(self) -> None:
+        if self.transport is not None and not self.closing:
+            self.transport.resume_reading()
 
     def data_received(self, data: bytes) -> None:
         self.last_seen = self._hub.now
@@ -133,21 +147,37 @@ class WsConnection(asyncio.Protocol):
 
     def _closed_by_peer(self, event: CloseConnection) -> None:
         try:
-            self._write(self._ws.send(event.response()))
+            answer = self._ws.send(event.response())
         except LocalProtocolError:  # we had sent our close first: the handshake is done
-            pass
-        if self.transport is not None:
-            self.transport.close()
+            answer = b""
+        transport = self.transport
+        if transport is not None and not self.closing:
+            transport.write(answer)
+        self.closing = True  # nothing may follow the close frame (RFC 6455 5.5.1)
+        self._hub.forget(self)
+        if transport is not None:
+            transport.close()
 
     # -- outgoing ---------------------------------------------------------------------------------
     def reply(self, payload: bytes) -> None:
-        """A frame for this client alone (ack, error)."""
+        """A frame for this client alone (ack, error, a resumed message)."""
         self._write(frames.text(payload))
 
+    def send(self, frame: bytes) -> None:
+        """A frame built already (a room message), for this client alone."""
+        self._write(frame)
+
     def _write(self, data: bytes) -> None:
+        """Every write to this client but the fan-out's: bounded like it (else a client
+        that never reads could have its acks, errors and resumed history pile up)."""
         transport = self.transport
-        if transport is not None and not self.closing:
-            transport.write(data)
+        if transport is None or self.closing:
+            return
+        if transport.get_write_buffer_size() > self._hub.limits.send_buffer:
+            self._hub.stats["dropped_slow"] += 1
+            self.close(TOO_SLOW, "too slow: outgoing buffer full")
+            return
+        transport.write(data)
 
     def close(self, code: int, reason: str) -> None:
         """Sends a close frame after whatever is queued, stops sending anything else, and
@@ -160,7 +190,7 @@ class WsConnection(asyncio.Protocol):
         if self._ws.state is ConnectionState.OPEN:
             transport.write(self._ws.send(CloseConnection(code=code, reason=reason)))
         transport.close()  # after the buffer is flushed
-        asyncio.get_running_loop().call_later(ABORT_AFTER, self.abort)
+        self._abort = asyncio.get_running_loop().call_later(ABORT_AFTER, self.abort)
 
     def abort(self) -> None:
         if self.transport is not None:

@@ -43,6 +43,18 @@ class Limits:
 SALE_KEEP = 1  # a sale room keeps its latest state: a new subscriber gets it at once
 
 
+class _Joining:
+    """A subscriber catching up on a room's history: live messages are `held` until the
+    history is sent; then those numbered up to `floor` (sent already) are dropped."""
+
+    __slots__ = ("floor", "held", "request_id")
+
+    def __init__(self, request_id: Any) -> None:
+        self.request_id = request_id
+        self.held: list[tuple[int, bytes]] | None = []
+        self.floor = 0
+
+
 class Hub:
     def __init__(self, limits: Limits, backplane: Backplane) -> None:
         self.limits = limits
@@ -50,7 +62,7 @@ class Hub:
         self._backplane = backplane
         self.rooms: dict[str, set[WsConnection]] = {}
         # subscribers catching up on history: live messages wait for them here
-        self._joining: dict[str, dict[WsConnection, list[tuple[int, bytes]]]] = {}
+        self._joining: dict[str, dict[WsConnection, _Joining]] = {}
         self.connections: set[WsConnection] = set()
         self.now = time.monotonic()  # coarse clock for last_seen, ticked by the heartbeat
         self.accepting = True
@@ -132,41 +144,59 @@ class Hub:
             raise wire.WireError(
                 "too-many-rooms", f"at most {self.limits.max_rooms} rooms", op.request_id
             )
-        conn.rooms.add(room)
         since = op.since
         if since is None and not room.startswith("sale:"):
+            conn.rooms.add(room)
             self.rooms.setdefault(room, set()).add(conn)
             conn.reply(wire.ack(op.request_id, room=room))
             return
+        if not conn.allow_publish():  # reading history costs as much as a publish
+            raise wire.WireError(
+                "rate-limited",
+                f"at most {self.limits.publish_rate} publishes and resumes a second",
+                op.request_id,
+            )
+        conn.rooms.add(room)
         # history first (a sale room's latest state; or what a resuming client missed),
         # live messages meanwhile held back for this subscriber
-        self._joining.setdefault(room, {})[conn] = []
-        self._spawn(self._catch_up(conn, room, since, op.request_id))
+        joining = _Joining(op.request_id)
+        self._joining.setdefault(room, {})[conn] = joining
+        self._spawn(self._catch_up(conn, room, since, joining))
 
     async def _catch_up(
-        self, conn: WsConnection, room: str, since: int | None, request_id: Any
+        self, conn: WsConnection, room: str, since: int | None, joining: _Joining
     ) -> None:
+        request_id = joining.request_id
         try:
             kept, latest = await self._backplane.history(room)
         except Exception as exc:
             log.warning("history of %s unavailable: %s", room, exc)
-            self._leave(conn, room)
-            conn.rooms.discard(room)
+            if self._joining.get(room, {}).get(conn) is joining:
+                self._leave(conn, room)
+                conn.rooms.discard(room)
             conn.reply(wire.error(request_id, "unavailable", "history unavailable; retry"))
             return
-        joining = self._joining.get(room)
-        if joining is None or conn not in joining:
-            return  # unsubscribed or gone meanwhile
-        held = joining.pop(conn)
-        if not joining:
-            del self._joining[room]
+        if self._joining.get(room, {}).get(conn) is not joining:
+            # unsubscribed (or subscribed anew) meanwhile: answered all the same
+            conn.reply(wire.ack(request_id, room=room, seq=latest))
+            return
         conn.reply(wire.ack(request_id, room=room, seq=latest))
         if since is None:  # a sale room: its latest state only
             missed, last = kept[-1:], 0
         else:
             missed, last = [(s, p) for s, p in kept if s > since], since
             first = kept[0][0] if kept else latest + 1
-            if since < latest and first > since + 1:
+            if since > latest:
+                conn.reply(
+                    wire.error(
+                        request_id,
+                        "resync",
+                        f"{room} is numbered anew (now at {latest}, you saw {since}): load "
+                        "the room's state anew",
+                    )
+                )
+                last = 0
+            elif since < latest and first > since + 1:
                 conn.reply(
                     wire.error(
                         request_id,
@@ -178,11 +208,22 @@ class Hub:
         for seq, payload in missed:
             conn.reply(payload)
             last = seq
-        for seq, frame in held:
+        for seq, frame in joining.held or ():
             if seq > last:
-                if conn.transport is not None and not conn.closing:
-                    conn.transport.write(frame)
+                conn.send(frame)
                 last = seq
+        # Live messages may still be on their way through pub/sub with numbers the history
+        # already had: until one past everything sent arrives, the subscriber stays here
+        # and those are dropped (`_deliver`), then it joins the room proper.
+        joining.held = None
+        joining.floor = max(last, latest)
+
+    def _graduate(self, room: str, conn: WsConnection) -> None:
+        joining = self._joining.get(room)
+        if joining is not None:
+            joining.pop(conn, None)
+            if not joining:
+                del self._joining[room]
         self.rooms.setdefault(room, set()).add(conn)
 
     def _publish(self, conn: WsConnection, op: wire.Publish) -> None:
@@ -240,8 +281,12 @@ class Hub:
                     transport.write(frame[sent:])
             written = len(members) - len(slow)
         if joining:
-            for held in joining.values():
-                held.append((seq, frame))
+            for conn, entry in list(joining.items()):
+                if entry.held is not None:
+                    entry.held.append((seq, frame))  # its history is still loading
+                elif seq > entry.floor:
+                    conn.send(frame)
+                    self._graduate(room, conn)
         for conn in slow:
             self.stats["dropped_slow"] += 1
             conn.close(TOO_SLOW, "too slow: outgoing buffer full")
