@@ -41,7 +41,11 @@ class Backplane(Protocol):
 
 
 class LocalBackplane:
-    """One process: numbers and history in memory, delivered at once."""
+    """One process: numbers and history in memory, delivered at once. At most `MAX_ROOMS`
+    rooms are remembered; the one published to least recently is forgotten first (its
+    subscribers resuming later are told to resync)."""
+
+    MAX_ROOMS = 10_000
 
     def __init__(self) -> None:
         self._seq: dict[str, int] = {}
@@ -52,7 +56,12 @@ class LocalBackplane:
         self._deliver = deliver
 
     async def publish(self, room: str, data: bytes, keep: int) -> int:
-        seq = self._seq[room] = self._seq.get(room, 0) + 1
+        seq = self._seq.pop(room, 0) + 1  # re-inserted last: dicts keep insertion order
+        self._seq[room] = seq
+        if len(self._seq) > self.MAX_ROOMS:
+            oldest = next(iter(self._seq))
+            del self._seq[oldest]
+            self._kept.pop(oldest, None)
         payload = wire.message(room, seq, data)
         if keep > 0:
             kept = self._kept.get(room)
