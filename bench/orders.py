@@ -45,6 +45,7 @@ from typing import Any
 from bench import baseline, common
 from bench.common import HIT_IDS, MAX_WARMUP_RUNS, OUT, ROOT, THREADS, BenchError, Processes, Server
 from bench.report import markdown, targets
+from bench.wrk import WrkResult, run_wrk, write_lua, write_tokens, wrk_argv
 
 START, END = "<!-- bench:orders:start -->", "<!-- bench:orders:end -->"
 DATABASE = "surge_bench"
@@ -157,14 +158,12 @@ class Bench:
         OUT.mkdir(parents=True, exist_ok=True)
         tokens = OUT / "tokens.lua"
         users = range(1, USERS + 1)  # order k's owner is user ((k-1) % USERS + 1)
-        common.write_tokens(
-            tokens, [mint(self.secret, owner_of(u, USERS), ttl=TOKEN_TTL) for u in users]
-        )
+        write_tokens(tokens, [mint(self.secret, owner_of(u, USERS), ttl=TOKEN_TTL) for u in users])
         workloads = {"hit": ("random", HIT_IDS), "warm": ("cycle", HIT_IDS)}
         workloads["miss"] = ("once", self.args.orders)
         for server, path in (("go", "/order?id="), ("surge", "/orders/")):
             for workload, (mode, last) in workloads.items():
-                self.scripts[f"{workload}-{server}"] = common.write_lua(
+                self.scripts[f"{workload}-{server}"] = write_lua(
                     OUT / f"{workload}-{server}.lua",
                     tokens=tokens,
                     users=USERS,
@@ -256,12 +255,12 @@ class Bench:
     # -- load ---------------------------------------------------------------------------------
     def load(
         self, phase: str, server: str, connections: int, seconds: float, rnd: int, *args: str
-    ) -> common.WrkResult:
+    ) -> WrkResult:
         port = self.surge_port if server == "surge" else self.go_port
         script = self.scripts[f"{phase}-{server}"]
         url = f"http://127.0.0.1:{port}"
-        argv = common.wrk_argv(url, script, connections, seconds, THREADS, *args)
-        result = common.run_wrk(argv, seconds)
+        argv = wrk_argv(url, script, connections, seconds, THREADS, *args)
+        result = run_wrk(argv, seconds)
         shown = [f"http://127.0.0.1:{server.upper()}_PORT" if a == url else a for a in argv]
         self.note(shlex.join([*shown[: len(shown) - len(args)], "OFFSET"] if args else shown))
         exhausted = phase == "miss" and any(u > result.ids_span for u in result.ids_used)

@@ -61,6 +61,7 @@ from bench.sale_report import (
     problems_of,
     targets,
 )
+from bench.wrk import parse_wrk, run_wrk, write_lua, write_tokens, wrk_argv
 
 START, END = "<!-- bench:sale:start -->", "<!-- bench:sale:end -->"
 DATABASE = "surge_bench"
@@ -168,9 +169,7 @@ class SaleBench:
         OUT.mkdir(parents=True, exist_ok=True)
         users = range(1, self.args.users + 1)
         print(f"minting {self.args.users} user tokens ...")
-        common.write_tokens(
-            self.tokens, [mint(self.secret, f"user{u}", ttl=TOKEN_TTL) for u in users]
-        )
+        write_tokens(self.tokens, [mint(self.secret, f"user{u}", ttl=TOKEN_TTL) for u in users])
 
     def ensure_orders(self) -> None:
         """Orders 1..HIT_IDS owned as the tokens expect (order k: user (k-1) % users + 1),
@@ -266,7 +265,7 @@ class SaleBench:
         for index in range(THREADS):
             Path(f"{results}{index}.tsv").unlink(missing_ok=True)
         limit = self.args.timeout
-        argv = common.wrk_argv(self.url, script, self.args.connections, limit, THREADS)
+        argv = wrk_argv(self.url, script, self.args.connections, limit, THREADS)
         argv[1:1] = ["--timeout", "30s"]  # wrk counts slower answers as socket errors
         shown = [a if a != self.url else "http://127.0.0.1:PORT" for a in argv]
         self.note(shlex.join(shown) + "  # SIGINT once every thread wrote its results")
@@ -299,7 +298,7 @@ class SaleBench:
             common.fail(f"wrk sent {sent} attempts, not {self.args.attempts}")
         storm = sale_load.read_storm(results, THREADS, self.args.attempts)
         summary = sale_load.summarize(storm)
-        summary["wrk"] = {**common.parse_wrk(text).as_dict(), "sent": sent, "cpu_s": cpu}
+        summary["wrk"] = {**parse_wrk(text).as_dict(), "sent": sent, "cpu_s": cpu}
         w, lat = summary["wrk"], summary["latency"]
         print(
             f"  {summary['attempts']} answered in {summary['seconds']:.2f} s: "
@@ -326,7 +325,7 @@ class SaleBench:
         assert self.scripts is not None
         seconds = self.args.flood
         scripts = {
-            mode: common.write_lua(
+            mode: write_lua(
                 OUT / f"sale-hits-{mode}.lua",
                 tokens=self.tokens,
                 users=self.args.users,
@@ -338,16 +337,16 @@ class SaleBench:
             for mode in ("cycle", "random")
         }
         conns = self.args.connections
-        warm = common.wrk_argv(self.url, scripts["cycle"], conns, 2 * seconds, THREADS)
+        warm = wrk_argv(self.url, scripts["cycle"], conns, 2 * seconds, THREADS)
         self.note(shlex.join(a if a != self.url else "http://127.0.0.1:PORT" for a in warm))
-        common.run_wrk(warm, 2 * seconds)  # every id into both workers' near caches
+        run_wrk(warm, 2 * seconds)  # every id into both workers' near caches
         rounds = []
         for number in range(1, ROUNDS_COMPARED + 1):
             rates = {}
             for kind, script in (("hits", scripts["random"]), ("refusals", self.scripts[1])):
-                argv = common.wrk_argv(self.url, script, conns, seconds, THREADS)
+                argv = wrk_argv(self.url, script, conns, seconds, THREADS)
                 self.note(shlex.join(a if a != self.url else "http://127.0.0.1:PORT" for a in argv))
-                result = common.run_wrk(argv, seconds)
+                result = run_wrk(argv, seconds)
                 rates[kind] = result.as_dict()
             print(
                 f"  round {number}: hits {rates['hits']['rps']:.0f} req/s (non-2xx "
@@ -364,10 +363,10 @@ class SaleBench:
         assert self.scripts is not None
         before = self.counters()
         seconds = self.args.flood
-        argv = common.wrk_argv(self.url, self.scripts[1], self.args.connections, seconds, THREADS)
+        argv = wrk_argv(self.url, self.scripts[1], self.args.connections, seconds, THREADS)
         self.note(shlex.join(a if a != self.url else "http://127.0.0.1:PORT" for a in argv))
         used = resource.getrusage(resource.RUSAGE_CHILDREN)
-        result = common.run_wrk(argv, seconds)
+        result = run_wrk(argv, seconds)
         now = resource.getrusage(resource.RUSAGE_CHILDREN)  # wrk is the only child reaped
         cpu = now.ru_utime + now.ru_stime - used.ru_utime - used.ru_stime
         after = self.counters()
