@@ -28,8 +28,8 @@ import orjson
 
 from surge.auth import Authenticator
 from surge.config import Settings
+from surge.http.request import Request
 from surge.http.response import Problem, Response, problem_response, response
-from surge.http.server import Request
 from surge.metrics import Metrics
 from surge.types import Bus, Cache, Order, Store
 

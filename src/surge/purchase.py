@@ -25,8 +25,8 @@ from surge.commits import AfterCommit, CommitBatcher
 from surge.deadlines import within
 from surge.feed import StockFeed
 from surge.gate import Answer, Confirmed, Gate
+from surge.http.request import Request
 from surge.http.response import JSON, Problem, Response, problem_response, response
-from surge.http.server import Request
 from surge.orders import encode_order, parse_id
 from surge.sales import Sale, fingerprint, parse_idempotency_key, parse_quantity
 from surge.types import Bus, Order

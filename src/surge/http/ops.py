@@ -10,9 +10,9 @@ from collections.abc import Callable, Mapping
 
 from surge import openapi
 from surge.auth import Authenticator
+from surge.http.request import Request
 from surge.http.response import Problem, Response, json_response, response
 from surge.http.router import Router
-from surge.http.server import Request
 from surge.metrics import CONTENT_TYPE, Metrics
 from surge.types import Probe
 

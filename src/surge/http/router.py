@@ -11,8 +11,8 @@ from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Union
 
 if TYPE_CHECKING:
+    from surge.http.request import Request, Upgrade
     from surge.http.response import Response
-    from surge.http.server import Request, Upgrade
 
 HandlerResult = Union["Response", Awaitable["Response"], "Upgrade"]
 Handler = Callable[["Request"], HandlerResult]

@@ -26,6 +26,7 @@ from urllib.parse import unquote
 
 import httptools
 
+from surge.http.request import Request, Upgrade
 from surge.http.response import Problem, Response, problem_response
 from surge.http.router import Router
 
@@ -52,54 +53,6 @@ FIRST_REQUEST_GRACE = 1.0
 _REQUEST_ID = re.compile(rb"[A-Za-z0-9._:-]{1,128}")
 
 Observer = Callable[[str, str, int, float], None]
-
-
-class Upgrade:
-    """A handler's answer that hands the connection to another protocol (WebSocket):
-    `head` (the 101 status line and headers, CRLF-terminated) is written, then the
-    transport and any bytes that followed the request go to `protocol`."""
-
-    __slots__ = ("head", "protocol")
-
-    def __init__(self, head: bytes, protocol: asyncio.Protocol) -> None:
-        self.head = head
-        self.protocol = protocol
-
-
-class Request:
-    __slots__ = (
-        "body",
-        "client",
-        "headers",
-        "method",
-        "params",
-        "path",
-        "query",
-        "request_id",
-        "route",
-        "started",
-    )
-
-    def __init__(
-        self,
-        method: str,
-        path: str,
-        query: str,
-        headers: dict[bytes, bytes],
-        body: bytes,
-        client: str,
-        request_id: bytes,
-    ) -> None:
-        self.method = method
-        self.path = path
-        self.query = query
-        self.headers = headers
-        self.body = body
-        self.client = client
-        self.request_id = request_id
-        self.params: dict[str, str] = {}
-        self.route = "unmatched"
-        self.started = time.perf_counter()
 
 
 class ServerState:

@@ -13,8 +13,8 @@ from urllib.parse import parse_qs
 
 from surge.auth import Authenticator
 from surge.config import Settings
+from surge.http.request import Request, Upgrade
 from surge.http.response import Problem, Response
-from surge.http.server import Request, Upgrade
 from surge.realtime import frames
 from surge.realtime.connection import WsConnection
 from surge.realtime.fanout import default_helpers
