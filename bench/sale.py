@@ -50,9 +50,10 @@ from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
-from bench import common, sale_load
-from bench.common import HIT_IDS, OUT, ROOT, THREADS, BenchError, Processes, Server
+from bench import common, sale_db, sale_hits, sale_load
+from bench.common import OUT, ROOT, THREADS, BenchError, Processes, Server
 from bench.orders import HEADER
+from bench.sale_db import DATABASE, DATABASE_URL
 from bench.sale_report import (
     REPORT,
     hit_reference,
@@ -61,16 +62,13 @@ from bench.sale_report import (
     problems_of,
     targets,
 )
-from bench.wrk import parse_wrk, run_wrk, write_lua, write_tokens, wrk_argv
+from bench.wrk import parse_wrk, run_wrk, write_tokens, wrk_argv
 
 START, END = "<!-- bench:sale:start -->", "<!-- bench:sale:end -->"
-DATABASE = "surge_bench"
-DATABASE_URL = f"mysql://root@127.0.0.1:3306/{DATABASE}"
 REDIS_URL = "redis://127.0.0.1:6379/1"
 SURGE_WORKERS = 2
 TOKEN_TTL = 12 * 3600.0
 ROUTE = "/sales/{id}/orders"
-ROUNDS_COMPARED = 3  # alternated cache-hit and refusal runs
 SURGE_BIN = common.SURGE_BIN
 
 
@@ -115,12 +113,6 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     return args
 
 
-def sql(query: str) -> list[list[str]]:
-    """Rows of a query run by the mariadb client on the benchmark database."""
-    out = common.run(["mariadb", "-uroot", "-N", "-B", DATABASE, "-e", query])
-    return [line.split("\t") for line in out.splitlines() if line]
-
-
 class SaleBench:
     def __init__(self, args: argparse.Namespace, processes: Processes) -> None:
         self.args = args
@@ -161,7 +153,7 @@ class SaleBench:
         self.note(shlex.join(create))
         common.run([str(SURGE_BIN), "db", "migrate"], env=self.env(), timeout=300)
         self.note(f"SURGE_DATABASE_URL={DATABASE_URL} .venv/bin/surge db migrate")
-        self.ensure_orders()
+        sale_hits.ensure_orders(self)
         common.run(["redis-cli", "-n", "1", "flushdb"])
         self.note("redis-cli -n 1 flushdb")
         from surge.auth import mint
@@ -170,22 +162,6 @@ class SaleBench:
         users = range(1, self.args.users + 1)
         print(f"minting {self.args.users} user tokens ...")
         write_tokens(self.tokens, [mint(self.secret, f"user{u}", ttl=TOKEN_TTL) for u in users])
-
-    def ensure_orders(self) -> None:
-        """Orders 1..HIT_IDS owned as the tokens expect (order k: user (k-1) % users + 1),
-        for the cache-hit runs the refusals are compared with; seeded if missing."""
-        users = self.args.users
-        rows = sql(
-            f"SELECT COUNT(*), MAX(CASE WHEN id = {users + 1} THEN user_id END), "
-            f"MAX(CASE WHEN id = 2 THEN user_id END) FROM orders WHERE id <= {HIT_IDS}"
-        )
-        count, wraps, second = rows[0]
-        if int(count) == HIT_IDS and wraps == "user1" and second == "user2":
-            return
-        seed = ["db", "seed", "--orders", str(HIT_IDS), "--users", str(users), "--reset"]
-        print(f"seeding {HIT_IDS} orders for {users} users (for the cache-hit runs) ...")
-        common.run([str(SURGE_BIN), *seed], env=self.env(), timeout=600)
-        self.note(f"SURGE_DATABASE_URL={DATABASE_URL} .venv/bin/surge {shlex.join(seed)}")
 
     def start_surge(self) -> None:
         if self.surge is not None:  # each round on a fresh server: cold caches, as a sale's
@@ -316,47 +292,6 @@ class SaleBench:
         )
         return summary, storm
 
-    def compare(self) -> dict[str, Any] | None:
-        """Refusals of the sold-out sale against order-query cache hits, on this server, with
-        the same plain wrk client, alternated (after a warm-up of the hits' caches): the
-        target's comparison, free of the drift between separate runs."""
-        if not self.args.flood:
-            return None
-        assert self.scripts is not None
-        seconds = self.args.flood
-        scripts = {
-            mode: write_lua(
-                OUT / f"sale-hits-{mode}.lua",
-                tokens=self.tokens,
-                users=self.args.users,
-                last=HIT_IDS,
-                threads=THREADS,
-                mode=mode,
-                url_path="/orders/",
-            )
-            for mode in ("cycle", "random")
-        }
-        conns = self.args.connections
-        warm = wrk_argv(self.url, scripts["cycle"], conns, 2 * seconds, THREADS)
-        self.note(shlex.join(a if a != self.url else "http://127.0.0.1:PORT" for a in warm))
-        run_wrk(warm, 2 * seconds)  # every id into both workers' near caches
-        rounds = []
-        for number in range(1, ROUNDS_COMPARED + 1):
-            rates = {}
-            for kind, script in (("hits", scripts["random"]), ("refusals", self.scripts[1])):
-                argv = wrk_argv(self.url, script, conns, seconds, THREADS)
-                self.note(shlex.join(a if a != self.url else "http://127.0.0.1:PORT" for a in argv))
-                result = run_wrk(argv, seconds)
-                rates[kind] = result.as_dict()
-            print(
-                f"  round {number}: hits {rates['hits']['rps']:.0f} req/s (non-2xx "
-                f"{rates['hits']['non_2xx']}), refusals {rates['refusals']['rps']:.0f} req/s"
-            )
-            rounds.append(rates)
-        hits = common.median([r["hits"]["rps"] for r in rounds])
-        refusals = common.median([r["refusals"]["rps"] for r in rounds])
-        return {"rounds": rounds, "hits_rps": hits, "refusals_rps": refusals}
-
     def flood(self) -> dict[str, Any] | None:
         if not self.args.flood:
             return None
@@ -386,67 +321,6 @@ class SaleBench:
         }
 
     # -- the database's word ------------------------------------------------------------------
-    def verify(self, storm: sale_load.Storm | None) -> dict[str, Any]:
-        """What MariaDB holds for the sale, and (given the storm) whether it matches the 201s."""
-        sale = self.sale_id
-        count, quantity, users = sql(
-            "SELECT COUNT(*), COALESCE(SUM(quantity), 0), COUNT(DISTINCT user_id) "
-            f"FROM orders WHERE sale_id = {sale}"
-        )[0]
-        stock, remaining = sql(f"SELECT stock, remaining FROM sales WHERE id = {sale}")[0]
-        found: dict[str, Any] = {
-            "orders": int(count),
-            "quantity": int(quantity),
-            "distinct_users": int(users),
-            "stock": int(stock),
-            "remaining": int(remaining),
-        }
-        if storm is None:
-            return found
-        self.note(
-            "mariadb -uroot -N -B surge_bench -e 'SELECT COUNT(*), SUM(quantity), "
-            "COUNT(DISTINCT user_id) FROM orders WHERE sale_id = SALE; "
-            "SELECT stock, remaining FROM sales WHERE id = SALE'"
-        )
-        buyers, bought = sql(
-            f"SELECT COUNT(*), COALESCE(SUM(bought), 0) FROM sale_buyers WHERE sale_id = {sale}"
-        )[0]
-        outbox = sql(
-            "SELECT COUNT(*) FROM outbox WHERE topic = 'order.confirmed' "
-            f"AND JSON_VALUE(payload, '$.sale_id') = {sale}"
-        )[0][0]
-        query = f"SELECT id, user_id, idempotency_key FROM orders WHERE sale_id = {sale}"
-        rows = {int(i): (user, key) for i, user, key in sql(query)}
-        winners = {a.order_id: a for a in storm.of("201")}
-        users_of = self.args.users
-        mismatched = sum(
-            1
-            for order_id, attempt in winners.items()
-            if order_id not in rows or rows[order_id][0] != f"user{attempt.number % users_of + 1}"
-        )
-        # an order committed without a 201: what did its attempt (its key) get instead?
-        kinds = {f"s{sale}-{a.number}": a.kind for a in storm.attempts}
-        unacknowledged: dict[str, int] = {}
-        for order_id, (_, key) in rows.items():
-            if order_id not in winners:
-                kind = kinds.get(key, f"key {key}")
-                unacknowledged[kind] = unacknowledged.get(kind, 0) + 1
-        found.update(
-            {
-                "sale_buyers": int(buyers),
-                "sale_buyers_bought": int(bought),
-                "outbox_rows": int(outbox),
-                "rows_without_201": sum(unacknowledged.values()),
-                "rows_without_201_answered": unacknowledged,
-                "201s_without_row_or_other_user": mismatched,
-                "201s_same_order_twice": len(storm.of("201")) - len(winners),
-            }
-        )
-        self.note(
-            "mariadb ... 'SELECT id, user_id, idempotency_key FROM orders WHERE sale_id = SALE'"
-            "  # matched with the 201s; also sale_buyers and outbox counts"
-        )
-        return found
 
 
 def one_round(bench: SaleBench) -> dict[str, Any]:
@@ -456,7 +330,7 @@ def one_round(bench: SaleBench) -> dict[str, Any]:
     storm, raw = bench.storm()
     counters = bench.counters()
     print(f"  surge counters after the storm: {counters}")
-    found = bench.verify(raw)
+    found = sale_db.verify(bench, raw)
     view = bench.sale_view()
     problems = problems_of(found, bench.args.stock, storm["counts"])
     if view.get("remaining") != 0 or view.get("state") != "sold_out":
@@ -498,8 +372,8 @@ def main(argv: list[str] | None = None) -> int:
                 print(f"round {number} of {args.rounds}")
                 rounds.append(one_round(bench))
             flood = bench.flood()
-            compared = bench.compare()
-            after_flood = bench.verify(None) if flood else None
+            compared = sale_hits.compare(bench)
+            after_flood = sale_db.verify(bench, None) if flood else None
     except (BenchError, KeyboardInterrupt, subprocess.SubprocessError) as exc:
         return common.failed("bench.sale", exc)
     if after_flood is not None and after_flood["orders"] != args.stock:

@@ -1,0 +1,76 @@
+"""Refusals of the sold-out sale against order-query cache hits, on the same server and
+with the same plain wrk client, alternated (see bench/sale.py)."""
+
+from __future__ import annotations
+
+import shlex
+from typing import TYPE_CHECKING, Any
+
+from bench import common
+from bench.common import HIT_IDS, OUT, SURGE_BIN, THREADS
+from bench.sale_db import DATABASE_URL, sql
+from bench.wrk import run_wrk, write_lua, wrk_argv
+
+if TYPE_CHECKING:
+    from bench.sale import SaleBench
+
+ROUNDS_COMPARED = 3  # alternated cache-hit and refusal runs
+
+
+def ensure_orders(bench: SaleBench) -> None:
+    """Orders 1..HIT_IDS owned as the tokens expect (order k: user (k-1) % users + 1),
+    for the cache-hit runs the refusals are compared with; seeded if missing."""
+    users = bench.args.users
+    rows = sql(
+        f"SELECT COUNT(*), MAX(CASE WHEN id = {users + 1} THEN user_id END), "
+        f"MAX(CASE WHEN id = 2 THEN user_id END) FROM orders WHERE id <= {HIT_IDS}"
+    )
+    count, wraps, second = rows[0]
+    if int(count) == HIT_IDS and wraps == "user1" and second == "user2":
+        return
+    seed = ["db", "seed", "--orders", str(HIT_IDS), "--users", str(users), "--reset"]
+    print(f"seeding {HIT_IDS} orders for {users} users (for the cache-hit runs) ...")
+    common.run([str(SURGE_BIN), *seed], env=bench.env(), timeout=600)
+    bench.note(f"SURGE_DATABASE_URL={DATABASE_URL} .venv/bin/surge {shlex.join(seed)}")
+
+
+def compare(bench: SaleBench) -> dict[str, Any] | None:
+    """Refusals of the sold-out sale against order-query cache hits, on this server, with
+    the same plain wrk client, alternated (after a warm-up of the hits' caches): the
+    target's comparison, free of the drift between separate runs."""
+    if not bench.args.flood:
+        return None
+    assert bench.scripts is not None
+    seconds = bench.args.flood
+    scripts = {
+        mode: write_lua(
+            OUT / f"sale-hits-{mode}.lua",
+            tokens=bench.tokens,
+            users=bench.args.users,
+            last=HIT_IDS,
+            threads=THREADS,
+            mode=mode,
+            url_path="/orders/",
+        )
+        for mode in ("cycle", "random")
+    }
+    conns = bench.args.connections
+    warm = wrk_argv(bench.url, scripts["cycle"], conns, 2 * seconds, THREADS)
+    bench.note(shlex.join(a if a != bench.url else "http://127.0.0.1:PORT" for a in warm))
+    run_wrk(warm, 2 * seconds)  # every id into both workers' near caches
+    rounds = []
+    for number in range(1, ROUNDS_COMPARED + 1):
+        rates = {}
+        for kind, script in (("hits", scripts["random"]), ("refusals", bench.scripts[1])):
+            argv = wrk_argv(bench.url, script, conns, seconds, THREADS)
+            bench.note(shlex.join(a if a != bench.url else "http://127.0.0.1:PORT" for a in argv))
+            result = run_wrk(argv, seconds)
+            rates[kind] = result.as_dict()
+        print(
+            f"  round {number}: hits {rates['hits']['rps']:.0f} req/s (non-2xx "
+            f"{rates['hits']['non_2xx']}), refusals {rates['refusals']['rps']:.0f} req/s"
+        )
+        rounds.append(rates)
+    hits = common.median([r["hits"]["rps"] for r in rounds])
+    refusals = common.median([r["refusals"]["rps"] for r in rounds])
+    return {"rounds": rounds, "hits_rps": hits, "refusals_rps": refusals}
