@@ -6,6 +6,7 @@ import asyncio
 import base64
 import json
 import os
+import socket
 import time
 from pathlib import Path
 
@@ -138,3 +139,54 @@ async def test_an_upgrade_llhttp_does_not_see_gets_one_answer(tmp_path: Path) ->
         writer.close()
         assert server.metric("http_in_flight") == 1  # the scrape itself: none left pending
         assert server.metric("ws_connections") == 0
+
+
+async def test_a_slow_client_still_gets_its_close_frame_when_it_speaks_again(
+    tmp_path: Path,
+) -> None:
+    """A lingering close: the client dropped as too slow sends a frame afterwards; the
+    server goes on reading (discarding) instead of resetting the connection, so the client
+    reads its whole backlog and then the 4008 close frame (review finding)."""
+    with embedded(tmp_path, ws_send_buffer="65536", ws_publish_rate="10000") as server:
+        slow = raw_upgrade(server, "chat:linger")
+        try:
+            async with client(server, "nia") as nia:
+                await op(nia, op="subscribe", room="chat:linger")
+                for i in range(150):  # far more than the slow client's buffers
+                    await op(nia, op="publish", room="chat:linger", data=[i, "y" * 60_000])
+                for _ in range(100):
+                    if server.metric("ws_dropped_slow_total") >= 1:
+                        break
+                    await asyncio.sleep(0.1)
+                assert server.metric("ws_dropped_slow_total") == 1
+            send_masked(slow, json.dumps({"op": "subscribe", "room": "chat:late"}).encode())
+            await asyncio.sleep(0.2)
+            data = await asyncio.to_thread(_read_to_end, slow)
+            opcode, payload = _frames(data)[-1]
+            assert opcode == 0x8 and int.from_bytes(payload[:2], "big") == 4008
+        finally:
+            slow.close()
+
+
+def _read_to_end(sock: socket.socket) -> bytes:
+    sock.settimeout(10)
+    chunks = []
+    while chunk := sock.recv(1 << 20):  # a reset would raise here
+        chunks.append(chunk)
+    return b"".join(chunks)
+
+
+def _frames(data: bytes) -> list[tuple[int, bytes]]:
+    """Server frames (unmasked), in order; the part of one cut short is left out."""
+    frames, at = [], 0
+    while at + 2 <= len(data):
+        opcode, size, head = data[at] & 0x0F, data[at + 1] & 0x7F, 2
+        if size == 126:
+            size, head = int.from_bytes(data[at + 2 : at + 4], "big"), 4
+        elif size == 127:
+            size, head = int.from_bytes(data[at + 2 : at + 10], "big"), 10
+        if at + head + size > len(data):
+            break
+        frames.append((opcode, data[at + head : at + head + size]))
+        at += head + size
+    return frames

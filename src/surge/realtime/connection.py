@@ -90,6 +90,8 @@ class WsConnection(asyncio.Protocol):
         ws = self._ws
         ws.receive_data(data)
         for event in ws.events():
+            if self.closing and not isinstance(event, CloseConnection):
+                continue  # we said goodbye: only the client's close frame matters now
             if isinstance(event, TextMessage):
                 self._text(event.data, event.message_finished)
             elif isinstance(event, BytesMessage):
@@ -100,7 +102,7 @@ class WsConnection(asyncio.Protocol):
             elif isinstance(event, CloseConnection):
                 self._closed_by_peer(event)
                 return
-            if self.transport is None or self.closing:
+            if self.transport is None:
                 return
 
     def eof_received(self) -> bool | None:
@@ -189,7 +191,15 @@ class WsConnection(asyncio.Protocol):
         self._hub.forget(self)
         if self._ws.state is ConnectionState.OPEN:
             transport.write(self._ws.send(CloseConnection(code=code, reason=reason)))
-        transport.close()  # after the buffer is flushed
+        # A lingering close: our side ends once the buffer is out (FIN), but we go on
+        # reading until the client answers with its close frame or its own FIN. Closing
+        # outright while the client still sends would make the kernel reset the connection
+        # and throw away what was queued for it, close frame included.
+        if transport.can_write_eof():
+            transport.write_eof()
+            transport.resume_reading()
+        else:
+            transport.close()
         self._abort = asyncio.get_running_loop().call_later(ABORT_AFTER, self.abort)
 
     def abort(self) -> None:
