@@ -12,11 +12,12 @@ from pathlib import Path
 
 import httpx
 import pytest
+from redis.asyncio import Redis
 from websockets.asyncio.client import connect
 from websockets.exceptions import ConnectionClosed
 
 from surge.auth import mint
-from tests.backends import make_backend
+from tests.backends import make_backend, own_redis
 from tests.server import SECRET, Server, base_env, run_cli, serve
 from tests.ws import client, embedded, nothing_more, op, receive, ws_url
 
@@ -220,3 +221,28 @@ async def test_every_subscribe_is_answered_even_when_superseded(tmp_path: Path) 
                 answer = await receive(mo)
                 if answer["op"] != "message":
                     answered.add(answer["id"])
+
+
+def test_subscribers_are_told_to_resume_after_a_lost_redis_link(tmp_path: Path) -> None:
+    """Pub/sub keeps nothing for a subscriber that was away: when a process's link to
+    Redis comes back, its clients are told, per room, to resume with since."""
+    with own_redis(tmp_path) as redis_server:
+        env = base_env(
+            tmp_path, {"SURGE_REDIS_URL": redis_server.url, "SURGE_REDIS_PREFIX": "rt-lost:"}
+        )
+        run_cli(env, "db", "migrate")
+        with serve(env, tmp_path) as server:
+            asyncio.run(_told_to_resume(server, redis_server.port))
+
+
+async def _told_to_resume(server: Server, port: int) -> None:
+    async with client(server) as watcher:
+        await op(watcher, op="subscribe", room="chat:lost")
+        killer = Redis(port=port)
+        try:
+            killed = await killer.client_kill_filter(_type="pubsub")
+            assert killed >= 1
+        finally:
+            await killer.aclose()
+        notice = await receive(watcher, within=15)
+        assert (notice["op"], notice["code"], notice["room"]) == ("error", "resync", "chat:lost")

@@ -14,7 +14,9 @@ pytestmark = pytest.mark.anyio
 async def test_numbers_keeps_and_delivers() -> None:
     plane = LocalBackplane()
     heard: list[tuple[str, int, dict[str, object]]] = []
-    await plane.start(lambda room, seq, payload: heard.append((room, seq, json.loads(payload))))
+    await plane.start(
+        lambda room, seq, payload: heard.append((room, seq, json.loads(payload))), lambda: None
+    )
     for i in range(5):
         assert await plane.publish("chat:a", b'{"i":%d}' % i, keep=3) == i + 1
     assert await plane.publish("chat:b", b"true", keep=0) == 1
@@ -33,7 +35,7 @@ async def test_numbers_keeps_and_delivers() -> None:
 async def test_the_least_recently_published_room_is_forgotten_first() -> None:
     plane = LocalBackplane()
     plane.MAX_ROOMS = 3
-    await plane.start(lambda *_: None)
+    await plane.start(lambda *_: None, lambda: None)
     for room in ("chat:a", "chat:b", "chat:c"):
         await plane.publish(room, b"1", keep=10)
     await plane.publish("chat:a", b"2", keep=10)  # a is recent again; b is now the oldest

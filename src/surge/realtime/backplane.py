@@ -29,7 +29,10 @@ TTL_MS = 86_400_000  # a room's number and history outlive its last message by a
 
 
 class Backplane(Protocol):
-    async def start(self, deliver: Deliver) -> None: ...
+    async def start(self, deliver: Deliver, lost: Callable[[], None]) -> None:
+        """`deliver` gets every message; `lost` is called when messages may have been
+        missed (the link to the other processes was re-established)."""
+        ...
 
     async def publish(self, room: str, data: bytes, keep: int) -> int:
         """Numbers, keeps and distributes a message; returns its sequence number."""
@@ -52,8 +55,8 @@ class LocalBackplane:
         self._kept: dict[str, deque[tuple[int, bytes]]] = {}
         self._deliver: Deliver | None = None
 
-    async def start(self, deliver: Deliver) -> None:
-        self._deliver = deliver
+    async def start(self, deliver: Deliver, lost: Callable[[], None]) -> None:
+        self._deliver = deliver  # nothing to lose in one process: `lost` is never called
 
     async def publish(self, room: str, data: bytes, keep: int) -> int:
         seq = self._seq.pop(room, 0) + 1  # re-inserted last: dicts keep insertion order
@@ -105,12 +108,13 @@ class RedisBackplane:
         tag = f"{self._prefix}{{rt:{room}}}"  # one Redis Cluster slot per room
         return [f"{tag}:seq", f"{tag}:history"]
 
-    async def start(self, deliver: Deliver) -> None:
+    async def start(self, deliver: Deliver, lost: Callable[[], None]) -> None:
         def on_message(message: bytes) -> None:
             room, seq, payload = message.split(b"\n", 2)
             deliver(room.decode(), int(seq), payload)
 
         await self._bus.subscribe(CHANNEL, on_message)
+        self._bus.on_reconnect(lost)  # pub/sub keeps nothing for a subscriber that was away
 
     async def publish(self, room: str, data: bytes, keep: int) -> int:
         channel = self._prefix + CHANNEL  # RedisBus prefixes its channels the same way

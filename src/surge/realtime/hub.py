@@ -81,7 +81,7 @@ class Hub:
         self._all_gone: asyncio.Event | None = None  # set up by close()
 
     async def start(self) -> None:
-        await self._backplane.start(self._deliver)
+        await self._backplane.start(self._deliver, self._lost)
         self._heartbeat = asyncio.get_running_loop().create_task(self._beat())
 
     # -- the Rooms interface (surge.feed): the server publishes -------------------------------
@@ -292,6 +292,20 @@ class Hub:
             conn.close(TOO_SLOW, "too slow: outgoing buffer full")
         self.stats["messages_out"] += written
         self.fanout.observe(time.perf_counter() - started)
+
+    def _lost(self) -> None:
+        """The link to the other processes came back: what was published meanwhile never
+        reached this process. Every local subscriber is told, per room, to resume."""
+        for room, members in list(self.rooms.items()):
+            notice = wire.error(
+                None,
+                "resync",
+                f"messages of {room} may have been missed (this server lost its link to the "
+                "others for a moment): subscribe again with since",
+                room=room,
+            )
+            for conn in list(members):
+                conn.reply(notice)
 
     # -- heartbeat and shutdown ---------------------------------------------------------------
     async def _beat(self) -> None:

@@ -105,5 +105,8 @@ def ack(request_id: Any, **extra: Any) -> bytes:
     return orjson.dumps({"op": "ack", "id": request_id, **extra})
 
 
-def error(request_id: Any, code: str, text: str) -> bytes:
-    return orjson.dumps({"op": "error", "id": request_id, "code": code, "message": text})
+def error(request_id: Any, code: str, text: str, room: str | None = None) -> bytes:
+    answer = {"op": "error", "id": request_id, "code": code, "message": text}
+    if room is not None:
+        answer["room"] = room
+    return orjson.dumps(answer)
