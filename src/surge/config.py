@@ -65,7 +65,7 @@ class Settings:
     ws_ping_timeout: float = 10.0
     ws_history: int = 100
     ws_origins: str = ""
-    ws_fanout_threads: int = -1  # -1: one per further core, at most 3
+    ws_fanout_threads: int = -1  # -1: one per core, at most 3
 
     @property
     def embedded(self) -> bool:
@@ -240,7 +240,7 @@ FIELDS: tuple[Field, ...] = (
     Field(
         "ws_fanout_threads",
         _fanout_threads,
-        "threads writing a WebSocket fan-out beside the event loop; -1 = cores - 1 (max 3)",
+        "threads writing a WebSocket fan-out beside the event loop; -1 = one per core (max 3)",
     ),
     Field(
         "ws_origins",

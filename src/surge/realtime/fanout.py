@@ -5,7 +5,8 @@ loopback (the kernel also runs the receiving side of the connection inside it), 
 10,000 subscribers took 110-125 ms from one thread, no faster than the Go baseline's
 single writer. `os.write` releases the GIL for its system call, so the subscribers are
 split between the event loop's thread and `helpers` more threads, which write at the
-same time (measured at 10,000: 125 -> 79 ms with one helper on 2 cores).
+same time (measured at 10,000 on 2 cores: 125 -> 79 ms with one helper; see
+`default_helpers` for how many).
 
 This is safe because of what the caller guarantees, and only then: every connection
 handed over has nothing queued in its transport (so a direct write keeps the order), and
@@ -30,8 +31,11 @@ Short = list[tuple[Writable, int]]  # a connection, and how many bytes of the fr
 
 
 def default_helpers() -> int:
-    """One helper thread per further core, at most 3."""
-    return max(0, min(os.cpu_count() or 1, 4) - 1)
+    """One helper thread per core, at most 3: while one thread holds the GIL between two
+    writes, the others are in system calls, so every core stays busy writing. Measured
+    on 2 cores, 10,000 subscribers, 3 rounds each: 1 helper 0.84-0.88x Go's fan-out time,
+    2 helpers 0.76x, 3 helpers 0.75x."""
+    return min(os.cpu_count() or 1, 3)
 
 
 class FanOut:
