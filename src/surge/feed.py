@@ -1,18 +1,15 @@
 """Live stock: every change of a sale's remaining stock goes to room `sale:{id}`.
 
 `Rooms` is the real-time publisher interface; the WebSocket hub (`surge.realtime.hub`)
-implements it, across processes through Redis. `LocalRooms` is a plain in-process
-implementation, for tests. `StockFeed` coalesces: however many purchases change a
-sale's stock, its room gets at most one update per `interval` (4 a second by default),
-carrying the latest count.
+implements it, across processes through Redis. `StockFeed` coalesces: however many
+purchases change a sale's stock, its room gets at most one update per `interval` (4 a
+second by default), carrying the latest count.
 """
 
 from __future__ import annotations
 
 import asyncio
 import logging
-from collections import defaultdict
-from collections.abc import Callable
 from typing import Protocol
 
 import orjson
@@ -24,20 +21,6 @@ class Rooms(Protocol):
     async def publish(self, room: str, data: bytes) -> None:
         """Sends `data` (an encoded JSON message) to every subscriber of `room`."""
         ...
-
-
-class LocalRooms:
-    """Rooms within this process: subscribers are callbacks."""
-
-    def __init__(self) -> None:
-        self._subscribers: dict[str, list[Callable[[bytes], None]]] = defaultdict(list)
-
-    def subscribe(self, room: str, callback: Callable[[bytes], None]) -> None:
-        self._subscribers[room].append(callback)
-
-    async def publish(self, room: str, data: bytes) -> None:
-        for callback in list(self._subscribers.get(room, ())):
-            callback(data)
 
 
 class StockFeed:

@@ -2,10 +2,27 @@ from __future__ import annotations
 
 import asyncio
 import json
+from collections import defaultdict
+from collections.abc import Callable
 
 import pytest
 
-from surge.feed import LocalRooms, StockFeed
+from surge.feed import StockFeed
+
+
+class LocalRooms:  # the Rooms interface, in-process: a fake for these tests
+    """Rooms within this process: subscribers are callbacks."""
+
+    def __init__(self) -> None:
+        self._subscribers: dict[str, list[Callable[[bytes], None]]] = defaultdict(list)
+
+    def subscribe(self, room: str, callback: Callable[[bytes], None]) -> None:
+        self._subscribers[room].append(callback)
+
+    async def publish(self, room: str, data: bytes) -> None:
+        for callback in list(self._subscribers.get(room, ())):
+            callback(data)
+
 
 pytestmark = pytest.mark.anyio
 
