@@ -6,7 +6,7 @@ STAMP := $(VENV)/.installed
 
 .PHONY: run test install lint typecheck bench bench-orders bench-sale bench-broadcast clean
 
-$(STAMP): pyproject.toml constraints.txt scripts/install-system-deps.sh
+$(STAMP): pyproject.toml setup.py src/surge/realtime/_sendmany.c constraints.txt scripts/install-system-deps.sh
 	bash scripts/install-system-deps.sh
 	test -x $(BIN)/python || $(PY) -m venv $(VENV)
 	$(BIN)/pip install -q --upgrade pip

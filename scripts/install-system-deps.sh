@@ -1,10 +1,11 @@
 #!/usr/bin/env bash
 # Debian packages the tests and benchmarks need; installs only what is missing.
 # redis-server: tests that kill Redis start their own. wrk: the HTTP load generator.
-# chromium: the browser test of the /demo page (headless).
+# chromium: the browser test of the /demo page (headless). gcc: builds the fan-out's C
+# extension (src/surge/realtime/_sendmany.c) at install.
 set -euo pipefail
 need=()
-for pkg in redis-server wrk chromium; do
+for pkg in redis-server wrk chromium gcc; do
   dpkg -s "$pkg" >/dev/null 2>&1 || need+=("$pkg")
 done
 if [ ${#need[@]} -gt 0 ]; then

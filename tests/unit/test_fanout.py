@@ -3,8 +3,12 @@
 from __future__ import annotations
 
 import socket
+from array import array
 from dataclasses import dataclass
 
+import pytest
+
+from surge.realtime._sendmany import send_many
 from surge.realtime.fanout import FanOut
 
 
@@ -72,3 +76,34 @@ def test_few_targets_stay_on_the_calling_thread() -> None:
         for ours, theirs in pairs:
             ours.close()
             theirs.close()
+
+
+def test_send_many_reports_full_sockets_and_skips_dead_descriptors() -> None:
+    pairs = _pairs(3)
+    full = pairs[1][0]
+    full.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, 4096)
+    try:
+        while True:
+            full.send(b"x" * 4096)
+    except BlockingIOError:
+        pass
+    dead = socket.socket()
+    dead_fd = dead.fileno()
+    dead.close()  # EBADF: skipped like a reset peer
+    try:
+        fds = array("i", [pairs[0][0].fileno(), full.fileno(), dead_fd, pairs[2][0].fileno()])
+        assert send_many(fds, b"frame", 0, 4) == [(1, 0)]
+        assert pairs[0][1].recv(10) == b"frame"
+        assert pairs[2][1].recv(10) == b"frame"
+        assert send_many(array("i"), b"frame", 0, 0) == []
+        with pytest.raises(IndexError):
+            send_many(fds, b"frame", 2, 5)
+    finally:
+        for ours, theirs in pairs:
+            ours.close()
+            theirs.close()
+
+
+def test_send_many_wants_an_array_of_c_ints() -> None:
+    with pytest.raises(TypeError):
+        send_many(b"\x03\x00\x00\x00", b"frame", 0, 1)  # type: ignore[arg-type]

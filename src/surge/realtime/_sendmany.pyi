@@ -1,0 +1,3 @@
+from array import array
+
+def send_many(fds: array[int], frame: bytes, start: int, stop: int) -> list[tuple[int, int]]: ...
