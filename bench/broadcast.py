@@ -80,6 +80,11 @@ class Broadcast:
 
     def prepare(self) -> None:
         baseline.ensure_built(self.note)
+        # the Redis runs use MariaDB too (every Surge process opens its store)
+        common.create_database(DATABASE_URL.rsplit("/", 1)[1], self.note)
+        env = common.clean_env({"SURGE_DATABASE_URL": DATABASE_URL})
+        common.run([str(common.SURGE_BIN), "db", "migrate"], env=env, timeout=300)
+        self.note(f"SURGE_DATABASE_URL={DATABASE_URL} .venv/bin/surge db migrate")
 
     # -- servers ------------------------------------------------------------------------------
     def start_go(self) -> tuple[Server, str]:

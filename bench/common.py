@@ -21,7 +21,7 @@ import sys
 import time
 import urllib.error
 import urllib.request
-from collections.abc import Iterator, Mapping, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
@@ -112,6 +112,12 @@ def require_tool(name: str, hint: str) -> str:
     if path is None:
         fail(f"`{name}` is not on PATH: {hint}")
     return path
+
+
+# The throughput harnesses compare with the Go baseline, which has no rate limits, and
+# drive a few users hard: Surge's per-user limits are off there (bench/overload.py
+# measures protection).
+NO_RATE_LIMITS = {"SURGE_RATE_LIMIT_READ": "off", "SURGE_RATE_LIMIT_WRITE": "off"}
 
 
 def clean_env(extra: Mapping[str, str] | None = None) -> dict[str, str]:
@@ -367,6 +373,14 @@ def markdown_table(head: Sequence[str], rows: Iterator[Sequence[str]]) -> str:
     return "\n".join(lines)
 
 
+def create_database(name: str, note: Callable[[str], None]) -> None:
+    """The MariaDB database every Surge harness points at (kept between runs)."""
+    require_tool("mariadb", "the MariaDB client is needed to create the database")
+    create = ["mariadb", "-uroot", "-e", f"CREATE DATABASE IF NOT EXISTS {name}"]
+    run(create)
+    note(shlex.join(create))
+
+
 def start_surge(
     processes: Processes, env: dict[str, str], workers: int, database_url: str, redis_url: str
 ) -> tuple[Server, int, str]:
@@ -379,6 +393,7 @@ def start_surge(
     shown = (
         f"SURGE_DATABASE_URL={database_url} SURGE_REDIS_URL={redis_url} "
         "SURGE_JWT_SECRET=<random, per run> SURGE_LOG_LEVEL=warning "
+        "SURGE_RATE_LIMIT_READ=off SURGE_RATE_LIMIT_WRITE=off "
         f".venv/bin/surge serve --workers {workers} --port PORT"
     )
     return server, port, shown

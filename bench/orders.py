@@ -128,12 +128,9 @@ class Bench:
     # -- preparation --------------------------------------------------------------------------
     def prepare(self) -> None:
         common.require_tool("wrk", "install it with `bash scripts/install-system-deps.sh`")
-        common.require_tool("mariadb", "the MariaDB client is needed to create the database")
         common.require_tool("redis-cli", "the Redis client is needed to clear the caches")
         baseline.ensure_built(self.note)
-        create = ["mariadb", "-uroot", "-e", f"CREATE DATABASE IF NOT EXISTS {DATABASE}"]
-        common.run(create)
-        self.note(shlex.join(create))
+        common.create_database(DATABASE, self.note)
         seed = ["db", "seed", "--orders", str(self.args.orders), "--users", str(USERS), "--reset"]
         print(f"seeding {self.args.orders} orders for {USERS} users ...")
         print("  " + common.run([str(SURGE_BIN), *seed], env=self.surge_env(), timeout=600).strip())
@@ -148,6 +145,7 @@ class Bench:
                 "SURGE_REDIS_URL": SURGE_REDIS_URL,
                 "SURGE_JWT_SECRET": self.secret,
                 "SURGE_LOG_LEVEL": "warning",
+                **common.NO_RATE_LIMITS,
             }
         )
 

@@ -136,6 +136,7 @@ class SaleBench:
                 "SURGE_REDIS_URL": REDIS_URL,
                 "SURGE_JWT_SECRET": self.secret,
                 "SURGE_LOG_LEVEL": "warning",
+                **common.NO_RATE_LIMITS,
             }
         )
 
@@ -146,11 +147,8 @@ class SaleBench:
     # -- preparation and Surge ----------------------------------------------------------------
     def prepare(self) -> None:
         common.require_tool("wrk", "install it with `bash scripts/install-system-deps.sh`")
-        common.require_tool("mariadb", "the MariaDB client is needed to create the database")
         common.require_tool("redis-cli", "the Redis client is needed to flush Redis DB 1")
-        create = ["mariadb", "-uroot", "-e", f"CREATE DATABASE IF NOT EXISTS {DATABASE}"]
-        common.run(create)
-        self.note(shlex.join(create))
+        common.create_database(DATABASE, self.note)
         common.run([str(SURGE_BIN), "db", "migrate"], env=self.env(), timeout=300)
         self.note(f"SURGE_DATABASE_URL={DATABASE_URL} .venv/bin/surge db migrate")
         sale_hits.ensure_orders(self)

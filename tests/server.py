@@ -30,6 +30,10 @@ def base_env(data_dir: Path, extra: Mapping[str, str] | None = None) -> dict[str
             "SURGE_JWT_SECRET": SECRET,
             "SURGE_LOG_LEVEL": "info",
             "SURGE_SHUTDOWN_DELAY": "0.3",
+            # the limiter runs in every test (and through Redis where there is one), with
+            # limits no test reaches; test_protection sets real ones
+            "SURGE_RATE_LIMIT_READ": "10000/10000",
+            "SURGE_RATE_LIMIT_WRITE": "10000/10000",
         }
     )
     env.update(extra or {})

@@ -16,6 +16,7 @@ from surge.http import ops
 from surge.http.router import Router
 from surge.metrics import Metrics
 from surge.orders import OrderQuery
+from surge.protect.setup import rate_limiter
 from surge.purchase import Purchases, SaleConfigs, SoldOutBoard, rebuild_gates
 from surge.realtime.setup import start_hub
 
@@ -39,6 +40,7 @@ class App:
         await backends.warm()
         secret = settings.jwt_secret or load_or_create_secret(settings.secret_path)
         self.auth = Authenticator(secret, settings.token_cache_size)
+        self.limiter = rate_limiter(settings, backends, self.auth, self.metrics, stack)
         self.orders = OrderQuery(
             settings, self.auth, backends.cache, backends.store, backends.bus, self.metrics
         )

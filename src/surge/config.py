@@ -66,6 +66,10 @@ class Settings:
     ws_history: int = 100
     ws_origins: str = ""
     ws_fanout_threads: int = -1  # -1: one per core, at most 3
+    rate_limit_read: tuple[float, int] | None = (20.0, 40)  # per caller: a second, burst
+    rate_limit_write: tuple[float, int] | None = (5.0, 10)
+    rate_limit_store: str = "auto"  # auto: Redis when configured, else this process
+    trusted_proxies: str = ""  # CIDRs whose X-Forwarded-For is believed
 
     @property
     def embedded(self) -> bool:
@@ -143,6 +147,19 @@ def _fraction(text: str) -> float:
     if not 0.0 <= value < 1.0:
         raise ValueError("must be in [0, 1)")
     return value
+
+
+def _rate_policy(text: str) -> tuple[float, int] | None:
+    from surge.protect.ratelimit import parse_policy
+
+    return parse_policy(text)
+
+
+def _networks(text: str) -> str:
+    from surge.protect.clients import parse_networks
+
+    parse_networks(text)  # validated here, parsed again where used
+    return text
 
 
 def _choice(choices: tuple[str, ...]) -> Callable[[str], str]:
@@ -247,6 +264,26 @@ FIELDS: tuple[Field, ...] = (
         str,
         "comma-separated Origins allowed to open /ws (scheme://host[:port]); empty = any",
     ),
+    Field(
+        "rate_limit_read",
+        _rate_policy,
+        "GET requests per caller: `RATE/BURST` a second (`20/40`); `off` = no limit",
+    ),
+    Field(
+        "rate_limit_write",
+        _rate_policy,
+        "other requests (purchases, sale admin) per caller: `RATE/BURST`; `off` = no limit",
+    ),
+    Field(
+        "rate_limit_store",
+        _choice(("auto", "local", "redis")),
+        "where buckets live: `auto` = Redis when configured (shared), else this process",
+    ),
+    Field(
+        "trusted_proxies",
+        _networks,
+        "comma-separated CIDRs of proxies whose X-Forwarded-For names the client",
+    ),
 )
 
 
@@ -296,6 +333,8 @@ def _check(settings: Settings) -> None:
             f"SURGE_WORKERS={settings.workers} needs SURGE_REDIS_URL: processes share the "
             "cache, invalidations and (later) stock only through Redis"
         )
+    if settings.rate_limit_store == "redis" and settings.redis_url is None:
+        raise ConfigError("SURGE_RATE_LIMIT_STORE=redis needs SURGE_REDIS_URL")
     if settings.jwt_secret is not None and len(settings.jwt_secret) < 32:
         raise ConfigError("SURGE_JWT_SECRET must be at least 32 characters (RFC 7518 3.2)")
 

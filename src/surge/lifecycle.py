@@ -45,6 +45,7 @@ async def serve(settings: Settings, sock: socket.socket, metrics: Metrics) -> in
     state = ServerState(
         app.router, app.metrics.observe_request, settings.keepalive_timeout, settings.max_body_bytes
     )
+    state.limiter = app.limiter
     server = HttpServer(state, sock)
     await server.start()
     tune_gc()

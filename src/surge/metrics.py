@@ -19,7 +19,7 @@ import asyncio
 import os
 import time
 from bisect import bisect_left
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Mapping
 from pathlib import Path
 
 from prometheus_client import CollectorRegistry, generate_latest
@@ -68,6 +68,7 @@ class Metrics:
         self.loop_lag = 0.0
         self.gauges: dict[str, tuple[str, Callable[[], float]]] = {}
         self.counters: dict[str, tuple[str, Callable[[], float]]] = {}
+        self.labelled_counters: dict[str, tuple[str, str, Callable[[], Mapping[str, float]]]] = {}
         self.histograms: dict[str, tuple[str, Histogram]] = {}
         self.registry = CollectorRegistry(auto_describe=False)
         self.registry.register(self)
@@ -91,6 +92,12 @@ class Metrics:
     def counter(self, name: str, doc: str, read: Callable[[], float]) -> None:
         """A counter kept elsewhere as a plain number, read at scrape time."""
         self.counters[name] = (doc, read)
+
+    def labelled_counter(
+        self, name: str, doc: str, label: str, read: Callable[[], Mapping[str, float]]
+    ) -> None:
+        """Counters kept elsewhere as a dict (label value -> count), read at scrape time."""
+        self.labelled_counters[name] = (doc, label, read)
 
     def histogram(self, name: str, doc: str, histogram: Histogram) -> None:
         self.histograms[name] = (doc, histogram)
@@ -172,6 +179,11 @@ class Metrics:
             yield GaugeMetricFamily(name, doc, value=read())
         for name, (doc, read) in sorted(self.counters.items()):
             yield CounterMetricFamily(name, doc, value=read())
+        for name, (doc, label, read_all) in sorted(self.labelled_counters.items()):
+            labelled = CounterMetricFamily(name, doc, labels=[label])
+            for value, seen in sorted(read_all().items()):
+                labelled.add_metric([value], seen)
+            yield labelled
         for name, (doc, histogram) in sorted(self.histograms.items()):
             family = HistogramMetricFamily(name, doc)
             running = 0.0

@@ -37,6 +37,7 @@ PROBLEM_TYPES = {
     "bad-websocket-key": "Sec-WebSocket-Key is not 16 base64-encoded bytes",
     "origin-not-allowed": "the Origin is not in SURGE_WS_ORIGINS",
     "too-many-connections": "the process is at its WebSocket connection limit",
+    "rate-limited": "the caller is over its rate limit; see Retry-After and RateLimit",
     "bad-request": "malformed HTTP",
     "body-too-large": "request body too large",
     "headers-too-large": "request headers too large",
@@ -366,5 +367,23 @@ DOCUMENT: dict[str, Any] = {
         },
     },
 }
+
+# Routes never rate-limited (surge.http.ops, surge.realtime.setup: route_class None).
+UNLIMITED = ("/healthz", "/readyz", "/metrics", "/openapi.json", "/ws")
+_RATE_LIMITED = {
+    **_problem("over the caller's rate limit (docs/protection.md)"),
+    "headers": {
+        name: {"schema": {"type": kind}, "description": text}
+        for name, kind, text in (
+            ("Retry-After", "integer", "seconds until a retry may pass, with jitter"),
+            ("RateLimit-Policy", "string", 'IETF draft: `"read";q=BURST;w=SECONDS`'),
+            ("RateLimit", "string", 'IETF draft: `"read";r=0;t=SECONDS`'),
+        )
+    },
+}
+for _path, _methods in DOCUMENT["paths"].items():
+    if _path not in UNLIMITED:
+        for _operation in _methods.values():
+            _operation["responses"]["429"] = _RATE_LIMITED
 
 ENCODED = orjson.dumps(DOCUMENT)

@@ -79,10 +79,15 @@ def add_routes(router: Router, metrics: Metrics, readiness: Readiness, auth: Aut
         return json_response(200, task_counts())
 
     alive = json_response(200, {"status": "ok", "pid": os.getpid()})  # built after the fork
-    router.add("GET", "/healthz", lambda _request: alive)
-    router.add("GET", "/readyz", readiness.check)
+    # operations' routes are never rate-limited or shed (route_class None): probes and
+    # scrapes must see the server as it is, overloaded or not
+    router.add("GET", "/healthz", lambda _request: alive, None)
+    router.add("GET", "/readyz", readiness.check, None)
     router.add(
-        "GET", "/metrics", lambda _request: response(200, metrics.render(), CONTENT_TYPE.encode())
+        "GET",
+        "/metrics",
+        lambda _request: response(200, metrics.render(), CONTENT_TYPE.encode()),
+        None,
     )
-    router.add("GET", "/openapi.json", lambda _request: _OPENAPI)
+    router.add("GET", "/openapi.json", lambda _request: _OPENAPI, None)
     router.add("GET", "/debug/tasks", tasks)

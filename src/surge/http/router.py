@@ -22,6 +22,8 @@ Handler = Callable[["Request"], HandlerResult]
 class Route:
     template: str
     methods: dict[str, Handler] = field(default_factory=dict)
+    # method -> rate-limit class (surge.protect.ratelimit); None: never limited
+    classes: dict[str, str | None] = field(default_factory=dict)
     params: tuple[tuple[int, str], ...] = ()  # (segment index, parameter name)
 
 
@@ -32,7 +34,11 @@ class Router:
         self._templated: dict[tuple[int, str], list[tuple[tuple[tuple[int, str], ...], Route]]] = {}
         self._routes: dict[str, Route] = {}
 
-    def add(self, method: str, template: str, handler: Handler) -> None:
+    def add(
+        self, method: str, template: str, handler: Handler, route_class: str | None = "auto"
+    ) -> None:
+        """`route_class` "auto": `read` for GET and HEAD, `write` otherwise; None: exempt
+        from rate limits and load shedding (health, readiness, metrics)."""
         route = self._routes.get(template)
         if route is None:
             segments = template.split("/")
@@ -48,6 +54,9 @@ class Router:
                 key = (len(segments), segments[1])
                 self._templated.setdefault(key, []).append((literals, route))
         route.methods[method] = handler
+        if route_class == "auto":
+            route_class = "read" if method in ("GET", "HEAD") else "write"
+        route.classes[method] = route_class
 
     def match(self, path: str) -> tuple[Route, dict[str, str]] | None:
         route = self._static.get(path)

@@ -28,7 +28,9 @@ import httptools
 
 from surge.http.request import Request, Upgrade
 from surge.http.response import Problem, Response, problem_response
-from surge.http.router import Router
+from surge.http.router import Handler, HandlerResult, Router
+from surge.protect.bucket import Verdict
+from surge.protect.ratelimit import RateLimiter
 
 log = logging.getLogger("surge.http")
 
@@ -62,6 +64,7 @@ class ServerState:
         self, router: Router, observe: Observer, keepalive_timeout: float, max_body: int
     ) -> None:
         self.router = router
+        self.limiter: RateLimiter | None = None  # per-caller rate limits (surge.protect)
         self.observe = observe
         self.keepalive_timeout = keepalive_timeout
         self.max_body = max_body
@@ -246,13 +249,47 @@ class HttpProtocol(asyncio.Protocol):
                     405, "method-not-allowed", f"allowed: {allowed}", (("allow", allowed),)
                 )
             else:
-                try:
-                    result = handler(request)
-                except Problem as problem:
-                    result = problem.response()
-                except Exception:
-                    log.exception("handler failed: %s %s", request.method, request.route)
-                    result = problem_response(500, "internal", "internal error")
+                limiter = state.limiter
+                route_class = route.classes[request.method] if limiter is not None else None
+                if route_class is None:
+                    result = _call(handler, request)
+                else:
+                    assert limiter is not None
+                    verdict = limiter.check(request, route_class)
+                    if verdict is None:
+                        result = _call(handler, request)
+                    elif isinstance(verdict, tuple):
+                        result = verdict  # 429
+                    else:  # Redis decides, in the next loop turn
+                        self._busy = True
+                        verdict.add_done_callback(
+                            lambda done: self._admitted(request, handler, route_class, done)
+                        )
+                        return
+        self._respond(request, result)
+
+    def _admitted(
+        self, request: Request, handler: Handler, route_class: str, done: asyncio.Future[Verdict]
+    ) -> None:
+        """Redis's verdict on a request that waited for it (see `_handle`)."""
+        if done.cancelled():
+            self._finish(request, _SHUTTING_DOWN)
+            return
+        refusal = self._state.limiter.answer(route_class, done.result())  # type: ignore[union-attr]
+        if refusal is not None:
+            self._finish(request, refusal)
+            return
+        result = _call(handler, request)
+        if isinstance(result, tuple):
+            self._finish(request, result)
+        elif isinstance(result, Upgrade):  # /ws is never limited; see Router.add
+            log.error("an upgrade route must be exempt from rate limits: %s", request.route)
+            self._finish(request, problem_response(500, "internal", "internal error"))
+        else:
+            self._busy = False
+            self._respond(request, result)
+
+    def _respond(self, request: Request, result: HandlerResult) -> None:
         if isinstance(result, tuple):
             self._send(request, result)
             return
@@ -401,6 +438,16 @@ class HttpProtocol(asyncio.Protocol):
     def abort(self) -> None:
         if self._transport is not None:
             self._transport.abort()
+
+
+def _call(handler: Handler, request: Request) -> HandlerResult:
+    try:
+        return handler(request)
+    except Problem as problem:
+        return problem.response()
+    except Exception:
+        log.exception("handler failed: %s %s", request.method, request.route)
+        return problem_response(500, "internal", "internal error")
 
 
 class _TooLarge(Exception):

@@ -29,7 +29,9 @@ async def start_hub(
     )
     hub = Hub(limits_of(settings), backplane)
     await hub.start()
-    router.add("GET", "/ws", Endpoint(hub, auth, settings.ws_origins).handle)
+    # None: no HTTP rate limit (the hub has its own limits; an upgrade cannot wait for a
+    # verdict from Redis)
+    router.add("GET", "/ws", Endpoint(hub, auth, settings.ws_origins).handle, None)
     page = response(200, DEMO_PAGE, HTML, (("cache-control", "no-cache"),))
     router.add("GET", "/demo", lambda _request: page)
     metrics.gauge("ws_connections", "Open WebSocket connections", lambda: len(hub.connections))

@@ -1,0 +1,90 @@
+"""Rate-limit buckets in Redis, shared by every process: one script call per loop turn.
+
+Every request of one event-loop turn that needs a verdict waits for the same EVALSHA
+(`lua/ratelimit.lua`), which decides them in order on Redis's clock: N concurrent
+requests at a limit of L let exactly L through, however many processes they reach. A
+request pays one round trip shared with its neighbours, not one of its own.
+
+When Redis fails or takes longer than `timeout`, the verdicts come from this process's
+own buckets (the limits then hold per process, not overall) and `on_error` is told; the
+next turn tries Redis again.
+All keys share the hash tag `{rl}`, so one script call is one cluster slot.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections.abc import Callable
+from importlib import resources
+
+from redis import asyncio as aioredis
+
+from surge.protect.bucket import LocalBuckets, Policy, Verdict
+
+log = logging.getLogger("surge.ratelimit")
+
+_Waiting = tuple[Policy, str, "asyncio.Future[Verdict]"]
+
+
+class RedisBuckets:
+    MAX_BATCH = 500  # buckets per script call
+
+    def __init__(
+        self,
+        client: aioredis.Redis,
+        prefix: str,
+        fallback: LocalBuckets,
+        on_error: Callable[[Exception], None],
+        timeout: float = 0.05,
+    ) -> None:
+        self._script = client.register_script(
+            (resources.files("surge.backends") / "lua" / "ratelimit.lua").read_text()
+        )
+        self._prefix = f"{prefix}{{rl}}:"
+        self._fallback = fallback
+        self._on_error = on_error
+        self._timeout = timeout  # a verdict later than this comes from the local buckets
+        self._waiting: list[_Waiting] = []
+        self._tasks: set[asyncio.Task[None]] = set()
+
+    def check(self, policy: Policy, caller: str) -> asyncio.Future[Verdict]:
+        loop = asyncio.get_running_loop()
+        verdict: asyncio.Future[Verdict] = loop.create_future()
+        if not self._waiting:
+            # runs in the next loop turn: the rest of this one joins the call
+            task = loop.create_task(self._send())
+            self._tasks.add(task)
+            task.add_done_callback(self._tasks.discard)
+        self._waiting.append((policy, caller, verdict))
+        return verdict
+
+    async def _send(self) -> None:
+        waiting, self._waiting = self._waiting, []
+        chunks = [waiting[i : i + self.MAX_BATCH] for i in range(0, len(waiting), self.MAX_BATCH)]
+        await asyncio.gather(*(self._decide(chunk) for chunk in chunks))
+
+    async def _decide(self, waiting: list[_Waiting]) -> None:
+        keys: list[str] = []
+        args: list[float | int] = []
+        for policy, caller, _ in waiting:
+            keys.append(f"{self._prefix}{policy.name}:{caller}")
+            args += (policy.rate, policy.burst, policy.ttl_ms)
+        try:
+            flat = await asyncio.wait_for(self._script(keys=keys, args=args), self._timeout)
+        except Exception as exc:  # Redis down or slow: this process's buckets decide
+            self._on_error(exc)
+            for policy, caller, verdict in waiting:
+                if not verdict.done():
+                    verdict.set_result(self._fallback.check(policy, caller))
+            return
+        for i, (_, _, verdict) in enumerate(waiting):
+            if not verdict.done():
+                verdict.set_result(
+                    Verdict(flat[3 * i] == 1, int(flat[3 * i + 1]), int(flat[3 * i + 2]) / 1000)
+                )
+
+    async def close(self) -> None:
+        for task in list(self._tasks):
+            task.cancel()
+        await asyncio.gather(*self._tasks, return_exceptions=True)

@@ -1,0 +1,1 @@
+"""Protection (DESIGN section 7): rate limits, load shedding, deadlines, breakers."""

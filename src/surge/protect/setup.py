@@ -1,0 +1,65 @@
+"""Builds the protection layer from Settings (called by surge.app)."""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+
+from surge.auth import Authenticator
+from surge.backends import Backends
+from surge.config import Settings
+from surge.metrics import Metrics
+from surge.protect.bucket import LocalBuckets, Policy
+from surge.protect.clients import Clients, parse_networks
+from surge.protect.ratelimit import Buckets, RateLimiter
+
+log = logging.getLogger("surge.protect")
+
+
+def rate_limiter(
+    settings: Settings,
+    backends: Backends,
+    auth: Authenticator,
+    metrics: Metrics,
+    stack: contextlib.AsyncExitStack,
+) -> RateLimiter | None:
+    policies = {
+        name: Policy(name, *figures)
+        for name, figures in (
+            ("read", settings.rate_limit_read),
+            ("write", settings.rate_limit_write),
+        )
+        if figures is not None
+    }
+    if not policies:
+        return None
+    local = LocalBuckets()
+    buckets: Buckets = local
+    shared = settings.rate_limit_store == "redis" or (
+        settings.rate_limit_store == "auto" and backends.redis_client is not None
+    )
+    store_errors = [0]
+    if shared:
+        from surge.backends.redis_limits import RedisBuckets
+
+        def on_error(exc: Exception) -> None:
+            if not store_errors[0] % 1000:  # the first, then every 1000th
+                log.warning("rate limits: Redis failed (%s); this process decides", exc)
+            store_errors[0] += 1
+
+        redis_buckets = RedisBuckets(backends.redis_client, settings.redis_prefix, local, on_error)
+        stack.push_async_callback(redis_buckets.close)
+        buckets = redis_buckets
+    limiter = RateLimiter(
+        policies, buckets, Clients(auth, parse_networks(settings.trusted_proxies))
+    )
+    metrics.labelled_counter(
+        "rate_limited", "Requests refused 429 by class", "class", lambda: limiter.limited
+    )
+    metrics.counter(
+        "rate_limit_store_errors",
+        "Rate-limit verdicts this process made alone because Redis failed",
+        lambda: store_errors[0],
+    )
+    metrics.gauge("rate_limit_local_buckets", "Buckets held in this process", lambda: len(local))
+    return limiter
