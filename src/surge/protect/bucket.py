@@ -39,6 +39,10 @@ class Verdict(NamedTuple):
     wait: float  # seconds until the next token (0 when allowed)
 
 
+# the verdicts that pass, made once: creating a NamedTuple per request costs 0.25 us
+_PASSES = tuple(Verdict(True, remaining, 0.0) for remaining in range(1024))
+
+
 def take(tokens: float, elapsed: float, policy: Policy) -> tuple[float, Verdict]:
     """A bucket that held `tokens` `elapsed` seconds ago is asked for one token: its new
     level, and the verdict."""
@@ -50,28 +54,38 @@ def take(tokens: float, elapsed: float, policy: Policy) -> tuple[float, Verdict]
 
 
 class LocalBuckets:
-    """Buckets of this process, keyed by (policy, caller). Bounded: when full, the oldest
-    inserted bucket is forgotten (it comes back full, i.e. the error is in the caller's
-    favour, and only for a caller not seen among the last `max_entries`)."""
+    """Buckets of this process, keyed by (policy, caller). Bounded: when a policy has
+    `max_entries` callers, the oldest inserted is forgotten (it comes back full, i.e. the
+    error is in the caller's favour, and only for a caller not seen among the last
+    `max_entries`). `take`'s arithmetic, inlined: this runs on every request (0.4 us)."""
 
     def __init__(self, max_entries: int = 100_000) -> None:
-        self._buckets: dict[tuple[str, str], tuple[float, float]] = {}
+        self._buckets: dict[str, dict[str, list[float]]] = {}  # policy -> caller -> state
         self._max = max_entries
         self._now = time.monotonic  # tests replace it
 
     def check(self, policy: Policy, caller: str) -> Verdict:
         now = self._now()
-        key = (policy.name, caller)
-        buckets = self._buckets
-        known = buckets.get(key)
-        if known is None:
+        buckets = self._buckets.get(policy.name)
+        if buckets is None:
+            buckets = self._buckets[policy.name] = {}
+        state = buckets.get(caller)  # [tokens, time]
+        if state is None:
             if len(buckets) >= self._max:
                 del buckets[next(iter(buckets))]
-            tokens, verdict = take(float(policy.burst), 0.0, policy)
-        else:
-            tokens, verdict = take(known[0], now - known[1], policy)
-        buckets[key] = (tokens, now)
-        return verdict
+            state = buckets[caller] = [float(policy.burst), now]
+        elapsed = now - state[1]
+        tokens = state[0] + elapsed * policy.rate if elapsed > 0.0 else state[0]
+        if tokens > policy.burst:
+            tokens = float(policy.burst)
+        state[1] = now
+        if tokens >= 1.0:
+            tokens -= 1.0
+            state[0] = tokens
+            left = int(tokens)
+            return _PASSES[left] if left < 1024 else Verdict(True, left, 0.0)
+        state[0] = tokens
+        return Verdict(False, 0, (1.0 - tokens) / policy.rate)
 
     def __len__(self) -> int:
-        return len(self._buckets)
+        return sum(len(buckets) for buckets in self._buckets.values())

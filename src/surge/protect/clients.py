@@ -32,20 +32,31 @@ def parse_networks(text: str) -> tuple[Network, ...]:
 
 class Clients:
     MAX_REMEMBERED = 10_000  # peers whose trust was looked up
+    MAX_TOKENS = 100_000  # Authorization headers remembered with their key
 
     def __init__(self, auth: Authenticator, trusted: tuple[Network, ...]) -> None:
         self._auth = auth
         self._trusted = trusted
         self._is_trusted: dict[str, bool] = {}
+        # header -> "u:<id>" once verified: one dict lookup per request. A token that
+        # expires keeps its key (its requests are then answered 401 by their routes).
+        self._users: dict[bytes, str] = {}
 
     def key(self, request: Request) -> str:
         """`u:<user id>` for a valid bearer token, else `ip:<address>`."""
         header = request.headers.get(b"authorization")
         if header is not None:
+            known = self._users.get(header)
+            if known is not None:
+                return known
             try:
-                return "u:" + self._auth.user(header).id
+                known = "u:" + self._auth.user(header).id
             except Problem:
-                pass  # the handler answers 401; meanwhile the address pays
+                return "ip:" + self.address(request)  # the route answers 401
+            if len(self._users) >= self.MAX_TOKENS:
+                self._users.clear()
+            self._users[header] = known
+            return known
         return "ip:" + self.address(request)
 
     def address(self, request: Request) -> str:

@@ -65,8 +65,8 @@ class RateLimiter:
         if policy is None:
             return None
         verdict = self._buckets.check(policy, self._clients.key(request))
-        if isinstance(verdict, Verdict):
-            return self.answer(route_class, verdict)
+        if isinstance(verdict, tuple):  # decided here (a Verdict); not a future
+            return None if verdict[0] else self.answer(route_class, verdict)
         return verdict
 
     def answer(self, route_class: str, verdict: Verdict) -> Response | None:
