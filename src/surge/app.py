@@ -16,7 +16,7 @@ from surge.http import ops
 from surge.http.router import Router
 from surge.metrics import Metrics
 from surge.orders import OrderQuery
-from surge.protect.setup import rate_limiter
+from surge.protect.setup import rate_limiter, shedder
 from surge.purchase import Purchases, SaleConfigs, SoldOutBoard, rebuild_gates
 from surge.realtime.setup import start_hub
 
@@ -44,6 +44,8 @@ class App:
         self.orders = OrderQuery(
             settings, self.auth, backends.cache, backends.store, backends.bus, self.metrics
         )
+        self.shedder = shedder(settings, self.metrics)
+        self.orders.shedder = self.shedder
         await self.orders.start()
         stack.push_async_callback(self.orders.close)
 

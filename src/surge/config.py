@@ -70,6 +70,10 @@ class Settings:
     rate_limit_write: tuple[float, int] | None = (5.0, 10)
     rate_limit_store: str = "auto"  # auto: Redis when configured, else this process
     trusted_proxies: str = ""  # CIDRs whose X-Forwarded-For is believed
+    shed: str = "adaptive"  # adaptive | cap | off
+    max_in_flight: int = 1000  # hard cap on concurrent work per process
+    shed_min_limit: int = 20
+    shed_tolerance: float = 1.5
 
     @property
     def embedded(self) -> bool:
@@ -280,6 +284,23 @@ FIELDS: tuple[Field, ...] = (
         "where buckets live: `auto` = Redis when configured (shared), else this process",
     ),
     Field(
+        "shed",
+        _choice(("adaptive", "cap", "off")),
+        "load shedding: `adaptive` (Gradient2 limit on concurrent work, capped), `cap` "
+        "(only SURGE_MAX_IN_FLIGHT), `off`",
+    ),
+    Field(
+        "max_in_flight",
+        _positive_int,
+        "most requests waiting on I/O at once per process (then 503 `overloaded`)",
+    ),
+    Field("shed_min_limit", _positive_int, "the adaptive limit never goes below this"),
+    Field(
+        "shed_tolerance",
+        _positive_float,
+        "latency over its long-run average by this factor counts as queueing (>= 1)",
+    ),
+    Field(
         "trusted_proxies",
         _networks,
         "comma-separated CIDRs of proxies whose X-Forwarded-For names the client",
@@ -333,6 +354,10 @@ def _check(settings: Settings) -> None:
             f"SURGE_WORKERS={settings.workers} needs SURGE_REDIS_URL: processes share the "
             "cache, invalidations and (later) stock only through Redis"
         )
+    if settings.shed_min_limit > settings.max_in_flight:
+        raise ConfigError("SURGE_SHED_MIN_LIMIT must not exceed SURGE_MAX_IN_FLIGHT")
+    if settings.shed_tolerance < 1.0:
+        raise ConfigError("SURGE_SHED_TOLERANCE must be >= 1")
     if settings.rate_limit_store == "redis" and settings.redis_url is None:
         raise ConfigError("SURGE_RATE_LIMIT_STORE=redis needs SURGE_REDIS_URL")
     if settings.jwt_secret is not None and len(settings.jwt_secret) < 32:

@@ -46,6 +46,7 @@ async def serve(settings: Settings, sock: socket.socket, metrics: Metrics) -> in
         app.router, app.metrics.observe_request, settings.keepalive_timeout, settings.max_body_bytes
     )
     state.limiter = app.limiter
+    state.shedder = app.shedder
     server = HttpServer(state, sock)
     await server.start()
     tune_gc()

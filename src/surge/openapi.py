@@ -38,6 +38,7 @@ PROBLEM_TYPES = {
     "origin-not-allowed": "the Origin is not in SURGE_WS_ORIGINS",
     "too-many-connections": "the process is at its WebSocket connection limit",
     "rate-limited": "the caller is over its rate limit; see Retry-After and RateLimit",
+    "overloaded": "the process is at its limit of concurrent work (load shedding); retry",
     "bad-request": "malformed HTTP",
     "body-too-large": "request body too large",
     "headers-too-large": "request headers too large",
@@ -385,5 +386,9 @@ for _path, _methods in DOCUMENT["paths"].items():
     if _path not in UNLIMITED:
         for _operation in _methods.values():
             _operation["responses"]["429"] = _RATE_LIMITED
+            # load shedding (docs/protection.md) may refuse any of them with `overloaded`
+            _operation["responses"].setdefault(
+                "503", _problem("overloaded (load shedding), or a dependency is down; retry")
+            )
 
 ENCODED = orjson.dumps(DOCUMENT)

@@ -31,6 +31,7 @@ from surge.config import Settings
 from surge.http.request import Request
 from surge.http.response import Problem, Response, problem_response, response
 from surge.metrics import Metrics
+from surge.protect.shedder import Shedder, overloaded
 from surge.types import Bus, Cache, Order, Store
 
 log = logging.getLogger("surge.orders")
@@ -149,6 +150,7 @@ class OrderQuery:
         self._queue: list[Flight] = []
         self._db_slots = asyncio.Semaphore(store.size)
         self._tasks: set[asyncio.Task[None]] = set()
+        self.shedder: Shedder | None = None  # set by the app: misses need a slot
 
     async def start(self) -> None:
         self._loop = asyncio.get_running_loop()
@@ -169,6 +171,13 @@ class OrderQuery:
         entry = self.near.get(order_id, now)
         if entry is None:
             self._metrics.cache_misses["near"] += 1
+            shedder = self.shedder
+            if (
+                shedder is not None
+                and order_id not in self._flights  # joining a lookup under way is free
+                and not shedder.take(request, "read")
+            ):
+                return overloaded()  # before the lookup: under overload it never starts
             return self._wait(order_id, user.id, user.admin)
         self._metrics.cache_hits["near"] += 1
         if entry[2] < now:

@@ -74,3 +74,40 @@ def test_two_processes_share_the_limit_through_redis(kind: str, tmp_path: Path) 
             # exactly the burst got through (a 404: no such order), across both processes
             assert statuses.count(404) == 10 and statuses.count(429) == 30
             assert sum(s.metric("rate_limit_store_errors_total") for s in servers) == 0
+
+
+def test_work_over_the_cap_is_shed_and_answers_on_the_spot_never_are(tmp_path: Path) -> None:
+    with make_backend("embedded", tmp_path) as backend:
+        env = base_env(
+            tmp_path,
+            {
+                **backend.env(),
+                "SURGE_SHED": "cap",
+                "SURGE_MAX_IN_FLIGHT": "1",  # one lookup at a time
+                "SURGE_SHED_MIN_LIMIT": "1",
+            },
+        )
+        run_cli(env, "db", "seed", "--orders", "60", "--users", "1")
+        with serve(env, tmp_path) as server:
+            # 40 different orders at once: each is a near-cache miss needing a lookup
+            async def misses() -> list[httpx.Response]:
+                async with httpx.AsyncClient(base_url=server.url, timeout=10) as client:
+                    return await asyncio.gather(
+                        *(client.get(f"/orders/{i}", headers=bearer("user1")) for i in range(1, 41))
+                    )
+
+            answers = asyncio.run(misses())
+            statuses = [a.status_code for a in answers]
+            assert set(statuses) == {200, 503} and statuses.count(200) >= 1
+            for shed in (a for a in answers if a.status_code == 503):
+                assert shed.headers["content-type"] == "application/problem+json"
+                assert shed.json()["type"] == "/problems/overloaded"
+                assert shed.headers["retry-after"] in ("1", "2")
+            assert server.metric("shed_total", **{"class": "read"}) == statuses.count(503)
+            # the orders answered are cached now: hits are answered on the spot, never shed
+            cached = [i + 1 for i, status in enumerate(statuses) if status == 200]
+            repeat = asyncio.run(_burst([server.url], f"/orders/{cached[0]}", 40, bearer("user1")))
+            assert repeat == [200] * 40
+            assert server.metric("shed_working") == 0  # every slot given back
+            with server.client() as client:
+                assert client.get("/healthz").status_code == 200

@@ -30,6 +30,7 @@ class Request:
         "query",
         "request_id",
         "route",
+        "slot",
         "started",
     )
 
@@ -52,4 +53,5 @@ class Request:
         self.request_id = request_id
         self.params: dict[str, str] = {}
         self.route = "unmatched"
+        self.slot = False  # holds a slot of the load shedder (surge.protect.shedder)
         self.started = time.perf_counter()

@@ -31,6 +31,7 @@ from surge.http.response import Problem, Response, problem_response
 from surge.http.router import Handler, HandlerResult, Router
 from surge.protect.bucket import Verdict
 from surge.protect.ratelimit import RateLimiter
+from surge.protect.shedder import Shedder, overloaded
 
 log = logging.getLogger("surge.http")
 
@@ -65,6 +66,7 @@ class ServerState:
     ) -> None:
         self.router = router
         self.limiter: RateLimiter | None = None  # per-caller rate limits (surge.protect)
+        self.shedder: Shedder | None = None  # the limit on concurrent work
         self.observe = observe
         self.keepalive_timeout = keepalive_timeout
         self.max_body = max_body
@@ -249,15 +251,16 @@ class HttpProtocol(asyncio.Protocol):
                     405, "method-not-allowed", f"allowed: {allowed}", (("allow", allowed),)
                 )
             else:
+                route_class = route.classes[request.method]
                 limiter = state.limiter
-                route_class = route.classes[request.method] if limiter is not None else None
                 if route_class is None:
                     result = _call(handler, request)
+                elif limiter is None:
+                    result = self._shed(request, _call(handler, request), route_class)
                 else:
-                    assert limiter is not None
                     verdict = limiter.check(request, route_class)
                     if verdict is None:
-                        result = _call(handler, request)
+                        result = self._shed(request, _call(handler, request), route_class)
                     elif isinstance(verdict, tuple):
                         result = verdict  # 429
                     else:  # Redis decides, in the next loop turn
@@ -267,6 +270,21 @@ class HttpProtocol(asyncio.Protocol):
                         )
                         return
         self._respond(request, result)
+
+    def _shed(self, request: Request, result: HandlerResult, route_class: str) -> HandlerResult:
+        """A coroutine (work that will wait on I/O) needs a slot of the shedder; without
+        one it is closed unstarted and the answer is a 503. Answers made on the spot pass:
+        a 503 would cost as much. A handler that answers with a future admits itself
+        before starting its work (the order query: only a request that starts a lookup
+        takes a slot; one that joins a lookup under way costs nothing): `Shedder.take`."""
+        shedder = self._state.shedder
+        if shedder is None or request.slot or not asyncio.iscoroutine(result):
+            return result
+        if shedder.admit(route_class):
+            request.slot = True
+            return result
+        result.close()  # never started: nothing to undo
+        return overloaded()
 
     def _admitted(
         self, request: Request, handler: Handler, route_class: str, done: asyncio.Future[Verdict]
@@ -279,7 +297,7 @@ class HttpProtocol(asyncio.Protocol):
         if refusal is not None:
             self._finish(request, refusal)
             return
-        result = _call(handler, request)
+        result = self._shed(request, _call(handler, request), route_class)
         if isinstance(result, tuple):
             self._finish(request, result)
         elif isinstance(result, Upgrade):  # /ws is never limited; see Router.add
@@ -366,8 +384,12 @@ class HttpProtocol(asyncio.Protocol):
             if not keep_alive:
                 transport.close()
         self._served += 1
-        state.observe(request.route, request.method, status, time.perf_counter() - request.started)
+        elapsed = time.perf_counter() - request.started
+        state.observe(request.route, request.method, status, elapsed)
         state.in_flight -= 1
+        if request.slot:  # its work is done: the shedder learns how long it took
+            request.slot = False
+            state.shedder.release(elapsed)  # type: ignore[union-attr]
 
     def _switch(self, rest: bytes) -> None:
         """Hands the connection to the upgrade's protocol: from here on it is no HTTP

@@ -12,6 +12,7 @@ from surge.metrics import Metrics
 from surge.protect.bucket import LocalBuckets, Policy
 from surge.protect.clients import Clients, parse_networks
 from surge.protect.ratelimit import Buckets, RateLimiter
+from surge.protect.shedder import Shedder, ShedSettings
 
 log = logging.getLogger("surge.protect")
 
@@ -63,3 +64,24 @@ def rate_limiter(
     )
     metrics.gauge("rate_limit_local_buckets", "Buckets held in this process", lambda: len(local))
     return limiter
+
+
+def shedder(settings: Settings, metrics: Metrics) -> Shedder | None:
+    if settings.shed == "off":
+        return None
+    limits = ShedSettings(
+        # start at the cap: a fresh process takes a burst, then latency teaches the limit
+        initial=float(settings.max_in_flight),
+        min_limit=float(settings.shed_min_limit),
+        max_limit=float(settings.max_in_flight),
+        tolerance=settings.shed_tolerance,
+        target=settings.deadline,  # a mean past the order query's deadline is queueing
+        adaptive=settings.shed == "adaptive",
+    )
+    made = Shedder(limits)
+    metrics.labelled_counter(
+        "shed", "Requests refused 503 overloaded, by class", "class", lambda: made.shed
+    )
+    metrics.gauge("shed_limit", "Current limit on concurrent work (reads)", lambda: made.limit)
+    metrics.gauge("shed_working", "Requests holding a slot (waiting on I/O)", lambda: made.working)
+    return made

@@ -1,0 +1,104 @@
+"""The load shedder: Gradient2's convergence on a simulated server, admission, priority."""
+
+from __future__ import annotations
+
+import pytest
+
+from surge.http.request import Request
+from surge.protect.shedder import Gradient2, Shedder, ShedSettings
+
+
+def _latency(in_flight: float, capacity: float = 50.0, base: float = 0.002) -> float:
+    """A server that does `capacity` things at once in `base` s; more wait in a queue."""
+    return base * max(1.0, in_flight / capacity)
+
+
+def _run(limiter: Gradient2, offered: float, windows: int) -> list[tuple[float, float]]:
+    trace = []
+    for _ in range(windows):
+        in_flight = min(offered, limiter.limit)
+        rtt = _latency(in_flight)
+        limiter.update(rtt, int(in_flight))
+        trace.append((limiter.limit, rtt))
+    return trace
+
+
+def test_overload_converges_to_full_throughput_with_bounded_latency() -> None:
+    limiter = Gradient2(ShedSettings(initial=20, target=0.005))  # 5 ms
+    trace = _run(limiter, offered=5000, windows=2000)
+    tail = trace[-500:]
+    # throughput = limit / latency, at most capacity / base: the limit stays at or past
+    # the capacity (no goodput lost) ...
+    assert min(limit for limit, _ in tail) >= 50
+    # ... and the queue it allows stays near the latency target, never at the hard cap
+    assert max(rtt for _, rtt in tail) <= 0.005 * 1.2
+    assert max(limit for limit, _ in tail) < 200
+
+
+def test_latency_jump_shrinks_the_limit_fast() -> None:
+    limiter = Gradient2(ShedSettings(initial=400, target=1.0))
+    for _ in range(50):
+        limiter.update(0.002, 400)  # healthy: 2 ms at full use
+    before = limiter.limit
+    for _ in range(10):
+        limiter.update(0.010, 400)  # the dependency slows down 5x
+    assert limiter.limit < before * 0.6  # at most -10 % a window (smoothing 0.2, gradient 0.5)
+
+
+def test_an_idle_server_does_not_grow_the_limit() -> None:
+    limiter = Gradient2(ShedSettings(initial=100))
+    for _ in range(100):
+        limiter.update(0.002, 10)  # far below the limit: no evidence
+    assert limiter.limit == 100
+
+
+def test_the_limit_stays_within_bounds() -> None:
+    limiter = Gradient2(ShedSettings(initial=100, min_limit=20, max_limit=300))
+    for _ in range(500):
+        limiter.update(0.002, 300)
+    assert limiter.limit == 300
+    for _ in range(500):
+        limiter.update(1.0, 300)
+    assert limiter.limit == 20
+
+
+def _request() -> Request:
+    return Request("GET", "/orders/1", "", {}, b"", "127.0.0.1", b"rid")
+
+
+def test_admission_prefers_writes_and_counts_refusals() -> None:
+    shedder = Shedder(ShedSettings(initial=10, min_limit=10, write_priority=1.5))
+    assert all(shedder.admit("read") for _ in range(10))
+    assert not shedder.admit("read")  # reads stop at the limit
+    assert all(shedder.admit("write") for _ in range(5))  # writes get the headroom
+    assert not shedder.admit("write")
+    assert shedder.shed == {"read": 1, "write": 1}
+    for _ in range(15):
+        shedder.release(0.001)
+    assert shedder.working == 0
+
+
+def test_cap_mode_ignores_latency() -> None:
+    shedder = Shedder(ShedSettings(max_limit=3, min_limit=1, adaptive=False))
+    assert [shedder.admit("read") for _ in range(4)] == [True, True, True, False]
+    for _ in range(3):
+        shedder.release(10.0)  # awful latency: no matter
+    assert shedder.limit == 3
+
+
+def test_take_marks_the_request_once() -> None:
+    shedder = Shedder(ShedSettings(initial=1, min_limit=1))
+    request = _request()
+    assert shedder.take(request, "read") and request.slot
+    assert shedder.take(request, "read")  # already holds one: not taken twice
+    assert shedder.working == 1
+    assert not shedder.take(_request(), "read")
+
+
+def test_windows_feed_the_limit() -> None:
+    shedder = Shedder(ShedSettings(initial=100, window_samples=5, window_seconds=0.0))
+    for _ in range(100):
+        assert shedder.admit("read")
+    for _ in range(100):
+        shedder.release(0.002)
+    assert shedder.gradient.long_rtt == pytest.approx(0.002)
