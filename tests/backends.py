@@ -10,8 +10,10 @@ from __future__ import annotations
 import asyncio
 import os
 import shutil
+import signal
 import socket
 import subprocess
+import tempfile
 import time
 import uuid
 from collections.abc import Iterator
@@ -148,6 +150,16 @@ class OwnRedis:
             self.process.kill()
             self.process.wait(timeout=10)
 
+    def freeze(self) -> None:
+        """SIGSTOP: the kernel still accepts connections, nothing ever answers (a hung
+        server, or a network that drops packets)."""
+        assert self.process is not None
+        self.process.send_signal(signal.SIGSTOP)
+
+    def thaw(self) -> None:
+        assert self.process is not None
+        self.process.send_signal(signal.SIGCONT)
+
 
 @contextmanager
 def own_redis(directory: Path) -> Iterator[OwnRedis]:
@@ -162,3 +174,74 @@ def own_redis(directory: Path) -> Iterator[OwnRedis]:
         yield server
     finally:
         server.stop()
+
+
+class OwnPostgres:
+    """A private PostgreSQL cluster on a free port, for tests that kill the database."""
+
+    BIN = sorted(Path("/usr/lib/postgresql").glob("*/bin"))
+
+    def __init__(self) -> None:
+        self.directory = Path(tempfile.mkdtemp(prefix="surge-pg-"))
+        with socket.socket() as probe:
+            probe.bind(("127.0.0.1", 0))
+            self.port = probe.getsockname()[1]
+        self.url = f"postgresql://postgres@127.0.0.1:{self.port}/postgres"
+        self.process: subprocess.Popen[bytes] | None = None
+        # PostgreSQL refuses to run as root: as root, run it as the postgres user
+        self._as = ["runuser", "-u", "postgres", "--"] if os.geteuid() == 0 else []
+
+    def init(self) -> None:
+        data = self.directory / "data"
+        if self._as:
+            shutil.chown(self.directory, "postgres")
+        initdb = [str(self.BIN[-1] / "initdb"), "-D", str(data), "-A", "trust", "-U", "postgres"]
+        subprocess.run(
+            [*self._as, *initdb, "--no-sync"],
+            check=True,
+            capture_output=True,
+            timeout=120,
+        )
+
+    def start(self) -> None:
+        argv = [str(self.BIN[-1] / "postgres"), "-D", str(self.directory / "data")]
+        argv += ["-p", str(self.port), "-k", str(self.directory)]
+        argv += ["-c", "listen_addresses=127.0.0.1", "-c", "fsync=off"]
+        self.process = subprocess.Popen(
+            [*self._as, *argv], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL
+        )
+        deadline = time.monotonic() + 30
+        while time.monotonic() < deadline:
+            try:
+                socket.create_connection(("127.0.0.1", self.port), timeout=0.2).close()
+                return
+            except OSError:
+                time.sleep(0.05)
+        raise RuntimeError("postgres did not start")
+
+    def stop(self) -> None:
+        """An immediate shutdown (SIGQUIT): clients see the server vanish mid-session."""
+        if self.process is not None and self.process.poll() is None:
+            pid_file = self.directory / "data" / "postmaster.pid"
+            try:  # the postmaster, not runuser: its first line
+                os.kill(int(pid_file.read_text().split()[0]), signal.SIGQUIT)
+            except (OSError, ValueError, IndexError):
+                self.process.kill()
+            self.process.wait(timeout=30)
+
+
+@contextmanager
+def own_postgres() -> Iterator[OwnPostgres]:
+    if not OwnPostgres.BIN:
+        message = "PostgreSQL server binaries are not installed"
+        if os.environ.get("CI"):
+            pytest.fail(message)
+        pytest.skip(message)
+    server = OwnPostgres()
+    try:
+        server.init()
+        server.start()
+        yield server
+    finally:
+        server.stop()
+        shutil.rmtree(server.directory, ignore_errors=True)

@@ -9,6 +9,7 @@ import logging
 from surge.auth import Authenticator, load_or_create_secret
 from surge.backends import open_backends
 from surge.backends.redis import RedisCache
+from surge.backends.sql import breaker as sql_breaker
 from surge.catalog import Catalog
 from surge.config import Settings
 from surge.feed import StockFeed
@@ -52,7 +53,7 @@ class App:
         probes = {"database": backends.store.ping}
         if backends.redis:
             probes["redis"] = backends.cache.ping
-        readiness = ops.Readiness(probes, lambda: self.draining)
+        readiness = ops.Readiness(probes, lambda: self.draining, frozenset(settings.ready_requires))
         self.router.add("GET", "/orders/{id}", self.orders.handle)
         rebuilt = await rebuild_gates(backends.sales, backends.gate)
         if rebuilt:
@@ -85,6 +86,21 @@ class App:
         ops.add_routes(self.router, self.metrics, readiness, self.auth)
 
         store = backends.store
+        breakers = {"database": sql_breaker(backends.sales.engine)}
+        if backends.redis_client is not None:
+            breakers["redis"] = backends.redis_client.breaker
+        self.metrics.labelled_gauge(
+            "breaker_open",
+            "1 while a dependency's circuit breaker is open or probing",
+            "dependency",
+            lambda: {name: float(b.is_open) for name, b in breakers.items()},
+        )
+        self.metrics.labelled_counter(
+            "breaker_opened",
+            "Times a dependency's circuit breaker opened",
+            "dependency",
+            lambda: {name: b.opened for name, b in breakers.items()},
+        )
         self.metrics.gauge(
             "db_pool_in_use", "Database connections checked out", lambda: store.in_use
         )

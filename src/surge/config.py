@@ -71,6 +71,7 @@ class Settings:
     rate_limit_store: str = "auto"  # auto: Redis when configured, else this process
     trusted_proxies: str = ""  # CIDRs whose X-Forwarded-For is believed
     shed: str = "adaptive"  # adaptive | cap | off
+    ready_requires: tuple[str, ...] = ()  # dependencies whose failure fails readiness
     max_in_flight: int = 1000  # hard cap on concurrent work per process
     shed_min_limit: int = 20
     shed_tolerance: float = 1.5
@@ -164,6 +165,14 @@ def _networks(text: str) -> str:
 
     parse_networks(text)  # validated here, parsed again where used
     return text
+
+
+def _dependencies(text: str) -> tuple[str, ...]:
+    names = tuple(n for n in text.replace(" ", "").lower().split(",") if n)
+    unknown = sorted(set(names) - {"database", "redis"})
+    if unknown:
+        raise ValueError(f"unknown dependency {unknown[0]!r}; valid: database, redis")
+    return names
 
 
 def _choice(choices: tuple[str, ...]) -> Callable[[str], str]:
@@ -299,6 +308,12 @@ FIELDS: tuple[Field, ...] = (
         "shed_tolerance",
         _positive_float,
         "latency over its long-run average by this factor counts as queueing (>= 1)",
+    ),
+    Field(
+        "ready_requires",
+        _dependencies,
+        "dependencies (`database`, `redis`) whose failure makes /readyz 503; "
+        "empty = none: a shared dependency down leaves every pod `degraded` but in service",
     ),
     Field(
         "trusted_proxies",

@@ -69,6 +69,7 @@ class Metrics:
         self.gauges: dict[str, tuple[str, Callable[[], float]]] = {}
         self.counters: dict[str, tuple[str, Callable[[], float]]] = {}
         self.labelled_counters: dict[str, tuple[str, str, Callable[[], Mapping[str, float]]]] = {}
+        self.labelled_gauges: dict[str, tuple[str, str, Callable[[], Mapping[str, float]]]] = {}
         self.histograms: dict[str, tuple[str, Histogram]] = {}
         self.registry = CollectorRegistry(auto_describe=False)
         self.registry.register(self)
@@ -98,6 +99,12 @@ class Metrics:
     ) -> None:
         """Counters kept elsewhere as a dict (label value -> count), read at scrape time."""
         self.labelled_counters[name] = (doc, label, read)
+
+    def labelled_gauge(
+        self, name: str, doc: str, label: str, read: Callable[[], Mapping[str, float]]
+    ) -> None:
+        """Gauges read at scrape time as a dict (label value -> value)."""
+        self.labelled_gauges[name] = (doc, label, read)
 
     def histogram(self, name: str, doc: str, histogram: Histogram) -> None:
         self.histograms[name] = (doc, histogram)
@@ -184,6 +191,11 @@ class Metrics:
             for value, seen in sorted(read_all().items()):
                 labelled.add_metric([value], seen)
             yield labelled
+        for name, (doc, label, read_all) in sorted(self.labelled_gauges.items()):
+            gauges = GaugeMetricFamily(name, doc, labels=[label])
+            for value, level in sorted(read_all().items()):
+                gauges.add_metric([value], level)
+            yield gauges
         for name, (doc, histogram) in sorted(self.histograms.items()):
             family = HistogramMetricFamily(name, doc)
             running = 0.0

@@ -11,26 +11,78 @@ import asyncio
 import logging
 from collections import defaultdict
 from collections.abc import Awaitable, Callable, Sequence
+from typing import Any, cast
 
 from redis import asyncio as aioredis
-from redis.asyncio.client import PubSub
+from redis.asyncio.client import Pipeline, PubSub
+from redis.exceptions import ConnectionError as RedisConnectionError
+from redis.exceptions import TimeoutError as RedisTimeoutError
 
+from surge.protect.breaker import Breaker, Guard
 from surge.types import Handler
 
 log = logging.getLogger("surge.redis")
 
 
-def connect(url: str, pool_size: int, timeout: float = 2.0) -> aioredis.Redis:
-    """A client whose pool waits (up to `timeout`) for a free connection instead of failing."""
+# Errors that mean Redis is down or unreachable (a script error or WRONGTYPE means it
+# answered). builtins' TimeoutError covers redis-py's socket timeouts and asyncio's.
+REDIS_DOWN: tuple[type[BaseException], ...] = (
+    RedisConnectionError,
+    RedisTimeoutError,
+    OSError,
+    TimeoutError,
+)
+
+
+class GuardedRedis(aioredis.Redis):
+    """The redis-py client with a circuit breaker around every command and pipeline:
+    while Redis is down a call fails in microseconds (`Unavailable`), not after a
+    connect timeout (see surge.protect.breaker). Pub/sub has its own connection and its
+    own reconnection (RedisBus)."""
+
+    breaker: Breaker
+    _guard: Guard
+
+    async def execute_command(self, *args: Any, **options: Any) -> Any:
+        async with self._guard:
+            return await super().execute_command(*args, **options)  # type: ignore[no-untyped-call]
+
+    def pipeline(self, transaction: bool = True, shard_hint: str | None = None) -> Pipeline:
+        pipe = _GuardedPipeline(
+            self.connection_pool, self.response_callbacks, transaction, shard_hint
+        )
+        pipe._guard = self._guard
+        return pipe
+
+
+class _GuardedPipeline(Pipeline):
+    _guard: Guard
+
+    async def execute(self, raise_on_error: bool = True) -> list[Any]:
+        async with self._guard:
+            return await super().execute(raise_on_error)
+
+
+def connect(
+    url: str, pool_size: int, timeout: float = 2.0, command_timeout: float = 0.25
+) -> GuardedRedis:
+    """A client whose pool waits (up to `timeout`) for a free connection instead of
+    failing, and gives up on a connect or a reply after `command_timeout` (Redis answers
+    in well under a millisecond; past that it is down or unreachable, and the breaker
+    counts it)."""
     pool = aioredis.BlockingConnectionPool.from_url(
         url,
         max_connections=pool_size,
         timeout=timeout,
-        socket_connect_timeout=timeout,
-        socket_timeout=timeout,
+        socket_connect_timeout=command_timeout,
+        socket_timeout=command_timeout,
         health_check_interval=30,
     )
-    return aioredis.Redis.from_pool(pool)  # the client owns the pool: aclose() closes it
+    # the client owns the pool: aclose() closes it
+    client = cast(GuardedRedis, GuardedRedis.from_pool(pool))
+    client.breaker = Breaker("redis")
+    client._guard = Guard(client.breaker, REDIS_DOWN)
+    return client
 
 
 async def warm(client: aioredis.Redis, connections: int) -> None:

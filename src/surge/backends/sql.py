@@ -10,6 +10,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import weakref
 from collections.abc import AsyncIterator, Sequence
 from datetime import UTC
 from typing import Any
@@ -18,10 +19,13 @@ import sqlalchemy as sa
 from sqlalchemy.engine import make_url
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine, create_async_engine
 
+from surge.protect.breaker import Breaker, Guard
 from surge.schema import ORDER_COLUMNS, orders
 from surge.types import Order
 
 log = logging.getLogger("surge.sql")
+
+CONNECT_TIMEOUT = 2  # seconds
 
 DRIVERS = {
     "sqlite": "sqlite+aiosqlite",
@@ -42,8 +46,13 @@ def engine_url(url: str) -> sa.URL:
 def create_engine(url: str, pool_size: int) -> AsyncEngine:
     target = engine_url(url)
     kwargs: dict[str, Any] = {"pool_size": pool_size, "max_overflow": 0}
-    if target.get_backend_name() == "sqlite":
+    backend = target.get_backend_name()
+    if backend == "sqlite":
         kwargs["connect_args"] = {"timeout": 30}
+    elif backend == "mysql":  # an unreachable server costs this, not the OS's minutes
+        kwargs["connect_args"] = {"connect_timeout": CONNECT_TIMEOUT}
+    elif backend == "postgresql":
+        kwargs["connect_args"] = {"timeout": CONNECT_TIMEOUT}
     else:
         # No pre-ping: it costs a round trip per checkout (measured: one per batched
         # lookup). A connection that died is invalidated by SQLAlchemy when its query
@@ -70,17 +79,42 @@ async def connected(engine: AsyncEngine) -> AsyncIterator[AsyncConnection]:
     event loop for every query, and under a storm a turn takes 10-25 ms (measured: a
     winners' batch spent 50 ms of its 75 there). If a cancellation interrupts the close,
     the connection is discarded (its state is unknown) in the background."""
-    conn = await engine.connect()
-    try:
-        yield conn
-    finally:
+    async with guard(engine):
+        conn = await engine.connect()
         try:
-            await conn.close()
-        except asyncio.CancelledError:
-            task = asyncio.ensure_future(_discard(conn))
-            _discarding.add(task)
-            task.add_done_callback(_discarding.discard)
-            raise
+            yield conn
+        finally:
+            try:
+                await conn.close()
+            except asyncio.CancelledError:
+                task = asyncio.ensure_future(_discard(conn))
+                _discarding.add(task)
+                task.add_done_callback(_discarding.discard)
+                raise
+
+
+# Errors that mean the database is down or unreachable; an IntegrityError (say) means
+# it answered. SQLAlchemy wraps the drivers' errors (OperationalError: refused, gone
+# away; InterfaceError: connection closed); some connect errors arrive as OSError.
+DB_DOWN: tuple[type[BaseException], ...] = (
+    sa.exc.OperationalError,
+    sa.exc.InterfaceError,
+    OSError,
+    TimeoutError,
+)
+_guards: weakref.WeakKeyDictionary[AsyncEngine, Guard] = weakref.WeakKeyDictionary()
+
+
+def guard(engine: AsyncEngine) -> Guard:
+    """The circuit breaker around every use of `engine` through `connected`."""
+    found = _guards.get(engine)
+    if found is None:
+        found = _guards[engine] = Guard(Breaker("database"), DB_DOWN)
+    return found
+
+
+def breaker(engine: AsyncEngine) -> Breaker:
+    return guard(engine).breaker
 
 
 _discarding: set[asyncio.Future[None]] = set()

@@ -14,6 +14,7 @@ from surge.http.request import Request
 from surge.http.response import Problem, Response, json_response, response
 from surge.http.router import Router
 from surge.metrics import CONTENT_TYPE, Metrics
+from surge.protect.breaker import Unavailable
 from surge.types import Probe
 
 PROBE_TIMEOUT = 1.0
@@ -23,9 +24,23 @@ _OPENAPI = response(200, openapi.ENCODED)
 
 
 class Readiness:
-    def __init__(self, probes: Mapping[str, Probe], draining: Callable[[], bool]) -> None:
+    """200 `ready`; 200 `degraded` when a dependency is down but the process still serves
+    what it can (cached reads without the database, reads from the database without
+    Redis); 503 while draining, or when a dependency named in `required` is down.
+
+    Shared dependencies are not required by default: every pod shares the same Redis and
+    database, so failing readiness on them would take every pod out of the Service at
+    once and turn a partial outage into a total one."""
+
+    def __init__(
+        self,
+        probes: Mapping[str, Probe],
+        draining: Callable[[], bool],
+        required: frozenset[str] = frozenset(),
+    ) -> None:
         self._probes = probes
         self._draining = draining
+        self._required = required
         self._verdict: tuple[float, Response] | None = None
         self._lock = asyncio.Lock()
 
@@ -43,10 +58,14 @@ class Readiness:
                     strict=True,
                 )
             )
-            ok = all(v == "ok" for v in checks.values())
-            response = json_response(
-                200 if ok else 503, {"status": "ready" if ok else "unavailable", "checks": checks}
-            )
+            failing = {name for name, verdict in checks.items() if verdict != "ok"}
+            if not failing:
+                status, code = "ready", 200
+            elif failing & self._required:
+                status, code = "unavailable", 503
+            else:
+                status, code = "degraded", 200
+            response = json_response(code, {"status": status, "checks": checks})
             self._verdict = (time.monotonic(), response)
             return response
 
@@ -58,6 +77,8 @@ class Readiness:
             return "ok"
         except TimeoutError:
             return "timeout"
+        except Unavailable:
+            return "unavailable: circuit open"
         except Exception as exc:
             return f"error: {type(exc).__name__}"
 
