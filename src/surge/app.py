@@ -11,7 +11,7 @@ from surge.backends import open_backends
 from surge.backends.redis import RedisCache
 from surge.backends.sql import breaker as sql_breaker
 from surge.catalog import Catalog
-from surge.config import Settings
+from surge.config import ConfigError, Settings
 from surge.feed import StockFeed
 from surge.http import ops
 from surge.http.router import Router
@@ -73,17 +73,22 @@ class App:
             self.sold_out,
             self.feed,
             self.metrics.purchases,
-            settings.write_deadline_ms / 1000,
+            settings.route_deadline("POST /sales/{id}/orders"),
             self.orders.invalidate,
         )
         catalog = Catalog(
-            self.auth, backends.sales, backends.gate, configs, settings.write_deadline_ms / 1000
+            self.auth, backends.sales, backends.gate, configs, settings.route_deadline
         )
         self.router.add("POST", "/sales", catalog.create)
         self.router.add("GET", "/sales/{id}", catalog.view)
         self.router.add("POST", "/sales/{id}/orders", purchases.handle)
         self.router.add("GET", "/users/me/orders", catalog.my_orders)
         ops.add_routes(self.router, self.metrics, readiness, self.auth)
+        for route, _ in settings.route_deadlines:
+            method, _, template = route.partition(" ")
+            if method not in self.router.methods_of(template):
+                known = ", ".join(self.router.describe())
+                raise ConfigError(f"SURGE_ROUTE_DEADLINES: no route {route!r}; routes: {known}")
 
         store = backends.store
         breakers = {"database": sql_breaker(backends.sales.engine)}

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import contextlib
 import time
-from collections.abc import Awaitable
+from collections.abc import Awaitable, Callable
 from datetime import UTC, datetime
 
 from surge.auth import Authenticator
@@ -29,9 +29,11 @@ class Catalog:
         sales: SqlSales,
         gate: Gate,
         configs: SaleConfigs,
-        deadline: float,
+        deadline: Callable[[str], float],  # route ("METHOD /template") -> seconds
     ) -> None:
-        self._deadline = deadline
+        self._create_deadline = deadline("POST /sales")
+        self._view_deadline = deadline("GET /sales/{id}")
+        self._mine_deadline = deadline("GET /users/me/orders")
         self._auth = auth
         self._sales = sales
         self._gate = gate
@@ -40,7 +42,7 @@ class Catalog:
 
     # POST /sales ------------------------------------------------------------------------------
     def create(self, request: Request) -> Awaitable[Response]:
-        return within(self._deadline, self._create(request))
+        return within(self._create_deadline, self._create(request))
 
     async def _create(self, request: Request) -> Response:
         user = self._auth.user(request.headers.get(b"authorization"))
@@ -67,7 +69,7 @@ class Catalog:
         cached = self._views.get(sale_id)
         if cached is not None and cached[0] > time.monotonic():
             return cached[1]
-        return within(self._deadline, self._build_view(sale_id))
+        return within(self._view_deadline, self._build_view(sale_id))
 
     async def _build_view(self, sale_id: int) -> Response:
         sale = await self._configs.get(sale_id)
@@ -93,7 +95,7 @@ class Catalog:
 
     # GET /users/me/orders ---------------------------------------------------------------------
     def my_orders(self, request: Request) -> Awaitable[Response]:
-        return within(self._deadline, self._my_orders(request))
+        return within(self._mine_deadline, self._my_orders(request))
 
     async def _my_orders(self, request: Request) -> Response:
         user = self._auth.user(request.headers.get(b"authorization"))

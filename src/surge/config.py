@@ -25,6 +25,10 @@ ENVIRONMENTS = ("development", "production")
 LOG_LEVELS = ("debug", "info", "warning", "error")
 
 
+ORDER_QUERY = "GET /orders/{id}"
+METHODS = ("GET", "HEAD", "POST", "PUT", "PATCH", "DELETE")
+
+
 class ConfigError(ValueError):
     """A setting has a bad value; the message is one line meant for the operator."""
 
@@ -45,6 +49,7 @@ class Settings:
     redis_pool_size: int = 32
     deadline_ms: int = 50
     write_deadline_ms: int = 2000
+    route_deadlines: tuple[tuple[str, int], ...] = ()  # ("POST /sales", 1500): overrides
     cache_ttl: float = 600.0
     cache_jitter: float = 0.1
     negative_ttl: float = 5.0
@@ -84,6 +89,15 @@ class Settings:
     @property
     def deadline(self) -> float:
         return self.deadline_ms / 1000.0
+
+    def route_deadline(self, route: str) -> float:
+        """Seconds `route` ("METHOD /template") may take: its SURGE_ROUTE_DEADLINES entry,
+        else the order query's deadline for GET /orders/{id}, the write deadline for the
+        others."""
+        for key, ms in self.route_deadlines:
+            if key == route:
+                return ms / 1000.0
+        return self.deadline if route == ORDER_QUERY else self.write_deadline_ms / 1000.0
 
     @property
     def secret_path(self) -> Path:
@@ -167,6 +181,23 @@ def _networks(text: str) -> str:
     return text
 
 
+def _route_deadlines(text: str) -> tuple[tuple[str, int], ...]:
+    """`POST /sales/{id}/orders=1500, GET /sales/{id}=300` -> ((route, ms), ...)."""
+    entries = []
+    for item in text.split(","):
+        if not item.strip():
+            continue
+        route, equals, ms = item.strip().rpartition("=")
+        method, _, template = route.strip().partition(" ")
+        if not equals or method.upper() not in METHODS or not template.strip().startswith("/"):
+            raise ValueError(f"expected 'METHOD /template=MS', got {item.strip()!r}")
+        milliseconds = int(ms)
+        if milliseconds < 1:
+            raise ValueError(f"{route.strip()}: the deadline must be >= 1 ms")
+        entries.append((f"{method.upper()} {template.strip()}", milliseconds))
+    return tuple(entries)
+
+
 def _dependencies(text: str) -> tuple[str, ...]:
     names = tuple(n for n in text.replace(" ", "").lower().split(",") if n)
     unknown = sorted(set(names) - {"database", "redis"})
@@ -231,6 +262,12 @@ FIELDS: tuple[Field, ...] = (
         "write_deadline_ms",
         _positive_int,
         "deadline of purchases and the sale routes, milliseconds (then 504)",
+    ),
+    Field(
+        "route_deadlines",
+        _route_deadlines,
+        "per-route deadlines in ms, overriding the two above: "
+        "`POST /sales/{id}/orders=1500, GET /sales/{id}=300`",
     ),
     Field("cache_ttl", _non_negative_float, "Redis TTL of a cached order, seconds"),
     Field("cache_jitter", _fraction, "random +- fraction applied to cache TTLs"),

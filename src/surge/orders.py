@@ -27,7 +27,7 @@ import time
 import orjson
 
 from surge.auth import Authenticator
-from surge.config import Settings
+from surge.config import ORDER_QUERY, Settings
 from surge.http.request import Request
 from surge.http.response import Problem, Response, problem_response, response
 from surge.metrics import Metrics
@@ -138,9 +138,9 @@ class OrderQuery:
         self._store = store
         self._bus = bus
         self._metrics = metrics
-        self._deadline = settings.deadline
+        self._deadline = settings.route_deadline(ORDER_QUERY)
         self._deadline_response = problem_response(
-            504, "deadline-exceeded", f"no answer within {settings.deadline_ms} ms"
+            504, "deadline-exceeded", f"no answer within {self._deadline * 1000:.0f} ms"
         )
         self._ttl = settings.cache_ttl
         self._jitter = settings.cache_jitter

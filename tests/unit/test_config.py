@@ -77,3 +77,39 @@ def test_every_field_has_a_flag_and_env_name() -> None:
     names = {f.name for f in config.FIELDS}
     assert names == set(config.Settings.__dataclass_fields__)
     assert all(f.env.startswith("SURGE_") and f.flag.startswith("--") for f in config.FIELDS)
+
+
+def test_route_deadlines_override_the_defaults() -> None:
+    settings = config.load(
+        {
+            "SURGE_DEADLINE_MS": "80",
+            "SURGE_ROUTE_DEADLINES": "post /sales/{id}/orders=1500, GET /sales/{id}=300 ,",
+        }
+    )
+    assert settings.route_deadline("POST /sales/{id}/orders") == 1.5
+    assert settings.route_deadline("GET /sales/{id}") == 0.3
+    assert settings.route_deadline("GET /orders/{id}") == pytest.approx(0.08)  # its default
+    assert settings.route_deadline("POST /sales") == 2.0  # the write default
+
+
+@pytest.mark.parametrize("text", ["GET /sales", "FETCH /sales=5", "GET sales=5", "GET /x=0"])
+def test_bad_route_deadlines_are_refused(text: str) -> None:
+    with pytest.raises(config.ConfigError, match="SURGE_ROUTE_DEADLINES"):
+        config.load({"SURGE_ROUTE_DEADLINES": text})
+
+
+@pytest.mark.parametrize(
+    ("env", "message"),
+    [
+        ({"SURGE_RATE_LIMIT_READ": "fast"}, "SURGE_RATE_LIMIT_READ"),
+        ({"SURGE_RATE_LIMIT_STORE": "redis"}, "needs SURGE_REDIS_URL"),
+        ({"SURGE_SHED": "sometimes"}, "SURGE_SHED"),
+        ({"SURGE_MAX_IN_FLIGHT": "10", "SURGE_SHED_MIN_LIMIT": "20"}, "must not exceed"),
+        ({"SURGE_SHED_TOLERANCE": "0.5"}, ">= 1"),
+        ({"SURGE_READY_REQUIRES": "database,kafka"}, "kafka"),
+        ({"SURGE_TRUSTED_PROXIES": "10.0.0.0/8,nope"}, "nope"),
+    ],
+)
+def test_protection_settings_are_checked(env: dict[str, str], message: str) -> None:
+    with pytest.raises(config.ConfigError, match=message):
+        config.load(env)

@@ -73,6 +73,14 @@ class Router:
                 return candidate, {name: segments[i] for i, name in candidate.params}
         return None
 
+    def methods_of(self, template: str) -> list[str]:
+        route = self._routes.get(template)
+        return list(route.methods) if route is not None else []
+
+    def describe(self) -> list[str]:
+        """Every route as "METHOD /template"."""
+        return [f"{m} {t}" for t, route in self._routes.items() for m in route.methods]
+
     @property
     def templates(self) -> list[str]:
         return list(self._routes)
