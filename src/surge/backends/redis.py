@@ -15,6 +15,8 @@ from typing import Any, cast
 
 from redis import asyncio as aioredis
 from redis.asyncio.client import Pipeline, PubSub
+from redis.asyncio.retry import Retry
+from redis.backoff import NoBackoff
 from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import TimeoutError as RedisTimeoutError
 
@@ -77,6 +79,11 @@ def connect(
         socket_connect_timeout=command_timeout,
         socket_timeout=command_timeout,
         health_check_interval=30,
+        # once, at once, on a new connection: after a Redis restart every pooled
+        # connection is dead and its first command would fail (a timeout is not retried:
+        # a hung Redis must cost one command timeout, not two)
+        retry=Retry(NoBackoff(), 1, supported_errors=(RedisConnectionError,)),
+        retry_on_error=[RedisConnectionError],
     )
     # the client owns the pool: aclose() closes it
     client = cast(GuardedRedis, GuardedRedis.from_pool(pool))
