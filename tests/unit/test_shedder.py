@@ -5,6 +5,7 @@ from __future__ import annotations
 import pytest
 
 from surge.http.request import Request
+from surge.http.server import _lone_get
 from surge.protect.shedder import Gradient2, Shedder, ShedSettings
 
 
@@ -102,3 +103,29 @@ def test_windows_feed_the_limit() -> None:
     for _ in range(100):
         shedder.release(0.002)
     assert shedder.gradient.long_rtt == pytest.approx(0.002)
+
+
+def test_a_window_with_a_late_answer_halves_the_target() -> None:
+    limiter = Gradient2(ShedSettings(initial=400, smoothing=1.0))  # no smoothing: exact
+    before = limiter.update(0.002, 400)  # 400 + sqrt(400): the healthy growth
+    assert limiter.update(0.002, 400, late=True) == pytest.approx(before * 0.5 + before**0.5)
+    limiter = Gradient2(ShedSettings(initial=400, smoothing=1.0))
+    limiter.update(0.002, 10, late=True)  # even when the limit was not in use
+    assert limiter.limit < 400
+
+
+@pytest.mark.parametrize(
+    ("data", "lone"),
+    [
+        (b"GET /orders/1 HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer t\r\n\r\n", True),
+        (b"GET /orders/1 HTTP/1.0\r\nHost: x\r\n\r\n", False),  # 1.0: its own keep-alive rules
+        (b"POST /sales HTTP/1.1\r\nHost: x\r\nContent-Length: 2\r\n\r\n{}", False),
+        (b"GET /healthz HTTP/1.1\r\nHost: x\r\n\r\n", False),  # never shed
+        (b"GET /metrics HTTP/1.1\r\nHost: x\r\n\r\n", False),
+        (b"GET /orders/1 HTTP/1.1\r\nConnection: close\r\n\r\n", False),
+        (b"GET /a HTTP/1.1\r\nHost: x\r\n\r\nGET /b HTTP/1.1\r\nHost: x\r\n\r\n", False),
+        (b"GET /orders/1 HTTP/1.1\r\nHost: x\r\n", False),  # not complete yet
+    ],
+)
+def test_only_a_lone_complete_get_is_refused_unparsed(data: bytes, lone: bool) -> None:
+    assert _lone_get(data) is lone

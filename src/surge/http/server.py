@@ -148,7 +148,18 @@ class HttpProtocol(asyncio.Protocol):
             state.drained.set()
 
     def data_received(self, data: bytes) -> None:
-        self._last = self._state.now
+        state = self._state
+        self._last = state.now
+        shedder = state.shedder
+        if (
+            shedder is not None
+            and shedder.saturated
+            and not self._busy
+            and not self._url
+            and _lone_get(data)
+        ):
+            self._shed_unparsed()
+            return
         try:
             self._parser.feed_data(data)
         except httptools.HttpParserUpgrade as upgrade:
@@ -165,6 +176,16 @@ class HttpProtocol(asyncio.Protocol):
                 self._reject(cause.status, cause.kind, cause.detail)
             else:
                 self._reject(400, "bad-request", "malformed HTTP request")
+
+    def _shed_unparsed(self) -> None:
+        """Every slot of the shedder is taken: a lone GET is answered 503 before the
+        parser, the router or anything else sees it. Under overload the cost of a refusal
+        decides how much is left to serve (a parsed refusal cost about as much as a
+        cached answer). Health, readiness and metrics are never refused (`_lone_get`)."""
+        state = self._state
+        state.shedder.shed["read"] += 1  # type: ignore[union-attr]
+        if self._transport is not None:
+            self._transport.write(_SHED_HEAD + state.date_line + _SHED_TAIL)
 
     def pause_writing(self) -> None:
         self._paused_writing = True
@@ -389,7 +410,7 @@ class HttpProtocol(asyncio.Protocol):
         state.in_flight -= 1
         if request.slot:  # its work is done: the shedder learns how long it took
             request.slot = False
-            state.shedder.release(elapsed)  # type: ignore[union-attr]
+            state.shedder.release(elapsed, status == 504)  # type: ignore[union-attr]
 
     def _switch(self, rest: bytes) -> None:
         """Hands the connection to the upgrade's protocol: from here on it is no HTTP
@@ -470,6 +491,28 @@ def _call(handler: Handler, request: Request) -> HandlerResult:
     except Exception:
         log.exception("handler failed: %s %s", request.method, request.route)
         return problem_response(500, "internal", "internal error")
+
+
+_SHED_RESPONSE = overloaded()
+_SHED_HEAD = _SHED_RESPONSE[1]
+_SHED_TAIL = b"\r\n" + _SHED_RESPONSE[2]
+# never refused unparsed: probes and scrapes must see the server as it is
+_NEVER_SHED = (b"GET /healthz", b"GET /readyz", b"GET /metrics", b"GET /openapi.json", b"GET /ws")
+
+
+def _lone_get(data: bytes) -> bool:
+    """`data` is exactly one complete HTTP/1.1 GET with no body and no Connection: close
+    (so answering it leaves the connection as it was), for a path that may be shed."""
+    if not data.startswith(b"GET ") or not data.endswith(b"\r\n\r\n"):
+        return False
+    line_end = data.find(b"\r\n")
+    return (
+        data[line_end - 9 : line_end] == b" HTTP/1.1"
+        and data.find(b"\r\n\r\n") == len(data) - 4
+        and not data.startswith(_NEVER_SHED)
+        and b"onnection: close" not in data
+        and b"ONNECTION: CLOSE" not in data
+    )
 
 
 class _TooLarge(Exception):

@@ -7,7 +7,7 @@ import logging
 
 from surge.auth import Authenticator
 from surge.backends import Backends
-from surge.config import Settings
+from surge.config import ORDER_QUERY, Settings
 from surge.metrics import Metrics
 from surge.protect.bucket import LocalBuckets, Policy
 from surge.protect.clients import Clients, parse_networks
@@ -75,7 +75,9 @@ def shedder(settings: Settings, metrics: Metrics) -> Shedder | None:
         min_limit=float(settings.shed_min_limit),
         max_limit=float(settings.max_in_flight),
         tolerance=settings.shed_tolerance,
-        target=settings.deadline,  # a mean past the order query's deadline is queueing
+        # a mean past half the order query's deadline is queueing (the deadline itself
+        # caps what is measured: a request cut off at 50 ms reports 50 ms)
+        target=settings.route_deadline(ORDER_QUERY) / 2,
         adaptive=settings.shed == "adaptive",
     )
     made = Shedder(limits)

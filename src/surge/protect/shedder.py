@@ -49,7 +49,7 @@ class ShedSettings:
     min_limit: float = 20.0
     max_limit: float = 1000.0  # also the hard cap: no more work at once, whatever the latency
     tolerance: float = 1.5  # a window this much slower than the long run is not yet queueing
-    target: float = 0.05  # seconds: a window's mean latency above this shrinks the limit
+    target: float = 0.025  # seconds: a window's mean latency above this shrinks the limit
     smoothing: float = 0.2
     long_window: int = 600  # samples the long-run average spans
     window_samples: int = 20  # a window closes after this many answers ...
@@ -67,8 +67,10 @@ class Gradient2:
         self.long_rtt = 0.0
         self._long_samples = 0
 
-    def update(self, short_rtt: float, max_in_flight: int) -> float:
-        """A window closed: its mean latency and the most work in flight during it."""
+    def update(self, short_rtt: float, max_in_flight: int, late: bool = False) -> float:
+        """A window closed: its mean latency, the most work in flight during it, and
+        whether any of its requests missed its deadline (then the limit shrinks as
+        much as it can: like a lost packet for TCP, a sure sign of queueing)."""
         s = self.settings
         if short_rtt <= 0.0:
             return self.limit
@@ -81,11 +83,13 @@ class Gradient2:
         # after a long overload the long-run average is inflated: let it come down faster
         if self.long_rtt / short_rtt > 2.0:
             self.long_rtt *= 0.95
-        if max_in_flight < self.limit / 2:  # not using the limit: no evidence to grow it
+        if max_in_flight < self.limit / 2 and not late:  # no evidence to grow it
             return self.limit
         # Gradient2 compares with the long run only, so a queue that persists becomes the
         # new normal and the limit creeps up; the latency target bounds that drift
         gradient = max(0.5, min(1.0, s.tolerance * self.long_rtt / short_rtt, s.target / short_rtt))
+        if late:
+            gradient = 0.5
         queue = max(4.0, math.sqrt(self.limit))
         target = self.limit * gradient + queue
         limit = self.limit * (1.0 - s.smoothing) + target * s.smoothing
@@ -104,6 +108,7 @@ class Shedder:
         self._window_sum = 0.0
         self._window_count = 0
         self._window_peak = 0
+        self._window_late = False
         self._refresh()
 
     def _refresh(self) -> None:
@@ -111,6 +116,11 @@ class Shedder:
         limit = self.gradient.limit if s.adaptive else s.max_limit
         self._read_limit = int(limit)
         self._write_limit = int(min(s.max_limit, limit * s.write_priority))
+
+    @property
+    def saturated(self) -> bool:
+        """Every slot for reads is taken: new reads would be refused."""
+        return self.working >= self._read_limit
 
     @property
     def limit(self) -> float:
@@ -137,21 +147,26 @@ class Shedder:
             return True
         return False
 
-    def release(self, seconds: float) -> None:
-        """The work of an admitted request is answered, `seconds` after it arrived."""
+    def release(self, seconds: float, late: bool = False) -> None:
+        """The work of an admitted request is answered, `seconds` after it arrived;
+        `late`: it was answered 504, past its deadline."""
         self.working -= 1
         if not self.settings.adaptive:
             return
         self._window_sum += seconds
         self._window_count += 1
+        self._window_late = self._window_late or late
         if self._window_count < self.settings.window_samples:
             return
         now = self._now()
         if now - self._window_start < self.settings.window_seconds:
             return
-        self.gradient.update(self._window_sum / self._window_count, self._window_peak)
+        self.gradient.update(
+            self._window_sum / self._window_count, self._window_peak, self._window_late
+        )
         self._refresh()
         self._window_start = now
         self._window_sum = 0.0
         self._window_count = 0
         self._window_peak = self.working
+        self._window_late = False
