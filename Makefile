@@ -4,7 +4,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: run test install lint typecheck bench bench-orders bench-sale bench-broadcast clean
+.PHONY: run test install lint typecheck bench bench-orders bench-sale bench-broadcast bench-overload clean
 
 $(STAMP): pyproject.toml setup.py src/surge/realtime/_sendmany.c constraints.txt scripts/install-system-deps.sh
 	bash scripts/install-system-deps.sh
@@ -36,7 +36,7 @@ typecheck: $(STAMP)
 	$(BIN)/mypy
 
 ## Benchmarks (write BENCHMARKS.md); minutes, not part of `test`.
-bench: bench-orders bench-sale bench-broadcast
+bench: bench-orders bench-sale bench-broadcast bench-overload
 
 bench-orders: $(STAMP)
 	bash scripts/ensure-services.sh
@@ -46,6 +46,11 @@ bench-orders: $(STAMP)
 bench-broadcast: $(STAMP)
 	bash scripts/ensure-services.sh
 	$(BIN)/python -m bench.broadcast
+
+## Overload: the order query offered 3x its capacity, with and without load shedding.
+bench-overload: $(STAMP)
+	bash scripts/ensure-services.sh
+	$(BIN)/python -m bench.overload
 
 ## The flash-sale storm: 100,000 purchase attempts for 1,000 items on MariaDB + Redis.
 bench-sale: $(STAMP)

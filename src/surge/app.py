@@ -45,7 +45,7 @@ class App:
         self.orders = OrderQuery(
             settings, self.auth, backends.cache, backends.store, backends.bus, self.metrics
         )
-        self.shedder = shedder(settings, self.metrics)
+        self.shedder = shedder(settings, self.metrics, stack)
         self.orders.shedder = self.shedder
         await self.orders.start()
         stack.push_async_callback(self.orders.close)

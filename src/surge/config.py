@@ -80,6 +80,7 @@ class Settings:
     max_in_flight: int = 1000  # hard cap on concurrent work per process
     shed_min_limit: int = 20
     shed_tolerance: float = 1.5
+    shed_target_ms: int = 0  # 0: half the order query's deadline
 
     @property
     def embedded(self) -> bool:
@@ -345,6 +346,12 @@ FIELDS: tuple[Field, ...] = (
         "shed_tolerance",
         _positive_float,
         "latency over its long-run average by this factor counts as queueing (>= 1)",
+    ),
+    Field(
+        "shed_target_ms",
+        _non_negative_int,
+        "a window's mean latency over this shrinks the adaptive limit; 0 = half the order "
+        "query's deadline",
     ),
     Field(
         "ready_requires",

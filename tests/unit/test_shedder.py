@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import asyncio
+import time
+
 import pytest
 
 from surge.http.request import Request
@@ -129,3 +132,25 @@ def test_a_window_with_a_late_answer_halves_the_target() -> None:
 )
 def test_only_a_lone_complete_get_is_refused_unparsed(data: bytes, lone: bool) -> None:
     assert _lone_get(data) is lone
+
+
+def test_a_late_event_loop_shrinks_the_limit() -> None:
+    settings = ShedSettings(initial=100, window_samples=1, window_seconds=0.0, smoothing=1.0)
+    shedder = Shedder(settings)
+    assert shedder.admit("read")
+    shedder.lag = 0.05  # the probe saw the loop 50 ms late: requests wait unread
+    shedder.release(0.001)  # though the answered request itself was fast
+    assert shedder.limit < 100 and shedder.lag == 0.0
+
+
+def test_the_probe_measures_the_loop_lag() -> None:
+    async def main() -> float:
+        shedder = Shedder(ShedSettings())
+        shedder.start()
+        await asyncio.sleep(0.015)
+        time.sleep(0.04)  # noqa: ASYNC251  # the point: the loop is stuck for 40 ms
+        await asyncio.sleep(0.015)
+        shedder.stop()
+        return shedder.lag
+
+    assert asyncio.run(main()) >= 0.02

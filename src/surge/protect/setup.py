@@ -66,7 +66,9 @@ def rate_limiter(
     return limiter
 
 
-def shedder(settings: Settings, metrics: Metrics) -> Shedder | None:
+def shedder(
+    settings: Settings, metrics: Metrics, stack: contextlib.AsyncExitStack
+) -> Shedder | None:
     if settings.shed == "off":
         return None
     limits = ShedSettings(
@@ -75,12 +77,14 @@ def shedder(settings: Settings, metrics: Metrics) -> Shedder | None:
         min_limit=float(settings.shed_min_limit),
         max_limit=float(settings.max_in_flight),
         tolerance=settings.shed_tolerance,
-        # a mean past half the order query's deadline is queueing (the deadline itself
-        # caps what is measured: a request cut off at 50 ms reports 50 ms)
-        target=settings.route_deadline(ORDER_QUERY) / 2,
+        # by default a mean past half the order query's deadline is queueing (the
+        # deadline itself caps what is measured: a request cut off at 50 ms reports 50 ms)
+        target=settings.shed_target_ms / 1000 or settings.route_deadline(ORDER_QUERY) / 2,
         adaptive=settings.shed == "adaptive",
     )
     made = Shedder(limits)
+    made.start()
+    stack.callback(made.stop)
     metrics.labelled_counter(
         "shed", "Requests refused 503 overloaded, by class", "class", lambda: made.shed
     )

@@ -19,6 +19,7 @@ writes (purchases) only past `write_priority` times it, so purchases get the hea
 
 from __future__ import annotations
 
+import asyncio
 import math
 import random
 import time
@@ -26,6 +27,8 @@ from dataclasses import dataclass
 
 from surge.http.request import Request
 from surge.http.response import Response, problem_response
+
+PROBE = 0.01  # seconds between two looks at the event loop's lag
 
 # Refusals, made once; Retry-After 1 or 2 s at random so refused clients spread out.
 OVERLOADED = tuple(
@@ -55,6 +58,7 @@ class ShedSettings:
     window_samples: int = 20  # a window closes after this many answers ...
     window_seconds: float = 0.1  # ... and at least this long
     write_priority: float = 1.25  # writes are refused only past limit x this
+    max_lag: float = 0.005  # seconds: an event loop later than this is saturated
     adaptive: bool = True  # False: only the hard cap
 
 
@@ -109,7 +113,26 @@ class Shedder:
         self._window_count = 0
         self._window_peak = 0
         self._window_late = False
+        self.lag = 0.0  # worst event-loop lag seen by the probe in this window, seconds
+        self._probe: asyncio.TimerHandle | None = None
         self._refresh()
+
+    def start(self) -> None:
+        """Starts the loop-lag probe (on the running loop). Latency measured from a
+        request's parse is blind to requests still waiting in socket buffers because the
+        loop is busy; a late probe sees that queue."""
+        if self.settings.adaptive:
+            loop = asyncio.get_running_loop()
+            self._probe = loop.call_later(PROBE, self._probed, loop, loop.time() + PROBE)
+
+    def _probed(self, loop: asyncio.AbstractEventLoop, expected: float) -> None:
+        now = loop.time()
+        self.lag = max(self.lag, now - expected)
+        self._probe = loop.call_later(PROBE, self._probed, loop, now + PROBE)
+
+    def stop(self) -> None:
+        if self._probe is not None:
+            self._probe.cancel()
 
     def _refresh(self) -> None:
         s = self.settings
@@ -161,9 +184,9 @@ class Shedder:
         now = self._now()
         if now - self._window_start < self.settings.window_seconds:
             return
-        self.gradient.update(
-            self._window_sum / self._window_count, self._window_peak, self._window_late
-        )
+        late = self._window_late or self.lag > self.settings.max_lag
+        self.gradient.update(self._window_sum / self._window_count, self._window_peak, late)
+        self.lag = 0.0
         self._refresh()
         self._window_start = now
         self._window_sum = 0.0

@@ -1,0 +1,145 @@
+"""The overload benchmark's section of BENCHMARKS.md."""
+
+from __future__ import annotations
+
+import argparse
+from typing import Any
+
+from bench import common
+
+GOODPUT = 0.9  # targets (issue 5): of the capacity
+P99_MS = 50.0
+MEMORY_GROWTH = 0.1  # at most this growth over the measured part of a run
+
+
+def _flat(rss: list[float], warmup: float) -> tuple[bool, str]:
+    """RSS after the warm-up against the end of the run."""
+    measured = rss[int(warmup) :] or rss
+    if not measured:
+        return False, "no sample"
+    first, last, peak = measured[0], measured[-1], max(measured)
+    return last <= first * (1 + MEMORY_GROWTH), f"{first:.0f} -> {last:.0f} MB (max {peak:.0f})"
+
+
+def _status(r: dict[str, Any]) -> str:
+    return ", ".join(
+        f"{code}: {n:,}" for code, n in sorted(r["status"].items(), key=lambda x: int(x[0]))
+    )
+
+
+def markdown(
+    run: common.Run,
+    args: argparse.Namespace,
+    capacity: float,
+    steps: list[dict[str, Any]],
+    runs: list[dict[str, Any]],
+    commands: list[str],
+    machine: dict[str, str],
+) -> str:
+    by = {r["label"]: r for r in runs}
+    shed, off, go = by["surge, adaptive shedding"], by["surge, no shedding"], by["go baseline"]
+    rate = capacity * args.factor
+    flat, memory = _flat(shed["rss_mb"], args.warmup)
+    seconds = shed["per_second"]
+    lines = [
+        "## Overload: the order query at 3x its capacity",
+        "",
+        f"Run {run.date} by `python -m bench.overload`"
+        + (" --quick" if args.quick else "")
+        + f": GET /orders/{{id}}, ids uniform in 1..{args.orders:,}, open loop over "
+        "1,000 connections (bench/loadgen), latency from when each request was due. One "
+        "Surge process on MariaDB + Redis pinned to CPU 0, the load generator to CPU 1. "
+        "Method: the docstring of `bench/overload.py`.",
+        "",
+        common.machine_line(machine),
+        "",
+        "### Targets",
+        "",
+        common.markdown_table(
+            ("target", "measured", "status"),
+            iter(
+                [
+                    (
+                        f"goodput (2xx within {P99_MS:.0f} ms) at {args.factor:g}x >= "
+                        f"{GOODPUT:.0%} of capacity",
+                        f"{shed['good_per_s']:,.0f} of {capacity:,.0f}/s = "
+                        f"{shed['good_per_s'] / capacity:.0%}",
+                        _met(shed["good_per_s"] >= GOODPUT * capacity),
+                    ),
+                    (
+                        f"accepted requests' p99 <= {P99_MS:.0f} ms",
+                        f"{shed['ok_p99_ms']:.1f} ms",
+                        _met(shed["ok_p99_ms"] <= P99_MS),
+                    ),
+                    ("server memory flat (<= +10 % after the warm-up)", memory, _met(flat)),
+                ]
+            ),
+        ),
+        "",
+        f"### At {rate:,.0f} req/s for {args.duration:.0f} s (first {args.warmup:.0f} s left out)",
+        "",
+        common.markdown_table(
+            (
+                "server",
+                f"goodput: 2xx within {P99_MS:.0f} ms /s",
+                "all 2xx/s",
+                "2xx p50 / p99 / max ms",
+                "answers",
+                "given up / errors",
+                "memory",
+            ),
+            iter(
+                [
+                    (
+                        r["label"],
+                        f"{r['good_per_s']:,.0f}",
+                        f"{r['ok_per_s']:,.0f}",
+                        f"{r['ok_p50_ms']:.1f} / {r['ok_p99_ms']:.1f} / {r['ok_max_ms']:.1f}",
+                        _status(r),
+                        f"{r['given_up']:,} / {r['errors']:,}",
+                        _flat(r["rss_mb"], args.warmup)[1],
+                    )
+                    for r in (shed, off, go)
+                ]
+            ),
+        ),
+        "",
+        f"Goodput with shedding, same load: {_x(shed, off)} Surge without, {_x(shed, go)} the "
+        "Go baseline.",
+        "",
+        "Second by second, Surge with shedding (2xx, and their p99 in ms):",
+        "",
+        "`" + " ".join(f"{s['status'].get('200', 0)}/{s['ok_p99_ms']:.0f}" for s in seconds) + "`",
+        "",
+        "### Capacity: Surge without shedding, rising rates",
+        "",
+        common.markdown_table(
+            ("offered/s", "2xx/s", "2xx p99 ms", "within the SLO"),
+            iter(
+                [
+                    (
+                        f"{s['rate']:,.0f}",
+                        f"{s['ok_per_s']:,.0f}",
+                        f"{s['ok_p99_ms']:.1f}",
+                        "yes" if s["met"] else "no",
+                    )
+                    for s in steps
+                ]
+            ),
+        ),
+        "",
+        "### Commands",
+        "",
+        "```",
+        *commands,
+        "```",
+    ]
+    return "\n".join(lines)
+
+
+def _x(a: dict[str, Any], b: dict[str, Any]) -> str:
+    return f"{a['good_per_s'] / b['good_per_s']:.2f}x" if b["good_per_s"] else "(none to compare)"
+
+
+def _met(ok: bool) -> str:
+    return "met" if ok else "**not met**"
