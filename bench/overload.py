@@ -10,10 +10,12 @@ owner's token, over 1,000 connections (many users); a request's latency counts f
 it was due, so waiting for a free connection counts too. Surge runs one process on
 MariaDB + Redis (the order-query benchmark's setup, a near cache of 10,000 entries so
 most requests go to Redis or the database), pinned to CPU 0; the load generator is
-pinned to CPU 1 (MariaDB and Redis float). Goodput: 2xx answers within 50 ms of being due.
+pinned to CPU 1 (MariaDB and Redis float). Goodput: 2xx answers a second; also shown:
+those within 50 ms of being due.
 
-1. Capacity: Surge without shedding, offered rising rates for 12 s each; the capacity is
-   the highest rate whose 2xx answers came at that rate (>= 95 %) with p99 <= 50 ms.
+1. Capacity: Surge without shedding, offered rising rates for 12 s each until its 2xx
+   answers fall under 90 % of the offered rate; the peak capacity is the most 2xx a
+   second it gave.
 2. Overload: 3x that rate for 30 s (the first 5 s, while limits settle, are left out of
    the figures): Surge with adaptive shedding, Surge without, and the Go baseline (same
    database and Redis, its own cache keys), each on a fresh server with empty caches.
@@ -47,7 +49,7 @@ CONNS = 1000
 SLO_MS = 50.0
 LOADGEN_SOURCE = ROOT / "bench" / "loadgen" / "main.go"
 LOADGEN = baseline.BIN / "loadgen"
-LADDER = (1000, 2000, 3000, 4000, 5000, 6000, 8000, 10000, 12000)
+LADDER = (2000, 4000, 6000, 8000, 10000, 12000, 14000, 16000, 20000)
 
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
@@ -57,6 +59,9 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--duration", type=float, help="seconds of each overload run (30)")
     parser.add_argument("--factor", type=float, default=3.0, help="overload, x capacity (3)")
     parser.add_argument("--quick", action="store_true", help="smoke test: short runs")
+    parser.add_argument(
+        "--capacity", type=float, help="peak capacity, req/s: skips its measurement"
+    )
     args = parser.parse_args(argv)
     args.orders = 100_000 if args.quick else 1_000_000
     args.duration = args.duration or (8.0 if args.quick else 30.0)
@@ -173,25 +178,22 @@ class Overload:
         return result
 
     def capacity(self) -> tuple[float, list[dict[str, Any]]]:
-        """The highest rate Surge without shedding serves at that rate within the SLO."""
+        """Surge's peak: the most 2xx a second it gave without shedding, offered rising
+        rates until it could not keep up (2xx < 90 % of the offered rate)."""
         steps: list[dict[str, Any]] = []
-        best = 0.0
         for rate in LADDER:
             server, url = self.start_surge("off")
             try:
                 result = self.load(server, url, rate, self.args.step, 4.0, go=False)
             finally:
                 self.processes.stop(server)
-            met = result["ok_per_s"] >= 0.95 * rate and result["ok_p99_ms"] <= SLO_MS
-            result.update(label="surge, no shedding", met=met)
+            saturated = result["ok_per_s"] < 0.9 * rate
+            result.update(label="surge, no shedding", met=not saturated)
             steps.append(result)
             _print(result)
-            if not met:
+            if saturated:
                 break
-            best = float(rate)
-        if best == 0.0:
-            common.fail(f"even {LADDER[0]} req/s missed the SLO; see bench/out/logs")
-        return best, steps
+        return max(float(s["ok_per_s"]) for s in steps), steps
 
     def overload(self, rate: float) -> list[dict[str, Any]]:
         runs = []
@@ -270,10 +272,14 @@ def main(argv: list[str] | None = None) -> int:
         with Processes(OUT / "logs" / f"overload-{run.stamp}") as processes:
             bench = Overload(args, processes)
             bench.prepare()
-            print("capacity: Surge without shedding, rising rates ...")
-            capacity, steps = bench.capacity()
+            steps: list[dict[str, Any]] = []
+            if args.capacity:
+                capacity = args.capacity
+            else:
+                print("peak capacity: Surge without shedding, rising rates ...")
+                capacity, steps = bench.capacity()
             rate = capacity * args.factor
-            print(f"capacity {capacity:.0f}/s; overload at {rate:.0f}/s ...")
+            print(f"peak capacity {capacity:.0f}/s; overload at {rate:.0f}/s ...")
             runs = bench.overload(rate)
     except (BenchError, subprocess.SubprocessError, KeyboardInterrupt) as exc:
         return common.failed("bench.overload", exc)
