@@ -328,7 +328,8 @@ FIELDS: tuple[Field, ...] = (
     Field(
         "rate_limit_store",
         _choice(("auto", "local", "redis")),
-        "where buckets live: `auto` = Redis when configured (shared), else this process",
+        "where buckets live: `auto` = writes in Redis when configured (one limit across "
+        "processes), reads in each process; `redis` = both in Redis; `local` = both here",
     ),
     Field(
         "shed",

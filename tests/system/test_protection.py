@@ -61,18 +61,34 @@ def test_429_answer_and_exempt_routes(tmp_path: Path) -> None:
             assert server.metric("rate_limited_total", **{"class": "read"}) == 6
 
 
-@pytest.mark.parametrize("kind", ["mariadb+redis"])
-def test_two_processes_share_the_limit_through_redis(kind: str, tmp_path: Path) -> None:
-    with make_backend(kind, tmp_path) as backend:
-        env = _limited_env(tmp_path, backend)
+async def _posts(urls: list[str], count: int, headers: dict[str, str]) -> list[int]:
+    async with httpx.AsyncClient(timeout=10) as client:
+        answers = await asyncio.gather(
+            *(
+                client.post(urls[i % len(urls)] + "/sales", content=b"{}", headers=headers)
+                for i in range(count)
+            )
+        )
+    return [answer.status_code for answer in answers]
+
+
+@pytest.mark.parametrize("store", ["redis", "auto"])
+def test_two_processes_share_limits_through_redis(store: str, tmp_path: Path) -> None:
+    with make_backend("mariadb+redis", tmp_path) as backend:
+        env = {**_limited_env(tmp_path, backend), "SURGE_RATE_LIMIT_STORE": store}
         run_cli(env, "db", "migrate")
         with serve(env, tmp_path) as first, serve(env, tmp_path) as second:
             servers: list[Server] = [first, second]
-            statuses = asyncio.run(
-                _burst([s.url for s in servers], "/orders/999", 40, bearer("user7"))
-            )
-            # exactly the burst got through (a 404: no such order), across both processes
-            assert statuses.count(404) == 10 and statuses.count(429) == 30
+            urls = [s.url for s in servers]
+            reads = asyncio.run(_burst(urls, "/orders/999", 40, bearer("user7")))
+            # a 404 (no such order) got through the limiter; the burst is 10
+            if store == "redis":  # one bucket for both processes
+                assert reads.count(404) == 10 and reads.count(429) == 30
+            else:  # auto: reads are decided by each process, a bucket each
+                assert reads.count(404) == 20 and reads.count(429) == 20
+            # writes are shared in both modes: the burst of 2, whichever process
+            writes = asyncio.run(_posts(urls, 20, bearer("root", admin=True)))
+            assert writes.count(422) == 2 and writes.count(429) == 18
             assert sum(s.metric("rate_limit_store_errors_total") for s in servers) == 0
 
 

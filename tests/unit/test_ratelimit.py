@@ -118,7 +118,7 @@ def test_parse_networks_names_the_bad_entry() -> None:
 
 def test_a_refusal_is_a_429_problem_with_retry_after_and_ratelimit_fields() -> None:
     buckets, _ = _buckets()
-    limiter = RateLimiter({"read": READ}, buckets, Clients(Authenticator(SECRET), ()))
+    limiter = RateLimiter({"read": READ}, {"read": buckets}, Clients(Authenticator(SECRET), ()))
     answers = [limiter.check(_request(), "read") for _ in range(4)]
     assert answers[:3] == [None, None, None]
     status, head, body = answers[3]  # type: ignore[misc]

@@ -20,11 +20,11 @@ from importlib import resources
 
 from redis import asyncio as aioredis
 
-from surge.protect.bucket import LocalBuckets, Policy, Verdict
+from surge.protect.bucket import LocalBuckets, Policy, Verdict, passed, refused
 
 log = logging.getLogger("surge.ratelimit")
 
-_Waiting = tuple[Policy, str, "asyncio.Future[Verdict]"]
+_Waiting = tuple[str, "asyncio.Future[Verdict]"]  # caller, its verdict
 
 
 class RedisBuckets:
@@ -45,44 +45,51 @@ class RedisBuckets:
         self._fallback = fallback
         self._on_error = on_error
         self._timeout = timeout  # a verdict later than this comes from the local buckets
-        self._waiting: list[_Waiting] = []
+        self._waiting: dict[Policy, list[_Waiting]] = {}  # this loop turn's, by policy
         self._tasks: set[asyncio.Task[None]] = set()
 
     def check(self, policy: Policy, caller: str) -> asyncio.Future[Verdict]:
         loop = asyncio.get_running_loop()
         verdict: asyncio.Future[Verdict] = loop.create_future()
-        if not self._waiting:
-            # runs in the next loop turn: the rest of this one joins the call
-            task = loop.create_task(self._send())
-            self._tasks.add(task)
-            task.add_done_callback(self._tasks.discard)
-        self._waiting.append((policy, caller, verdict))
+        waiting = self._waiting.get(policy)
+        if waiting is None:
+            waiting = self._waiting[policy] = []
+            if len(self._waiting) == 1:
+                # runs in the next loop turn: the rest of this one joins the call
+                task = loop.create_task(self._send())
+                self._tasks.add(task)
+                task.add_done_callback(self._tasks.discard)
+        waiting.append((caller, verdict))
         return verdict
 
     async def _send(self) -> None:
-        waiting, self._waiting = self._waiting, []
-        chunks = [waiting[i : i + self.MAX_BATCH] for i in range(0, len(waiting), self.MAX_BATCH)]
-        await asyncio.gather(*(self._decide(chunk) for chunk in chunks))
+        by_policy, self._waiting = self._waiting, {}
+        await asyncio.gather(
+            *(
+                self._decide(policy, waiting[i : i + self.MAX_BATCH])
+                for policy, waiting in by_policy.items()
+                for i in range(0, len(waiting), self.MAX_BATCH)
+            )
+        )
 
-    async def _decide(self, waiting: list[_Waiting]) -> None:
-        keys: list[str] = []
-        args: list[float | int] = []
-        for policy, caller, _ in waiting:
-            keys.append(f"{self._prefix}{policy.name}:{caller}")
-            args += (policy.rate, policy.burst, policy.ttl_ms)
+    async def _decide(self, policy: Policy, waiting: list[_Waiting]) -> None:
+        prefix = f"{self._prefix}{policy.name}:"
+        keys = [prefix + caller for caller, _ in waiting]
         try:
-            flat = await asyncio.wait_for(self._script(keys=keys, args=args), self._timeout)
+            async with asyncio.timeout(self._timeout):
+                flat = await self._script(
+                    keys=keys, args=(policy.rate, policy.burst, policy.ttl_ms)
+                )
         except Exception as exc:  # Redis down or slow: this process's buckets decide
             self._on_error(exc)
-            for policy, caller, verdict in waiting:
+            for caller, verdict in waiting:
                 if not verdict.done():
                     verdict.set_result(self._fallback.check(policy, caller))
             return
-        for i, (_, _, verdict) in enumerate(waiting):
+        for i, (_, verdict) in enumerate(waiting):
             if not verdict.done():
-                verdict.set_result(
-                    Verdict(flat[3 * i] == 1, int(flat[3 * i + 1]), int(flat[3 * i + 2]) / 1000)
-                )
+                allowed, left, wait_ms = flat[3 * i : 3 * i + 3]
+                verdict.set_result(passed(left) if allowed == 1 else refused(wait_ms / 1000))
 
     async def close(self) -> None:
         for task in list(self._tasks):

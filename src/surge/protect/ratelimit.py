@@ -11,8 +11,10 @@ is a 429 problem with
 Answers that pass carry no extra fields: the order query's cached answers are written as
 they were encoded.
 
-The buckets are this process's (`LocalBuckets`) or Redis's (`RedisBuckets`, shared by
-every process); with Redis a verdict is a future, answered once per loop turn.
+The buckets of a class are this process's (`LocalBuckets`) or Redis's (`RedisBuckets`,
+shared by every process; a verdict is then a future, answered once per loop turn). By
+default writes are decided in Redis and reads in each process: waiting for Redis made a
+cached read cost 2.5 times as much (docs/protection.md).
 """
 
 from __future__ import annotations
@@ -49,9 +51,12 @@ def parse_policy(text: str) -> tuple[float, int] | None:
 
 
 class RateLimiter:
-    def __init__(self, policies: Mapping[str, Policy], buckets: Buckets, clients: Clients) -> None:
+    def __init__(
+        self, policies: Mapping[str, Policy], stores: Mapping[str, Buckets], clients: Clients
+    ) -> None:
+        """`stores`: where each class's buckets live (class -> buckets)."""
         self.policies = dict(policies)
-        self._buckets = buckets
+        self._stores = dict(stores)
         self._clients = clients
         self.limited = {name: 0 for name in self.policies}  # refusals, for /metrics
         self._refusals: dict[tuple[str, int], Response] = {}
@@ -64,7 +69,7 @@ class RateLimiter:
         policy = self.policies.get(route_class)
         if policy is None:
             return None
-        verdict = self._buckets.check(policy, self._clients.key(request))
+        verdict = self._stores[route_class].check(policy, self._clients.key(request))
         if isinstance(verdict, tuple):  # decided here (a Verdict); not a future
             return None if verdict[0] else self.answer(route_class, verdict)
         return verdict

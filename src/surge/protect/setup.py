@@ -35,10 +35,12 @@ def rate_limiter(
     if not policies:
         return None
     local = LocalBuckets()
-    buckets: Buckets = local
-    shared = settings.rate_limit_store == "redis" or (
-        settings.rate_limit_store == "auto" and backends.redis_client is not None
-    )
+    stores: dict[str, Buckets] = dict.fromkeys(policies, local)
+    shared = set()  # the classes decided in Redis
+    if settings.rate_limit_store == "redis":
+        shared = set(policies)
+    elif settings.rate_limit_store == "auto" and backends.redis_client is not None:
+        shared = {"write"} & set(policies)  # reads stay on the fast path: docs/protection.md
     store_errors = [0]
     if shared:
         from surge.backends.redis_limits import RedisBuckets
@@ -50,10 +52,8 @@ def rate_limiter(
 
         redis_buckets = RedisBuckets(backends.redis_client, settings.redis_prefix, local, on_error)
         stack.push_async_callback(redis_buckets.close)
-        buckets = redis_buckets
-    limiter = RateLimiter(
-        policies, buckets, Clients(auth, parse_networks(settings.trusted_proxies))
-    )
+        stores.update(dict.fromkeys(shared, redis_buckets))
+    limiter = RateLimiter(policies, stores, Clients(auth, parse_networks(settings.trusted_proxies)))
     metrics.labelled_counter(
         "rate_limited", "Requests refused 429 by class", "class", lambda: limiter.limited
     )

@@ -1,15 +1,15 @@
 -- Token buckets, several per call (one per waiting request of a loop turn), decided in
 -- order, on Redis's clock (TIME): no client clock matters, and every process sees the
 -- same buckets. The arithmetic is surge.protect.bucket.take's.
--- KEYS[i]: a bucket (hash: tk = tokens, ts = milliseconds of the last update)
--- ARGV[3i-2], ARGV[3i-1], ARGV[3i]: its rate (tokens a second), burst, TTL in ms
+-- KEYS[i]: a bucket (hash: tk = tokens, ts = milliseconds of the last update), all of one
+-- policy: ARGV[1] rate (tokens a second), ARGV[2] burst, ARGV[3] TTL in ms
 -- Returns, per key: allowed (1/0), whole tokens left, milliseconds until the next token.
 local t = redis.call('TIME')
 local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
+local rate = tonumber(ARGV[1])
+local burst = tonumber(ARGV[2])
 local out = {}
-for i, key in ipairs(KEYS) do
-  local rate = tonumber(ARGV[3 * i - 2])
-  local burst = tonumber(ARGV[3 * i - 1])
+for _, key in ipairs(KEYS) do
   local state = redis.call('HMGET', key, 'tk', 'ts')
   local tokens = tonumber(state[1])
   local stamp = tonumber(state[2])
@@ -28,7 +28,7 @@ for i, key in ipairs(KEYS) do
     wait = math.ceil((1 - tokens) * 1000 / rate)
   end
   redis.call('HSET', key, 'tk', string.format('%.6f', tokens), 'ts', now)
-  redis.call('PEXPIRE', key, ARGV[3 * i])
+  redis.call('PEXPIRE', key, ARGV[3])
   out[#out + 1] = allowed
   out[#out + 1] = math.floor(tokens)
   out[#out + 1] = wait
