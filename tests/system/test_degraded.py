@@ -9,13 +9,14 @@ import itertools
 import random
 import time
 from collections import Counter
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 import httpx
 import pytest
 
-from tests.backends import make_backend, own_postgres, own_redis
+from tests.backends import OwnRedis, make_backend, own_postgres, own_redis
 from tests.server import Server, base_env, run_cli, serve
 from tests.system.conftest import bearer, owner
 from tests.system.test_flash_sale import _create_sale
@@ -66,12 +67,12 @@ def _statuses(done: list[tuple[str, int, float]], kind: str) -> Counter[int]:
     return Counter(status for k, status, _ in done if k == kind)
 
 
-def _mostly_ok(done: list[tuple[str, int, float]], kind: str, ok: int) -> None:
+def _mostly_ok(done: list[tuple[str, int, float]], kind: str, ok: int, share: float = 0.95) -> None:
     """All answers `ok`, but for a few deadline 504s: the test suite runs on the same two
     cores in parallel, and a read's deadline is 50 ms."""
     statuses = _statuses(done, kind)
     assert set(statuses) <= {ok, 504}, statuses
-    assert statuses[ok] >= 0.95 * sum(statuses.values()), statuses
+    assert statuses[ok] >= share * sum(statuses.values()), statuses
 
 
 def _slowest(done: list[tuple[str, int, float]], kind: str) -> float:
@@ -87,6 +88,24 @@ async def _wait_for(check: Callable[[], Awaitable[bool]], within: float = 40.0) 
     raise AssertionError(f"not recovered within {within} s")
 
 
+@contextmanager
+def _sale_on_own_redis(tmp_path: Path) -> Iterator[tuple[Server, OwnRedis, int]]:
+    """A server on the shared MariaDB and a private Redis, seeded, with a big live sale."""
+    with make_backend("mariadb+redis", tmp_path) as shared, own_redis(tmp_path) as redis:
+        env = base_env(tmp_path, {**shared.env(), "SURGE_REDIS_URL": redis.url})
+        run_cli(env, "db", "seed", "--orders", "300", "--users", str(USERS))
+        with serve(env, tmp_path) as server:
+            yield server, redis, _create_sale(server, stock=100_000, limit=1000)
+        assert "Traceback" not in server.output()
+
+
+async def _buying_again(client: httpx.AsyncClient, sale_id: int) -> None:
+    async def buying() -> bool:
+        return (await _buy(client, sale_id))[1] == 201
+
+    await _wait_for(buying)
+
+
 def _ready(server: Server) -> dict[str, object]:
     answer = httpx.get(server.url + "/readyz", timeout=10)
     assert answer.status_code == 200  # shared dependencies do not fail readiness
@@ -97,78 +116,59 @@ def _ready(server: Server) -> dict[str, object]:
 def test_redis_down_reads_use_the_database_purchases_fail_fast_then_recover(
     tmp_path: Path,
 ) -> None:
-    with make_backend("mariadb+redis", tmp_path) as shared, own_redis(tmp_path) as redis:
-        env = base_env(tmp_path, {**shared.env(), "SURGE_REDIS_URL": redis.url})
-        run_cli(env, "db", "seed", "--orders", "300", "--users", str(USERS))
-        with serve(env, tmp_path) as server:
-            sale_id = _create_sale(server, stock=100_000, limit=1000)
+    with _sale_on_own_redis(tmp_path) as (server, redis, sale_id):
 
-            async def scenario() -> None:
-                async with httpx.AsyncClient(base_url=server.url, timeout=10) as client:
-                    healthy = await _load(client, sale_id, range(1, 301), 1.0)
-                    assert set(_statuses(healthy, "buy")) == {201}
-                    redis.stop()
-                    down = await _load(client, sale_id, range(1, 301), 2.5)
-                    reads, buys = _statuses(down, "read"), _statuses(down, "buy")
-                    assert set(reads) <= {200, 504} and reads[200] >= 0.9 * sum(reads.values())
-                    assert set(buys) == {503}  # fail fast: no gate, no sale
-                    assert _slowest(down, "read") < SLOWEST and _slowest(down, "buy") < SLOWEST
-                    fast = sorted(s for k, _, s in down if k == "buy")
-                    assert fast[len(fast) // 2] < 0.05  # the breaker answers, not a timeout
-                    ready = _ready(server)
-                    assert ready["status"] == "degraded"
-                    assert ready["checks"]["redis"] != "ok"  # type: ignore[index]
-                    assert ready["checks"]["database"] == "ok"  # type: ignore[index]
-                    assert server.metric("breaker_open", dependency="redis") == 1
-                    redis.start()  # empty: the gate is rebuilt from the database
+        async def scenario() -> None:
+            async with httpx.AsyncClient(base_url=server.url, timeout=10) as client:
+                healthy = await _load(client, sale_id, range(1, 301), 1.0)
+                assert set(_statuses(healthy, "buy")) == {201}
+                redis.stop()
+                down = await _load(client, sale_id, range(1, 301), 2.5)
+                _mostly_ok(down, "read", 200, share=0.9)  # from the database now
+                assert set(_statuses(down, "buy")) == {503}  # fail fast: no gate, no sale
+                assert _slowest(down, "read") < SLOWEST and _slowest(down, "buy") < SLOWEST
+                fast = sorted(s for k, _, s in down if k == "buy")
+                assert fast[len(fast) // 2] < 0.05  # the breaker answers, not a timeout
+                ready = _ready(server)
+                assert ready["status"] == "degraded"
+                assert ready["checks"]["redis"] != "ok"  # type: ignore[index]
+                assert ready["checks"]["database"] == "ok"  # type: ignore[index]
+                assert server.metric("breaker_open", dependency="redis") == 1
+                redis.start()  # empty: the gate is rebuilt from the database
+                await _buying_again(client, sale_id)
+                after = await _load(client, sale_id, range(1, 301), 1.0)
+                assert set(_statuses(after, "buy")) == {201}
+                _mostly_ok(after, "read", 200)
+                assert _ready(server)["status"] == "ready"
+                assert server.metric("breaker_open", dependency="redis") == 0
 
-                    async def buying() -> bool:
-                        return (await _buy(client, sale_id))[1] == 201
-
-                    await _wait_for(buying)
-                    after = await _load(client, sale_id, range(1, 301), 1.0)
-                    assert set(_statuses(after, "buy")) == {201}
-                    _mostly_ok(after, "read", 200)
-                    assert _ready(server)["status"] == "ready"
-                    assert server.metric("breaker_open", dependency="redis") == 0
-
-            asyncio.run(scenario())
-            assert "Traceback" not in server.output()
+        asyncio.run(scenario())
 
 
 def test_a_hung_redis_costs_a_timeout_once_then_the_breaker_answers(tmp_path: Path) -> None:
-    with make_backend("mariadb+redis", tmp_path) as shared, own_redis(tmp_path) as redis:
-        env = base_env(tmp_path, {**shared.env(), "SURGE_REDIS_URL": redis.url})
-        run_cli(env, "db", "seed", "--orders", "300", "--users", str(USERS))
-        with serve(env, tmp_path) as server:
-            sale_id = _create_sale(server, stock=100_000, limit=1000)
+    with _sale_on_own_redis(tmp_path) as (server, redis, sale_id):
 
-            async def scenario() -> None:
-                async with httpx.AsyncClient(base_url=server.url, timeout=10) as client:
-                    await _load(client, sale_id, range(1, 301), 0.5)
-                    redis.freeze()
-                    try:
-                        first = await _load(client, sale_id, range(1, 301), 1.0)
-                        hung = await _load(client, sale_id, range(1, 301), 2.0)
-                    finally:
-                        redis.thaw()
-                    # at first the calls wait for the 250 ms command timeout ...
-                    assert _slowest(first, "buy") < SLOWEST
-                    # ... then the open breaker answers in microseconds
-                    buys = sorted(s for k, _, s in hung if k == "buy")
-                    assert set(_statuses(hung, "buy")) == {503}
-                    assert buys[len(buys) // 2] < 0.05
-                    reads = _statuses(hung, "read")
-                    assert set(reads) <= {200, 504} and reads[200] >= 0.9 * sum(reads.values())
-                    assert server.metric("breaker_opened_total", dependency="redis") >= 1
+        async def scenario() -> None:
+            async with httpx.AsyncClient(base_url=server.url, timeout=10) as client:
+                await _load(client, sale_id, range(1, 301), 0.5)
+                redis.freeze()
+                try:
+                    first = await _load(client, sale_id, range(1, 301), 1.0)
+                    hung = await _load(client, sale_id, range(1, 301), 2.0)
+                finally:
+                    redis.thaw()
+                # at first the calls wait for the 250 ms command timeout ...
+                assert _slowest(first, "buy") < SLOWEST
+                # ... then the open breaker answers in microseconds
+                buys = sorted(s for k, _, s in hung if k == "buy")
+                assert set(_statuses(hung, "buy")) == {503}
+                assert buys[len(buys) // 2] < 0.05
+                _mostly_ok(hung, "read", 200, share=0.9)
+                assert server.metric("breaker_opened_total", dependency="redis") >= 1
+                await _buying_again(client, sale_id)
+                assert _ready(server)["status"] == "ready"
 
-                    async def buying() -> bool:
-                        return (await _buy(client, sale_id))[1] == 201
-
-                    await _wait_for(buying)
-                    assert _ready(server)["status"] == "ready"
-
-            asyncio.run(scenario())
+        asyncio.run(scenario())
 
 
 def test_database_down_cached_reads_work_writes_fail_fast_then_recover(tmp_path: Path) -> None:
