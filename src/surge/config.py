@@ -17,7 +17,8 @@ import os
 from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import Any
-from urllib.parse import urlsplit
+
+from surge import setting_parsers as parse
 
 DATABASE_SCHEMES = ("sqlite", "mysql", "mariadb", "postgresql", "postgres")
 REDIS_SCHEMES = ("redis", "rediss")
@@ -26,7 +27,6 @@ LOG_LEVELS = ("debug", "info", "warning", "error")
 
 
 ORDER_QUERY = "GET /orders/{id}"
-METHODS = ("GET", "HEAD", "POST", "PUT", "PATCH", "DELETE")
 
 
 class ConfigError(ValueError):
@@ -120,194 +120,95 @@ class Field:
         return "--" + self.name.replace("_", "-")
 
 
-def _positive_int(text: str) -> int:
-    value = int(text)
-    if value < 1:
-        raise ValueError("must be >= 1")
-    return value
-
-
-def _non_negative_int(text: str) -> int:
-    value = int(text)
-    if value < 0:
-        raise ValueError("must be >= 0")
-    return value
-
-
-def _fanout_threads(text: str) -> int:
-    value = int(text)
-    if not -1 <= value <= 16:
-        raise ValueError("must be -1 (automatic) or 0..16")
-    return value
-
-
-def _positive_float(text: str) -> float:
-    value = float(text)
-    if not value > 0.0:  # also rejects NaN
-        raise ValueError("must be > 0")
-    return value
-
-
-def _port(text: str) -> int:
-    value = int(text)
-    if not 0 <= value <= 65535:
-        raise ValueError("must be 0..65535")
-    return value
-
-
-def _non_negative_float(text: str) -> float:
-    value = float(text)
-    if not value >= 0.0:  # also rejects NaN
-        raise ValueError("must be >= 0")
-    return value
-
-
-def _fraction(text: str) -> float:
-    value = float(text)
-    if not 0.0 <= value < 1.0:
-        raise ValueError("must be in [0, 1)")
-    return value
-
-
-def _rate_policy(text: str) -> tuple[float, int] | None:
-    from surge.protect.ratelimit import parse_policy
-
-    return parse_policy(text)
-
-
-def _networks(text: str) -> str:
-    from surge.protect.clients import parse_networks
-
-    parse_networks(text)  # validated here, parsed again where used
-    return text
-
-
-def _route_deadlines(text: str) -> tuple[tuple[str, int], ...]:
-    """`POST /sales/{id}/orders=1500, GET /sales/{id}=300` -> ((route, ms), ...)."""
-    entries = []
-    for item in text.split(","):
-        if not item.strip():
-            continue
-        route, equals, ms = item.strip().rpartition("=")
-        method, _, template = route.strip().partition(" ")
-        if not equals or method.upper() not in METHODS or not template.strip().startswith("/"):
-            raise ValueError(f"expected 'METHOD /template=MS', got {item.strip()!r}")
-        milliseconds = int(ms)
-        if milliseconds < 1:
-            raise ValueError(f"{route.strip()}: the deadline must be >= 1 ms")
-        entries.append((f"{method.upper()} {template.strip()}", milliseconds))
-    return tuple(entries)
-
-
-def _dependencies(text: str) -> tuple[str, ...]:
-    names = tuple(n for n in text.replace(" ", "").lower().split(",") if n)
-    unknown = sorted(set(names) - {"database", "redis"})
-    if unknown:
-        raise ValueError(f"unknown dependency {unknown[0]!r}; valid: database, redis")
-    return names
-
-
-def _choice(choices: tuple[str, ...]) -> Callable[[str], str]:
-    def parse(text: str) -> str:
-        value = text.strip().lower()
-        if value not in choices:
-            raise ValueError(f"must be one of {', '.join(choices)}")
-        return value
-
-    return parse
-
-
-def _url(schemes: tuple[str, ...]) -> Callable[[str], str]:
-    def parse(text: str) -> str:
-        scheme = urlsplit(text).scheme.lower()
-        if scheme not in schemes:
-            raise ValueError(f"unknown scheme {scheme or '(none)'!r}; valid: {', '.join(schemes)}")
-        return text
-
-    return parse
-
-
-def _optional(parse: Callable[[str], Any]) -> Callable[[str], Any]:
-    return lambda text: parse(text) if text.strip() else None
-
-
 FIELDS: tuple[Field, ...] = (
     Field(
         "database_url",
-        _url(DATABASE_SCHEMES),
+        parse.url(DATABASE_SCHEMES),
         "`sqlite:///PATH` (default: surge.db in the data dir), `mysql://`, `postgresql://`",
     ),
     Field(
         "redis_url",
-        _optional(_url(REDIS_SCHEMES)),
+        parse.optional(parse.url(REDIS_SCHEMES)),
         "`redis://host:port/db`; unset = in-process cache and pub/sub",
     ),
     Field("host", str, "listen address"),
-    Field("port", _port, "listen port (0 = pick a free one)"),
-    Field("workers", _positive_int, "server processes; more than 1 requires Redis"),
+    Field("port", parse.port, "listen port (0 = pick a free one)"),
+    Field("workers", parse.positive_int, "server processes; more than 1 requires Redis"),
     Field(
         "jwt_secret",
-        _optional(str),
+        parse.optional(str),
         "HS256 secret; generated into the data dir in embedded mode, required otherwise",
     ),
     Field("data_dir", Path, "SQLite file, generated secret, embedded queue"),
-    Field("smtp_url", _optional(str), "`smtp://host:port`; unset = mail written to the data dir"),
-    Field("env", _choice(ENVIRONMENTS), "`production` refuses a generated JWT secret"),
-    Field("log_level", _choice(LOG_LEVELS), "log level"),
     Field(
-        "db_pool_size", _positive_int, "database connections per process (bounds DB concurrency)"
+        "smtp_url", parse.optional(str), "`smtp://host:port`; unset = mail written to the data dir"
     ),
-    Field("redis_pool_size", _positive_int, "Redis connections per process"),
-    Field("deadline_ms", _positive_int, "deadline of the order query, milliseconds (then 504)"),
+    Field("env", parse.choice(ENVIRONMENTS), "`production` refuses a generated JWT secret"),
+    Field("log_level", parse.choice(LOG_LEVELS), "log level"),
+    Field(
+        "db_pool_size",
+        parse.positive_int,
+        "database connections per process (bounds DB concurrency)",
+    ),
+    Field("redis_pool_size", parse.positive_int, "Redis connections per process"),
+    Field(
+        "deadline_ms", parse.positive_int, "deadline of the order query, milliseconds (then 504)"
+    ),
     Field(
         "write_deadline_ms",
-        _positive_int,
+        parse.positive_int,
         "deadline of purchases and the sale routes, milliseconds (then 504)",
     ),
     Field(
         "route_deadlines",
-        _route_deadlines,
+        parse.route_deadlines,
         "per-route deadlines in ms, overriding the two above: "
         "`POST /sales/{id}/orders=1500, GET /sales/{id}=300`",
     ),
-    Field("cache_ttl", _non_negative_float, "Redis TTL of a cached order, seconds"),
-    Field("cache_jitter", _fraction, "random +- fraction applied to cache TTLs"),
-    Field("negative_ttl", _non_negative_float, "how long a not-found is cached, seconds"),
-    Field("near_cache_size", _positive_int, "entries in the in-process near cache"),
+    Field("cache_ttl", parse.non_negative_float, "Redis TTL of a cached order, seconds"),
+    Field("cache_jitter", parse.fraction, "random +- fraction applied to cache TTLs"),
+    Field("negative_ttl", parse.non_negative_float, "how long a not-found is cached, seconds"),
+    Field("near_cache_size", parse.positive_int, "entries in the in-process near cache"),
     Field(
         "near_cache_ttl",
-        _non_negative_float,
+        parse.non_negative_float,
         "near cache TTL, seconds; hits in its last quarter reload the entry in the background",
     ),
-    Field("token_cache_size", _positive_int, "verified tokens remembered per process"),
+    Field("token_cache_size", parse.positive_int, "verified tokens remembered per process"),
     Field(
         "shutdown_delay",
-        _non_negative_float,
+        parse.non_negative_float,
         "seconds readiness is 503 before intake stops (SIGTERM only)",
     ),
-    Field("drain_timeout", _non_negative_float, "seconds in-flight requests get to finish"),
-    Field("keepalive_timeout", _non_negative_float, "idle keep-alive connections close after"),
-    Field("max_body_bytes", _positive_int, "largest accepted request body (then 413)"),
+    Field("drain_timeout", parse.non_negative_float, "seconds in-flight requests get to finish"),
+    Field("keepalive_timeout", parse.non_negative_float, "idle keep-alive connections close after"),
+    Field("max_body_bytes", parse.positive_int, "largest accepted request body (then 413)"),
     Field("redis_prefix", str, "prefix of every Redis key and channel Surge uses"),
     Field(
         "ws_max_connections",
-        _non_negative_int,
+        parse.non_negative_int,
         "WebSocket connections per process (then 503); 0 = the open-files limit less 1,000",
     ),
-    Field("ws_max_message", _positive_int, "largest client WebSocket message, bytes (then 1009)"),
-    Field("ws_max_rooms", _positive_int, "rooms one WebSocket connection may join"),
-    Field("ws_publish_rate", _positive_int, "publishes a second per connection, and burst"),
+    Field(
+        "ws_max_message", parse.positive_int, "largest client WebSocket message, bytes (then 1009)"
+    ),
+    Field("ws_max_rooms", parse.positive_int, "rooms one WebSocket connection may join"),
+    Field("ws_publish_rate", parse.positive_int, "publishes a second per connection, and burst"),
     Field(
         "ws_send_buffer",
-        _positive_int,
+        parse.positive_int,
         "bytes queued for a WebSocket client before it is closed as too slow (4008)",
     ),
-    Field("ws_ping_interval", _positive_float, "seconds between WebSocket pings"),
-    Field("ws_ping_timeout", _positive_float, "a silent peer is dropped this long after a ping"),
-    Field("ws_history", _non_negative_int, "messages kept per chat room for resume (0 = none)"),
+    Field("ws_ping_interval", parse.positive_float, "seconds between WebSocket pings"),
+    Field(
+        "ws_ping_timeout", parse.positive_float, "a silent peer is dropped this long after a ping"
+    ),
+    Field(
+        "ws_history", parse.non_negative_int, "messages kept per chat room for resume (0 = none)"
+    ),
     Field(
         "ws_fanout_threads",
-        _fanout_threads,
+        parse.fanout_threads,
         "threads writing a WebSocket fan-out beside the event loop; -1 = one per core (max 3)",
     ),
     Field(
@@ -317,52 +218,52 @@ FIELDS: tuple[Field, ...] = (
     ),
     Field(
         "rate_limit_read",
-        _rate_policy,
+        parse.rate_policy,
         "GET requests per caller: `RATE/BURST` a second (`20/40`); `off` = no limit",
     ),
     Field(
         "rate_limit_write",
-        _rate_policy,
+        parse.rate_policy,
         "other requests (purchases, sale admin) per caller: `RATE/BURST`; `off` = no limit",
     ),
     Field(
         "rate_limit_store",
-        _choice(("auto", "local", "redis")),
+        parse.choice(("auto", "local", "redis")),
         "where buckets live: `auto` = writes in Redis when configured (one limit across "
         "processes), reads in each process; `redis` = both in Redis; `local` = both here",
     ),
     Field(
         "shed",
-        _choice(("adaptive", "cap", "off")),
+        parse.choice(("adaptive", "cap", "off")),
         "load shedding: `adaptive` (Gradient2 limit on concurrent work, capped), `cap` "
         "(only SURGE_MAX_IN_FLIGHT), `off`",
     ),
     Field(
         "max_in_flight",
-        _positive_int,
+        parse.positive_int,
         "most requests waiting on I/O at once per process (then 503 `overloaded`)",
     ),
-    Field("shed_min_limit", _positive_int, "the adaptive limit never goes below this"),
+    Field("shed_min_limit", parse.positive_int, "the adaptive limit never goes below this"),
     Field(
         "shed_tolerance",
-        _positive_float,
+        parse.positive_float,
         "latency over its long-run average by this factor counts as queueing (>= 1)",
     ),
     Field(
         "shed_target_ms",
-        _non_negative_int,
+        parse.non_negative_int,
         "a window's mean latency over this shrinks the adaptive limit; 0 = half the order "
         "query's deadline",
     ),
     Field(
         "ready_requires",
-        _dependencies,
+        parse.dependencies,
         "dependencies (`database`, `redis`) whose failure makes /readyz 503; "
         "empty = none: a shared dependency down leaves every pod `degraded` but in service",
     ),
     Field(
         "trusted_proxies",
-        _networks,
+        parse.networks,
         "comma-separated CIDRs of proxies whose X-Forwarded-For names the client",
     ),
 )

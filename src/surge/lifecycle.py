@@ -30,7 +30,7 @@ import uvloop
 from surge.app import App
 from surge.config import Settings
 from surge.http.listener import HttpServer, bind_socket
-from surge.http.server import ServerState
+from surge.http.state import ServerState
 from surge.metrics import Metrics
 
 log = logging.getLogger("surge.lifecycle")

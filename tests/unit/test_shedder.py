@@ -7,8 +7,8 @@ import time
 
 import pytest
 
+from surge.http.refusal import lone_get
 from surge.http.request import Request
-from surge.http.server import _lone_get
 from surge.protect.shedder import Gradient2, Shedder, ShedSettings
 
 
@@ -131,7 +131,7 @@ def test_a_window_with_a_late_answer_halves_the_target() -> None:
     ],
 )
 def test_only_a_lone_complete_get_is_refused_unparsed(data: bytes, lone: bool) -> None:
-    assert _lone_get(data) is lone
+    assert lone_get(data) is lone
 
 
 def test_a_late_event_loop_shrinks_the_limit() -> None:

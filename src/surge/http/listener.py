@@ -6,7 +6,8 @@ from __future__ import annotations
 import asyncio
 import socket
 
-from surge.http.server import HttpProtocol, ServerState
+from surge.http.server import HttpProtocol
+from surge.http.state import ServerState
 
 
 def bind_socket(host: str, port: int, backlog: int = 4096) -> socket.socket:

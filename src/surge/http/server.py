@@ -16,22 +16,22 @@ from __future__ import annotations
 
 import asyncio
 import logging
-import os
 import re
 import time
 from collections import deque
-from collections.abc import Awaitable, Callable
-from email.utils import formatdate
+from collections.abc import Awaitable
 from urllib.parse import unquote
 
 import httptools
 
+from surge.http import refusal
+from surge.http.refusal import lone_get
 from surge.http.request import Request, Upgrade
 from surge.http.response import Problem, Response, problem_response
-from surge.http.router import Handler, HandlerResult, Router
+from surge.http.router import Handler, HandlerResult
+from surge.http.state import ServerState
 from surge.protect.bucket import Verdict
-from surge.protect.ratelimit import RateLimiter
-from surge.protect.shedder import Shedder, overloaded
+from surge.protect.shedder import overloaded
 
 log = logging.getLogger("surge.http")
 
@@ -54,40 +54,6 @@ FIRST_REQUEST_GRACE = 1.0
 
 # An incoming X-Request-ID is kept if it is short and plain; otherwise we make one.
 _REQUEST_ID = re.compile(rb"[A-Za-z0-9._:-]{1,128}")
-
-Observer = Callable[[str, str, int, float], None]
-
-
-class ServerState:
-    """Shared by every connection of one process: the app, the clock and the drain flags."""
-
-    def __init__(
-        self, router: Router, observe: Observer, keepalive_timeout: float, max_body: int
-    ) -> None:
-        self.router = router
-        self.limiter: RateLimiter | None = None  # per-caller rate limits (surge.protect)
-        self.shedder: Shedder | None = None  # the limit on concurrent work
-        self.observe = observe
-        self.keepalive_timeout = keepalive_timeout
-        self.max_body = max_body
-        self.connections: set[HttpProtocol] = set()
-        self.in_flight = 0
-        self.closing = False  # answer with Connection: close (shutdown delay and drain)
-        self.stopped = False  # intake stopped: close connections once idle
-        self.drained = asyncio.Event()  # set when stopped and the last connection closed
-        self.now = time.monotonic()
-        self.date_line = b""
-        self._id_prefix = os.urandom(4).hex().encode() + b"-"
-        self._id_counter = 0
-        self.tick()
-
-    def tick(self) -> None:
-        self.now = time.monotonic()
-        self.date_line = b"date: " + formatdate(usegmt=True).encode() + b"\r\n"
-
-    def new_request_id(self) -> bytes:
-        self._id_counter += 1
-        return self._id_prefix + b"%x" % self._id_counter
 
 
 class HttpProtocol(asyncio.Protocol):
@@ -156,7 +122,7 @@ class HttpProtocol(asyncio.Protocol):
             and shedder.saturated
             and not self._busy
             and not self._url
-            and _lone_get(data)
+            and lone_get(data)
         ):
             self._shed_unparsed()
             return
@@ -181,11 +147,11 @@ class HttpProtocol(asyncio.Protocol):
         """Every slot of the shedder is taken: a lone GET is answered 503 before the
         parser, the router or anything else sees it. Under overload the cost of a refusal
         decides how much is left to serve (a parsed refusal cost about as much as a
-        cached answer). Health, readiness and metrics are never refused (`_lone_get`)."""
+        cached answer). Health, readiness and metrics are never refused (`refusal.lone_get`)."""
         state = self._state
         state.shedder.shed["read"] += 1  # type: ignore[union-attr]
         if self._transport is not None:
-            self._transport.write(_SHED_HEAD + state.date_line + _SHED_TAIL)
+            self._transport.write(refusal.HEAD + state.date_line + refusal.TAIL)
 
     def pause_writing(self) -> None:
         self._paused_writing = True
@@ -491,28 +457,6 @@ def _call(handler: Handler, request: Request) -> HandlerResult:
     except Exception:
         log.exception("handler failed: %s %s", request.method, request.route)
         return problem_response(500, "internal", "internal error")
-
-
-_SHED_RESPONSE = overloaded()
-_SHED_HEAD = _SHED_RESPONSE[1]
-_SHED_TAIL = b"\r\n" + _SHED_RESPONSE[2]
-# never refused unparsed: probes and scrapes must see the server as it is
-_NEVER_SHED = (b"GET /healthz", b"GET /readyz", b"GET /metrics", b"GET /openapi.json", b"GET /ws")
-
-
-def _lone_get(data: bytes) -> bool:
-    """`data` is exactly one complete HTTP/1.1 GET with no body and no Connection: close
-    (so answering it leaves the connection as it was), for a path that may be shed."""
-    if not data.startswith(b"GET ") or not data.endswith(b"\r\n\r\n"):
-        return False
-    line_end = data.find(b"\r\n")
-    return (
-        data[line_end - 9 : line_end] == b" HTTP/1.1"
-        and data.find(b"\r\n\r\n") == len(data) - 4
-        and not data.startswith(_NEVER_SHED)
-        and b"onnection: close" not in data
-        and b"ONNECTION: CLOSE" not in data
-    )
 
 
 class _TooLarge(Exception):

@@ -1,0 +1,122 @@
+"""Parsers of setting values: each takes the text of an environment variable or a flag
+and returns the typed value, or raises ValueError with a short reason (surge.config adds
+which setting it was)."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Any
+from urllib.parse import urlsplit
+
+METHODS = ("GET", "HEAD", "POST", "PUT", "PATCH", "DELETE")
+
+
+def positive_int(text: str) -> int:
+    value = int(text)
+    if value < 1:
+        raise ValueError("must be >= 1")
+    return value
+
+
+def non_negative_int(text: str) -> int:
+    value = int(text)
+    if value < 0:
+        raise ValueError("must be >= 0")
+    return value
+
+
+def fanout_threads(text: str) -> int:
+    value = int(text)
+    if not -1 <= value <= 16:
+        raise ValueError("must be -1 (automatic) or 0..16")
+    return value
+
+
+def positive_float(text: str) -> float:
+    value = float(text)
+    if not value > 0.0:  # also rejects NaN
+        raise ValueError("must be > 0")
+    return value
+
+
+def port(text: str) -> int:
+    value = int(text)
+    if not 0 <= value <= 65535:
+        raise ValueError("must be 0..65535")
+    return value
+
+
+def non_negative_float(text: str) -> float:
+    value = float(text)
+    if not value >= 0.0:  # also rejects NaN
+        raise ValueError("must be >= 0")
+    return value
+
+
+def fraction(text: str) -> float:
+    value = float(text)
+    if not 0.0 <= value < 1.0:
+        raise ValueError("must be in [0, 1)")
+    return value
+
+
+def rate_policy(text: str) -> tuple[float, int] | None:
+    from surge.protect.ratelimit import parse_policy
+
+    return parse_policy(text)
+
+
+def networks(text: str) -> str:
+    from surge.protect.clients import parse_networks
+
+    parse_networks(text)  # validated here, parsed again where used
+    return text
+
+
+def route_deadlines(text: str) -> tuple[tuple[str, int], ...]:
+    """`POST /sales/{id}/orders=1500, GET /sales/{id}=300` -> ((route, ms), ...)."""
+    entries = []
+    for item in text.split(","):
+        if not item.strip():
+            continue
+        route, equals, ms = item.strip().rpartition("=")
+        method, _, template = route.strip().partition(" ")
+        if not equals or method.upper() not in METHODS or not template.strip().startswith("/"):
+            raise ValueError(f"expected 'METHOD /template=MS', got {item.strip()!r}")
+        milliseconds = int(ms)
+        if milliseconds < 1:
+            raise ValueError(f"{route.strip()}: the deadline must be >= 1 ms")
+        entries.append((f"{method.upper()} {template.strip()}", milliseconds))
+    return tuple(entries)
+
+
+def dependencies(text: str) -> tuple[str, ...]:
+    names = tuple(n for n in text.replace(" ", "").lower().split(",") if n)
+    unknown = sorted(set(names) - {"database", "redis"})
+    if unknown:
+        raise ValueError(f"unknown dependency {unknown[0]!r}; valid: database, redis")
+    return names
+
+
+def choice(choices: tuple[str, ...]) -> Callable[[str], str]:
+    def parse(text: str) -> str:
+        value = text.strip().lower()
+        if value not in choices:
+            raise ValueError(f"must be one of {', '.join(choices)}")
+        return value
+
+    return parse
+
+
+def url(schemes: tuple[str, ...]) -> Callable[[str], str]:
+    def parse(text: str) -> str:
+        scheme = urlsplit(text).scheme.lower()
+        if scheme not in schemes:
+            raise ValueError(f"unknown scheme {scheme or '(none)'!r}; valid: {', '.join(schemes)}")
+        return text
+
+    return parse
+
+
+def optional(parse: Callable[[str], Any]) -> Callable[[str], Any]:
+    return lambda text: parse(text) if text.strip() else None
