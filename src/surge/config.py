@@ -319,6 +319,8 @@ def _check(settings: Settings) -> None:
         raise ConfigError("SURGE_SHED_MIN_LIMIT must not exceed SURGE_MAX_IN_FLIGHT")
     if settings.shed_tolerance < 1.0:
         raise ConfigError("SURGE_SHED_TOLERANCE must be >= 1")
+    if "redis" in settings.ready_requires and settings.redis_url is None:
+        raise ConfigError("SURGE_READY_REQUIRES=redis needs SURGE_REDIS_URL")
     if settings.rate_limit_store == "redis" and settings.redis_url is None:
         raise ConfigError("SURGE_RATE_LIMIT_STORE=redis needs SURGE_REDIS_URL")
     if settings.jwt_secret is not None and len(settings.jwt_secret) < 32:

@@ -5,7 +5,11 @@ from __future__ import annotations
 import asyncio
 
 import pytest
+import sqlalchemy as sa
+from redis.exceptions import ConnectionError as RedisConnectionError
 
+from surge.backends.redis import redis_down
+from surge.backends.sql import database_down
 from surge.protect.breaker import CLOSED, HALF_OPEN, OPEN, Breaker, Guard, Unavailable
 
 
@@ -21,6 +25,12 @@ def _breaker(threshold: int = 3) -> tuple[Breaker, Clock]:
     breaker, clock = Breaker("db", threshold=threshold, cool_down=1.0, max_cool_down=4.0), Clock()
     breaker._now = clock
     return breaker, clock
+
+
+def _trip(breaker: Breaker) -> None:
+    while breaker.state == CLOSED:
+        assert breaker.check() is False
+        breaker.failed()
 
 
 def test_opens_after_threshold_failures_in_a_row() -> None:
@@ -41,53 +51,53 @@ def test_opens_after_threshold_failures_in_a_row() -> None:
         breaker.check()
 
 
-def test_half_open_lets_one_probe_through_and_backs_off() -> None:
+def test_half_open_lets_one_probe_through_and_backs_off_up_to_the_cap() -> None:
     breaker, clock = _breaker(threshold=1)
-    breaker.check()
-    breaker.failed()
+    _trip(breaker)
     clock.now += 1.0  # cool-down over: one probe
-    breaker.check()
-    assert breaker.state == HALF_OPEN
+    assert breaker.check() is True and breaker.state == HALF_OPEN
     with pytest.raises(Unavailable):
         breaker.check()  # a second caller while the probe is out
-    breaker.failed()  # the probe failed: open for twice as long
+    breaker.failed(probe=True)  # the probe failed: open for twice as long (2 s)
+    for wait, cool_down in ((1.9, 2.0), (3.9, 4.0), (3.9, 4.0)):  # 2, 4, then capped at 4
+        clock.now += wait
+        with pytest.raises(Unavailable):
+            breaker.check()
+        clock.now += cool_down - wait
+        assert breaker.check() is True
+        breaker.failed(probe=True)
+    clock.now += 4.0
+    assert breaker.check() is True
+    breaker.succeeded(probe=True)
+    assert breaker.state == CLOSED
+    _trip(breaker)  # and the cool-down is back to its start
+    clock.now += 1.0
+    assert breaker.check() is True
+
+
+def test_only_the_probe_moves_a_breaker_that_is_not_closed() -> None:
+    breaker, clock = _breaker(threshold=1)
+    _trip(breaker)
+    breaker.succeeded()  # a call that began before the breaker opened: proves nothing
     assert breaker.state == OPEN
-    clock.now += 1.5
+    clock.now += 1.0
+    assert breaker.check() is True
+    breaker.released()  # some other call gave up: the probe is still out
     with pytest.raises(Unavailable):
         breaker.check()
-    clock.now += 0.5
-    breaker.check()
-    breaker.failed()
-    clock.now += 4.0  # capped at max_cool_down
-    breaker.check()
-    breaker.succeeded()
-    assert breaker.state == CLOSED
-    breaker.check()  # and the cool-down is back to its start
-    breaker.failed()
-    clock.now += 1.0
-    breaker.check()
-
-
-def test_a_probe_without_verdict_frees_the_next() -> None:
-    breaker, clock = _breaker(threshold=1)
-    breaker.check()
-    breaker.failed()
-    clock.now += 1.0
-    breaker.check()
-    breaker.released()  # cancelled by its caller's deadline
-    breaker.check()  # another probe may go
-    assert breaker.state == HALF_OPEN
+    breaker.released(probe=True)  # the probe itself was cancelled: another may go
+    assert breaker.check() is True and breaker.state == HALF_OPEN
 
 
 async def _through(guard: Guard, error: BaseException | None) -> None:
-    async with guard:
+    async with guard():
         if error is not None:
             raise error
 
 
 def test_the_guard_tells_down_from_answered() -> None:
     breaker, _ = _breaker(threshold=2)
-    guard = Guard(breaker, (ConnectionError, TimeoutError))
+    guard = Guard(breaker, lambda error: isinstance(error, ConnectionError | TimeoutError))
 
     def run(error: BaseException | None) -> None:
         try:
@@ -104,3 +114,37 @@ def test_the_guard_tells_down_from_answered() -> None:
     with pytest.raises(Unavailable):
         asyncio.run(_through(guard, None))
     assert breaker.opened == 1  # refusals by the open breaker are not failures
+
+
+class _DriverError(Exception):
+    def __init__(self, *args: object, sqlstate: str | None = None) -> None:
+        super().__init__(*args)
+        self.sqlstate = sqlstate
+
+
+def _wrapped(orig: Exception) -> sa.exc.DBAPIError:
+    return sa.exc.OperationalError("SELECT 1", {}, orig)
+
+
+@pytest.mark.parametrize(
+    ("error", "down"),
+    [
+        (ConnectionRefusedError(), True),
+        (TimeoutError(), True),
+        (_wrapped(_DriverError(2003, "Can't connect to MySQL server")), True),
+        (_wrapped(_DriverError(2013, "Lost connection to MySQL server")), True),
+        (_wrapped(_DriverError(1213, "Deadlock found")), False),  # it answered
+        (_wrapped(_DriverError(1205, "Lock wait timeout exceeded")), False),
+        (_wrapped(_DriverError("terminating connection", sqlstate="57P01")), True),
+        (_wrapped(_DriverError("duplicate key", sqlstate="23505")), False),
+        (ValueError("a bug"), False),
+    ],
+)
+def test_database_errors_are_classified(error: BaseException, down: bool) -> None:
+    assert database_down(error) is down
+
+
+def test_redis_errors_are_classified() -> None:
+    assert redis_down(RedisConnectionError("Connection refused"))
+    assert not redis_down(RedisConnectionError("No connection available."))  # our own load
+    assert redis_down(TimeoutError())

@@ -111,6 +111,22 @@ def test_forwarded_for_is_believed_only_from_trusted_proxies() -> None:
     assert clients.address(_request("10.1.2.3", only_ours)) == "10.9.9.9"
 
 
+@pytest.mark.parametrize(
+    ("peer", "forwarded", "client"),
+    [
+        ("::ffff:10.1.2.3", b"203.0.113.9", "203.0.113.9"),  # dual-stack listener
+        ("10.1.2.3", b"203.0.113.9:51234", "203.0.113.9"),  # a proxy that adds the port
+        ("10.1.2.3", b"[2001:db8::7]:443", "2001:db8::/64"),  # IPv6: by its /64
+        ("10.1.2.3", b"6.6.6.6, junk, 10.0.0.5", "10.0.0.5"),  # garbage ends the walk
+        ("2001:db8:1:2::99", b"", "2001:db8:1:2::/64"),
+    ],
+)
+def test_addresses_are_normalised(peer: str, forwarded: bytes, client: str) -> None:
+    clients = Clients(Authenticator(SECRET), parse_networks("10.0.0.0/8"))
+    headers = {b"x-forwarded-for": forwarded} if forwarded else {}
+    assert clients.address(_request(peer, headers)) == client
+
+
 def test_parse_networks_names_the_bad_entry() -> None:
     with pytest.raises(ValueError, match="'nope'"):
         parse_networks("10.0.0.0/8,nope")

@@ -26,14 +26,12 @@ from surge.types import Handler
 log = logging.getLogger("surge.redis")
 
 
-# Errors that mean Redis is down or unreachable (a script error or WRONGTYPE means it
-# answered). builtins' TimeoutError covers redis-py's socket timeouts and asyncio's.
-REDIS_DOWN: tuple[type[BaseException], ...] = (
-    RedisConnectionError,
-    RedisTimeoutError,
-    OSError,
-    TimeoutError,
-)
+def redis_down(error: BaseException) -> bool:
+    """Whether `error` means Redis is down or unreachable (a script error or WRONGTYPE
+    means it answered). A pool with no free connection is our own load, not Redis."""
+    if isinstance(error, RedisConnectionError):
+        return str(error) != "No connection available."
+    return isinstance(error, RedisTimeoutError | OSError | TimeoutError)
 
 
 class GuardedRedis(aioredis.Redis):
@@ -46,7 +44,7 @@ class GuardedRedis(aioredis.Redis):
     _guard: Guard
 
     async def execute_command(self, *args: Any, **options: Any) -> Any:
-        async with self._guard:
+        async with self._guard():
             return await super().execute_command(*args, **options)  # type: ignore[no-untyped-call]
 
     def pipeline(self, transaction: bool = True, shard_hint: str | None = None) -> Pipeline:
@@ -61,7 +59,7 @@ class _GuardedPipeline(Pipeline):
     _guard: Guard
 
     async def execute(self, raise_on_error: bool = True) -> list[Any]:
-        async with self._guard:
+        async with self._guard():
             return await super().execute(raise_on_error)
 
 
@@ -88,7 +86,7 @@ def connect(
     # the client owns the pool: aclose() closes it
     client = cast(GuardedRedis, GuardedRedis.from_pool(pool))
     client.breaker = Breaker("redis")
-    client._guard = Guard(client.breaker, REDIS_DOWN)
+    client._guard = Guard(client.breaker, redis_down)
     return client
 
 

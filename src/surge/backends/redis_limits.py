@@ -36,7 +36,7 @@ class RedisBuckets:
         prefix: str,
         fallback: LocalBuckets,
         on_error: Callable[[Exception], None],
-        timeout: float = 0.05,
+        timeout: float = 0.25,  # Redis's own command timeout (backends.redis.connect)
     ) -> None:
         self._script = client.register_script(
             (resources.files("surge.backends") / "lua" / "ratelimit.lua").read_text()

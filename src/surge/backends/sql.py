@@ -26,6 +26,7 @@ from surge.types import Order
 log = logging.getLogger("surge.sql")
 
 CONNECT_TIMEOUT = 2  # seconds
+OPERATION_TIMEOUT = 5.0  # seconds a connection may be held (every use is a batch or one row)
 
 DRIVERS = {
     "sqlite": "sqlite+aiosqlite",
@@ -79,7 +80,10 @@ async def connected(engine: AsyncEngine) -> AsyncIterator[AsyncConnection]:
     event loop for every query, and under a storm a turn takes 10-25 ms (measured: a
     winners' batch spent 50 ms of its 75 there). If a cancellation interrupts the close,
     the connection is discarded (its state is unknown) in the background."""
-    async with guard(engine):
+    # OPERATION_TIMEOUT: a server that stops answering (a partition drops packets) would
+    # keep a query waiting for TCP's minutes; past it the call counts as the database
+    # being down, and the breaker opens
+    async with guard(engine)(), asyncio.timeout(OPERATION_TIMEOUT):
         conn = await engine.connect()
         try:
             yield conn
@@ -93,15 +97,30 @@ async def connected(engine: AsyncEngine) -> AsyncIterator[AsyncConnection]:
                 raise
 
 
-# Errors that mean the database is down or unreachable; an IntegrityError (say) means
-# it answered. SQLAlchemy wraps the drivers' errors (OperationalError: refused, gone
-# away; InterfaceError: connection closed); some connect errors arrive as OSError.
-DB_DOWN: tuple[type[BaseException], ...] = (
-    sa.exc.OperationalError,
-    sa.exc.InterfaceError,
-    OSError,
-    TimeoutError,
-)
+# Driver errors that mean the connection or the server is gone: MySQL client codes (can't
+# connect, server gone away, lost connection...) and PostgreSQL SQLSTATE classes 08
+# (connection exception) and 57P (admin shutdown, crash shutdown, cannot connect now).
+_MYSQL_DOWN = {2002, 2003, 2005, 2006, 2013, 2055}
+_PG_DOWN = ("08", "57P")
+
+
+def database_down(error: BaseException) -> bool:
+    """Whether `error` means the database is down or unreachable; a deadlock, a lock
+    wait timeout or a constraint violation means it answered."""
+    if isinstance(error, OSError | TimeoutError):
+        return True
+    if not isinstance(error, sa.exc.DBAPIError):
+        return False
+    if error.connection_invalidated:
+        return True
+    orig = error.orig
+    code = orig.args[0] if orig is not None and orig.args else None
+    if isinstance(code, int) and code in _MYSQL_DOWN:
+        return True
+    state = getattr(orig, "sqlstate", None)
+    return isinstance(state, str) and state.startswith(_PG_DOWN)
+
+
 _guards: weakref.WeakKeyDictionary[AsyncEngine, Guard] = weakref.WeakKeyDictionary()
 
 
@@ -109,7 +128,7 @@ def guard(engine: AsyncEngine) -> Guard:
     """The circuit breaker around every use of `engine` through `connected`."""
     found = _guards.get(engine)
     if found is None:
-        found = _guards[engine] = Guard(Breaker("database"), DB_DOWN)
+        found = _guards[engine] = Guard(Breaker("database"), database_down)
     return found
 
 

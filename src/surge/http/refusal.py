@@ -1,28 +1,47 @@
 """The refusal made before the parser: when every slot of the load shedder is taken, a
 lone GET is answered 503 straight from the bytes read (surge.protect.shedder explains
-why a refusal must cost as little as possible)."""
+why a refusal must cost as little as possible).
+
+Only a request that cannot be misread qualifies: one complete HTTP/1.1 GET in one read,
+with no header that could announce a body (Content-Length, Transfer-Encoding, Expect:
+a body arriving in a later read would be taken for a request of its own, and answers
+would fall out of step with requests) or change the connection (Connection, Upgrade).
+Anything else goes through the parser, and is shed there if it needs a slot."""
 
 from __future__ import annotations
 
-from surge.protect.shedder import overloaded
+import random
 
-_RESPONSE = overloaded()
-HEAD = _RESPONSE[1]
-TAIL = b"\r\n" + _RESPONSE[2]
+from surge.protect.shedder import OVERLOADED
+
+# the two refusals (Retry-After 1 or 2 s), the date line goes between head and tail
+_PARTS = tuple((head, b"\r\n" + body) for _, head, body in OVERLOADED)
 # never refused unparsed: probes and scrapes must see the server as it is
 _NEVER_SHED = (b"GET /healthz", b"GET /readyz", b"GET /metrics", b"GET /openapi.json", b"GET /ws")
+_UNSAFE_HEADERS = (
+    b"\r\ncontent-length:",
+    b"\r\ntransfer-encoding:",
+    b"\r\nexpect:",
+    b"\r\nconnection:",
+    b"\r\nupgrade:",
+)
 
 
 def lone_get(data: bytes) -> bool:
-    """`data` is exactly one complete HTTP/1.1 GET with no body and no Connection: close
-    (so answering it leaves the connection as it was), for a path that may be shed."""
+    """`data` is exactly one complete HTTP/1.1 GET that answering leaves the connection
+    as it was, for a path that may be shed."""
     if not data.startswith(b"GET ") or not data.endswith(b"\r\n\r\n"):
         return False
     line_end = data.find(b"\r\n")
-    return (
-        data[line_end - 9 : line_end] == b" HTTP/1.1"
-        and data.find(b"\r\n\r\n") == len(data) - 4
-        and not data.startswith(_NEVER_SHED)
-        and b"onnection: close" not in data
-        and b"ONNECTION: CLOSE" not in data
-    )
+    if data[line_end - 9 : line_end] != b" HTTP/1.1" or data.find(b"\r\n\r\n") != len(data) - 4:
+        return False
+    if data.startswith(_NEVER_SHED) or b"%" in data[:line_end]:  # %-encoded: parse it
+        return False
+    lowered = data.lower()
+    return not any(header in lowered for header in _UNSAFE_HEADERS)
+
+
+def refusal(date_line: bytes) -> bytes:
+    """The bytes of one refusal, its Retry-After drawn at random (1 or 2 s)."""
+    head, tail = _PARTS[random.getrandbits(1)]
+    return head + date_line + tail

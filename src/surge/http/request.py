@@ -53,5 +53,6 @@ class Request:
         self.request_id = request_id
         self.params: dict[str, str] = {}
         self.route = "unmatched"
-        self.slot = False  # holds a slot of the load shedder (surge.protect.shedder)
+        # the class ("read", "write") of the load-shedder slot it holds; "" = none
+        self.slot = ""
         self.started = time.perf_counter()

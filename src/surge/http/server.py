@@ -120,6 +120,7 @@ class HttpProtocol(asyncio.Protocol):
         if (
             shedder is not None
             and shedder.saturated
+            and not state.closing  # draining: answers must say Connection: close
             and not self._busy
             and not self._url
             and lone_get(data)
@@ -151,7 +152,7 @@ class HttpProtocol(asyncio.Protocol):
         state = self._state
         state.shedder.shed["read"] += 1  # type: ignore[union-attr]
         if self._transport is not None:
-            self._transport.write(refusal.HEAD + state.date_line + refusal.TAIL)
+            self._transport.write(refusal.refusal(state.date_line))
 
     def pause_writing(self) -> None:
         self._paused_writing = True
@@ -268,7 +269,7 @@ class HttpProtocol(asyncio.Protocol):
         if shedder is None or request.slot or not asyncio.iscoroutine(result):
             return result
         if shedder.admit(route_class):
-            request.slot = True
+            request.slot = route_class
             return result
         result.close()  # never started: nothing to undo
         return overloaded()
@@ -277,8 +278,8 @@ class HttpProtocol(asyncio.Protocol):
         self, request: Request, handler: Handler, route_class: str, done: asyncio.Future[Verdict]
     ) -> None:
         """Redis's verdict on a request that waited for it (see `_handle`)."""
-        if done.cancelled():
-            self._finish(request, _SHUTTING_DOWN)
+        if done.cancelled() or self._transport is None:  # shutting down, or the client left
+            self._finish(request, _SHUTTING_DOWN)  # (no handler runs for nobody)
             return
         refusal = self._state.limiter.answer(route_class, done.result())  # type: ignore[union-attr]
         if refusal is not None:
@@ -375,8 +376,8 @@ class HttpProtocol(asyncio.Protocol):
         state.observe(request.route, request.method, status, elapsed)
         state.in_flight -= 1
         if request.slot:  # its work is done: the shedder learns how long it took
-            request.slot = False
-            state.shedder.release(elapsed, status == 504)  # type: ignore[union-attr]
+            state.shedder.release(elapsed, status == 504, request.slot)  # type: ignore[union-attr]
+            request.slot = ""
 
     def _switch(self, rest: bytes) -> None:
         """Hands the connection to the upgrade's protocol: from here on it is no HTTP

@@ -4,14 +4,16 @@ Closed: calls go through; `threshold` failures in a row (connection refused, res
 timed out) open it. Open: calls fail at once with `Unavailable` for `cool_down` seconds.
 Then half-open: one call at a time is let through as a probe; success closes the
 breaker, failure opens it again for twice as long (up to `max_cool_down`), so a long
-outage costs one probe every 30 s, not one timeout per request. No background task:
-state changes happen on calls, and readiness reads `state`.
+outage costs one probe every 30 s, not one timeout per request. Only the probe's own
+verdict moves a breaker that is not closed (a call older than the opening proves
+nothing). No background task: state changes happen on calls; readiness reads `state`.
 """
 
 from __future__ import annotations
 
 import asyncio
 import time
+from collections.abc import Callable
 
 CLOSED, OPEN, HALF_OPEN = "closed", "open", "half_open"
 STATES = (CLOSED, OPEN, HALF_OPEN)
@@ -42,10 +44,11 @@ class Breaker:
         self._probing = False
         self._now = time.monotonic  # tests replace it
 
-    def check(self) -> None:
-        """Before a call: raises Unavailable unless the call may go."""
+    def check(self) -> bool:
+        """Before a call: raises Unavailable unless the call may go; True when the call
+        is the half-open breaker's probe (its verdict alone decides what comes next)."""
         if self.state == CLOSED:
-            return
+            return False
         if self.state == OPEN:
             if self._now() < self._retry_at:
                 raise Unavailable(f"{self.name} is unavailable (circuit open)")
@@ -53,22 +56,32 @@ class Breaker:
         if self._probing:  # half-open: one probe at a time
             raise Unavailable(f"{self.name} is unavailable (circuit half-open)")
         self._probing = True
+        return True
 
-    def succeeded(self) -> None:
-        self._failures = 0
-        if self.state != CLOSED:
+    def succeeded(self, probe: bool = False) -> None:
+        if self.state == CLOSED:
+            self._failures = 0
+        elif probe:  # (a call older than the opening proves nothing: it is ignored)
             self.state = CLOSED
+            self._failures = 0
             self._probing = False
             self._cool_down = self._min_cool_down
 
-    def failed(self) -> None:
-        self._failures += 1
-        if self.state == HALF_OPEN:
+    def failed(self, probe: bool = False) -> None:
+        if self.state == CLOSED:
+            self._failures += 1
+            if self._failures >= self.threshold:
+                self._open()
+        elif probe:
             self._probing = False
             self._cool_down = min(self._cool_down * 2, self._max_cool_down)
             self._open()
-        elif self.state == CLOSED and self._failures >= self.threshold:
-            self._open()
+
+    def released(self, probe: bool = False) -> None:
+        """A call ended with no verdict (cancelled by its caller's deadline): if it was
+        the probe, the next call may probe."""
+        if probe:
+            self._probing = False
 
     def _open(self) -> None:
         self.state = OPEN
@@ -79,33 +92,43 @@ class Breaker:
     def is_open(self) -> bool:
         return self.state != CLOSED
 
-    def released(self) -> None:
-        """A call let through ended with neither verdict (an error of the caller's own,
-        e.g. cancelled by its deadline): a half-open breaker may probe again."""
-        self._probing = False
-
 
 class Guard:
-    """`async with guard:` around one call to the dependency: checks the breaker, then
-    gives it the call's verdict. `down` are the errors that mean the dependency is down;
-    any other error means it answered (a constraint violation is the database working);
-    a cancellation gives no verdict."""
+    """`async with guard():` around one call to the dependency: checks the breaker, then
+    gives it the call's verdict. `is_down(error)` says whether an error means the
+    dependency is down (refused, reset, timed out); any other error means it answered (a
+    deadlock or a constraint violation is the database working); a cancellation gives
+    no verdict."""
 
-    __slots__ = ("breaker", "down")
+    __slots__ = ("breaker", "is_down")
 
-    def __init__(self, breaker: Breaker, down: tuple[type[BaseException], ...]) -> None:
+    def __init__(self, breaker: Breaker, is_down: Callable[[BaseException], bool]) -> None:
         self.breaker = breaker
-        self.down = down
+        self.is_down = is_down
+
+    def __call__(self) -> _Call:
+        return _Call(self)
+
+
+class _Call:
+    __slots__ = ("guard", "probe")
+
+    def __init__(self, guard: Guard) -> None:
+        self.guard = guard
+        self.probe = False
 
     async def __aenter__(self) -> None:
-        self.breaker.check()
+        self.probe = self.guard.breaker.check()
 
-    async def __aexit__(self, kind: type[BaseException] | None, exc: object, tb: object) -> None:
-        if kind is None:
-            self.breaker.succeeded()
-        elif issubclass(kind, self.down) and not issubclass(kind, Unavailable):
-            self.breaker.failed()
-        elif issubclass(kind, asyncio.CancelledError):
-            self.breaker.released()
-        elif not issubclass(kind, Unavailable):
-            self.breaker.succeeded()
+    async def __aexit__(
+        self, kind: type[BaseException] | None, exc: BaseException | None, tb: object
+    ) -> None:
+        breaker = self.guard.breaker
+        if exc is None:
+            breaker.succeeded(self.probe)
+        elif isinstance(exc, Unavailable | asyncio.CancelledError):
+            breaker.released(self.probe)  # another breaker's refusal, or the caller left
+        elif self.guard.is_down(exc):
+            breaker.failed(self.probe)
+        else:
+            breaker.succeeded(self.probe)

@@ -4,7 +4,9 @@ Behind nginx or a Kubernetes ingress every connection comes from the proxy, so t
 address is taken from X-Forwarded-For, but only when the connection comes from a
 trusted proxy (`SURGE_TRUSTED_PROXIES`, CIDR list): the header is walked from the right
 (each proxy appends the address it saw) and the first address that is not a trusted
-proxy is the client. Anything else in the header may be forged by the client.
+proxy is the client; a hop that is no address ends the walk at the last proxy of ours.
+Anything further left may be forged by the client. Addresses are normalised (ports and
+brackets removed, IPv4-mapped IPv6 as IPv4) and IPv6 clients are keyed by their /64.
 """
 
 from __future__ import annotations
@@ -16,6 +18,7 @@ from surge.http.request import Request
 from surge.http.response import Problem
 
 Network = ipaddress.IPv4Network | ipaddress.IPv6Network
+IP = ipaddress.IPv4Address | ipaddress.IPv6Address
 
 
 def parse_networks(text: str) -> tuple[Network, ...]:
@@ -37,7 +40,7 @@ class Clients:
     def __init__(self, auth: Authenticator, trusted: tuple[Network, ...]) -> None:
         self._auth = auth
         self._trusted = trusted
-        self._is_trusted: dict[str, bool] = {}
+        self._is_trusted: dict[IP, bool] = {}
         # header -> "u:<id>" once verified: one dict lookup per request. A token that
         # expires keeps its key (its requests are then answered 401 by their routes).
         self._users: dict[bytes, str] = {}
@@ -60,27 +63,54 @@ class Clients:
         return "ip:" + self.address(request)
 
     def address(self, request: Request) -> str:
-        peer = request.client
-        if not self._trusted or not self._trusted_peer(peer):
-            return peer
+        """The client's address as a bucket key: IPv4 as is, IPv6 by its /64 (one host
+        gets a /64 to itself, and could otherwise change address per request)."""
+        peer = _parse(request.client)
+        if peer is None:
+            return request.client  # not an IP (a Unix socket): as given
+        if not self._trusted or not self._trusts(peer):
+            return _key(peer)
         forwarded = request.headers.get(b"x-forwarded-for")
         if not forwarded:
-            return peer
-        hops = [hop.strip() for hop in forwarded.decode("latin-1").split(",")]
-        for hop in reversed(hops):
-            if not self._trusted_peer(hop):
-                return hop
-        return hops[0] or peer  # every hop is a proxy of ours: the farthest one
+            return _key(peer)
+        nearest = peer  # walk from our side outwards, past our own proxies
+        for hop in reversed(forwarded.decode("latin-1").split(",")):
+            ip = _parse(hop)
+            if ip is None:  # garbage: trust stops at the last proxy of ours
+                break
+            nearest = ip
+            if not self._trusts(ip):
+                break
+        return _key(nearest)
 
-    def _trusted_peer(self, address: str) -> bool:
-        known = self._is_trusted.get(address)
+    def _trusts(self, ip: IP) -> bool:
+        known = self._is_trusted.get(ip)
         if known is None:
-            try:
-                ip = ipaddress.ip_address(address)
-            except ValueError:
-                return False  # garbage in X-Forwarded-For: not one of our proxies
             known = any(ip in network for network in self._trusted)
             if len(self._is_trusted) >= self.MAX_REMEMBERED:
                 self._is_trusted.clear()
-            self._is_trusted[address] = known
+            self._is_trusted[ip] = known
         return known
+
+
+def _parse(text: str) -> IP | None:
+    """An address from a peer name or an X-Forwarded-For hop: brackets and a port
+    removed, an IPv4-mapped IPv6 address (a dual-stack listener's) as IPv4."""
+    text = text.strip()
+    if text.startswith("["):  # [v6]:port
+        text = text[1 : text.find("]")] if "]" in text else text
+    elif text.count(":") == 1:  # v4:port
+        text = text.split(":", 1)[0]
+    try:
+        ip = ipaddress.ip_address(text)
+    except ValueError:
+        return None
+    if isinstance(ip, ipaddress.IPv6Address) and ip.ipv4_mapped is not None:
+        return ip.ipv4_mapped
+    return ip
+
+
+def _key(ip: IP) -> str:
+    if isinstance(ip, ipaddress.IPv6Address):
+        return str(ipaddress.IPv6Network((ip, 64), strict=False))
+    return str(ip)

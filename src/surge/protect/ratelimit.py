@@ -59,7 +59,7 @@ class RateLimiter:
         self._stores = dict(stores)
         self._clients = clients
         self.limited = {name: 0 for name in self.policies}  # refusals, for /metrics
-        self._refusals: dict[tuple[str, int], Response] = {}
+        self._refusals: dict[tuple[str, int, int], Response] = {}
 
     def check(
         self, request: Request, route_class: str
@@ -80,7 +80,7 @@ class RateLimiter:
         self.limited[route_class] += 1
         wait = max(1, math.ceil(verdict.wait))
         retry = wait + random.randint(0, max(1, wait // 2))
-        key = (route_class, retry)
+        key = (route_class, wait, retry)
         refusal = self._refusals.get(key)
         if refusal is None:  # a handful of distinct answers per class: built once each
             policy = self.policies[route_class]

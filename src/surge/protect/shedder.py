@@ -1,20 +1,23 @@
 """Load shedding: an adaptive limit on concurrent work, a hard cap behind it.
 
 What is limited is work that waits: a request whose handler needs I/O (a database or
-Redis lookup, a purchase) holds a slot from the moment its handler returns a future or a
-coroutine until it is answered. Answers made on the spot (near-cache hits, validation
-errors, 429s) are never shed: a 503 would cost as much as they do. A request over the
-limit is answered 503 `overloaded` with Retry-After before any of its I/O starts (the
-coroutine is closed unstarted, the future cancelled, which drops its lookup).
+Redis lookup, a purchase) holds a slot from the moment that work starts until it is
+answered. A request over the limit is answered 503 `overloaded` with Retry-After before
+any of its I/O starts (a coroutine is closed unstarted; the order query's lookup never
+starts). Answers made on the spot (near-cache hits, validation errors, 429s) need no
+slot, but once every slot is taken a lone GET is refused before it is even parsed
+(surge.http.refusal): under overload the cost of a refusal decides what is left to serve.
 
 The limit is Gradient2 (Netflix concurrency-limits; Envoy's adaptive concurrency is the
-same idea): per window of answered requests, compare the long-run average latency with the
+same idea): per window of answered reads, compare the long-run average latency with the
 window's. Latency that grows while concurrency does is queueing: shrink the limit by the
 ratio (at most by half per window); otherwise grow it by a small queue allowance. The
-smoothing and the tolerance keep noise from moving it. A latency target (the order
+smoothing and the tolerance keep noise from moving it. A latency target (half the order
 query's deadline, by default) caps it too: Gradient2 alone takes a queue that lasts for
-the new normal and lets the limit creep up. Reads are refused at the limit,
-writes (purchases) only past `write_priority` times it, so purchases get the headroom.
+the new normal and lets the limit creep up. A window with a 504, or in which a probe saw
+the event loop run late, shrinks it as far as a window may, but only while the limit is
+in use. Reads are refused at the limit, writes (purchases) only past `write_priority`
+times it, so purchases get the headroom.
 """
 
 from __future__ import annotations
@@ -73,8 +76,8 @@ class Gradient2:
 
     def update(self, short_rtt: float, max_in_flight: int, late: bool = False) -> float:
         """A window closed: its mean latency, the most work in flight during it, and
-        whether any of its requests missed its deadline (then the limit shrinks as
-        much as it can: like a lost packet for TCP, a sure sign of queueing)."""
+        whether any of its requests missed its deadline (then, if the limit was in use,
+        it shrinks as much as it can: like a lost packet for TCP, a sign of queueing)."""
         s = self.settings
         if short_rtt <= 0.0:
             return self.limit
@@ -87,7 +90,7 @@ class Gradient2:
         # after a long overload the long-run average is inflated: let it come down faster
         if self.long_rtt / short_rtt > 2.0:
             self.long_rtt *= 0.95
-        if max_in_flight < self.limit / 2 and not late:  # no evidence to grow it
+        if max_in_flight < self.limit / 2:  # not using the limit: no evidence either way
             return self.limit
         # Gradient2 compares with the long run only, so a queue that persists becomes the
         # new normal and the limit creeps up; the latency target bounds that drift
@@ -166,25 +169,32 @@ class Shedder:
         if request.slot:
             return True
         if self.admit(route_class):
-            request.slot = True
+            request.slot = route_class
             return True
         return False
 
-    def release(self, seconds: float, late: bool = False) -> None:
+    def release(self, seconds: float, late: bool = False, route_class: str = "read") -> None:
         """The work of an admitted request is answered, `seconds` after it arrived;
-        `late`: it was answered 504, past its deadline."""
+        `late`: it was answered 504, past its deadline. Only reads' latencies feed the
+        window's mean: the target is the order query's, and a purchase normally takes
+        longer (a commit) without anything queueing."""
         self.working -= 1
         if not self.settings.adaptive:
             return
+        self._window_late = self._window_late or late
+        if route_class != "read":
+            return
         self._window_sum += seconds
         self._window_count += 1
-        self._window_late = self._window_late or late
         if self._window_count < self.settings.window_samples:
             return
         now = self._now()
         if now - self._window_start < self.settings.window_seconds:
             return
-        late = self._window_late or self.lag > self.settings.max_lag
+        # a late loop counts only while the work admitted is a cause: a fan-out to 10,000
+        # WebSocket subscribers blocks the loop for 90 ms on purpose
+        busy = self._window_peak >= self._read_limit / 2
+        late = self._window_late or (busy and self.lag > self.settings.max_lag)
         self.gradient.update(self._window_sum / self._window_count, self._window_peak, late)
         self.lag = 0.0
         self._refresh()

@@ -26,7 +26,7 @@ from __future__ import annotations
 import os
 from array import array
 from collections.abc import Sequence
-from concurrent.futures import ThreadPoolExecutor
+from concurrent.futures import ThreadPoolExecutor, wait
 from typing import Protocol
 
 from surge.realtime._sendmany import send_many
@@ -70,9 +70,14 @@ class FanOut:
                 pool.submit(send_many, fds, frame, start, min(start + size, count))
                 for start in range(size, count, size)
             ]
-            shorts = send_many(fds, frame, 0, size)
+            try:
+                shorts = send_many(fds, frame, 0, size)
+            finally:
+                # blocks the loop until every share is sent, even if ours failed: nobody
+                # else may touch these sockets meanwhile
+                wait(running)
             for done in running:
-                shorts += done.result()  # blocks the loop: nobody else may touch these sockets
+                shorts += done.result()
         return [(targets[index], sent) for index, sent in shorts]
 
     def close(self) -> None:
