@@ -132,7 +132,7 @@ def test_work_over_the_cap_is_shed_and_answers_on_the_spot_never_are(tmp_path: P
 def test_a_route_deadline_applies_and_an_unknown_route_is_refused(tmp_path: Path) -> None:
     with make_backend("embedded", tmp_path) as backend:
         env = base_env(tmp_path, backend.env())
-        run_cli(env, "db", "seed", "--orders", "5", "--users", "1")
+        run_cli(env, "db", "seed", "--orders", "40", "--users", "1")
         wrong = {**env, "SURGE_ROUTE_DEADLINES": "GET /orderz/{id}=5"}
         with pytest.raises(RuntimeError, match=r"no route 'GET /orderz/\{id\}'"):
             with serve(wrong, tmp_path):
@@ -140,7 +140,7 @@ def test_a_route_deadline_applies_and_an_unknown_route_is_refused(tmp_path: Path
         tight = {**env, "SURGE_ROUTE_DEADLINES": "GET /orders/{id}=1"}  # 1 ms
         with serve(tight, tmp_path) as server, server.client() as client:
             # a miss crosses to SQLite's thread several times: it rarely fits in 1 ms
-            answers = [client.get(f"/orders/{i}", headers=bearer("user1")) for i in range(1, 6)]
+            answers = [client.get(f"/orders/{i}", headers=bearer("user1")) for i in range(1, 41)]
             assert {a.status_code for a in answers} <= {200, 504}
             late = [a for a in answers if a.status_code == 504]
             assert late and late[0].json()["detail"] == "no answer within 1 ms"
