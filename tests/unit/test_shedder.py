@@ -7,7 +7,7 @@ import time
 
 import pytest
 
-from surge.http.refusal import lone_get
+from surge.http.refusal import lone_get, refusal
 from surge.http.request import Request
 from surge.protect.shedder import Gradient2, Shedder, ShedSettings
 
@@ -175,3 +175,19 @@ def test_the_probe_measures_the_loop_lag() -> None:
         return shedder.lag
 
     assert asyncio.run(main()) >= 0.02
+
+
+def test_the_unparsed_refusal_is_a_complete_answer() -> None:
+    seen = set()
+    for _ in range(50):
+        raw = refusal(b"date: Sat, 28 Nov 2026 05:00:00 GMT\r\n", b"ab12-7")
+        head, _, body = raw.partition(b"\r\n\r\n")
+        lines = head.split(b"\r\n")
+        assert lines[0] == b"HTTP/1.1 503 Service Unavailable"
+        fields = dict(line.split(b": ", 1) for line in lines[1:])
+        assert fields[b"content-type"] == b"application/problem+json"
+        assert int(fields[b"content-length"]) == len(body)
+        assert fields[b"x-request-id"] == b"ab12-7" and b"date" in fields
+        assert b'"type":"/problems/overloaded"' in body
+        seen.add(fields[b"retry-after"])
+    assert seen == {b"1", b"2"}  # drawn per refusal: refused clients spread out

@@ -14,8 +14,8 @@ import random
 
 from surge.protect.shedder import OVERLOADED
 
-# the two refusals (Retry-After 1 or 2 s), the date line goes between head and tail
-_PARTS = tuple((head, b"\r\n" + body) for _, head, body in OVERLOADED)
+# the two refusals (Retry-After 1 or 2 s); the date and request id go between head and tail
+_PARTS = tuple((head, b"\r\n\r\n" + body) for _, head, body in OVERLOADED)
 # never refused unparsed: probes and scrapes must see the server as it is
 _NEVER_SHED = (b"GET /healthz", b"GET /readyz", b"GET /metrics", b"GET /openapi.json", b"GET /ws")
 _UNSAFE_HEADERS = (
@@ -41,7 +41,8 @@ def lone_get(data: bytes) -> bool:
     return not any(header in lowered for header in _UNSAFE_HEADERS)
 
 
-def refusal(date_line: bytes) -> bytes:
-    """The bytes of one refusal, its Retry-After drawn at random (1 or 2 s)."""
+def refusal(date_line: bytes, request_id: bytes) -> bytes:
+    """The bytes of one refusal, its Retry-After drawn at random (1 or 2 s); like every
+    answer it carries an x-request-id (made here: the request's own is not parsed)."""
     head, tail = _PARTS[random.getrandbits(1)]
-    return head + date_line + tail
+    return head + date_line + b"x-request-id: " + request_id + tail

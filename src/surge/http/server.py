@@ -152,7 +152,7 @@ class HttpProtocol(asyncio.Protocol):
         state = self._state
         state.shedder.shed["read"] += 1  # type: ignore[union-attr]
         if self._transport is not None:
-            self._transport.write(refusal.refusal(state.date_line))
+            self._transport.write(refusal.refusal(state.date_line, state.new_request_id()))
 
     def pause_writing(self) -> None:
         self._paused_writing = True
