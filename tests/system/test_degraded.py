@@ -157,7 +157,7 @@ def test_a_hung_redis_costs_a_timeout_once_then_the_breaker_answers(tmp_path: Pa
                     hung = await _load(client, sale_id, range(1, 301), 2.0)
                 finally:
                     redis.thaw()
-                # at first the calls wait for the 250 ms command timeout ...
+                # at first the calls wait for the 500 ms command timeout ...
                 assert _slowest(first, "buy") < SLOWEST
                 # ... then the open breaker answers in microseconds
                 buys = sorted(s for k, _, s in hung if k == "buy")

@@ -64,12 +64,15 @@ class _GuardedPipeline(Pipeline):
 
 
 def connect(
-    url: str, pool_size: int, timeout: float = 2.0, command_timeout: float = 0.25
+    url: str, pool_size: int, timeout: float = 2.0, command_timeout: float = 0.5
 ) -> GuardedRedis:
     """A client whose pool waits (up to `timeout`) for a free connection instead of
-    failing, and gives up on a connect or a reply after `command_timeout` (Redis answers
-    in well under a millisecond; past that it is down or unreachable, and the breaker
-    counts it)."""
+    failing, and gives up on a connect or a reply after `command_timeout`: Redis answers
+    in well under a millisecond, so past that it is down or unreachable and the breaker
+    counts it. Half a second: with less, a loop lagging under load times out replies
+    Redis did send (the timeout runs on the loop's clock), and a reservation the gate made
+    but whose answer was lost stays taken (seen at 250 ms under the parallel test suite);
+    with 1 s, a purchase making three calls to a hung Redis outlived its 2 s deadline."""
     pool = aioredis.BlockingConnectionPool.from_url(
         url,
         max_connections=pool_size,

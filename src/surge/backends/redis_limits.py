@@ -36,7 +36,7 @@ class RedisBuckets:
         prefix: str,
         fallback: LocalBuckets,
         on_error: Callable[[Exception], None],
-        timeout: float = 0.25,  # Redis's own command timeout (backends.redis.connect)
+        timeout: float = 0.5,  # Redis's own command timeout (backends.redis.connect)
     ) -> None:
         self._script = client.register_script(
             (resources.files("surge.backends") / "lua" / "ratelimit.lua").read_text()
