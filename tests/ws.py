@@ -9,7 +9,7 @@ import contextlib
 import json
 import os
 import socket
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import AsyncIterator, Callable, Iterator
 from contextlib import asynccontextmanager, contextmanager
 from pathlib import Path
 from typing import Any
@@ -70,6 +70,20 @@ async def op(ws: ClientConnection, **message: Any) -> dict[str, Any]:
 async def nothing_more(ws: ClientConnection, within: float = 0.3) -> None:
     with pytest.raises(TimeoutError):
         await asyncio.wait_for(ws.recv(), within)
+
+
+async def metric_reaches(
+    server: Server, name: str, reached: Callable[[float], bool], tries: int = 100
+) -> float:
+    """Polls /metrics every 0.1 s until `reached(value)` or `tries` run out; the last
+    value (the caller asserts on it)."""
+    value = server.metric(name)
+    for _ in range(tries):
+        if reached(value):
+            break
+        await asyncio.sleep(0.1)
+        value = server.metric(name)
+    return value
 
 
 def raw_upgrade(server: Server, room: str) -> socket.socket:

@@ -14,7 +14,7 @@ import httpx
 import pytest
 
 from tests.server import Server
-from tests.ws import client, embedded, op, raw_upgrade, receive, send_masked
+from tests.ws import client, embedded, metric_reaches, op, raw_upgrade, receive, send_masked
 
 pytestmark = pytest.mark.anyio
 
@@ -37,18 +37,12 @@ async def test_a_slow_client_is_dropped_and_the_others_keep_up(tmp_path: Path) -
                     latencies.append(time.monotonic() - sent)
                     assert message["data"][0] == i
                 assert max(latencies) < 0.5, latencies  # not held back by the slow one
-                for _ in range(50):
-                    if server.metric("ws_dropped_slow_total") >= 1:
-                        break
-                    await asyncio.sleep(0.1)
-                assert server.metric("ws_dropped_slow_total") == 1
+                assert (
+                    await metric_reaches(server, "ws_dropped_slow_total", lambda v: v >= 1, 50)
+                ) == 1
                 # out of every room at once; its socket is dropped once it had 5 s to read
                 # up to the close frame (4008)
-                for _ in range(100):
-                    if server.metric("ws_connections") == 1:
-                        break
-                    await asyncio.sleep(0.1)
-                assert server.metric("ws_connections") == 1
+                assert (await metric_reaches(server, "ws_connections", lambda v: v == 1, 100)) == 1
         finally:
             slow.close()
 
@@ -59,11 +53,11 @@ async def test_a_peer_that_stops_answering_pings_is_dropped(tmp_path: Path) -> N
         try:
             async with client(server) as alive:  # answers pings (websockets does)
                 await op(alive, op="subscribe", room="chat:p")
-                for _ in range(50):
-                    if server.metric("ws_heartbeat_timeouts_total") >= 1:
-                        break
-                    await asyncio.sleep(0.1)
-                assert server.metric("ws_heartbeat_timeouts_total") == 1
+                assert (
+                    await metric_reaches(
+                        server, "ws_heartbeat_timeouts_total", lambda v: v >= 1, 50
+                    )
+                ) == 1
                 await asyncio.sleep(1.0)
                 assert server.metric("ws_connections") == 1
                 assert (await op(alive, op="subscribe", room="chat:q"))["op"] == "ack"
@@ -113,11 +107,9 @@ async def test_a_client_that_never_reads_its_answers_is_dropped_too(tmp_path: Pa
                 ):
                     send_masked(reader, json.dumps(message).encode())
                 await asyncio.sleep(0.02)
-            for _ in range(100):
-                if server.metric("ws_dropped_slow_total") >= 1:
-                    break
-                await asyncio.sleep(0.1)
-            assert server.metric("ws_dropped_slow_total") == 1
+            assert (
+                await metric_reaches(server, "ws_dropped_slow_total", lambda v: v >= 1, 100)
+            ) == 1
         finally:
             reader.close()
 
@@ -154,11 +146,9 @@ async def test_a_slow_client_still_gets_its_close_frame_when_it_speaks_again(
                 await op(nia, op="subscribe", room="chat:linger")
                 for i in range(150):  # far more than the slow client's buffers
                     await op(nia, op="publish", room="chat:linger", data=[i, "y" * 60_000])
-                for _ in range(100):
-                    if server.metric("ws_dropped_slow_total") >= 1:
-                        break
-                    await asyncio.sleep(0.1)
-                assert server.metric("ws_dropped_slow_total") == 1
+                assert (
+                    await metric_reaches(server, "ws_dropped_slow_total", lambda v: v >= 1, 100)
+                ) == 1
             send_masked(slow, json.dumps({"op": "subscribe", "room": "chat:late"}).encode())
             await asyncio.sleep(0.2)
             data = await asyncio.to_thread(_read_to_end, slow)

@@ -6,7 +6,7 @@ import pytest
 
 from surge.auth import Authenticator, mint
 from surge.http.request import Request
-from surge.protect.bucket import LocalBuckets, Policy, Verdict, take
+from surge.protect.bucket import LocalBuckets, Policy, Verdict
 from surge.protect.clients import Clients, parse_networks
 from surge.protect.ratelimit import RateLimiter, parse_policy
 
@@ -32,23 +32,31 @@ def _request(client: str = "10.1.2.3", headers: dict[bytes, bytes] | None = None
     return Request("GET", "/orders/1", "", headers or {}, b"", client, b"rid")
 
 
-def test_take_spends_the_burst_then_refuses_with_the_wait_for_one_token() -> None:
-    tokens, verdict = take(3.0, 0.0, READ)
-    assert verdict == Verdict(True, 2, 0.0) and tokens == 2.0
-    tokens, _ = take(tokens, 0.0, READ)
-    tokens, _ = take(tokens, 0.0, READ)
-    tokens, verdict = take(tokens, 0.0, READ)
+def test_a_bucket_spends_the_burst_then_refuses_with_the_wait_for_one_token() -> None:
+    buckets, clock = _buckets()
+    assert buckets.check(READ, "u:a") == Verdict(True, 2, 0.0)
+    buckets.check(READ, "u:a")
+    buckets.check(READ, "u:a")
+    verdict = buckets.check(READ, "u:a")
     assert not verdict.allowed and verdict.remaining == 0
     assert verdict.wait == pytest.approx(0.1)  # 10 a second
-    tokens, verdict = take(tokens, 0.05, READ)  # half a token later: still no
+    clock.now += 0.05  # half a token later: still no
+    verdict = buckets.check(READ, "u:a")
     assert not verdict.allowed and verdict.wait == pytest.approx(0.05)
 
 
 def test_refill_never_exceeds_the_burst_and_ignores_clocks_going_back() -> None:
-    tokens, verdict = take(0.0, 3600.0, READ)
-    assert verdict.remaining == 2 and tokens == 2.0  # full (3), less the one taken
-    tokens, verdict = take(0.5, -10.0, READ)
-    assert not verdict.allowed and tokens == 0.5
+    buckets, clock = _buckets()
+    for _ in range(3):
+        buckets.check(READ, "u:a")  # empty
+    clock.now += 3600.0
+    assert buckets.check(READ, "u:a").remaining == 2  # full (3), less the one taken
+    for _ in range(2):
+        buckets.check(READ, "u:a")
+    clock.now += 0.05  # half a token
+    clock.now -= 10.0  # the clock goes back: nothing refills, nothing breaks
+    verdict = buckets.check(READ, "u:a")
+    assert not verdict.allowed and verdict.wait == pytest.approx(0.1)
 
 
 def test_local_buckets_are_per_caller_and_refill_with_time() -> None:

@@ -30,3 +30,12 @@ def test_no_match() -> None:
     router = _router()
     for path in ("/", "/orders", "/orders/1/x", "/nope/1", "", "/sales/1/orders/2"):
         assert router.match(path) is None, path
+
+
+def test_unlimited_gets_are_the_static_routes_added_without_a_class() -> None:
+    router = Router()
+    router.add("GET", "/healthz", lambda request: (200, b"", b""), None)
+    router.add("GET", "/orders/{id}", lambda request: (200, b"", b""), None)  # templated
+    router.add("GET", "/sales", lambda request: (200, b"", b""))  # read class
+    router.add("POST", "/admin", lambda request: (200, b"", b""), None)  # not a GET
+    assert router.unlimited_gets() == ["/healthz"]

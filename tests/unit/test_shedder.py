@@ -7,7 +7,7 @@ import time
 
 import pytest
 
-from surge.http.refusal import lone_get, refusal
+from surge.http.refusal import lone_get, never_shed, refusal
 from surge.http.request import Request
 from surge.protect.shedder import Gradient2, Shedder, ShedSettings
 
@@ -137,7 +137,8 @@ def test_a_window_with_a_late_answer_halves_the_target() -> None:
     ],
 )
 def test_only_a_lone_complete_get_is_refused_unparsed(data: bytes, lone: bool) -> None:
-    assert lone_get(data) is lone
+    never = never_shed(["/healthz", "/readyz", "/metrics", "/openapi.json", "/ws"])
+    assert lone_get(data, never) is lone
 
 
 def test_a_late_event_loop_shrinks_the_limit() -> None:

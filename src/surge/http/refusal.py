@@ -16,8 +16,6 @@ from surge.protect.shedder import OVERLOADED
 
 # the two refusals (Retry-After 1 or 2 s); the date and request id go between head and tail
 _PARTS = tuple((head, b"\r\n\r\n" + body) for _, head, body in OVERLOADED)
-# never refused unparsed: probes and scrapes must see the server as it is
-_NEVER_SHED = (b"GET /healthz", b"GET /readyz", b"GET /metrics", b"GET /openapi.json", b"GET /ws")
 _UNSAFE_HEADERS = (
     b"\r\ncontent-length:",
     b"\r\ntransfer-encoding:",
@@ -27,15 +25,21 @@ _UNSAFE_HEADERS = (
 )
 
 
-def lone_get(data: bytes) -> bool:
+def never_shed(paths: list[str]) -> tuple[bytes, ...]:
+    """The request-line starts of the routes exempt from shedding (the router's, with
+    `route_class=None`: probes and scrapes must see the server as it is)."""
+    return tuple(b"GET " + path.encode() + b" " for path in paths)
+
+
+def lone_get(data: bytes, never: tuple[bytes, ...]) -> bool:
     """`data` is exactly one complete HTTP/1.1 GET that answering leaves the connection
-    as it was, for a path that may be shed."""
+    as it was, for a path that may be shed (`never`: see `never_shed`)."""
     if not data.startswith(b"GET ") or not data.endswith(b"\r\n\r\n"):
         return False
     line_end = data.find(b"\r\n")
     if data[line_end - 9 : line_end] != b" HTTP/1.1" or data.find(b"\r\n\r\n") != len(data) - 4:
         return False
-    if data.startswith(_NEVER_SHED) or b"%" in data[:line_end]:  # %-encoded: parse it
+    if data.startswith(never) or b"%" in data[:line_end]:  # %-encoded: parse it
         return False
     lowered = data.lower()
     return not any(header in lowered for header in _UNSAFE_HEADERS)

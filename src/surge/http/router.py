@@ -77,6 +77,10 @@ class Router:
         route = self._routes.get(template)
         return list(route.methods) if route is not None else []
 
+    def unlimited_gets(self) -> list[str]:
+        """Static paths whose GET is exempt from rate limits and shedding."""
+        return [t for t, route in self._static.items() if route.classes.get("GET", "") is None]
+
     def describe(self) -> list[str]:
         """Every route as "METHOD /template"."""
         return [f"{m} {t}" for t, route in self._routes.items() for m in route.methods]

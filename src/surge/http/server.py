@@ -119,11 +119,11 @@ class HttpProtocol(asyncio.Protocol):
         shedder = state.shedder
         if (
             shedder is not None
-            and shedder.saturated
+            and shedder.working >= shedder.read_limit  # every slot taken (no call: per read)
             and not state.closing  # draining: answers must say Connection: close
             and not self._busy
             and not self._url
-            and lone_get(data)
+            and lone_get(data, state.never_shed)
         ):
             self._shed_unparsed()
             return
@@ -241,22 +241,22 @@ class HttpProtocol(asyncio.Protocol):
             else:
                 route_class = route.classes[request.method]
                 limiter = state.limiter
-                if route_class is None:
-                    result = _call(handler, request)
-                elif limiter is None:
-                    result = self._shed(request, _call(handler, request), route_class)
-                else:
+                verdict = None
+                if route_class is not None and limiter is not None:
                     verdict = limiter.check(request, route_class)
-                    if verdict is None:
-                        result = self._shed(request, _call(handler, request), route_class)
-                    elif isinstance(verdict, tuple):
-                        result = verdict  # 429
-                    else:  # Redis decides, in the next loop turn
-                        self._busy = True
-                        verdict.add_done_callback(
-                            lambda done: self._admitted(request, handler, route_class, done)
-                        )
-                        return
+                if verdict is None:
+                    result = _call(handler, request)
+                    if route_class is not None and not isinstance(result, tuple):
+                        result = self._shed(request, result, route_class)
+                elif isinstance(verdict, tuple):
+                    result = verdict  # 429
+                else:  # Redis decides, in the next loop turn
+                    self._busy = True
+                    limited: str = route_class  # type: ignore[assignment]  # a verdict: a class
+                    verdict.add_done_callback(
+                        lambda done: self._admitted(request, handler, limited, done)
+                    )
+                    return
         self._respond(request, result)
 
     def _shed(self, request: Request, result: HandlerResult, route_class: str) -> HandlerResult:
@@ -265,7 +265,7 @@ class HttpProtocol(asyncio.Protocol):
         a 503 would cost as much. A handler that answers with a future admits itself
         before starting its work (the order query: only a request that starts a lookup
         takes a slot; one that joins a lookup under way costs nothing): `Shedder.take`."""
-        shedder = self._state.shedder
+        shedder = self._state.shedder  # (answers on the spot never get here: see _handle)
         if shedder is None or request.slot or not asyncio.iscoroutine(result):
             return result
         if shedder.admit(route_class):
@@ -285,7 +285,7 @@ class HttpProtocol(asyncio.Protocol):
         if refusal is not None:
             self._finish(request, refusal)
             return
-        result = self._shed(request, _call(handler, request), route_class)
+        result = _call(handler, request)
         if isinstance(result, tuple):
             self._finish(request, result)
         elif isinstance(result, Upgrade):  # /ws is never limited; see Router.add
@@ -293,7 +293,7 @@ class HttpProtocol(asyncio.Protocol):
             self._finish(request, problem_response(500, "internal", "internal error"))
         else:
             self._busy = False
-            self._respond(request, result)
+            self._respond(request, self._shed(request, result, route_class))
 
     def _respond(self, request: Request, result: HandlerResult) -> None:
         if isinstance(result, tuple):

@@ -10,6 +10,7 @@ from collections.abc import Callable
 from email.utils import formatdate
 from typing import TYPE_CHECKING
 
+from surge.http.refusal import never_shed
 from surge.http.router import Router
 from surge.protect.ratelimit import RateLimiter
 from surge.protect.shedder import Shedder
@@ -27,6 +28,7 @@ class ServerState:
         self, router: Router, observe: Observer, keepalive_timeout: float, max_body: int
     ) -> None:
         self.router = router
+        self.never_shed = never_shed(router.unlimited_gets())  # see surge.http.refusal
         self.limiter: RateLimiter | None = None  # per-caller rate limits (surge.protect)
         self.shedder: Shedder | None = None  # the limit on concurrent work
         self.observe = observe

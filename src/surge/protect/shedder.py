@@ -140,13 +140,8 @@ class Shedder:
     def _refresh(self) -> None:
         s = self.settings
         limit = self.gradient.limit if s.adaptive else s.max_limit
-        self._read_limit = int(limit)
+        self.read_limit = int(limit)  # every read slot taken: `working >= read_limit`
         self._write_limit = int(min(s.max_limit, limit * s.write_priority))
-
-    @property
-    def saturated(self) -> bool:
-        """Every slot for reads is taken: new reads would be refused."""
-        return self.working >= self._read_limit
 
     @property
     def limit(self) -> float:
@@ -154,7 +149,7 @@ class Shedder:
 
     def admit(self, route_class: str) -> bool:
         """Takes a slot for work about to start, or refuses (counted)."""
-        bound = self._read_limit if route_class == "read" else self._write_limit
+        bound = self.read_limit if route_class == "read" else self._write_limit
         if self.working >= bound:
             self.shed[route_class] = self.shed.get(route_class, 0) + 1
             return False
@@ -193,7 +188,7 @@ class Shedder:
             return
         # a late loop counts only while the work admitted is a cause: a fan-out to 10,000
         # WebSocket subscribers blocks the loop for 90 ms on purpose
-        busy = self._window_peak >= self._read_limit / 2
+        busy = self._window_peak >= self.read_limit / 2
         late = self._window_late or (busy and self.lag > self.settings.max_lag)
         self.gradient.update(self._window_sum / self._window_count, self._window_peak, late)
         self.lag = 0.0

@@ -1,6 +1,6 @@
 -- Token buckets, several per call (one per waiting request of a loop turn), decided in
 -- order, on Redis's clock (TIME): no client clock matters, and every process sees the
--- same buckets. The arithmetic is surge.protect.bucket.take's.
+-- same buckets. The arithmetic is surge.protect.bucket.LocalBuckets.check's.
 -- KEYS[i]: a bucket (hash: tk = tokens, ts = milliseconds of the last update), all of one
 -- policy: ARGV[1] rate (tokens a second), ARGV[2] burst, ARGV[3] TTL in ms
 -- Returns, per key: allowed (1/0), whole tokens left, milliseconds until the next token.
