@@ -121,6 +121,13 @@ class App:
             self.metrics.gauge(
                 "redis_pool_size", "Redis connections allowed", lambda: settings.redis_pool_size
             )
+        if settings.runs_inline_worker:
+            from surge.work.worker import Worker, open_stream
+
+            stream = await open_stream(settings, stack)
+            self.worker = Worker(settings, backends.sales.engine, stream, self.metrics)
+            await self.worker.start()
+            stack.push_async_callback(self.worker.stop)  # first to stop, before the pools
         lag = asyncio.create_task(self.metrics.watch_loop_lag(), name="loop-lag-watch")
         stack.push_async_callback(_cancel, lag)
         if self.metrics.share_dir is not None:

@@ -1,4 +1,4 @@
-"""The `surge` command: serve | db migrate | db seed | token."""
+"""The `surge` command: serve | worker | dead-letters | db migrate | db seed | token."""
 
 from __future__ import annotations
 
@@ -19,6 +19,22 @@ def _parser() -> argparse.ArgumentParser:
     commands = parser.add_subparsers(dest="command", required=True)
 
     commands.add_parser("serve", parents=[settings_flags], help="run the HTTP server")
+    commands.add_parser(
+        "worker",
+        parents=[settings_flags],
+        help="relay the outbox and run the consumers (mail, audit log)",
+    )
+    dead = commands.add_parser("dead-letters", help="events the consumers gave up on")
+    dead_commands = dead.add_subparsers(dest="dead_command", required=True)
+    listing = dead_commands.add_parser("list", parents=[settings_flags], help="list them")
+    listing.add_argument("--limit", type=int, default=100, help="at most this many")
+    replay = dead_commands.add_parser(
+        "replay",
+        parents=[settings_flags],
+        help="put them back on the stream for the group that gave up on them",
+    )
+    replay.add_argument("ids", nargs="*", metavar="ID", help="dead-letter ids (see list)")
+    replay.add_argument("--all", action="store_true", help="every dead letter")
 
     db = commands.add_parser("db", help="database schema and demo data")
     db_commands = db.add_subparsers(dest="db_command", required=True)
@@ -66,6 +82,10 @@ def main(argv: Sequence[str] | None = None) -> int:
         return _serve(settings)
     if args.command == "token":
         return _token(settings, args.user, args.admin, args.ttl)
+    if args.command == "worker":
+        return _worker(settings)
+    if args.command == "dead-letters":
+        return _dead_letters(settings, args)
     if args.db_command == "migrate":
         from surge import db
 
@@ -76,14 +96,48 @@ def main(argv: Sequence[str] | None = None) -> int:
 
 
 def _serve(settings: config.Settings) -> int:
-    from surge import db, lifecycle
+    from surge import lifecycle
+
+    if not _schema_ready(settings):
+        return 2
+    return lifecycle.run(settings)
+
+
+def _worker(settings: config.Settings) -> int:
+    import uvloop
+
+    from surge.work.process import run_worker
+
+    if not _schema_ready(settings):
+        return 2
+    return uvloop.run(run_worker(settings))
+
+
+def _schema_ready(settings: config.Settings) -> bool:
+    from surge import db
 
     if settings.database_url.startswith("sqlite"):
         db.migrate(settings.database_url)  # embedded: first start creates the schema
-    elif not db.schema_is_current(settings.database_url):
+        return True
+    if not db.schema_is_current(settings.database_url):
         print("surge: the database schema is not current; run `surge db migrate`", file=sys.stderr)
+        return False
+    return True
+
+
+def _dead_letters(settings: config.Settings, args: argparse.Namespace) -> int:
+    from surge.work.process import list_dead_letters, replay_dead_letters
+
+    if args.dead_command == "list":
+        for line in asyncio.run(list_dead_letters(settings, max(1, args.limit))):
+            print(line)
+        return 0
+    if not args.ids and not args.all:
+        print("surge: name dead-letter ids to replay, or --all", file=sys.stderr)
         return 2
-    return lifecycle.run(settings)
+    replayed = asyncio.run(replay_dead_letters(settings, args.ids, args.all))
+    print(f"replayed {replayed} dead letter(s)")
+    return 0 if args.all or replayed == len(args.ids) else 1
 
 
 def _token(settings: config.Settings, user: str, admin: bool, ttl: float) -> int:

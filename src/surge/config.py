@@ -22,6 +22,8 @@ from surge import setting_parsers as parse
 
 DATABASE_SCHEMES = ("sqlite", "mysql", "mariadb", "postgresql", "postgres")
 REDIS_SCHEMES = ("redis", "rediss")
+SMTP_SCHEMES = ("smtp", "smtps")
+INLINE_WORKER = ("auto", "on", "off")
 ENVIRONMENTS = ("development", "production")
 LOG_LEVELS = ("debug", "info", "warning", "error")
 
@@ -81,6 +83,17 @@ class Settings:
     shed_min_limit: int = 20
     shed_tolerance: float = 1.5
     shed_target_ms: int = 0  # 0: half the order query's deadline
+    mail_from: str = "surge@localhost"
+    mail_domain: str = "localhost"  # a buyer's address: <user id>@<mail_domain>
+    audit_log: Path | None = None  # None: audit.jsonl in the data dir
+    inline_worker: str = "auto"  # auto: inside `surge serve` when Redis is not configured
+    worker_port: int = 9180  # the worker's /healthz, /readyz and /metrics; 0: none
+    worker_concurrency: int = 16  # events one consumer handles at once
+    worker_max_attempts: int = 5  # failed deliveries before the dead-letter stream
+    worker_claim_idle: float = 60.0  # seconds before a silent consumer's events are taken
+    outbox_poll: float = 0.2
+    outbox_retention: float = 7 * 86_400.0
+    dedup_ttl: float = 7 * 86_400.0
 
     @property
     def embedded(self) -> bool:
@@ -103,6 +116,17 @@ class Settings:
     @property
     def secret_path(self) -> Path:
         return self.data_dir / "jwt-secret"
+
+    @property
+    def audit_path(self) -> Path:
+        return self.audit_log or self.data_dir / "audit.jsonl"
+
+    @property
+    def runs_inline_worker(self) -> bool:
+        """True when `surge serve` relays the outbox and runs the consumers itself."""
+        if self.inline_worker == "auto":
+            return self.redis_url is None
+        return self.inline_worker == "on"
 
 
 @dataclasses.dataclass(frozen=True, slots=True)
@@ -141,8 +165,14 @@ FIELDS: tuple[Field, ...] = (
     ),
     Field("data_dir", Path, "SQLite file, generated secret, embedded queue"),
     Field(
-        "smtp_url", parse.optional(str), "`smtp://host:port`; unset = mail written to the data dir"
+        "smtp_url",
+        parse.optional(parse.url(SMTP_SCHEMES)),
+        "`smtp://[user:password@]host:port` (STARTTLS when offered) or `smtps://` (TLS); "
+        "unset = mail appended to mail.mbox in the data dir",
     ),
+    Field("mail_from", str, "sender of the order confirmations"),
+    Field("mail_domain", str, "a buyer's mail address is <user id>@<this domain>"),
+    Field("audit_log", parse.optional(Path), "audit log file (JSON lines); unset = data dir's"),
     Field("env", parse.choice(ENVIRONMENTS), "`production` refuses a generated JWT secret"),
     Field("log_level", parse.choice(LOG_LEVELS), "log level"),
     Field(
@@ -265,6 +295,35 @@ FIELDS: tuple[Field, ...] = (
         "trusted_proxies",
         parse.networks,
         "comma-separated CIDRs of proxies whose X-Forwarded-For names the client",
+    ),
+    Field(
+        "inline_worker",
+        parse.choice(INLINE_WORKER),
+        "`surge serve` also relays the outbox and sends mail (auto: when Redis is not set; "
+        "with Redis run `surge worker`)",
+    ),
+    Field("worker_port", parse.port, "`surge worker`'s /healthz, /readyz, /metrics; 0 = none"),
+    Field("worker_concurrency", parse.positive_int, "events one consumer handles at once"),
+    Field(
+        "worker_max_attempts",
+        parse.positive_int,
+        "failed deliveries of an event before it goes to the dead-letter stream",
+    ),
+    Field(
+        "worker_claim_idle",
+        parse.positive_float,
+        "seconds before another worker takes over the events of a silent one",
+    ),
+    Field("outbox_poll", parse.positive_float, "seconds between the relay's looks when idle"),
+    Field(
+        "outbox_retention",
+        parse.positive_float,
+        "seconds published outbox rows are kept before deletion",
+    ),
+    Field(
+        "dedup_ttl",
+        parse.positive_float,
+        "seconds a consumer remembers an event it handled (duplicates inside it are skipped)",
     ),
 )
 

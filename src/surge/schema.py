@@ -72,6 +72,15 @@ outbox = sa.Table(
     sa.Index("ix_outbox_published_at_id", "published_at", "id"),
 )
 
+# The outbox relay's lease on SQLite, where FOR UPDATE SKIP LOCKED does not exist.
+outbox_lease = sa.Table(
+    "outbox_lease",
+    metadata,
+    sa.Column("name", sa.String(32), primary_key=True),
+    sa.Column("holder", sa.String(128), nullable=False),
+    sa.Column("expires", sa.Float, nullable=False),  # Unix time
+)
+
 # The columns an Order is made of (surge.types.Order), in its field order.
 ORDER_COLUMNS = (
     orders.c.id,

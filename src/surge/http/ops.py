@@ -92,13 +92,9 @@ def task_counts() -> dict[str, object]:
     return {"total": sum(names.values()), "by_coroutine": dict(names.most_common())}
 
 
-def add_routes(router: Router, metrics: Metrics, readiness: Readiness, auth: Authenticator) -> None:
-    def tasks(request: Request) -> Response:
-        user = auth.user(request.headers.get(b"authorization"))
-        if not user.admin:
-            raise Problem(403, "forbidden", "admin role required")
-        return json_response(200, task_counts())
-
+def add_probe_routes(router: Router, metrics: Metrics, readiness: Readiness) -> None:
+    """/healthz, /readyz and /metrics: what every Surge process answers, `surge worker`'s
+    too."""
     alive = json_response(200, {"status": "ok", "pid": os.getpid()})  # built after the fork
     # operations' routes are never rate-limited or shed (route_class None): probes and
     # scrapes must see the server as it is, overloaded or not
@@ -110,5 +106,15 @@ def add_routes(router: Router, metrics: Metrics, readiness: Readiness, auth: Aut
         lambda _request: response(200, metrics.render(), CONTENT_TYPE.encode()),
         None,
     )
+
+
+def add_routes(router: Router, metrics: Metrics, readiness: Readiness, auth: Authenticator) -> None:
+    def tasks(request: Request) -> Response:
+        user = auth.user(request.headers.get(b"authorization"))
+        if not user.admin:
+            raise Problem(403, "forbidden", "admin role required")
+        return json_response(200, task_counts())
+
+    add_probe_routes(router, metrics, readiness)
     router.add("GET", "/openapi.json", lambda _request: _OPENAPI, None)
     router.add("GET", "/debug/tasks", tasks)

@@ -1,0 +1,121 @@
+"""`surge worker`: a process that runs the side work, and the dead-letter commands.
+
+SIGTERM or SIGINT: readiness turns 503, the relay and the consumers stop taking work,
+events in flight get SURGE_DRAIN_TIMEOUT to finish and the rest are handed back to the
+stream (another worker takes them at once), then exit 0. A second signal exits at once.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import os
+import signal
+import time
+from datetime import UTC, datetime
+
+import sqlalchemy as sa
+from sqlalchemy.ext.asyncio import AsyncEngine
+
+from surge.backends.sql import connected, create_engine
+from surge.config import Settings
+from surge.http import ops
+from surge.http.listener import HttpServer, bind_socket
+from surge.http.router import Router
+from surge.http.state import ServerState
+from surge.metrics import Metrics
+from surge.types import Stream
+from surge.work.worker import Worker, open_stream
+
+log = logging.getLogger("surge.worker")
+
+EXIT_FORCED = 3
+
+
+async def run_worker(settings: Settings) -> int:
+    metrics = Metrics()
+    stop = asyncio.Event()
+    received: list[int] = []
+
+    def on_signal(signum: int) -> None:
+        if received:
+            log.warning("second signal: exiting at once")
+            os._exit(EXIT_FORCED)
+        received.append(signum)
+        stop.set()
+
+    loop = asyncio.get_running_loop()
+    for signum in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(signum, on_signal, signum)
+
+    async with contextlib.AsyncExitStack() as stack:
+        engine = create_engine(settings.database_url, 4)
+        stack.push_async_callback(engine.dispose)
+        stream = await open_stream(settings, stack)
+        worker = Worker(settings, engine, stream, metrics)
+        server = None
+        if settings.worker_port:
+            server = await _ops_server(settings, metrics, engine, stream, stop)
+        await worker.start()
+        await stop.wait()
+        log.info("pid %d: %s received: stopping", os.getpid(), signal.Signals(received[0]).name)
+        await worker.stop()
+        if server is not None:
+            await server.stop_intake()
+            await server.drain(1.0)
+    log.info("pid %d: stopped", os.getpid())
+    return 0
+
+
+async def _ops_server(
+    settings: Settings,
+    metrics: Metrics,
+    engine: AsyncEngine,
+    stream: Stream,
+    stop: asyncio.Event,
+) -> HttpServer:
+    async def database() -> None:
+        async with connected(engine) as conn:
+            await conn.execute(sa.text("SELECT 1"))
+
+    async def events() -> None:
+        await stream.pending("mail")
+
+    router = Router()
+    readiness = ops.Readiness({"database": database, "stream": events}, stop.is_set)
+    ops.add_probe_routes(router, metrics, readiness)
+    state = ServerState(router, metrics.observe_request, 5.0, 4096)
+    server = HttpServer(state, bind_socket(settings.host, settings.worker_port))
+    await server.start()
+    log.info("worker probes and metrics on http://%s:%d", settings.host, settings.worker_port)
+    return server
+
+
+async def list_dead_letters(settings: Settings, limit: int) -> list[str]:
+    """One line per dead letter: its id, group, attempts, when, the error, the event."""
+    async with contextlib.AsyncExitStack() as stack:
+        stream = await open_stream(settings, stack)
+        letters = await stream.dead_letters(limit)
+    return [
+        f"{d.entry}\t{d.group}\t{d.attempts} attempts\t"
+        f"{datetime.fromtimestamp(d.buried, UTC):%Y-%m-%dT%H:%M:%SZ}\t{d.error}\t"
+        f"event {d.event.id} {d.event.topic} {d.event.payload.decode(errors='replace')}"
+        for d in letters
+    ]
+
+
+async def replay_dead_letters(settings: Settings, entries: list[str], everything: bool) -> int:
+    """Puts dead letters back on the stream, each for the group that gave up on it."""
+    async with contextlib.AsyncExitStack() as stack:
+        stream = await open_stream(settings, stack)
+        if everything:
+            replayed = 0
+            started = time.monotonic()
+            while time.monotonic() - started < 60:
+                batch = [d.entry for d in await stream.dead_letters(500)]
+                if not batch:
+                    break
+                replayed += await stream.replay(batch)
+            return replayed
+        return await stream.replay(entries)

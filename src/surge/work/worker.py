@@ -1,0 +1,160 @@
+"""The side work of one process: the outbox relay and a consumer per group, with metrics.
+
+`surge worker` runs one (surge.work.process); in embedded mode `surge serve` runs one
+inside itself (SURGE_INLINE_WORKER). Any number may run at once against the same
+database and stream: see docs/worker.md for the guarantees.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import os
+import socket
+from operator import attrgetter
+
+from sqlalchemy.ext.asyncio import AsyncEngine
+
+from surge.config import Settings
+from surge.metrics import Metrics
+from surge.types import Stream
+from surge.work.audit import AuditLog
+from surge.work.consumer import Consumer, RetryPolicy
+from surge.work.mail import Mailer
+from surge.work.relay import OutboxRelay
+
+log = logging.getLogger("surge.worker")
+
+WATCH_EVERY = 2.0  # seconds between looks at the stream's backlog (for the gauges)
+
+
+async def open_stream(settings: Settings, stack: contextlib.AsyncExitStack) -> Stream:
+    """Redis Streams when Redis is configured, else the SQLite file in the data dir."""
+    if settings.redis_url is None:
+        from surge.backends.sqlite_stream import SqliteStream
+
+        stream: Stream = SqliteStream(settings.data_dir / "events.db", settings.dedup_ttl)
+    else:
+        from surge.backends.redis import connect
+        from surge.backends.redis_stream import RedisStream
+
+        # its own small pool, with a command timeout above the consumers' 1 s blocking read
+        client = connect(settings.redis_url, 8, command_timeout=3.0)
+        stack.push_async_callback(client.aclose)
+        stream = RedisStream(client, settings.redis_prefix, settings.dedup_ttl)
+    stack.push_async_callback(stream.close)
+    return stream
+
+
+class Worker:
+    def __init__(
+        self,
+        settings: Settings,
+        engine: AsyncEngine,
+        stream: Stream,
+        metrics: Metrics,
+        name: str | None = None,
+    ) -> None:
+        self.name = name or f"{socket.gethostname()}-{os.getpid()}"
+        self.stream = stream
+        self.drain_timeout = settings.drain_timeout
+        self.relay = OutboxRelay(
+            engine,
+            stream,
+            self.name,
+            poll=settings.outbox_poll,
+            retention=settings.outbox_retention,
+        )
+        self.mailer = Mailer(
+            settings.smtp_url,
+            settings.data_dir / "mail.mbox",
+            settings.mail_from,
+            settings.mail_domain,
+        )
+        self.audit = AuditLog(settings.audit_path)
+        retry = RetryPolicy(max_attempts=settings.worker_max_attempts)
+        self.consumers = [
+            Consumer(
+                group,
+                handler,
+                stream,
+                self.name,
+                concurrency=settings.worker_concurrency,
+                retry=retry,
+                min_idle=settings.worker_claim_idle,
+            )
+            for group, handler in (("mail", self.mailer), ("audit", self.audit))
+        ]
+        self.pending: dict[str, float] = {c.group: 0.0 for c in self.consumers}
+        self.dead_letters = 0.0
+        self._stop = asyncio.Event()
+        self._tasks: list[asyncio.Task[None]] = []
+        self._register(metrics)
+
+    async def start(self) -> None:
+        await self.stream.prepare([c.group for c in self.consumers])
+        stop = self._stop
+        self._tasks = [
+            asyncio.create_task(self.relay.run(stop), name="outbox-relay"),
+            asyncio.create_task(self._watch(), name="stream-watch"),
+        ]
+        self._tasks += [
+            asyncio.create_task(c.run(stop, self.drain_timeout), name=f"consumer-{c.group}")
+            for c in self.consumers
+        ]
+        log.info("worker %s: relaying the outbox; consumers %s", self.name, self.pending.keys())
+
+    async def stop(self) -> None:
+        """Stops taking work; events in flight get the drain timeout, the rest are handed
+        back to the stream for any worker to take."""
+        self._stop.set()
+        await asyncio.gather(*self._tasks, return_exceptions=True)
+        await self.mailer.close()
+        await self.audit.close()
+
+    async def _watch(self) -> None:
+        while not self._stop.is_set():
+            try:
+                for consumer in self.consumers:
+                    self.pending[consumer.group] = float(await self.stream.pending(consumer.group))
+                self.dead_letters = float(await self.stream.dead_count())
+            except Exception as exc:  # the stream is down; the consumers say so too
+                log.debug("stream watch: %s", exc)
+            try:
+                await asyncio.wait_for(self._stop.wait(), WATCH_EVERY)
+            except TimeoutError:
+                pass
+
+    def _register(self, metrics: Metrics) -> None:
+        relay = self.relay
+        metrics.gauge(
+            "outbox_lag_seconds", "Age of the oldest outbox row not yet relayed", lambda: relay.lag
+        )
+        metrics.counter(
+            "outbox_published", "Outbox rows relayed to the stream", lambda: relay.published
+        )
+        metrics.counter("outbox_relay_errors", "Relay passes that failed", lambda: relay.errors)
+        metrics.labelled_gauge(
+            "stream_pending",
+            "Events published but not yet acknowledged, per consumer group",
+            "consumer",
+            lambda: self.pending,
+        )
+        metrics.gauge("dead_letters", "Events in the dead-letter stream", lambda: self.dead_letters)
+        stats = {c.group: c.stats for c in self.consumers}
+        for field, doc in (
+            ("handled", "Events handled and acknowledged"),
+            ("failures", "Failed attempts at handling an event"),
+            ("retries", "Events retried after a failure"),
+            ("dead_letters", "Events moved to the dead-letter stream"),
+            ("duplicates", "Events skipped as already handled"),
+            ("unavailable", "Attempts that found a dependency down"),
+        ):
+            read = attrgetter(field)
+            metrics.labelled_counter(
+                f"consumer_{field}",
+                doc,
+                "consumer",
+                lambda read=read: {group: read(s) for group, s in stats.items()},  # type: ignore[misc]
+            )

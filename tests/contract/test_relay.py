@@ -1,0 +1,132 @@
+"""The outbox relay on every database: in order, nothing lost, shared by several relays."""
+
+from __future__ import annotations
+
+import asyncio
+from collections import Counter
+from collections.abc import AsyncIterator, Sequence
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+
+import pytest
+import sqlalchemy as sa
+from sqlalchemy.ext.asyncio import AsyncEngine
+
+from surge import db
+from surge.backends.sql import create_engine
+from surge.backends.sqlite_stream import SqliteStream
+from surge.schema import outbox
+from surge.types import Event
+from surge.work.relay import OutboxRelay
+from tests.backends import Backend
+
+pytestmark = pytest.mark.anyio
+
+
+class Recorder:
+    """A stream that keeps what it is given (optionally slowly, or failing)."""
+
+    def __init__(self, delay: float = 0.0, fail: bool = False) -> None:
+        self.events: list[Event] = []
+        self.delay = delay
+        self.fail = fail
+
+    async def publish(self, events: Sequence[Event]) -> None:
+        await asyncio.sleep(self.delay)
+        if self.fail:
+            raise ConnectionError("stream down")
+        self.events.extend(events)
+
+    async def trim(self) -> None:
+        pass
+
+
+@pytest.fixture
+async def engine(backend: Backend) -> AsyncIterator[AsyncEngine]:
+    await asyncio.to_thread(db.migrate, backend.database_url)
+    made = create_engine(backend.database_url, pool_size=8)
+    yield made
+    await made.dispose()
+
+
+async def add_rows(engine: AsyncEngine, n: int, created: datetime | None = None) -> list[int]:
+    created = created or datetime.now(UTC).replace(tzinfo=None, microsecond=0)
+    async with engine.begin() as conn:
+        await conn.execute(
+            sa.insert(outbox),
+            [
+                {"topic": "order.confirmed", "payload": f'{{"n": {i}}}', "created_at": created}
+                for i in range(n)
+            ],
+        )
+        rows = await conn.execute(sa.select(outbox.c.id).order_by(outbox.c.id))
+        return [row[0] for row in rows]
+
+
+async def unpublished(engine: AsyncEngine) -> int:
+    async with engine.connect() as conn:
+        query = sa.select(sa.func.count()).where(outbox.c.published_at.is_(None))
+        return int((await conn.execute(query)).scalar_one())
+
+
+async def test_rows_are_relayed_in_order_and_marked(engine: AsyncEngine) -> None:
+    ids = await add_rows(engine, 120)
+    stream = Recorder()
+    relay = OutboxRelay(engine, stream, "r1", batch=50)  # type: ignore[arg-type]
+    assert [await relay.relay_once() for _ in range(4)] == [50, 50, 20, 0]
+    assert [e.id.split(".")[0] for e in stream.events] == [str(i) for i in ids]
+    assert stream.events[0].payload == b'{"n": 0}'
+    assert await unpublished(engine) == 0
+    assert relay.published == 120
+
+
+async def test_a_failed_publish_marks_nothing(engine: AsyncEngine) -> None:
+    await add_rows(engine, 10)
+    down = Recorder(fail=True)
+    relay = OutboxRelay(engine, down, "r1")  # type: ignore[arg-type]
+    with pytest.raises(ConnectionError):
+        await relay.relay_once()
+    assert await unpublished(engine) == 10
+    up = Recorder()  # the stream is back (same relay name: on SQLite it holds the lease)
+    assert await OutboxRelay(engine, up, "r1").relay_once() == 10  # type: ignore[arg-type]
+    assert len(up.events) == 10
+
+
+async def test_several_relays_publish_each_row_once(engine: AsyncEngine) -> None:
+    await add_rows(engine, 600)
+    stream = Recorder(delay=0.02)  # batches overlap in time
+    relays = [OutboxRelay(engine, stream, f"r{i}", batch=40) for i in range(3)]  # type: ignore[arg-type]
+
+    async def drain(relay: OutboxRelay) -> None:
+        while await unpublished(engine):
+            await relay.relay_once()
+            await asyncio.sleep(0)
+
+    await asyncio.gather(*(drain(r) for r in relays))
+    counts = Counter(e.id for e in stream.events)
+    assert len(counts) == 600 and set(counts.values()) == {1}
+    if engine.dialect.name == "sqlite":  # the lease: one relay did everything
+        assert sorted(r.published for r in relays)[:2] == [0, 0]
+    else:  # SKIP LOCKED: they shared the work
+        assert sum(1 for r in relays if r.published) >= 2
+
+
+async def test_lag_and_retention(engine: AsyncEngine, tmp_path: Path) -> None:
+    old = datetime.now(UTC).replace(tzinfo=None, microsecond=0) - timedelta(seconds=30)
+    await add_rows(engine, 3, created=old)
+    stream = SqliteStream(tmp_path / "events.db", 60)
+    await stream.prepare(["mail"])
+    relay = OutboxRelay(engine, stream, "r1", retention=0.5)
+    try:
+        await relay._measure_lag()
+        assert 29 <= relay.lag <= 40
+        assert await relay.relay_once() == 3
+        await relay._measure_lag()
+        assert relay.lag == 0.0
+        await asyncio.sleep(1.1)  # DATETIME keeps whole seconds on MariaDB
+        await relay._clean_up()
+        async with engine.connect() as conn:
+            left = (await conn.execute(sa.select(sa.func.count()).select_from(outbox))).scalar()
+        assert left == 0
+    finally:
+        await stream.close()
