@@ -14,6 +14,8 @@ from pathlib import Path
 
 import httpx
 
+from tests.backends import _free_port
+
 SECRET = "test-secret-0123456789abcdef-0123456789"
 _LISTENING = re.compile(r"listening on http://([\d.]+):(\d+)")
 
@@ -113,9 +115,33 @@ def serve(
                     pass
 
 
-def _wait_ready(process: subprocess.Popen[bytes], log: Path, timeout: float) -> str:
+@contextmanager
+def work(
+    env: Mapping[str, str], tmp_path: Path, *args: str, timeout: float = 30
+) -> Iterator[Server]:
+    """A `surge worker` process; its Server answers /healthz, /readyz and /metrics."""
+    port = _free_port()
+    log = tmp_path / f"worker-{time.monotonic_ns()}.log"
+    with open(log, "wb") as sink:
+        process = subprocess.Popen(
+            surge_command("worker", "--worker-port", str(port), *args),
+            env=dict(env),
+            stdout=sink,
+            stderr=subprocess.STDOUT,
+        )
+    try:
+        url = _wait_ready(process, log, timeout, f"http://127.0.0.1:{port}")
+        yield Server(process, url, log)
+    finally:
+        if process.poll() is None:
+            process.send_signal(signal.SIGKILL)
+            process.wait(timeout=10)
+
+
+def _wait_ready(
+    process: subprocess.Popen[bytes], log: Path, timeout: float, url: str | None = None
+) -> str:
     deadline = time.monotonic() + timeout
-    url = None
     while time.monotonic() < deadline:
         if process.poll() is not None:
             raise RuntimeError(f"surge exited with {process.returncode}:\n{log.read_text()}")

@@ -103,7 +103,9 @@ class Worker:
             asyncio.create_task(c.run(stop, self.drain_timeout), name=f"consumer-{c.group}")
             for c in self.consumers
         ]
-        log.info("worker %s: relaying the outbox; consumers %s", self.name, self.pending.keys())
+        log.info(
+            "worker %s: relaying the outbox; consumers: %s", self.name, ", ".join(self.pending)
+        )
 
     async def stop(self) -> None:
         """Stops taking work; events in flight get the drain timeout, the rest are handed
