@@ -75,9 +75,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         print(f"surge: configuration error: {exc}", file=sys.stderr)
         return 2
 
-    from surge.lifecycle import configure_logging
+    from surge.logs import configure_logging
 
-    configure_logging(settings.log_level)
+    configure_logging(settings.log_level, settings.log_format)
     if args.command == "serve":
         return _serve(settings)
     if args.command == "token":

@@ -26,6 +26,7 @@ SMTP_SCHEMES = ("smtp", "smtps")
 INLINE_WORKER = ("auto", "on", "off")
 ENVIRONMENTS = ("development", "production")
 LOG_LEVELS = ("debug", "info", "warning", "error")
+LOG_FORMATS = ("json", "text")
 
 
 ORDER_QUERY = "GET /orders/{id}"
@@ -47,6 +48,8 @@ class Settings:
     smtp_url: str | None = None
     env: str = "development"
     log_level: str = "info"
+    log_format: str = "json"
+    access_log: float = 0.0  # share of requests logged (0: none, 1: all)
     db_pool_size: int = 10
     redis_pool_size: int = 32
     deadline_ms: int = 50
@@ -175,6 +178,12 @@ FIELDS: tuple[Field, ...] = (
     Field("audit_log", parse.optional(Path), "audit log file (JSON lines); unset = data dir's"),
     Field("env", parse.choice(ENVIRONMENTS), "`production` refuses a generated JWT secret"),
     Field("log_level", parse.choice(LOG_LEVELS), "log level"),
+    Field("log_format", parse.choice(LOG_FORMATS), "`json` lines, or `text` for a person"),
+    Field(
+        "access_log",
+        parse.share,
+        "requests logged: `off`, `all`, or a share such as 0.01 (sampled)",
+    ),
     Field(
         "db_pool_size",
         parse.positive_int,

@@ -20,13 +20,13 @@ import os
 import shutil
 import signal
 import socket
-import sys
 import tempfile
 import time
 from pathlib import Path
 
 import uvloop
 
+from surge import logs
 from surge.app import App
 from surge.config import Settings
 from surge.http.listener import HttpServer, bind_socket
@@ -47,6 +47,7 @@ async def serve(settings: Settings, sock: socket.socket, metrics: Metrics) -> in
     )
     state.limiter = app.limiter
     state.shedder = app.shedder
+    state.access_log = settings.access_log
     server = HttpServer(state, sock)
     await server.start()
     tune_gc()
@@ -144,7 +145,7 @@ class Supervisor:
             except BaseException:
                 log.exception("worker %d crashed", slot)
             finally:
-                logging.shutdown()
+                logs.shutdown()  # os._exit skips atexit: write what is queued first
                 os._exit(code)
         self.children[pid] = slot
 
@@ -205,12 +206,3 @@ def _kill(pid: int, signum: int) -> None:
         os.kill(pid, signum)
     except ProcessLookupError:
         pass
-
-
-def configure_logging(level: str) -> None:
-    logging.basicConfig(
-        level=level.upper(),
-        stream=sys.stderr,
-        format="%(asctime)s %(levelname)s %(process)d %(name)s: %(message)s",
-    )
-    logging.getLogger("alembic").setLevel(logging.WARNING)

@@ -60,6 +60,19 @@ def fraction(text: str) -> float:
     return value
 
 
+def share(text: str) -> float:
+    """`off` (0), `all` (1), or a fraction in [0, 1]."""
+    value = text.strip().lower()
+    if value in ("off", "none"):
+        return 0.0
+    if value == "all":
+        return 1.0
+    number = float(value)
+    if not 0.0 <= number <= 1.0:
+        raise ValueError("must be off, all, or a share in [0, 1]")
+    return number
+
+
 def rate_policy(text: str) -> tuple[float, int] | None:
     from surge.protect.ratelimit import parse_policy
 

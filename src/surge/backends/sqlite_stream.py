@@ -39,7 +39,7 @@ CREATE TABLE IF NOT EXISTS dead (
   attempts INTEGER NOT NULL, buried REAL NOT NULL);
 """
 _ENTRY = "e.seq, e.event_id, e.topic, e.payload, e.created, e.only_group"
-_POLL = 0.1  # how often a blocked read looks for entries another process published
+_POLL = 0.25  # how often a blocked read looks for entries another process published
 
 
 class SqliteStream:

@@ -20,6 +20,7 @@ import re
 import time
 from collections import deque
 from collections.abc import Awaitable
+from random import random
 from urllib.parse import unquote
 
 import httptools
@@ -30,6 +31,7 @@ from surge.http.request import Request, Upgrade
 from surge.http.response import Problem, Response, problem_response
 from surge.http.router import Handler, HandlerResult
 from surge.http.state import ServerState
+from surge.logs import REQUEST_ID, log_access
 from surge.protect.bucket import Verdict
 from surge.protect.shedder import overloaded
 
@@ -313,7 +315,10 @@ class HttpProtocol(asyncio.Protocol):
             # A Future (the order query's miss path returns one) needs no Task of its own.
             result.add_done_callback(lambda done: self._complete(request, done))
         else:  # a coroutine: a Task that answers as its last step
+            # the Task copies the context: what its handler logs names the request
+            token = REQUEST_ID.set(request.request_id)
             self._task = asyncio.ensure_future(self._drive(request, result))
+            REQUEST_ID.reset(token)
 
     async def _drive(self, request: Request, work: Awaitable[Response]) -> None:
         # The answer is written in the Task's own last step: a done-callback would run one
@@ -340,7 +345,13 @@ class HttpProtocol(asyncio.Protocol):
         elif isinstance(exc, Problem):
             response = exc.response()
         else:
-            log.error("handler failed: %s %s", request.method, request.route, exc_info=exc)
+            log.error(
+                "handler failed: %s %s",
+                request.method,
+                request.route,
+                exc_info=exc,
+                extra={"request_id": request.request_id.decode("latin-1")},
+            )
             response = problem_response(500, "internal", "internal error")
         self._finish(request, response)
 
@@ -374,6 +385,8 @@ class HttpProtocol(asyncio.Protocol):
         self._served += 1
         elapsed = time.perf_counter() - request.started
         state.observe(request.route, request.method, status, elapsed)
+        if state.access_log and (state.access_log >= 1.0 or random() < state.access_log):
+            log_access(request, status, elapsed)
         state.in_flight -= 1
         if request.slot:  # its work is done: the shedder learns how long it took
             state.shedder.release(elapsed, status == 504, request.slot)  # type: ignore[union-attr]

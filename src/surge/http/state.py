@@ -32,6 +32,7 @@ class ServerState:
         self.limiter: RateLimiter | None = None  # per-caller rate limits (surge.protect)
         self.shedder: Shedder | None = None  # the limit on concurrent work
         self.observe = observe
+        self.access_log = 0.0  # share of requests logged (surge.logs)
         self.keepalive_timeout = keepalive_timeout
         self.max_body = max_body
         self.connections: set[HttpProtocol] = set()
