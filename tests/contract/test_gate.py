@@ -137,3 +137,59 @@ async def test_an_attempt_abandoned_in_flight_gives_its_stock_back(gate: Gate) -
         await asyncio.sleep(0.01)
     assert await gate.remaining(13) == 2
     assert (await gate.reserve(13, "gone0", "k", 1, "f")).outcome == "ok"  # key not pending
+
+
+@pytest.fixture
+async def redis_gate() -> AsyncIterator[RedisGate]:
+    require_service("Redis", REDIS)
+    client = connect(f"redis://{REDIS[0]}:{REDIS[1]}/0", pool_size=8)
+    prefix = f"surge-test-{uuid.uuid4().hex[:12]}:"
+    try:
+        yield RedisGate(client, prefix)
+    finally:
+        keys = [k async for k in client.scan_iter(match=prefix + "*")]
+        if keys:
+            await client.delete(*keys)
+        await client.aclose()
+
+
+async def test_a_call_whose_answer_was_lost_gives_back_only_what_it_reserved(
+    redis_gate: RedisGate,
+) -> None:
+    gate = redis_gate
+    await gate.load(_state(21, stock=5, limit=2))
+    assert (await gate.reserve(21, "keeper", "k", 1, "f")).outcome == "ok"  # stays pending
+    real = gate._reserve
+
+    async def answer_lost(*args: object, **kwargs: object) -> object:
+        await real(*args, **kwargs)  # Redis runs the call ...
+        raise TimeoutError("Timeout reading from socket")  # ... and the reply never comes
+
+    gate._reserve = answer_lost  # type: ignore[assignment]
+    attempts = [gate.reserve(21, f"u{i}", "k", 1, "f") for i in range(3)]
+    attempts.append(gate.reserve(21, "keeper", "k", 1, "f"))  # in flight elsewhere
+    outcomes = await asyncio.gather(*attempts, return_exceptions=True)
+    assert all(isinstance(o, TimeoutError) for o in outcomes), outcomes
+    gate._reserve = real  # type: ignore[method-assign]
+    for _ in range(500):
+        if await gate.remaining(21) == 4:
+            break
+        await asyncio.sleep(0.01)
+    assert await gate.remaining(21) == 4  # the three given back, the keeper's kept
+    assert (await gate.reserve(21, "keeper", "k", 1, "f")).outcome == "in_flight"
+    assert (await gate.reserve(21, "u0", "k", 1, "f")).outcome == "ok"  # u0's key is free
+
+
+async def test_the_same_call_run_twice_reserves_once(redis_gate: RedisGate) -> None:
+    """redis-py resends a command once on a new connection when the old one died; if
+    Redis had run it, the second run must not turn the reservation into 'in_flight'."""
+    gate = redis_gate
+    await gate.load(_state(22, stock=5))
+    args = ["call-1", "u1", "u1|k", 1, "f", "u2", "u2|k", 1, "f"]
+    first = await gate._reserve(keys=gate._keys(22), args=args)
+    again = await gate._reserve(keys=gate._keys(22), args=args)
+    assert [first[0], first[3]] == [b"ok", b"ok"]
+    assert [again[0], again[3]] == [b"ok", b"ok"]
+    assert await gate.remaining(22) == 3
+    other = await gate._reserve(keys=gate._keys(22), args=["call-2", "u1", "u1|k", 1, "f"])
+    assert other[0] == b"in_flight"  # another call with the same key still waits

@@ -14,6 +14,8 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import time
+import uuid
 from collections.abc import Sequence
 from importlib import resources
 
@@ -41,6 +43,7 @@ _Attempt = tuple[str, str, int, str, "asyncio.Future[Answer]"]  # user, key, qty
 
 class RedisGate:
     MAX_BATCH = 256  # attempts per script call: Redis runs a call of this size in ~1 ms
+    UNDO_FOR = 60.0  # seconds a failed call's reservations are retried to be given back
 
     def __init__(self, client: aioredis.Redis, prefix: str) -> None:
         self._client = client
@@ -104,7 +107,8 @@ class RedisGate:
         await self._decide(sale_id, attempts[: self.MAX_BATCH])
 
     async def _decide(self, sale_id: int, attempts: list[_Attempt]) -> None:
-        args: list[str | int] = []
+        call = uuid.uuid4().hex  # marks what this call reserves: see gate_reserve.lua
+        args: list[str | int] = [call]
         for user_id, key, quantity, fingerprint, _ in attempts:
             args += (user_id, f"{user_id}|{key}", quantity, fingerprint)
         try:
@@ -113,6 +117,10 @@ class RedisGate:
             for *_, answer in attempts:
                 if not answer.done():
                     answer.set_exception(exc)
+            # Redis may have run the call and only the answer be lost (a timeout, a
+            # dropped connection): whatever it reserved is given back, or it would stay
+            # taken until the next start-up's rebuild
+            self._track(asyncio.get_running_loop().create_task(self._undo(sale_id, call, attempts)))
             return
         abandoned = []
         for i, (user_id, key, quantity, _, answer) in enumerate(attempts):
@@ -123,6 +131,32 @@ class RedisGate:
                 abandoned.append((user_id, key, quantity))
         for user_id, key, quantity in abandoned:
             await self._abandoned(sale_id, user_id, key, quantity)
+
+    async def _undo(self, sale_id: int, call: str, attempts: list[_Attempt]) -> None:
+        """Releases what the failed `call` may have reserved (only that: the token keeps
+        another call's reservation of the same key), retrying while Redis is unreachable
+        for up to UNDO_FOR seconds."""
+        pending = [(user_id, key, quantity) for user_id, key, quantity, _, _ in attempts]
+        delay, deadline = 0.1, time.monotonic() + self.UNDO_FOR
+        while pending:
+            user_id, key, quantity = pending[-1]
+            try:
+                await self._release(
+                    keys=self._keys(sale_id), args=[user_id, f"{user_id}|{key}", quantity, call]
+                )
+                pending.pop()
+                continue
+            except Exception as exc:
+                if time.monotonic() + delay > deadline:
+                    log.warning(
+                        "sale %d: %d reservations of a failed call not released: %s",
+                        sale_id,
+                        len(pending),
+                        exc,
+                    )
+                    return
+            await asyncio.sleep(delay)
+            delay = min(delay * 2, 5.0)
 
     async def _abandoned(self, sale_id: int, user_id: str, key: str, quantity: int) -> None:
         try:

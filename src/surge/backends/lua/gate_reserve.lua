@@ -2,12 +2,18 @@
 -- purchase attempts on one sale, decided one after the other in the order given.
 -- KEYS[1] {sale:ID}:meta    hash: remaining, limit, starts_ms, ends_ms
 -- KEYS[2] {sale:ID}:bought  hash: user -> quantity reserved or bought
--- KEYS[3] {sale:ID}:keys    hash: user|key -> "p|fingerprint|" (pending) or "d|fingerprint|order"
--- ARGV: user, user|key, quantity, fingerprint; then the same for the next attempt...
+-- KEYS[3] {sale:ID}:keys    hash: user|key -> "p|fingerprint|call" (pending) or "d|fingerprint|order"
+-- ARGV: call (a token unique to this call), then user, user|key, quantity, fingerprint;
+-- then the same four for the next attempt...
+-- A pending reservation remembers the call that made it: if the same call runs twice (a
+-- client retrying after a lost reply) it answers 'ok' again instead of 'in_flight', and a
+-- caller that never heard the answer can give back exactly what the call reserved
+-- (gate_release.lua with the token).
 -- Returns outcome, remaining, order id; then the same for the next attempt...
 -- The keys share the hash tag {sale:ID}, so they live on one Redis Cluster slot.
 local answers = {}
-local attempts = #ARGV / 4
+local call = ARGV[1]
+local attempts = (#ARGV - 1) / 4
 if redis.call('EXISTS', KEYS[1]) == 0 then
   for i = 1, attempts do
     answers[#answers + 1] = 'unknown'; answers[#answers + 1] = 0; answers[#answers + 1] = 0
@@ -21,6 +27,7 @@ local t = redis.call('TIME')  -- the server's clock, not the callers'
 local now_ms = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
 local live = now_ms >= tonumber(meta[3]) and now_ms < tonumber(meta[4])
 local taken = 0
+local reserved_now = {}  -- fields this run reserved (the same key twice in one call: in_flight)
 
 local function decide(user, field, quantity, fingerprint)
   if not live then
@@ -35,6 +42,9 @@ local function decide(user, field, quantity, fingerprint)
     if kind == 'd' then
       return 'done', tonumber(order_id)
     end
+    if order_id == call and not reserved_now[field] then
+      return 'ok', 0  -- this very call, run again: reserved once, by the first run
+    end
     return 'in_flight', 0
   end
   if remaining < quantity then
@@ -47,12 +57,13 @@ local function decide(user, field, quantity, fingerprint)
   remaining = remaining - quantity
   taken = taken + quantity
   redis.call('HINCRBY', KEYS[2], user, quantity)
-  redis.call('HSET', KEYS[3], field, 'p|' .. fingerprint .. '|')
+  redis.call('HSET', KEYS[3], field, 'p|' .. fingerprint .. '|' .. call)
+  reserved_now[field] = true
   return 'ok', 0
 end
 
 for i = 0, attempts - 1 do
-  local at = i * 4
+  local at = 1 + i * 4
   local outcome, order_id = decide(ARGV[at + 1], ARGV[at + 2], tonumber(ARGV[at + 3]), ARGV[at + 4])
   answers[#answers + 1] = outcome; answers[#answers + 1] = remaining; answers[#answers + 1] = order_id
 end
