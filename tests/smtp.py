@@ -15,13 +15,14 @@ from tests.backends import _free_port
 
 
 class SmtpSink:
-    """Accepts every message, except to recipients in `refuse` (550) while it is set; can
-    be stopped and started again on the same port (an outage)."""
+    """Accepts every message, except to recipients in `refuse` (550) or `defer` (450);
+    can be stopped and started again on the same port (an outage)."""
 
     def __init__(self, port: int | None = None, delay: float = 0.0) -> None:
         self.port = port or _free_port()
         self.delay = delay
-        self.refuse: set[str] = set()
+        self.refuse: set[str] = set()  # 550: refused for good
+        self.defer: set[str] = set()  # 450: try again later
         self._lock = threading.Lock()
         self._messages: list[Message] = []
         self._controller: Controller | None = None
@@ -52,6 +53,8 @@ class SmtpSink:
     ) -> str:
         if address.partition("@")[0] in self.refuse:
             return "550 5.1.1 mailbox unavailable"
+        if address.partition("@")[0] in self.defer:
+            return "450 4.2.1 mailbox busy, try again later"
         envelope.rcpt_tos.append(address)
         return "250 OK"
 

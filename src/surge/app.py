@@ -6,6 +6,7 @@ import asyncio
 import contextlib
 import logging
 
+from surge import logs
 from surge.auth import Authenticator, load_or_create_secret
 from surge.backends import open_backends
 from surge.backends.redis import RedisCache
@@ -128,6 +129,11 @@ class App:
             self.worker = Worker(settings, backends.sales.engine, stream, self.metrics)
             await self.worker.start()
             stack.push_async_callback(self.worker.stop)  # first to stop, before the pools
+        self.metrics.counter(
+            "log_records_dropped",
+            "Log records dropped because the log writer fell behind",
+            lambda: logs.dropped,
+        )
         lag = asyncio.create_task(self.metrics.watch_loop_lag(), name="loop-lag-watch")
         stack.push_async_callback(_cancel, lag)
         if self.metrics.share_dir is not None:

@@ -173,8 +173,8 @@ FIELDS: tuple[Field, ...] = (
         "`smtp://[user:password@]host:port` (STARTTLS when offered) or `smtps://` (TLS); "
         "unset = mail appended to mail.mbox in the data dir",
     ),
-    Field("mail_from", str, "sender of the order confirmations"),
-    Field("mail_domain", str, "a buyer's mail address is <user id>@<this domain>"),
+    Field("mail_from", parse.mail_address, "sender of the order confirmations"),
+    Field("mail_domain", parse.mail_domain, "a buyer's mail address is <user id>@<this domain>"),
     Field("audit_log", parse.optional(Path), "audit log file (JSON lines); unset = data dir's"),
     Field("env", parse.choice(ENVIRONMENTS), "`production` refuses a generated JWT secret"),
     Field("log_level", parse.choice(LOG_LEVELS), "log level"),

@@ -22,8 +22,8 @@ import sys
 from contextvars import ContextVar
 from datetime import UTC, datetime
 from logging.handlers import QueueHandler, QueueListener
-from queue import SimpleQueue
-from typing import IO, TYPE_CHECKING, Any
+from queue import Empty, Full, Queue
+from typing import IO, TYPE_CHECKING, Any, cast
 
 import orjson
 
@@ -38,6 +38,8 @@ access = logging.getLogger("surge.access")
 _STANDARD = frozenset(logging.makeLogRecord({}).__dict__) | {"message", "asctime"}
 
 _listener: QueueListener | None = None
+QUEUE_SIZE = 10_000  # records waiting for the writer; past it new ones are dropped, counted
+dropped = 0
 _hooked = False
 
 
@@ -73,6 +75,13 @@ class _RequestContext(logging.Filter):
 
 
 class _Enqueue(QueueHandler):
+    def enqueue(self, record: logging.LogRecord) -> None:
+        global dropped
+        try:
+            self.queue.put_nowait(record)
+        except Full:  # stderr stalled for long: drop rather than grow without bound
+            dropped += 1
+
     def prepare(self, record: logging.LogRecord) -> logging.LogRecord:
         # QueueHandler.prepare formats the record here, with the writer's formatter; only
         # the message and the traceback need computing in the caller (its arguments may
@@ -83,6 +92,11 @@ class _Enqueue(QueueHandler):
             record.exc_text = logging.Formatter().formatException(record.exc_info)
             record.exc_info = None
         return record
+
+
+class _Writer(QueueListener):
+    def enqueue_sentinel(self) -> None:
+        self.queue.put(self._sentinel)  # type: ignore[attr-defined]  # waits for room: a full queue is written first
 
 
 def log_access(request: Request, status: int, elapsed: float) -> None:
@@ -112,7 +126,9 @@ def configure_logging(level: str, fmt: str = "json", stream: IO[str] | None = No
         # no writer thread may exist while a process forks (`--workers`): one caught
         # mid-write would leave stderr's buffer locked in the child for ever
         os.register_at_fork(
-            before=_pause_writer, after_in_parent=_resume_writer, after_in_child=_resume_writer
+            before=_pause_writer,
+            after_in_parent=_resume_writer,
+            after_in_child=_resume_writer_in_child,
         )
     writer = logging.StreamHandler(stream or sys.stderr)
     if fmt == "json":
@@ -121,7 +137,7 @@ def configure_logging(level: str, fmt: str = "json", stream: IO[str] | None = No
         writer.setFormatter(
             logging.Formatter("%(asctime)s %(levelname)s %(process)d %(name)s: %(message)s")
         )
-    queue: SimpleQueue[logging.LogRecord] = SimpleQueue()
+    queue: Queue[logging.LogRecord] = Queue(QUEUE_SIZE)
     enqueue = _Enqueue(queue)
     enqueue.addFilter(_RequestContext())
     root = logging.getLogger()
@@ -130,7 +146,7 @@ def configure_logging(level: str, fmt: str = "json", stream: IO[str] | None = No
     root.addHandler(enqueue)
     root.setLevel(level.upper())
     logging.getLogger("alembic").setLevel(logging.WARNING)
-    _listener = QueueListener(queue, writer)
+    _listener = _Writer(queue, writer)
     _listener.start()
 
 
@@ -150,3 +166,15 @@ def _pause_writer() -> None:
 def _resume_writer() -> None:
     if _listener is not None:
         _listener.start()  # a new thread on the same queue
+
+
+def _resume_writer_in_child() -> None:
+    if _listener is not None:
+        # what other threads queued while the parent forked is the parent's to write
+        queue = cast("Queue[logging.LogRecord]", _listener.queue)
+        try:
+            while True:
+                queue.get_nowait()
+        except Empty:
+            pass
+        _listener.start()

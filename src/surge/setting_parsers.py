@@ -4,6 +4,7 @@ which setting it was)."""
 
 from __future__ import annotations
 
+import re
 from collections.abc import Callable
 from typing import Any
 from urllib.parse import urlsplit
@@ -71,6 +72,30 @@ def share(text: str) -> float:
     if not 0.0 <= number <= 1.0:
         raise ValueError("must be off, all, or a share in [0, 1]")
     return number
+
+
+def mail_address(text: str) -> str:
+    """An addr-spec such as surge@example.com (a header injection cannot get through)."""
+    from email.headerregistry import Address
+
+    value = text.strip()
+    try:
+        address = Address(addr_spec=value)
+    except (ValueError, IndexError) as exc:
+        raise ValueError(f"not a mail address: {exc}") from None
+    if not address.username or not address.domain or any(c in value for c in "\r\n"):
+        raise ValueError("not a mail address (want user@domain)")
+    return value
+
+
+_DOMAIN = re.compile(r"(?=.{1,253}$)[A-Za-z0-9](?:[A-Za-z0-9.-]*[A-Za-z0-9])?")
+
+
+def mail_domain(text: str) -> str:
+    value = text.strip()
+    if not _DOMAIN.fullmatch(value):
+        raise ValueError("not a domain name (letters, digits, dots, hyphens)")
+    return value
 
 
 def rate_policy(text: str) -> tuple[float, int] | None:

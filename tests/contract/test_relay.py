@@ -15,9 +15,9 @@ from sqlalchemy.ext.asyncio import AsyncEngine
 from surge import db
 from surge.backends.sql import create_engine
 from surge.backends.sqlite_stream import SqliteStream
-from surge.schema import outbox
+from surge.schema import outbox, outbox_lease
 from surge.types import Event
-from surge.work.relay import OutboxRelay
+from surge.work.relay import LeaseLost, OutboxRelay
 from tests.backends import Backend
 
 pytestmark = pytest.mark.anyio
@@ -124,9 +124,50 @@ async def test_lag_and_retention(engine: AsyncEngine, tmp_path: Path) -> None:
         await relay._measure_lag()
         assert relay.lag == 0.0
         await asyncio.sleep(1.1)  # DATETIME keeps whole seconds on MariaDB
-        await relay._clean_up()
+        await relay._delete_published()
         async with engine.connect() as conn:
             left = (await conn.execute(sa.select(sa.func.count()).select_from(outbox))).scalar()
         assert left == 0
     finally:
         await stream.close()
+
+
+async def test_the_lag_grows_while_the_stream_is_down(engine: AsyncEngine) -> None:
+    old = datetime.now(UTC).replace(tzinfo=None, microsecond=0) - timedelta(seconds=90)
+    await add_rows(engine, 2, created=old)
+    relay = OutboxRelay(engine, Recorder(fail=True), "r1", poll=0.05)  # type: ignore[arg-type]
+    stop = asyncio.Event()
+    task = asyncio.create_task(relay.run(stop))
+    try:
+        async with asyncio.timeout(5):
+            while relay.errors < 2:  # noqa: ASYNC110
+                await asyncio.sleep(0.02)
+    finally:
+        stop.set()
+        await task
+    assert relay.lag >= 89  # what an alert on outbox_lag_seconds needs to see
+    assert await unpublished(engine) == 2
+
+
+async def test_a_relay_that_lost_its_sqlite_lease_marks_nothing(tmp_path: Path) -> None:
+    """SQLite only (the others lock rows): the lease passes to another relay while a batch
+    is in flight, and the batch is rolled back rather than marked."""
+    url = f"sqlite:///{tmp_path / 'surge.db'}"
+    await asyncio.to_thread(db.migrate, url)
+    engine = create_engine(url, pool_size=4)
+    try:
+        await add_rows(engine, 5)
+
+        class Usurped(Recorder):
+            async def publish(self, events: Sequence[Event]) -> None:
+                await super().publish(events)
+                async with engine.begin() as conn:
+                    await conn.execute(sa.update(outbox_lease).values(holder="r2"))
+
+        relay = OutboxRelay(engine, Usurped(), "r1")  # type: ignore[arg-type]
+        with pytest.raises(LeaseLost):
+            await relay.relay_once()
+        assert await unpublished(engine) == 5  # r2 publishes them
+        assert relay.published == 0
+    finally:
+        await engine.dispose()

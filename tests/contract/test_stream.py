@@ -148,3 +148,42 @@ async def test_the_sqlite_stream_survives_a_restart(tmp_path: Path) -> None:
         assert [d.event.id for d in claimed if d.entry == held[0].entry] == [held[0].event.id]
     finally:
         await second.close()
+
+
+async def test_touch_and_release_leave_an_entry_another_consumer_took(stream: Stream) -> None:
+    await stream.publish(events(1))
+    (held,) = await stream.read("mail", "stalled", 1, 0.1)
+    await asyncio.sleep(0.3)
+    (taken,) = await stream.claim_stale("mail", "rescuer", 0.2, 10)
+    await stream.touch("mail", "stalled", [held.entry])  # the stalled one wakes up
+    await stream.release("mail", "stalled", [held.entry])
+    # still the rescuer's, not idle: nobody else may take it
+    assert await stream.claim_stale("mail", "third", 0.2, 10) == []
+    assert taken.event == held.event
+
+
+async def test_a_malformed_dead_letter_id_is_not_found(stream: Stream) -> None:
+    assert await stream.replay(["not-an-id", "12a", ""]) == 0
+
+
+async def test_lost_groups_are_made_again_on_first_use(tmp_path: Path) -> None:
+    """Redis restarted without persistence (or the key was flushed or evicted) while the
+    relay kept publishing: the consumers make the groups again and miss nothing."""
+    require_service("Redis", REDIS)
+    from surge.backends.redis import connect
+    from surge.backends.redis_stream import RedisStream
+
+    client = connect(f"redis://{REDIS[0]}:{REDIS[1]}/0", 4, command_timeout=3.0)
+    stream = RedisStream(client, f"surge-test-{uuid.uuid4().hex[:12]}:", dedup_ttl=60)
+    try:
+        await stream.prepare(GROUPS)
+        await client.delete(stream.key)  # the groups go with it
+        await stream.publish(events(2))  # XADD makes a stream without groups
+        with pytest.raises(LookupError):
+            await stream.pending("mail")  # readiness sees it
+        got = await stream.read("mail", "c1", 10, 0.1)
+        assert [d.event.id for d in got] == [e.id for e in events(2)]
+        assert await stream.pending("audit") == 2  # every group made again
+    finally:
+        await client.delete(stream.key)
+        await client.aclose()

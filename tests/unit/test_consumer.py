@@ -11,7 +11,7 @@ from pathlib import Path
 import pytest
 
 from surge.backends.sqlite_stream import SqliteStream
-from surge.types import Event
+from surge.types import Delivery, Event
 from surge.work.consumer import Consumer, RetryPolicy, Unavailable
 
 pytestmark = pytest.mark.anyio
@@ -181,3 +181,68 @@ async def test_a_replay_for_another_group_is_skipped(stream: SqliteStream) -> No
     await task
     assert handled == [event(1).id]
     assert (c.stats.handled, c.stats.duplicates) == (1, 0)
+
+
+async def test_an_ack_that_fails_is_retried_not_redone(stream: SqliteStream) -> None:
+    real_ack = stream.ack
+    failures = [RuntimeError("stream down"), RuntimeError("stream down")]
+
+    async def flaky_ack(group: str, delivery: Delivery, handled: bool = True) -> None:
+        if handled and failures:
+            raise failures.pop()
+        await real_ack(group, delivery, handled)
+
+    stream.ack = flaky_ack  # type: ignore[method-assign]
+    calls: Counter[str] = Counter()
+
+    async def handle(e: Event) -> None:
+        calls[e.id] += 1
+
+    await stream.publish([event(1)])
+    c = consumer(stream, handle, min_idle=0.2, claim_every=0.05)
+    await run_until(c, lambda: c.stats.handled == 1)
+    await asyncio.sleep(0.4)  # past min_idle: nothing left pending to take over
+    assert calls == Counter({event(1).id: 1})
+    assert await stream.done("mail", event(1).id)
+    assert await stream.pending("mail") == 0
+
+
+async def test_unavailable_for_one_event_while_others_pass_counts_against_it(
+    stream: SqliteStream,
+) -> None:
+    async def handle(e: Event) -> None:
+        if e.id == event(0).id:
+            raise Unavailable("the server drops the connection on this message")
+        await asyncio.sleep(0.01)
+
+    await stream.publish([event(i) for i in range(40)])
+    c = consumer(stream, handle, concurrency=4)
+    await run_until(c, lambda: c.stats.dead_letters == 1 and c.stats.handled == 39, 10)
+    (letter,) = await stream.dead_letters(10)
+    assert letter.event == event(0) and letter.attempts == 3
+
+
+async def test_stopping_keeps_what_was_done_but_not_acknowledged(stream: SqliteStream) -> None:
+    async def ack_down(group: str, delivery: Delivery, handled: bool = True) -> None:
+        raise RuntimeError("stream down")
+
+    handled: list[str] = []
+
+    async def handle(e: Event) -> None:
+        handled.append(e.id)
+
+    await stream.publish([event(1)])
+    real_ack = stream.ack
+    stream.ack = ack_down  # type: ignore[method-assign]
+    c = consumer(stream, handle, min_idle=3600)
+    stop = asyncio.Event()
+    task = asyncio.create_task(c.run(stop, drain_timeout=0.2))
+    async with asyncio.timeout(5):
+        while not handled:  # noqa: ASYNC110
+            await asyncio.sleep(0.01)
+    stop.set()
+    await task
+    stream.ack = real_ack  # type: ignore[method-assign]
+    # not handed back (it would be sent again at once): still held, for min_idle
+    assert await stream.claim_stale("mail", "c2", 3600, 10) == []
+    assert await stream.pending("mail") == 1

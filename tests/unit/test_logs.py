@@ -104,3 +104,27 @@ def test_a_forked_child_logs_through_a_writer_of_its_own() -> None:
     with os.fdopen(read_end) as got:
         messages = [json.loads(line)["message"] for line in got.read().splitlines()]
     assert messages == ["from the child"]
+
+
+def test_a_writer_that_falls_far_behind_drops_records_and_counts_them(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    release = threading.Event()
+
+    class Stalled(io.StringIO):
+        def write(self, text: str) -> int:
+            release.wait(5)
+            return super().write(text)
+
+    monkeypatch.setattr(logs, "QUEUE_SIZE", 10)
+    before = logs.dropped
+    stream = Stalled()
+    logs.configure_logging("info", "text", stream)
+    try:
+        for i in range(50):
+            logging.getLogger("surge.test").info("line %d", i)
+        assert logs.dropped - before >= 50 - 10 - 1  # one may be in the writer's hands
+    finally:
+        release.set()
+        logs.shutdown()
+    assert stream.getvalue().count("surge.test: line") == 50 - (logs.dropped - before)

@@ -11,9 +11,11 @@ come from a consumer that did the work and died before that MULTI (docs/worker.m
 
 from __future__ import annotations
 
+import logging
+import re
 import time
-from collections.abc import Sequence
-from typing import Any
+from collections.abc import Awaitable, Callable, Sequence
+from typing import Any, TypeVar
 
 from redis.asyncio import Redis
 from redis.exceptions import ResponseError
@@ -22,6 +24,10 @@ from surge.types import DeadLetter, Delivery, Event
 
 # XCLAIM ... IDLE: "delivered this long ago", so any consumer may claim the entry at once
 _LONG_AGO_MS = 10**10
+_OWNED_SCAN = 10_000  # pending entries of one consumer looked at (its concurrency is 16)
+_ENTRY_ID = re.compile(r"\d+-\d+")
+T = TypeVar("T")
+log = logging.getLogger("surge.stream")
 
 
 class RedisStream:
@@ -34,9 +40,11 @@ class RedisStream:
         self._attempts = tag + ":attempts:"
         self._ttl = max(1, int(dedup_ttl))
         self._claim_cursor: dict[str, str] = {}
+        self._groups: tuple[str, ...] = ()
 
     async def prepare(self, groups: Sequence[str]) -> None:
-        for group in groups:
+        self._groups = tuple(dict.fromkeys((*self._groups, *groups)))
+        for group in self._groups:
             try:
                 await self._redis.xgroup_create(self.key, group, id="0", mkstream=True)
             except ResponseError as exc:
@@ -49,9 +57,23 @@ class RedisStream:
             pipe.xadd(self.key, _fields(event))
         await pipe.execute()
 
+    async def _grouped(self, call: Callable[[], Awaitable[T]]) -> T:
+        """Runs `call`; if the groups are gone (Redis restarted without persistence, was
+        flushed, or evicted the key), makes them again and runs it once more. Made anew
+        at 0, a group gets every entry published meanwhile."""
+        try:
+            return await call()
+        except ResponseError as exc:
+            if "NOGROUP" not in str(exc):
+                raise
+        log.warning("stream %s lost its consumer groups: creating them again", self.key)
+        await self.prepare(())
+        return await call()
+
     async def read(self, group: str, consumer: str, count: int, block: float) -> list[Delivery]:
-        reply: Any = await self._redis.xreadgroup(
-            group, consumer, {self.key: ">"}, count=count, block=max(1, int(block * 1000))
+        ms = max(1, int(block * 1000))
+        reply: Any = await self._grouped(
+            lambda: self._redis.xreadgroup(group, consumer, {self.key: ">"}, count=count, block=ms)
         )
         return [d for _stream, entries in reply or () for d in _deliveries(entries)]
 
@@ -59,29 +81,46 @@ class RedisStream:
         self, group: str, consumer: str, min_idle: float, count: int
     ) -> list[Delivery]:
         start = self._claim_cursor.get(group, "0-0")
-        reply: Any = await self._redis.xautoclaim(
-            self.key, group, consumer, int(min_idle * 1000), start_id=start, count=count
+        reply: Any = await self._grouped(
+            lambda: self._redis.xautoclaim(
+                self.key, group, consumer, int(min_idle * 1000), start_id=start, count=count
+            )
         )
         # Redis 7: [next start, claimed entries, ids deleted meanwhile (dropped by Redis)]
         self._claim_cursor[group] = _text(reply[0])
         return _deliveries(reply[1])
 
     async def touch(self, group: str, consumer: str, entries: Sequence[str]) -> None:
-        if entries:
-            await self._redis.xclaim(self.key, group, consumer, 0, list(entries), justid=True)
+        owned = await self._owned(group, consumer, entries)
+        if owned:
+            await self._redis.xclaim(self.key, group, consumer, 0, _ids(owned), justid=True)
 
     async def release(self, group: str, consumer: str, entries: Sequence[str]) -> None:
-        if entries:
+        owned = await self._owned(group, consumer, entries)
+        if owned:
             await self._redis.xclaim(
-                self.key, group, consumer, 0, list(entries), idle=_LONG_AGO_MS, justid=True
+                self.key, group, consumer, 0, _ids(owned), idle=_LONG_AGO_MS, justid=True
             )
+
+    async def _owned(self, group: str, consumer: str, entries: Sequence[str]) -> list[str]:
+        """Those of `entries` still pending for `consumer`: XCLAIM does not ask whose an
+        entry is, and must not take back one another worker has taken over meanwhile."""
+        if not entries:
+            return []
+        mine: Any = await self._grouped(
+            lambda: self._redis.xpending_range(
+                self.key, group, "-", "+", _OWNED_SCAN, consumername=consumer
+            )
+        )
+        held = {_text(row["message_id"]) for row in mine}
+        return [entry for entry in entries if entry in held]
 
     async def done(self, group: str, event_id: str) -> bool:
         return bool(await self._redis.exists(self._done + group + ":" + event_id))
 
     async def ack(self, group: str, delivery: Delivery, handled: bool = True) -> None:
         if not handled:
-            await self._redis.xack(self.key, group, delivery.entry)
+            await self._grouped(lambda: self._redis.xack(self.key, group, delivery.entry))
             return
         event_id = delivery.event.id
         pipe = self._redis.pipeline(transaction=True)
@@ -116,6 +155,8 @@ class RedisStream:
     async def replay(self, entries: Sequence[str]) -> int:
         found = 0
         for entry in entries:
+            if not _ENTRY_ID.fullmatch(entry):
+                continue  # not an id this stream could have given: not found
             rows: Any = await self._redis.xrange(self.dead_key, min=entry, max=entry)
             if not rows:
                 continue
@@ -136,7 +177,7 @@ class RedisStream:
         for info in await self._redis.xinfo_groups(self.key):
             if _text(info["name"]) == group:
                 return int(info["pending"]) + int(info.get("lag") or 0)
-        return 0
+        raise LookupError(f"stream {self.key} has no consumer group {group!r}")
 
     async def trim(self) -> None:
         """Drops what every group has acknowledged (XTRIM MINID): not a length cap, which
@@ -202,3 +243,7 @@ def _text(value: Any) -> str:
 def _id(entry: str) -> tuple[int, int]:
     ms, _, seq = entry.partition("-")
     return int(ms), int(seq or 0)
+
+
+def _ids(entries: list[str]) -> Any:
+    return entries  # redis-py's stubs want a list of a wider element type (list is invariant)

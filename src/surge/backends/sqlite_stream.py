@@ -50,10 +50,12 @@ class SqliteStream:
         self._db: sqlite3.Connection | None = None
         self._published = asyncio.Event()
 
-    async def _run(self, work: Callable[[sqlite3.Connection], T]) -> T:
-        return await asyncio.get_running_loop().run_in_executor(self._thread, self._call, work)
+    async def _run(self, work: Callable[[sqlite3.Connection], T], write: bool = True) -> T:
+        return await asyncio.get_running_loop().run_in_executor(
+            self._thread, self._call, work, write
+        )
 
-    def _call(self, work: Callable[[sqlite3.Connection], T]) -> T:
+    def _call(self, work: Callable[[sqlite3.Connection], T], write: bool) -> T:
         if self._db is None:
             self._path.parent.mkdir(parents=True, exist_ok=True)
             db = sqlite3.connect(self._path, timeout=10, isolation_level=None)
@@ -62,13 +64,16 @@ class SqliteStream:
             db.executescript(_SCHEMA)
             self._db = db
         db = self._db
-        db.execute("BEGIN IMMEDIATE")
+        # writers take the write lock up front (a read-then-write transaction would fail
+        # with SQLITE_BUSY halfway); readers do not need it
+        db.execute("BEGIN IMMEDIATE" if write else "BEGIN")
         try:
             result = work(db)
+            db.execute("COMMIT")
         except BaseException:
-            db.execute("ROLLBACK")
+            if db.in_transaction:  # also after a failed COMMIT (busy, disk full)
+                db.execute("ROLLBACK")
             raise
-        db.execute("COMMIT")
         return result
 
     async def prepare(self, groups: Sequence[str]) -> None:
@@ -161,7 +166,7 @@ class SqliteStream:
             ).fetchone()
             return row is not None and row[0] > time.time() - self._ttl
 
-        return await self._run(work)
+        return await self._run(work, write=False)
 
     async def ack(self, group: str, delivery: Delivery, handled: bool = True) -> None:
         def work(db: sqlite3.Connection) -> None:
@@ -220,12 +225,14 @@ class SqliteStream:
                 for r in rows
             ]
 
-        return await self._run(work)
+        return await self._run(work, write=False)
 
     async def replay(self, entries: Sequence[str]) -> int:
         def work(db: sqlite3.Connection) -> int:
             found = 0
             for entry in entries:
+                if not entry.isdigit():
+                    continue  # not an id this stream could have given: not found
                 moved = db.execute(
                     "INSERT INTO entries (event_id, topic, payload, created, only_group)"
                     " SELECT event_id, topic, payload, created, grp FROM dead WHERE seq = ?",
@@ -243,7 +250,7 @@ class SqliteStream:
         def work(db: sqlite3.Connection) -> int:
             return int(db.execute("SELECT count(*) FROM dead").fetchone()[0])
 
-        return await self._run(work)
+        return await self._run(work, write=False)
 
     async def pending(self, group: str) -> int:
         def work(db: sqlite3.Connection) -> int:
@@ -255,7 +262,7 @@ class SqliteStream:
             ).fetchone()
             return int(held) + int(unread)
 
-        return await self._run(work)
+        return await self._run(work, write=False)
 
     async def trim(self) -> None:
         def work(db: sqlite3.Connection) -> None:

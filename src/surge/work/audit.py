@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import asyncio
 import os
+import threading
 import time
 from datetime import UTC, datetime
 from pathlib import Path
@@ -26,6 +27,9 @@ class AuditLog:
         self._path = path
         self._fd: int | None = None
         self._lock = asyncio.Lock()  # one append at a time: lines never interleave
+        # held by the thread while it writes: a task cancelled during a write (shutdown)
+        # leaves the thread going, and close() must not pull the fd from under it
+        self._writing = threading.Lock()
 
     async def __call__(self, event: Event) -> None:
         line = orjson.dumps(
@@ -41,16 +45,21 @@ class AuditLog:
             await asyncio.to_thread(self._append, line + b"\n")
 
     def _append(self, line: bytes) -> None:
-        if self._fd is None:
-            self._path.parent.mkdir(parents=True, exist_ok=True)
-            self._fd = os.open(self._path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o640)
-        os.write(self._fd, line)  # one write with O_APPEND: whole lines, even across processes
-        os.fsync(self._fd)
+        with self._writing:
+            if self._fd is None:
+                self._path.parent.mkdir(parents=True, exist_ok=True)
+                self._fd = os.open(self._path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o640)
+            os.write(self._fd, line)  # one O_APPEND write: whole lines, even across processes
+            os.fsync(self._fd)
 
     async def close(self) -> None:
-        if self._fd is not None:
-            os.close(self._fd)
-            self._fd = None
+        await asyncio.to_thread(self._close)
+
+    def _close(self) -> None:
+        with self._writing:
+            if self._fd is not None:
+                os.close(self._fd)
+                self._fd = None
 
 
 def _iso(unix: float) -> str:

@@ -4,11 +4,14 @@
 - A handler that raises `Unavailable` (its dependency is down, e.g. SMTP unreachable)
   pauses the whole consumer with a growing back-off; the event is retried afterwards and
   the failure is not counted against it: an outage delays mail, it does not bury it.
+  (Unless other events went through since this one's last `Unavailable`: then it is
+  this event the dependency refuses, and the attempt counts.)
 - Any other error counts one failed attempt (kept in the stream, so it survives a
   restart); the event is retried after an exponential back-off with jitter, and after
   `max_attempts` it moves to the dead-letter stream.
 - Events being worked on are "touched" so that another worker does not take them over;
   the events of a worker that died are taken over after `min_idle` seconds.
+- The work done, the acknowledgement is retried until the stream takes it.
 - Stopping: no new reads; events in flight get `drain_timeout` to finish; the rest are
   handed back at once (any worker may take them) and the loop returns.
 """
@@ -71,6 +74,7 @@ class Consumer:
     read_block: float = 1.0
     stats: ConsumerStats = field(default_factory=ConsumerStats)
     _active: dict[str, asyncio.Task[None]] = field(default_factory=dict)
+    _unacknowledged: set[str] = field(default_factory=set)
     _paused_until: float = 0.0
     _pause: float = 0.0
 
@@ -133,38 +137,82 @@ class Consumer:
                 self.stats.duplicates += 1
                 await stream.ack(group, delivery, handled=False)
                 return
-            while True:
-                try:
-                    await self.handler(event)
-                except Unavailable as exc:
-                    self.stats.unavailable += 1
-                    await self._pause_for(exc)
-                    continue
-                except Exception as exc:
-                    self.stats.failures += 1
-                    attempts = await stream.failed(group, delivery)
-                    if attempts >= self.retry.max_attempts:
-                        await stream.bury(group, delivery, f"{type(exc).__name__}: {exc}", attempts)
-                        self.stats.dead_letters += 1
-                        log.error(
-                            "consumer %s: event %s failed %d times, moved to the dead letters: %s",
-                            group,
-                            event.id,
-                            attempts,
-                            exc,
-                        )
-                        return
-                    self.stats.retries += 1
-                    await asyncio.sleep(self.retry.backoff(attempts))
-                    continue
-                break
-            await stream.ack(group, delivery)
-            self.stats.handled += 1
-            self._pause = 0.0
+            if not await self._handle(delivery):
+                return  # buried
         except asyncio.CancelledError:
             raise
         except Exception as exc:  # the stream failed: the entry stays pending, taken up later
             log.warning("consumer %s: event %s left pending: %s", group, event.id, exc)
+            return
+        await self._acknowledge(delivery)
+
+    async def _handle(self, delivery: Delivery) -> bool:
+        """Runs the handler until it succeeds (True) or the event is buried (False)."""
+        event = delivery.event
+        handled_then: int | None = None  # the handled count at this event's last Unavailable
+        while True:
+            try:
+                await self.handler(event)
+                return True
+            except Unavailable as exc:
+                self.stats.unavailable += 1
+                if handled_then is None or self.stats.handled == handled_then:
+                    # nothing went through meanwhile: the dependency is down, not this event
+                    handled_then = self.stats.handled
+                    await self._pause_for(exc)
+                    continue
+                # others went through since this one last failed: it is this event's fault
+                # (a message the server drops the connection on); count it
+                handled_then = self.stats.handled
+                if not await self._failed(delivery, exc):
+                    return False
+            except Exception as exc:
+                if not await self._failed(delivery, exc):
+                    return False
+
+    async def _failed(self, delivery: Delivery, exc: Exception) -> bool:
+        """Counts a failed attempt: True after the back-off (retry), False once buried."""
+        group = self.group
+        self.stats.failures += 1
+        attempts = await self.stream.failed(group, delivery)
+        if attempts >= self.retry.max_attempts:
+            await self.stream.bury(group, delivery, f"{type(exc).__name__}: {exc}", attempts)
+            self.stats.dead_letters += 1
+            log.error(
+                "consumer %s: event %s failed %d times, moved to the dead letters: %s",
+                group,
+                delivery.event.id,
+                attempts,
+                exc,
+            )
+            return False
+        self.stats.retries += 1
+        await asyncio.sleep(self.retry.backoff(attempts))
+        return True
+
+    async def _acknowledge(self, delivery: Delivery) -> None:
+        """The work is done: acknowledge it, however long the stream takes to come back.
+        Given up, the entry would be taken over later and the work done twice."""
+        delay = 0.25
+        self._unacknowledged.add(delivery.entry)
+        try:
+            while True:
+                try:
+                    await self.stream.ack(self.group, delivery)
+                    break
+                except Exception as exc:
+                    log.warning(
+                        "consumer %s: event %s handled, acknowledging it failed: %s",
+                        self.group,
+                        delivery.event.id,
+                        exc,
+                    )
+                    await asyncio.sleep(delay * random.uniform(0.8, 1.2))
+                    delay = min(delay * 2, 5.0)
+        finally:
+            self._unacknowledged.discard(delivery.entry)
+        self.stats.handled += 1
+        self._pause = 0.0
 
     async def _pause_for(self, exc: Exception) -> None:
         """Every event in flight waits out the same pause; it doubles (to `pause_cap`) each
@@ -182,13 +230,16 @@ class Consumer:
         if self._active:
             await asyncio.wait(list(self._active.values()), timeout=grace)
         left = dict(self._active)
+        # handled but not acknowledged (the stream is down): handing those back would
+        # have them done again at once; left pending, they are taken over after min_idle
+        undone = [entry for entry in left if entry not in self._unacknowledged]
         for task in left.values():
             task.cancel()
         await asyncio.gather(*left.values(), return_exceptions=True)
-        if left:
+        if undone:
             try:
-                await self.stream.release(self.group, self.name, list(left))
+                await self.stream.release(self.group, self.name, undone)
             except Exception as exc:  # they are taken over after min_idle instead
                 log.warning(
-                    "consumer %s: could not hand back %d events: %s", self.group, len(left), exc
+                    "consumer %s: could not hand back %d events: %s", self.group, len(undone), exc
                 )

@@ -5,18 +5,25 @@ appended to `mail.mbox` in the data dir (readable with any mail reader: `mutt -f
 The Message-ID is made of the event id, so a duplicate (see docs/worker.md) is
 recognisable as one by anyone reading the mail.
 
-Failures: the server unreachable, timing out or answering 421 ("service not available")
-is `Unavailable` (the consumer pauses, nothing is counted against the mail); any other
-refusal (a 4xx or 5xx reply to this message) is a failed attempt of this mail.
+Failures: anything that goes wrong while connecting (refused, timeout, greeting, EHLO,
+STARTTLS, AUTH), a dropped connection, and every 4xx reply ("try again later") are
+`Unavailable`: the consumer pauses and retries, and it counts against this mail only if
+other mails went through meanwhile (surge.work.consumer). A 5xx reply (refused for good)
+is a failed attempt of this mail.
 """
 
 from __future__ import annotations
 
 import asyncio
+import fcntl
+import io
 import logging
-import mailbox
+import os
+import time
+from email.generator import BytesGenerator
 from email.headerregistry import Address
 from email.message import EmailMessage
+from email.policy import SMTP as SMTP_POLICY
 from email.utils import formatdate
 from pathlib import Path
 from urllib.parse import unquote, urlsplit
@@ -79,31 +86,51 @@ class Mailer:
         await self._send(message)
 
     def _append(self, message: EmailMessage) -> None:
+        """One O_APPEND write of the mbox entry under a blocking flock, then fsync.
+        (Not the stdlib `mailbox`: its dot-lock outlives a killed process and then refuses
+        every later append, its lockf does not wait, and each add rereads the file.)"""
+        out = io.BytesIO()
+        out.write(b"From surge " + time.asctime(time.gmtime()).encode() + b"\n")
+        BytesGenerator(out, mangle_from_=True, policy=SMTP_POLICY.clone(linesep="\n")).flatten(
+            message
+        )
+        entry = out.getvalue().rstrip(b"\n") + b"\n\n"
         self._mbox.parent.mkdir(parents=True, exist_ok=True)
-        box = mailbox.mbox(self._mbox)
-        box.lock()
+        fd = os.open(self._mbox, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o640)
         try:
-            box.add(message)
-            box.flush()
+            fcntl.flock(fd, fcntl.LOCK_EX)  # another process appending waits its turn
+            os.write(fd, entry)
+            os.fsync(fd)
         finally:
-            box.unlock()
-            box.close()
+            os.close(fd)  # (releases the lock)
 
     async def _send(self, message: EmailMessage) -> None:
         client = self._idle.pop() if self._idle else None
-        try:
-            if client is None or not client.is_connected:
+        if client is None or not client.is_connected:
+            try:
                 client = await self._connect()
+            except Exception as exc:  # connect, greeting, EHLO, STARTTLS, AUTH: the server's
+                raise Unavailable(f"SMTP: {type(exc).__name__}: {exc}") from exc
+        healthy = True
+        try:
             await client.send_message(message)
+        except aiosmtplib.SMTPRecipientsRefused as exc:
+            if all(400 <= r.code < 500 for r in exc.recipients):
+                raise Unavailable(f"SMTP: recipient deferred: {exc}") from exc
+            raise  # refused for good (5xx): this mail's failure
         except aiosmtplib.SMTPResponseException as exc:
-            if exc.code == 421:
+            if 400 <= exc.code < 500:  # "try again later", 421 included
+                healthy = exc.code != 421  # 421: the server closes the connection
                 raise Unavailable(f"SMTP {exc.code} {exc.message}") from exc
-            if client is not None and client.is_connected:
-                self._idle.append(client)  # the connection is fine, the message was refused
             raise
         except _DOWN as exc:
+            healthy = False
             raise Unavailable(f"SMTP: {type(exc).__name__}: {exc}") from exc
-        self._idle.append(client)
+        finally:
+            if healthy and client.is_connected:
+                self._idle.append(client)  # after RSET the connection serves the next mail
+            else:
+                client.close()
 
     async def _connect(self) -> aiosmtplib.SMTP:
         url = self._url
@@ -121,9 +148,14 @@ class Mailer:
         return client
 
     async def close(self) -> None:
-        while self._idle:
-            client = self._idle.pop()
+        """Closes idle connections: QUIT politely, but a hung server gets a second, not
+        a timeout per connection."""
+        idle, self._idle = self._idle, []
+
+        async def bye(client: aiosmtplib.SMTP) -> None:
             try:
-                await client.quit()
-            except Exception:  # already gone: nothing to close politely
+                await client.quit(timeout=1.0)
+            except Exception:  # gone or hung: just close
                 client.close()
+
+        await asyncio.gather(*(bye(c) for c in idle))

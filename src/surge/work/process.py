@@ -12,7 +12,6 @@ import contextlib
 import logging
 import os
 import signal
-import time
 from datetime import UTC, datetime
 
 import sqlalchemy as sa
@@ -31,6 +30,7 @@ from surge.work.worker import Worker, open_stream
 log = logging.getLogger("surge.worker")
 
 EXIT_FORCED = 3
+REPLAY_ALL_MAX = 100_000  # dead letters one `replay --all` takes (run it again for more)
 
 
 async def run_worker(settings: Settings) -> int:
@@ -83,7 +83,10 @@ async def _ops_server(
         await stream.pending("mail")
 
     router = Router()
-    readiness = ops.Readiness({"database": database, "stream": events}, stop.is_set)
+    # both required: a worker that cannot reach either cannot do any of its work
+    readiness = ops.Readiness(
+        {"database": database, "stream": events}, stop.is_set, frozenset({"database", "stream"})
+    )
     ops.add_probe_routes(router, metrics, readiness)
     state = ServerState(router, metrics.observe_request, 5.0, 4096)
     server = HttpServer(state, bind_socket(settings.host, settings.worker_port))
@@ -106,16 +109,11 @@ async def list_dead_letters(settings: Settings, limit: int) -> list[str]:
 
 
 async def replay_dead_letters(settings: Settings, entries: list[str], everything: bool) -> int:
-    """Puts dead letters back on the stream, each for the group that gave up on it."""
+    """Puts dead letters back on the stream, each for the group that gave up on it. With
+    `everything`, the letters there are now, once each (one that fails again is buried
+    again and stays there for the next replay)."""
     async with contextlib.AsyncExitStack() as stack:
         stream = await open_stream(settings, stack)
         if everything:
-            replayed = 0
-            started = time.monotonic()
-            while time.monotonic() - started < 60:
-                batch = [d.entry for d in await stream.dead_letters(500)]
-                if not batch:
-                    break
-                replayed += await stream.replay(batch)
-            return replayed
+            entries = [d.entry for d in await stream.dead_letters(REPLAY_ALL_MAX)]
         return await stream.replay(entries)

@@ -39,8 +39,11 @@ async def open_stream(settings: Settings, stack: contextlib.AsyncExitStack) -> S
         from surge.backends.redis import connect
         from surge.backends.redis_stream import RedisStream
 
-        # its own small pool, with a command timeout above the consumers' 1 s blocking read
-        client = connect(settings.redis_url, 8, command_timeout=3.0)
+        # its own pool: a connection for each event in flight in either group, the two
+        # blocking reads, the relay and the gauges; a command timeout above the reads' 1 s
+        client = connect(
+            settings.redis_url, 2 * settings.worker_concurrency + 8, command_timeout=3.0
+        )
         stack.push_async_callback(client.aclose)
         stream = RedisStream(client, settings.redis_prefix, settings.dedup_ttl)
     stack.push_async_callback(stream.close)
@@ -93,7 +96,10 @@ class Worker:
         self._register(metrics)
 
     async def start(self) -> None:
-        await self.stream.prepare([c.group for c in self.consumers])
+        try:
+            await self.stream.prepare([c.group for c in self.consumers])
+        except Exception as exc:  # Redis down: the consumers make the groups once it is back
+            log.warning("worker %s: could not prepare the stream yet: %s", self.name, exc)
         stop = self._stop
         self._tasks = [
             asyncio.create_task(self.relay.run(stop), name="outbox-relay"),
