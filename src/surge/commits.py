@@ -12,6 +12,7 @@ from datetime import UTC, datetime
 
 from surge.backends.sql_sales import Purchase, SqlSales, Win
 from surge.gate import Confirmed, Gate
+from surge.logs import shared_task
 from surge.sales import Sale
 
 log = logging.getLogger("surge.commits")
@@ -64,7 +65,7 @@ class CommitBatcher:
         """A batch's task; its first step runs in the next loop turn, so the winners that
         come in the rest of this one join it."""
         self._busy[sale_id] = self._busy.get(sale_id, 0) + 1
-        task = asyncio.get_running_loop().create_task(self._commit(sale_id))
+        task = shared_task(self._commit(sale_id))
         self._tasks.add(task)
         task.add_done_callback(self._tasks.discard)
 
@@ -127,7 +128,7 @@ class AfterCommit:
 
     def committed(self, sale_id: int, order: Confirmed) -> None:
         if not self._pending:
-            task = asyncio.get_running_loop().create_task(self._flush())
+            task = shared_task(self._flush())
             self._tasks.add(task)
             task.add_done_callback(self._tasks.discard)
         self._pending.append((sale_id, order))

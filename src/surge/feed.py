@@ -14,6 +14,8 @@ from typing import Protocol
 
 import orjson
 
+from surge.logs import shared_task
+
 log = logging.getLogger("surge.feed")
 
 
@@ -41,7 +43,7 @@ class StockFeed:
     def _flush(self) -> None:
         self._timer = None
         latest, self._latest = self._latest, {}
-        task = asyncio.get_running_loop().create_task(self._send(latest))
+        task = shared_task(self._send(latest))
         self._tasks.add(task)
         task.add_done_callback(self._tasks.discard)
 

@@ -15,20 +15,25 @@ the request (SURGE_ACCESS_LOG=0.01 samples one request in a hundred; `all` logs 
 
 from __future__ import annotations
 
+import asyncio
 import atexit
+import contextvars
 import logging
 import os
 import sys
+from collections.abc import Coroutine
 from contextvars import ContextVar
 from datetime import UTC, datetime
 from logging.handlers import QueueHandler, QueueListener
 from queue import Empty, Full, Queue
-from typing import IO, TYPE_CHECKING, Any, cast
+from typing import IO, TYPE_CHECKING, Any, TypeVar, cast
 
 import orjson
 
 if TYPE_CHECKING:
     from surge.http.request import Request
+
+T = TypeVar("T")
 
 REQUEST_ID: ContextVar[bytes | None] = ContextVar("surge_request_id", default=None)
 
@@ -97,6 +102,13 @@ class _Enqueue(QueueHandler):
 class _Writer(QueueListener):
     def enqueue_sentinel(self) -> None:
         self.queue.put(self._sentinel)  # type: ignore[attr-defined]  # waits for room: a full queue is written first
+
+
+def shared_task(work: Coroutine[Any, Any, T]) -> asyncio.Task[T]:
+    """A task that works for many requests (a batch, a load several callers wait for):
+    created outside the current request's context, so what it logs names no request
+    rather than whichever request happened to start it."""
+    return asyncio.get_running_loop().create_task(work, context=contextvars.Context())
 
 
 def log_access(request: Request, status: int, elapsed: float) -> None:

@@ -27,6 +27,7 @@ from surge.feed import StockFeed
 from surge.gate import Answer, Confirmed, Gate
 from surge.http.request import Request
 from surge.http.response import JSON, Problem, Response, problem_response, response
+from surge.logs import shared_task
 from surge.orders import encode_order, parse_id
 from surge.sales import Sale, fingerprint, parse_idempotency_key, parse_quantity
 from surge.types import Bus, Order
@@ -63,7 +64,7 @@ class SaleConfigs:
             return None
         loading = self._loading.get(sale_id)
         if loading is None:
-            loading = asyncio.ensure_future(self._sales.get_sale(sale_id))
+            loading = shared_task(self._sales.get_sale(sale_id))
             self._loading[sale_id] = loading
             loading.add_done_callback(lambda _: self._loading.pop(sale_id, None))
         sale = await asyncio.shield(loading)
@@ -239,7 +240,7 @@ class Purchases:
         missing at the same moment (a storm hitting a restarted Redis)."""
         running = self._rebuilding.get(sale_id)
         if running is None:
-            running = asyncio.ensure_future(self._load_gate(sale_id))
+            running = shared_task(self._load_gate(sale_id))
             self._rebuilding[sale_id] = running
             running.add_done_callback(lambda _: self._rebuilding.pop(sale_id, None))
         await asyncio.shield(running)

@@ -61,10 +61,22 @@ def test_records_logged_while_handling_a_request_carry_its_id(captured: io.Strin
         log.warning("outside")
         await task
 
-    asyncio.run(main())
+    async def batch() -> None:
+        log.warning("shared")
+
+    async def main_with_batch() -> None:
+        await main()
+        token = logs.REQUEST_ID.set(b"req-43")
+        try:
+            await logs.shared_task(batch())  # started by one request, working for many
+        finally:
+            logs.REQUEST_ID.reset(token)
+
+    asyncio.run(main_with_batch())
     by_message = {line["message"]: line for line in lines(captured)}
     assert by_message["inside"]["request_id"] == "req-42"
     assert "request_id" not in by_message["outside"]
+    assert "request_id" not in by_message["shared"]
 
 
 def test_a_stalled_stream_does_not_block_the_caller() -> None:

@@ -22,6 +22,7 @@ from importlib import resources
 from redis import asyncio as aioredis
 
 from surge.gate import Answer, Confirmed, GateState
+from surge.logs import shared_task
 
 _LUA = resources.files("surge.backends") / "lua"
 log = logging.getLogger("surge.gate")
@@ -80,7 +81,7 @@ class RedisGate:
         if waiting is None:
             waiting = self._waiting[sale_id] = []
             # its first step runs in the next loop turn: the rest of this one joins the call
-            self._track(loop.create_task(self._send(sale_id)))
+            self._track(shared_task(self._send(sale_id)))
         waiting.append((user_id, key, quantity, fingerprint, answer))
         try:
             return await answer
@@ -103,7 +104,7 @@ class RedisGate:
         attempts = self._waiting.pop(sale_id, [])
         for start in range(self.MAX_BATCH, len(attempts), self.MAX_BATCH):
             chunk = attempts[start : start + self.MAX_BATCH]
-            self._track(asyncio.get_running_loop().create_task(self._decide(sale_id, chunk)))
+            self._track(shared_task(self._decide(sale_id, chunk)))
         await self._decide(sale_id, attempts[: self.MAX_BATCH])
 
     async def _decide(self, sale_id: int, attempts: list[_Attempt]) -> None:
@@ -120,7 +121,7 @@ class RedisGate:
             # Redis may have run the call and only the answer be lost (a timeout, a
             # dropped connection): whatever it reserved is given back, or it would stay
             # taken until the next start-up's rebuild
-            self._track(asyncio.get_running_loop().create_task(self._undo(sale_id, call, attempts)))
+            self._track(shared_task(self._undo(sale_id, call, attempts)))
             return
         abandoned = []
         for i, (user_id, key, quantity, _, answer) in enumerate(attempts):
