@@ -39,6 +39,25 @@ EXIT_FORCED = 3
 PR_SET_PDEATHSIG = 1
 
 
+def stop_on_signals() -> tuple[asyncio.Event, list[int]]:
+    """SIGTERM or SIGINT sets the event (the signals received are in the list); a second
+    signal exits at once (not even waiting for the log writer: it may be what hangs)."""
+    loop = asyncio.get_running_loop()
+    stop = asyncio.Event()
+    received: list[int] = []
+
+    def on_signal(signum: int) -> None:
+        if received:
+            log.warning("second signal: exiting at once")
+            os._exit(EXIT_FORCED)
+        received.append(signum)
+        stop.set()
+
+    for signum in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(signum, on_signal, signum)
+    return stop, received
+
+
 async def serve(settings: Settings, sock: socket.socket, metrics: Metrics) -> int:
     app = App(settings, metrics)
     await app.start()
@@ -54,20 +73,7 @@ async def serve(settings: Settings, sock: socket.socket, metrics: Metrics) -> in
     app.metrics.gauge("http_in_flight", "Requests being handled", lambda: state.in_flight)
     app.metrics.gauge("http_connections", "Open HTTP connections", lambda: len(state.connections))
 
-    loop = asyncio.get_running_loop()
-    stop = asyncio.Event()
-    received: list[int] = []
-
-    def on_signal(signum: int) -> None:
-        if received:
-            log.warning("second signal: exiting at once")
-            os._exit(EXIT_FORCED)
-        received.append(signum)
-        stop.set()
-
-    for signum in (signal.SIGTERM, signal.SIGINT):
-        loop.add_signal_handler(signum, on_signal, signum)
-
+    stop, received = stop_on_signals()
     await stop.wait()
     log.info("pid %d: %s received: draining", os.getpid(), signal.Signals(received[0]).name)
     app.draining = True  # readiness -> 503

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import time
 import uuid
 from collections.abc import AsyncIterator
@@ -17,11 +18,8 @@ from tests.backends import REDIS, require_service
 pytestmark = pytest.mark.anyio
 
 
-@pytest.fixture(params=["memory", "redis"])
-async def gate(request: pytest.FixtureRequest) -> AsyncIterator[Gate]:
-    if request.param == "memory":
-        yield MemoryGate()
-        return
+@contextlib.asynccontextmanager
+async def _redis_gate() -> AsyncIterator[RedisGate]:
     require_service("Redis", REDIS)
     client = connect(f"redis://{REDIS[0]}:{REDIS[1]}/0", pool_size=64)
     prefix = f"surge-test-{uuid.uuid4().hex[:12]}:"
@@ -32,6 +30,15 @@ async def gate(request: pytest.FixtureRequest) -> AsyncIterator[Gate]:
         if keys:
             await client.delete(*keys)
         await client.aclose()
+
+
+@pytest.fixture(params=["memory", "redis"])
+async def gate(request: pytest.FixtureRequest) -> AsyncIterator[Gate]:
+    if request.param == "memory":
+        yield MemoryGate()
+        return
+    async with _redis_gate() as made:
+        yield made
 
 
 def _state(
@@ -141,16 +148,8 @@ async def test_an_attempt_abandoned_in_flight_gives_its_stock_back(gate: Gate) -
 
 @pytest.fixture
 async def redis_gate() -> AsyncIterator[RedisGate]:
-    require_service("Redis", REDIS)
-    client = connect(f"redis://{REDIS[0]}:{REDIS[1]}/0", pool_size=8)
-    prefix = f"surge-test-{uuid.uuid4().hex[:12]}:"
-    try:
-        yield RedisGate(client, prefix)
-    finally:
-        keys = [k async for k in client.scan_iter(match=prefix + "*")]
-        if keys:
-            await client.delete(*keys)
-        await client.aclose()
+    async with _redis_gate() as made:
+        yield made
 
 
 async def test_a_call_whose_answer_was_lost_gives_back_only_what_it_reserved(

@@ -23,31 +23,19 @@ from surge.http import ops
 from surge.http.listener import HttpServer, bind_socket
 from surge.http.router import Router
 from surge.http.state import ServerState
+from surge.lifecycle import stop_on_signals
 from surge.metrics import Metrics
 from surge.types import Stream
 from surge.work.worker import Worker, open_stream
 
 log = logging.getLogger("surge.worker")
 
-EXIT_FORCED = 3
 REPLAY_ALL_MAX = 100_000  # dead letters one `replay --all` takes (run it again for more)
 
 
 async def run_worker(settings: Settings) -> int:
     metrics = Metrics()
-    stop = asyncio.Event()
-    received: list[int] = []
-
-    def on_signal(signum: int) -> None:
-        if received:
-            log.warning("second signal: exiting at once")
-            os._exit(EXIT_FORCED)
-        received.append(signum)
-        stop.set()
-
-    loop = asyncio.get_running_loop()
-    for signum in (signal.SIGTERM, signal.SIGINT):
-        loop.add_signal_handler(signum, on_signal, signum)
+    stop, received = stop_on_signals()
 
     async with contextlib.AsyncExitStack() as stack:
         engine = create_engine(settings.database_url, 4)
