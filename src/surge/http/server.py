@@ -19,37 +19,23 @@ import logging
 import re
 import time
 from collections import deque
-from collections.abc import Awaitable
 from random import random
 from urllib.parse import unquote
 
 import httptools
 
 from surge.http import refusal
+from surge.http.dispatch import _SHUTTING_DOWN, Dispatch
 from surge.http.refusal import lone_get
 from surge.http.request import Request, Upgrade
-from surge.http.response import Problem, Response, problem_response
-from surge.http.router import Handler, HandlerResult
+from surge.http.response import Response, problem_response
 from surge.http.state import ServerState
-from surge.logs import REQUEST_ID, log_access
-from surge.protect.bucket import Verdict
-from surge.protect.shedder import overloaded
+from surge.logs import log_access
 
 log = logging.getLogger("surge.http")
 
 MAX_HEADER_BYTES = 16_384
 MAX_PIPELINE = 16
-_SHUTTING_DOWN = problem_response(503, "shutting-down", "server is shutting down")
-_NOT_AN_UPGRADE = problem_response(
-    426,
-    "upgrade-required",
-    "send Connection: Upgrade and Upgrade: websocket",
-    (("upgrade", "websocket"),),
-)
-_NO_UPGRADE_NOW = problem_response(
-    503, "shutting-down", "server is shutting down", (("retry-after", "1"),)
-)
-# Slowloris guard: a connection in the middle of a request may stay silent this long.
 REQUEST_TIMEOUT = 10.0
 # During shutdown, how long an accepted connection may take to send its first request.
 FIRST_REQUEST_GRACE = 1.0
@@ -58,10 +44,9 @@ FIRST_REQUEST_GRACE = 1.0
 _REQUEST_ID = re.compile(rb"[A-Za-z0-9._:-]{1,128}")
 
 
-class HttpProtocol(asyncio.Protocol):
+class HttpProtocol(Dispatch, asyncio.Protocol):
     __slots__ = (
         "_body",
-        "_busy",
         "_header_bytes",
         "_headers",
         "_keep_alive",
@@ -72,9 +57,7 @@ class HttpProtocol(asyncio.Protocol):
         "_queue",
         "_served",
         "_state",
-        "_task",
         "_transport",
-        "_upgrade",
         "_url",
         "client",
     )
@@ -223,138 +206,6 @@ class HttpProtocol(asyncio.Protocol):
             return
         self._handle(request)
 
-    # -- dispatch -----------------------------------------------------------------------
-    def _handle(self, request: Request) -> None:
-        state = self._state
-        state.in_flight += 1
-        match = state.router.match(request.path)
-        result: Response | Awaitable[Response] | Upgrade
-        if match is None:
-            result = problem_response(404, "not-found", "no such route")
-        else:
-            route, request.params = match
-            request.route = route.template
-            handler = route.methods.get(request.method)
-            if handler is None:
-                allowed = ", ".join(route.methods)
-                result = problem_response(
-                    405, "method-not-allowed", f"allowed: {allowed}", (("allow", allowed),)
-                )
-            else:
-                route_class = route.classes[request.method]
-                limiter = state.limiter
-                verdict = None
-                if route_class is not None and limiter is not None:
-                    verdict = limiter.check(request, route_class)
-                if verdict is None:
-                    result = _call(handler, request)
-                    if route_class is not None and not isinstance(result, tuple):
-                        result = self._shed(request, result, route_class)
-                elif isinstance(verdict, tuple):
-                    result = verdict  # 429
-                else:  # Redis decides, in the next loop turn
-                    self._busy = True
-                    limited: str = route_class  # type: ignore[assignment]  # a verdict: a class
-                    verdict.add_done_callback(
-                        lambda done: self._admitted(request, handler, limited, done)
-                    )
-                    return
-        self._respond(request, result)
-
-    def _shed(self, request: Request, result: HandlerResult, route_class: str) -> HandlerResult:
-        """A coroutine (work that will wait on I/O) needs a slot of the shedder; without
-        one it is closed unstarted and the answer is a 503. Answers made on the spot pass:
-        a 503 would cost as much. A handler that answers with a future admits itself
-        before starting its work (the order query: only a request that starts a lookup
-        takes a slot; one that joins a lookup under way costs nothing): `Shedder.take`."""
-        shedder = self._state.shedder  # (answers on the spot never get here: see _handle)
-        if shedder is None or request.slot or not asyncio.iscoroutine(result):
-            return result
-        if shedder.admit(route_class):
-            request.slot = route_class
-            return result
-        result.close()  # never started: nothing to undo
-        return overloaded()
-
-    def _admitted(
-        self, request: Request, handler: Handler, route_class: str, done: asyncio.Future[Verdict]
-    ) -> None:
-        """Redis's verdict on a request that waited for it (see `_handle`)."""
-        if done.cancelled() or self._transport is None:  # shutting down, or the client left
-            self._finish(request, _SHUTTING_DOWN)  # (no handler runs for nobody)
-            return
-        refusal = self._state.limiter.answer(route_class, done.result())  # type: ignore[union-attr]
-        if refusal is not None:
-            self._finish(request, refusal)
-            return
-        result = _call(handler, request)
-        if isinstance(result, tuple):
-            self._finish(request, result)
-        elif isinstance(result, Upgrade):  # /ws is never limited; see Router.add
-            log.error("an upgrade route must be exempt from rate limits: %s", request.route)
-            self._finish(request, problem_response(500, "internal", "internal error"))
-        else:
-            self._busy = False
-            self._respond(request, self._shed(request, result, route_class))
-
-    def _respond(self, request: Request, result: HandlerResult) -> None:
-        if isinstance(result, tuple):
-            self._send(request, result)
-            return
-        if isinstance(result, Upgrade):
-            if not self._parser.should_upgrade():  # llhttp's reading of the headers decides
-                self._send(request, _NOT_AN_UPGRADE)
-            elif self._state.closing:
-                self._send(request, _NO_UPGRADE_NOW)
-            else:
-                # the parser reports the upgrade right after this request (data_received)
-                self._upgrade = (request, result)
-            return
-        self._busy = True
-        if isinstance(result, asyncio.Future):
-            # A Future (the order query's miss path returns one) needs no Task of its own.
-            result.add_done_callback(lambda done: self._complete(request, done))
-        else:  # a coroutine: a Task that answers as its last step
-            # the Task copies the context: what its handler logs names the request
-            token = REQUEST_ID.set(request.request_id)
-            self._task = asyncio.ensure_future(self._drive(request, result))
-            REQUEST_ID.reset(token)
-
-    async def _drive(self, request: Request, work: Awaitable[Response]) -> None:
-        # The answer is written in the Task's own last step: a done-callback would run one
-        # loop turn later, and under load a turn is several milliseconds.
-        try:
-            response = await work
-        except Problem as problem:
-            response = problem.response()
-        except asyncio.CancelledError:
-            self._finish(request, _SHUTTING_DOWN)
-            raise
-        except Exception:
-            log.exception("handler failed: %s %s", request.method, request.route)
-            response = problem_response(500, "internal", "internal error")
-        self._finish(request, response)
-
-    def _complete(self, request: Request, done: asyncio.Future[Response]) -> None:
-        if done.cancelled():
-            self._finish(request, _SHUTTING_DOWN)
-            return
-        exc = done.exception()
-        if exc is None:
-            response = done.result()
-        elif isinstance(exc, Problem):
-            response = exc.response()
-        else:
-            log.error(
-                "handler failed: %s %s",
-                request.method,
-                request.route,
-                exc_info=exc,
-                extra={"request_id": request.request_id.decode("latin-1")},
-            )
-            response = problem_response(500, "internal", "internal error")
-        self._finish(request, response)
-
     def _finish(self, request: Request, response: Response) -> None:
         if response is _SHUTTING_DOWN:
             self._keep_alive = False
@@ -461,16 +312,6 @@ class HttpProtocol(asyncio.Protocol):
     def abort(self) -> None:
         if self._transport is not None:
             self._transport.abort()
-
-
-def _call(handler: Handler, request: Request) -> HandlerResult:
-    try:
-        return handler(request)
-    except Problem as problem:
-        return problem.response()
-    except Exception:
-        log.exception("handler failed: %s %s", request.method, request.route)
-        return problem_response(500, "internal", "internal error")
 
 
 class _TooLarge(Exception):
