@@ -151,9 +151,13 @@ def test_an_smtp_outage_delays_mail_but_loses_none(tmp_path: Path) -> None:
             orders = sell(server, backend, stock=20, buyers=20)
             wait_for(lambda: worker.metric("consumer_unavailable_total") >= 3, 15, "retries")
             assert worker.metric("consumer_handled_total", consumer="mail") == 0
+            waiting = lambda: worker.metric("stream_pending", consumer="mail")  # noqa: E731
+            wait_for(lambda: waiting() == 20, 10, "the gauge of mails waiting")
+            assert worker.metric("outbox_lag_seconds") < 5  # relayed: the stream holds them
             sink.start()
             try:
                 wait_for(lambda: set(mailed(sink)) == orders, 40, "the delayed mails")
+                wait_for(lambda: waiting() == 0, 10, "the gauge back to 0")
                 assert worker.metric("consumer_dead_letters_total") == 0
                 assert worker.metric("consumer_failures_total") == 0
             finally:
