@@ -113,3 +113,13 @@ def test_bad_route_deadlines_are_refused(text: str) -> None:
 def test_protection_settings_are_checked(env: dict[str, str], message: str) -> None:
     with pytest.raises(config.ConfigError, match=message):
         config.load(env)
+
+
+def test_every_setting_is_in_the_readme_table() -> None:
+    readme = (Path(__file__).parents[2] / "README.md").read_text()
+    rows = {
+        line.split("|")[1].strip(" `")
+        for line in readme.splitlines()
+        if line.startswith("| `SURGE_")
+    }
+    assert rows == {field.env for field in config.FIELDS}
