@@ -151,6 +151,11 @@ class Stream(Protocol):
         """Hands entries back at once: any consumer may claim them now."""
         ...
 
+    async def forget(self, group: str, consumer: str) -> None:
+        """Drops a stopping consumer's name from the group if it holds nothing (Redis
+        would list every worker that ever ran, for ever)."""
+        ...
+
     async def done(self, group: str, event_id: str) -> bool:
         """True when the group has already handled this event (deduplication)."""
         ...

@@ -187,3 +187,30 @@ async def test_lost_groups_are_made_again_on_first_use(tmp_path: Path) -> None:
     finally:
         await client.delete(stream.key)
         await client.aclose()
+
+
+async def test_a_stopping_consumer_is_forgotten_only_when_it_holds_nothing() -> None:
+    require_service("Redis", REDIS)
+    from surge.backends.redis import connect
+    from surge.backends.redis_stream import RedisStream
+
+    client = connect(f"redis://{REDIS[0]}:{REDIS[1]}/0", 4, command_timeout=3.0)
+    stream = RedisStream(client, f"surge-test-{uuid.uuid4().hex[:12]}:", dedup_ttl=60)
+    try:
+        await stream.prepare(GROUPS)
+        await stream.publish(events(2))
+        done, held = await stream.read("mail", "holder", 2, 0.1)
+        (other,) = await stream.read("audit", "idle", 1, 0.1)
+        await stream.ack("mail", done)
+        await stream.ack("audit", other)
+        await stream.forget("mail", "holder")  # still holds `held`: kept
+        await stream.forget("audit", "idle")  # holds nothing: dropped
+        names = {
+            group: {c["name"].decode() for c in await client.xinfo_consumers(stream.key, group)}
+            for group in GROUPS
+        }
+        assert names == {"mail": {"holder"}, "audit": set()}
+        assert await stream.pending("mail") == 1 and held.event == events(2)[1]
+    finally:
+        await client.delete(stream.key)
+        await client.aclose()

@@ -102,6 +102,14 @@ class RedisStream:
                 self.key, group, consumer, 0, _ids(owned), idle=_LONG_AGO_MS, justid=True
             )
 
+    async def forget(self, group: str, consumer: str) -> None:
+        # only when it holds nothing: DELCONSUMER drops the consumer's pending entries too
+        held: Any = await self._redis.xpending_range(
+            self.key, group, "-", "+", 1, consumername=consumer
+        )
+        if not held:
+            await self._redis.xgroup_delconsumer(self.key, group, consumer)
+
     async def _owned(self, group: str, consumer: str, entries: Sequence[str]) -> list[str]:
         """Those of `entries` still pending for `consumer`: XCLAIM does not ask whose an
         entry is, and must not take back one another worker has taken over meanwhile."""

@@ -159,6 +159,9 @@ class SqliteStream:
         if entries:
             await self._run(work)
 
+    async def forget(self, group: str, consumer: str) -> None:
+        pass  # consumers are not registered here: a name exists only on its pending rows
+
     async def done(self, group: str, event_id: str) -> bool:
         def work(db: sqlite3.Connection) -> bool:
             row = db.execute(

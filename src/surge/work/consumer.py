@@ -110,6 +110,10 @@ class Consumer:
                 await self._wait(stop, trouble * random.uniform(0.8, 1.2))
                 trouble = min(trouble * 2, 10.0)
         await self._drain(drain_timeout)
+        try:
+            await self.stream.forget(self.group, self.name)
+        except Exception as exc:  # a name left listed: harmless
+            log.debug("consumer %s: could not drop its name: %s", self.group, exc)
 
     def _start(self, delivery: Delivery) -> None:
         task = asyncio.create_task(self._process(delivery), name=f"consume-{self.group}")
