@@ -54,10 +54,12 @@ def create_engine(url: str, pool_size: int) -> AsyncEngine:
         kwargs["connect_args"] = {"connect_timeout": CONNECT_TIMEOUT}
     elif backend == "postgresql":
         kwargs["connect_args"] = {"timeout": CONNECT_TIMEOUT}
-    else:
+    if backend != "sqlite":
         # No pre-ping: it costs a round trip per checkout (measured: one per batched
         # lookup). A connection that died is invalidated by SQLAlchemy when its query
-        # fails; that batch answers 503 and the next gets a fresh connection.
+        # fails; that batch answers 503 and the next gets a fresh connection. Recycled
+        # after half an hour, well inside MySQL's wait_timeout (8 h by default) and any
+        # proxy's idle cut-off, so a quiet night does not cost the morning's first batch.
         kwargs.update(pool_recycle=1800)
     if target.get_backend_name() == "mysql":
         # READ COMMITTED for the whole engine, set once per connection: InnoDB's default
