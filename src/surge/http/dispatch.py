@@ -33,7 +33,6 @@ _NOT_AN_UPGRADE = problem_response(
 _NO_UPGRADE_NOW = problem_response(
     503, "shutting-down", "server is shutting down", (("retry-after", "1"),)
 )
-# Slowloris guard: a connection in the middle of a request may stay silent this long.
 
 
 class Dispatch:
@@ -194,5 +193,10 @@ def _call(handler: Handler, request: Request) -> HandlerResult:
     except Problem as problem:
         return problem.response()
     except Exception:
-        log.exception("handler failed: %s %s", request.method, request.route)
+        log.exception(
+            "handler failed: %s %s",
+            request.method,
+            request.route,
+            extra={"request_id": request.request_id.decode("latin-1")},
+        )
         return problem_response(500, "internal", "internal error")

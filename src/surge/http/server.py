@@ -36,6 +36,7 @@ log = logging.getLogger("surge.http")
 
 MAX_HEADER_BYTES = 16_384
 MAX_PIPELINE = 16
+# Slowloris guard: a connection in the middle of a request may stay silent this long.
 REQUEST_TIMEOUT = 10.0
 # During shutdown, how long an accepted connection may take to send its first request.
 FIRST_REQUEST_GRACE = 1.0

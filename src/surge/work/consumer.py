@@ -1,7 +1,8 @@
 """One consumer group's loop: read, deduplicate, handle, acknowledge; retry; bury.
 
 - An event the group already handled (its id is marked done) is acknowledged unhandled.
-- A handler that raises `Unavailable` (its dependency is down, e.g. SMTP unreachable)
+- A handler that raises `Unavailable` (its dependency is down, e.g. SMTP unreachable;
+  the same exception an open circuit breaker raises, surge.protect.breaker)
   pauses the whole consumer with a growing back-off; the event is retried afterwards and
   the failure is not counted against it: an outage delays mail, it does not bury it.
   (Unless other events went through since this one's last `Unavailable`: then it is
@@ -26,15 +27,13 @@ from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from typing import Any
 
+from surge.protect.breaker import Unavailable
 from surge.types import Delivery, Event, Stream
 
 log = logging.getLogger("surge.consumer")
 
 EventHandler = Callable[[Event], Awaitable[None]]
-
-
-class Unavailable(Exception):
-    """The handler's dependency is down: the event is fine, try again later."""
+__all__ = ["Consumer", "ConsumerStats", "EventHandler", "RetryPolicy", "Unavailable"]
 
 
 @dataclass(slots=True)

@@ -31,8 +31,8 @@ from urllib.parse import unquote, urlsplit
 import aiosmtplib
 import orjson
 
+from surge.protect.breaker import Unavailable
 from surge.types import Event
-from surge.work.consumer import Unavailable
 
 log = logging.getLogger("surge.mail")
 

@@ -14,10 +14,7 @@ import os
 import signal
 from datetime import UTC, datetime
 
-import sqlalchemy as sa
-from sqlalchemy.ext.asyncio import AsyncEngine
-
-from surge.backends.sql import connected, create_engine
+from surge.backends.sql import SqlStore, create_engine
 from surge.config import Settings
 from surge.http import ops
 from surge.http.listener import HttpServer, bind_socket
@@ -25,7 +22,7 @@ from surge.http.router import Router
 from surge.http.state import ServerState
 from surge.lifecycle import stop_on_signals
 from surge.metrics import Metrics
-from surge.types import Stream
+from surge.types import Probe
 from surge.work.worker import Worker, open_stream
 
 log = logging.getLogger("surge.worker")
@@ -38,13 +35,15 @@ async def run_worker(settings: Settings) -> int:
     stop, received = stop_on_signals()
 
     async with contextlib.AsyncExitStack() as stack:
-        engine = create_engine(settings.database_url, 4)
-        stack.push_async_callback(engine.dispose)
+        store = SqlStore(create_engine(settings.database_url, 4), 4)
+        stack.push_async_callback(store.close)
         stream = await open_stream(settings, stack)
-        worker = Worker(settings, engine, stream, metrics)
+        worker = Worker(settings, store.engine, stream, metrics)
         server = None
         if settings.worker_port:
-            server = await _ops_server(settings, metrics, engine, stream, stop)
+            # both required: a worker that cannot reach either cannot do any of its work
+            probes: dict[str, Probe] = {"database": store.ping, "stream": worker.probe_stream}
+            server = await _ops_server(settings, metrics, probes, stop)
         await worker.start()
         await stop.wait()
         log.info("pid %d: %s received: stopping", os.getpid(), signal.Signals(received[0]).name)
@@ -57,24 +56,10 @@ async def run_worker(settings: Settings) -> int:
 
 
 async def _ops_server(
-    settings: Settings,
-    metrics: Metrics,
-    engine: AsyncEngine,
-    stream: Stream,
-    stop: asyncio.Event,
+    settings: Settings, metrics: Metrics, probes: dict[str, Probe], stop: asyncio.Event
 ) -> HttpServer:
-    async def database() -> None:
-        async with connected(engine) as conn:
-            await conn.execute(sa.text("SELECT 1"))
-
-    async def events() -> None:
-        await stream.pending("mail")
-
     router = Router()
-    # both required: a worker that cannot reach either cannot do any of its work
-    readiness = ops.Readiness(
-        {"database": database, "stream": events}, stop.is_set, frozenset({"database", "stream"})
-    )
+    readiness = ops.Readiness(probes, stop.is_set, frozenset(probes))
     ops.add_probe_routes(router, metrics, readiness)
     state = ServerState(router, metrics.observe_request, 5.0, 4096)
     server = HttpServer(state, bind_socket(settings.host, settings.worker_port))

@@ -121,6 +121,10 @@ class Worker:
         await self.mailer.close()
         await self.audit.close()
 
+    async def probe_stream(self) -> None:
+        """For readiness: the stream answers and knows this worker's groups."""
+        await self.stream.pending(self.consumers[0].group)
+
     async def _watch(self) -> None:
         while not self._stop.is_set():
             try:
