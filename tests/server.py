@@ -92,17 +92,38 @@ class Server:
 def serve(
     env: Mapping[str, str], tmp_path: Path, *args: str, timeout: float = 30
 ) -> Iterator[Server]:
-    log = tmp_path / f"server-{time.monotonic_ns()}.log"
+    """A `surge serve` process on a free port (the log line says which)."""
+    with _running(env, tmp_path, "server", ["serve", "--port", "0", *args], timeout) as server:
+        yield server
+
+
+@contextmanager
+def work(
+    env: Mapping[str, str], tmp_path: Path, *args: str, timeout: float = 30
+) -> Iterator[Server]:
+    """A `surge worker` process; its Server answers /healthz, /readyz and /metrics."""
+    port = _free_port()
+    command = ["worker", "--worker-port", str(port), *args]
+    with _running(env, tmp_path, "worker", command, timeout, f"http://127.0.0.1:{port}") as worker:
+        yield worker
+
+
+@contextmanager
+def _running(
+    env: Mapping[str, str],
+    tmp_path: Path,
+    kind: str,
+    command: list[str],
+    timeout: float,
+    url: str | None = None,
+) -> Iterator[Server]:
+    log = tmp_path / f"{kind}-{time.monotonic_ns()}.log"
     with open(log, "wb") as sink:
         process = subprocess.Popen(
-            surge_command("serve", "--port", "0", *args),
-            env=dict(env),
-            stdout=sink,
-            stderr=subprocess.STDOUT,
+            surge_command(*command), env=dict(env), stdout=sink, stderr=subprocess.STDOUT
         )
     try:
-        url = _wait_ready(process, log, timeout)
-        yield Server(process, url, log)
+        yield Server(process, _wait_ready(process, log, timeout, url), log)
     finally:
         if process.poll() is None:
             children = _children(process.pid)
@@ -113,29 +134,6 @@ def serve(
                     os.kill(child, signal.SIGKILL)
                 except ProcessLookupError:
                     pass
-
-
-@contextmanager
-def work(
-    env: Mapping[str, str], tmp_path: Path, *args: str, timeout: float = 30
-) -> Iterator[Server]:
-    """A `surge worker` process; its Server answers /healthz, /readyz and /metrics."""
-    port = _free_port()
-    log = tmp_path / f"worker-{time.monotonic_ns()}.log"
-    with open(log, "wb") as sink:
-        process = subprocess.Popen(
-            surge_command("worker", "--worker-port", str(port), *args),
-            env=dict(env),
-            stdout=sink,
-            stderr=subprocess.STDOUT,
-        )
-    try:
-        url = _wait_ready(process, log, timeout, f"http://127.0.0.1:{port}")
-        yield Server(process, url, log)
-    finally:
-        if process.poll() is None:
-            process.send_signal(signal.SIGKILL)
-            process.wait(timeout=10)
 
 
 def _wait_ready(
