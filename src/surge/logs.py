@@ -101,7 +101,9 @@ class _Enqueue(QueueHandler):
 
 class _Writer(QueueListener):
     def enqueue_sentinel(self) -> None:
-        self.queue.put(self._sentinel)  # type: ignore[attr-defined]  # waits for room: a full queue is written first
+        # waits for room (the stdlib's put_nowait would raise on a full queue): what is
+        # queued is written first, then the thread ends
+        self.queue.put(self._sentinel)  # type: ignore[attr-defined]
 
 
 def shared_task(work: Coroutine[Any, Any, T]) -> asyncio.Task[T]:
