@@ -140,3 +140,26 @@ def test_a_writer_that_falls_far_behind_drops_records_and_counts_them(
         release.set()
         logs.shutdown()
     assert stream.getvalue().count("surge.test: line") == 50 - (logs.dropped - before)
+
+
+def test_no_writer_thread_lives_while_nothing_is_logged(monkeypatch: pytest.MonkeyPatch) -> None:
+    """An idle thread in every server process doubled the flash-sale winners' p99."""
+    monkeypatch.setattr(logs._Writer, "IDLE", 0.05)
+    stream = io.StringIO()
+    logs.configure_logging("info", "text", stream)
+    try:
+
+        def writers() -> list[threading.Thread]:
+            return [t for t in threading.enumerate() if t.name == "log-writer"]
+
+        assert writers() == []
+        logging.getLogger("surge.test").info("one")
+        assert len(writers()) == 1
+        deadline = time.monotonic() + 5
+        while writers() and time.monotonic() < deadline:
+            time.sleep(0.01)
+        assert writers() == []  # idle: gone
+        logging.getLogger("surge.test").info("two")  # and back for the next record
+    finally:
+        logs.shutdown()
+    assert stream.getvalue().count("surge.test: ") == 2
