@@ -17,7 +17,9 @@ import httpx
 from tests.backends import _free_port
 
 SECRET = "test-secret-0123456789abcdef-0123456789"
-_LISTENING = re.compile(r"listening on http://([\d.]+):(\d+)")
+_LISTENING = re.compile(r"surge listening on http://([\d.]+):(\d+)")
+# /metrics, /debug/* and the probes' second home (SURGE_INTERNAL_PORT; docs/security.md)
+_INTERNAL = re.compile(r"internal listener on http://([\d.]+):(\d+)")
 
 
 def surge_command(*args: str) -> list[str]:
@@ -56,9 +58,13 @@ def run_cli(
 
 
 class Server:
-    def __init__(self, process: subprocess.Popen[bytes], url: str, log: Path) -> None:
+    def __init__(
+        self, process: subprocess.Popen[bytes], url: str, log: Path, internal_url: str | None = None
+    ) -> None:
         self.process = process
-        self.url = url
+        self.url = url  # the public port: the API
+        # the internal listener (metrics, debug, probes); `surge worker` has one port only
+        self.internal_url = internal_url or url
         self.log = log
 
     def client(self, **kwargs: object) -> httpx.Client:
@@ -66,7 +72,7 @@ class Server:
 
     def metric(self, name: str, **labels: str) -> float:
         """The value of one sample in /metrics (0 if absent)."""
-        text = httpx.get(self.url + "/metrics", timeout=10).text
+        text = httpx.get(self.internal_url + "/metrics", timeout=10).text
         total = 0.0
         for line in text.splitlines():
             if not line.startswith(name):
@@ -93,7 +99,8 @@ def serve(
     env: Mapping[str, str], tmp_path: Path, *args: str, timeout: float = 30
 ) -> Iterator[Server]:
     """A `surge serve` process on a free port (the log line says which)."""
-    with _running(env, tmp_path, "server", ["serve", "--port", "0", *args], timeout) as server:
+    command = ["serve", "--port", "0", "--internal-port", "0", *args]
+    with _running(env, tmp_path, "server", command, timeout) as server:
         yield server
 
 
@@ -123,7 +130,8 @@ def _running(
             surge_command(*command), env=dict(env), stdout=sink, stderr=subprocess.STDOUT
         )
     try:
-        yield Server(process, _wait_ready(process, log, timeout, url), log)
+        url = _wait_ready(process, log, timeout, url)
+        yield Server(process, url, log, _internal_url(log) if kind == "server" else None)
     finally:
         if process.poll() is None:
             children = _children(process.pid)
@@ -155,6 +163,19 @@ def _wait_ready(
                 pass
         time.sleep(0.05)
     raise RuntimeError(f"surge did not become ready:\n{log.read_text()}")
+
+
+def _internal_url(log: Path, timeout: float = 5.0) -> str:
+    """The internal listener's address, from its log line (logged before the public port
+    serves, but the log is written by a thread: it may trail a little)."""
+    deadline = time.monotonic() + timeout
+    while True:
+        match = _INTERNAL.search(log.read_text())
+        if match:
+            return f"http://{match.group(1)}:{match.group(2)}"
+        if time.monotonic() > deadline:
+            raise RuntimeError(f"no internal listener in the log:\n{log.read_text()}")
+        time.sleep(0.02)
 
 
 def _children(pid: int) -> list[int]:

@@ -31,7 +31,8 @@ class App:
     def __init__(self, settings: Settings, metrics: Metrics | None = None) -> None:
         self.settings = settings
         self.metrics = metrics or Metrics()
-        self.router = Router()
+        self.router = Router()  # the public port: the API
+        self.internal_router = Router()  # the internal listener: metrics, debug, probes
         self.draining = False
         self._stack = contextlib.AsyncExitStack()
 
@@ -41,7 +42,9 @@ class App:
         backends = await open_backends(settings, stack, self._count_cache_error)
         await backends.warm()
         secret = settings.jwt_secret or load_or_create_secret(settings.secret_path)
-        self.auth = Authenticator(secret, settings.token_cache_size)
+        self.auth = Authenticator(
+            secret, settings.token_cache_size, settings.token_cache_bytes, settings.jwt_leeway
+        )
         self.limiter = rate_limiter(settings, backends, self.auth, self.metrics, stack)
         self.orders = OrderQuery(
             settings, self.auth, backends.cache, backends.store, backends.bus, self.metrics
@@ -84,7 +87,7 @@ class App:
         self.router.add("GET", "/sales/{id}", catalog.view)
         self.router.add("POST", "/sales/{id}/orders", purchases.handle)
         self.router.add("GET", "/users/me/orders", catalog.my_orders)
-        ops.add_routes(self.router, self.metrics, readiness, self.auth)
+        ops.add_routes(self.router, self.internal_router, self.metrics, readiness, self.auth)
         for route, _ in settings.route_deadlines:
             method, _, template = route.partition(" ")
             if method not in self.router.methods_of(template):

@@ -2,9 +2,16 @@
 
 Verifying a JWT costs about 10 us (base64, JSON, HMAC); the same token arrives on every
 request of a session, so verified tokens are remembered by their exact bytes until they
-expire. Refusals are remembered too: a token that failed verification can never pass it
-later (its signature, format or expiry will not change), so a flood of bad tokens costs a
-dict lookup each, not an HMAC. The cache is keyed by the exact header bytes and bounded.
+expire. Refusals are remembered too, apart (a flood of bad tokens must not push the good
+ones out): a token that failed verification for its signature, format or expiry can never
+pass it later, so a flood of bad tokens costs a dict lookup each, not an HMAC. A token not
+valid *yet* (`nbf`/`iat` ahead of our clock, past the leeway) is not remembered: it will be.
+
+Both caches are bounded in entries and in bytes (the header bytes are the key), and a
+header longer than MAX_TOKEN_BYTES is refused unread: what a client sends cannot make
+the process hold more than `cache_bytes` for tokens. A cached refusal is kept as two
+strings, never as the raised exception (whose traceback would hold the request, its
+connection and its read buffer alive).
 """
 
 from __future__ import annotations
@@ -14,12 +21,16 @@ import secrets
 import time
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Generic, TypeVar
 
 import jwt
 
 from surge.http.response import Problem
 
 ALGORITHM = "HS256"
+# Far above a token of ours (about 200 bytes) or a typical identity provider's (1-2 KB).
+MAX_TOKEN_BYTES = 4096
+_ENTRY_BYTES = 200  # what a cache entry costs besides its key (dict slot, value)
 _CHALLENGE = (("www-authenticate", 'Bearer realm="surge"'),)
 
 
@@ -27,59 +38,110 @@ _CHALLENGE = (("www-authenticate", 'Bearer realm="surge"'),)
 class User:
     id: str
     admin: bool
-    expires: float
+    expires: float  # its token's exp plus the leeway
+
+
+V = TypeVar("V")
+
+
+class _Cache(Generic[V]):
+    """Insertion-ordered, bounded in entries and bytes; the oldest go first."""
+
+    __slots__ = ("_bytes", "_max_bytes", "_max_entries", "entries")
+
+    def __init__(self, max_entries: int, max_bytes: int) -> None:
+        self.entries: dict[bytes, V] = {}
+        self._bytes = 0
+        self._max_entries = max(1, max_entries)
+        self._max_bytes = max_bytes
+
+    def put(self, key: bytes, value: V) -> None:
+        entries = self.entries
+        if key in entries:
+            return
+        cost = len(key) + _ENTRY_BYTES
+        while entries and (
+            len(entries) >= self._max_entries or self._bytes + cost > self._max_bytes
+        ):
+            oldest = next(iter(entries))
+            del entries[oldest]
+            self._bytes -= len(oldest) + _ENTRY_BYTES
+        entries[key] = value
+        self._bytes += cost
+
+    @property
+    def size_bytes(self) -> int:
+        return self._bytes
+
+
+class _Refused(Exception):
+    def __init__(self, kind: str, detail: str, lasting: bool = True) -> None:
+        self.kind, self.detail, self.lasting = kind, detail, lasting
 
 
 class Authenticator:
-    def __init__(self, secret: str, cache_size: int = 100_000) -> None:
+    def __init__(
+        self,
+        secret: str,
+        cache_size: int = 100_000,
+        cache_bytes: int = 32 * 1024 * 1024,
+        leeway: float = 0.0,
+    ) -> None:
         self._secret = secret
-        self._cache: dict[bytes, User | Problem] = {}
-        self._cache_size = cache_size
+        self._leeway = leeway
+        self._users: _Cache[User] = _Cache(cache_size, cache_bytes)
+        # refusals get an eighth: enough to make a repeated bad token cheap, too little
+        # for a flood of distinct ones to matter
+        self._refusals: _Cache[tuple[str, str]] = _Cache(cache_size // 8, cache_bytes // 8)
 
     def user(self, header: bytes | None) -> User:
         """The caller of a request, from its Authorization header; 401 problem otherwise."""
         if header is None:
             raise Problem(401, "unauthorized", "missing bearer token", _CHALLENGE)
-        known = self._cache.get(header)
-        if known is not None:
-            if isinstance(known, Problem):
-                raise known.with_traceback(None)  # a fresh traceback: no growth
-            if known.expires > time.time():
-                return known
+        known = self._users.entries.get(header)
+        if known is not None and known.expires > time.time():
+            return known
+        refused = self._refusals.entries.get(header)
+        if refused is not None:
+            kind, detail = refused
+            raise Problem(401, kind, detail, _CHALLENGE)
+        if len(header) > MAX_TOKEN_BYTES:
+            raise Problem(401, "unauthorized", "token too long", _CHALLENGE)
         try:
             user = self._verify(header)
-        except Problem as refused:
-            self._remember(header, refused)
-            raise
-        self._remember(header, user)
+        except _Refused as refusal:
+            if refusal.lasting:
+                self._refusals.put(header, (refusal.kind, refusal.detail))
+            raise Problem(401, refusal.kind, refusal.detail, _CHALLENGE) from None
+        self._users.put(header, user)
         return user
 
-    def _remember(self, header: bytes, outcome: User | Problem) -> None:
-        cache = self._cache
-        if len(cache) >= self._cache_size:
-            cache.pop(next(iter(cache)))
-        cache[header] = outcome
+    @property
+    def cache_bytes(self) -> int:
+        return self._users.size_bytes + self._refusals.size_bytes
 
     def _verify(self, header: bytes) -> User:
         scheme, _, token = header.partition(b" ")
         if scheme.lower() != b"bearer" or not token:
-            raise Problem(
-                401, "unauthorized", "expected 'Authorization: Bearer <token>'", _CHALLENGE
-            )
+            raise _Refused("unauthorized", "expected 'Authorization: Bearer <token>'")
         try:
             claims = jwt.decode(
-                token, self._secret, algorithms=[ALGORITHM], options={"require": ["sub", "exp"]}
+                token,
+                self._secret,
+                algorithms=[ALGORITHM],
+                options={"require": ["sub", "exp"]},
+                leeway=self._leeway,
             )
         except jwt.ExpiredSignatureError:
-            raise Problem(401, "token-expired", "token has expired", _CHALLENGE) from None
+            raise _Refused("token-expired", "token has expired") from None
+        except jwt.ImmatureSignatureError:
+            raise _Refused("unauthorized", "token not valid yet", lasting=False) from None
         except jwt.PyJWTError:
-            raise Problem(401, "unauthorized", "invalid token", _CHALLENGE) from None
+            raise _Refused("unauthorized", "invalid token") from None
         sub = claims["sub"]
         if not isinstance(sub, str) or not 0 < len(sub) <= 64:
-            raise Problem(
-                401, "unauthorized", "token subject must be a 1-64 character string", _CHALLENGE
-            )
-        return User(sub, claims.get("role") == "admin", float(claims["exp"]))
+            raise _Refused("unauthorized", "token subject must be a 1-64 character string")
+        return User(sub, claims.get("role") == "admin", float(claims["exp"]) + self._leeway)
 
 
 def mint(secret: str, user_id: str, admin: bool = False, ttl: float = 86_400.0) -> str:

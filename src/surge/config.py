@@ -42,6 +42,8 @@ class Settings:
     redis_url: str | None = None
     host: str = "127.0.0.1"
     port: int = 8080
+    internal_host: str = ""  # "": the same address as `host`
+    internal_port: int = 9181
     workers: int = 1
     jwt_secret: str | None = None
     data_dir: Path = Path("surge-data")
@@ -61,10 +63,18 @@ class Settings:
     near_cache_size: int = 100_000
     near_cache_ttl: float = 300.0
     token_cache_size: int = 100_000
+    token_cache_bytes: int = 32 * 1024 * 1024
+    jwt_leeway: float = 30.0
     shutdown_delay: float = 2.0
     drain_timeout: float = 5.0
     keepalive_timeout: float = 5.0
     max_body_bytes: int = 65_536
+    max_header_bytes: int = 16_384
+    header_timeout: float = 10.0
+    body_min_rate: int = 1024  # bytes a second, after a grace of `header_timeout`
+    send_timeout: float = 10.0
+    max_connections: int = 10_000  # HTTP connections per process
+    max_connections_per_client: int = 256  # per peer address (trusted proxies exempt)
     redis_prefix: str = "surge:"
     ws_max_connections: int = 0  # 0: the open-files limit less 1,000 (see realtime.endpoint)
     ws_max_message: int = 65_536
@@ -74,6 +84,9 @@ class Settings:
     ws_ping_interval: float = 20.0
     ws_ping_timeout: float = 10.0
     ws_history: int = 100
+    ws_history_bytes: int = 16 * 1024 * 1024
+    ws_max_per_user: int = 16
+    ws_publish_bytes: int = 65_536  # per user and second (burst: 4 seconds' worth)
     ws_origins: str = ""
     ws_fanout_threads: int = -1  # -1: one per core, at most 3
     rate_limit_read: tuple[float, int] | None = (20.0, 40)  # per caller: a second, burst
@@ -160,6 +173,17 @@ FIELDS: tuple[Field, ...] = (
     ),
     Field("host", str, "listen address"),
     Field("port", parse.port, "listen port (0 = pick a free one)"),
+    Field(
+        "internal_host",
+        str,
+        "address of the internal listener (/metrics, /debug/*, probes); empty = SURGE_HOST",
+    ),
+    Field(
+        "internal_port",
+        parse.port,
+        "port of the internal listener: /metrics, /debug/tasks, /healthz, /readyz "
+        "(0 = pick a free one); never expose it publicly",
+    ),
     Field("workers", parse.positive_int, "server processes; more than 1 requires Redis"),
     Field(
         "jwt_secret",
@@ -215,6 +239,16 @@ FIELDS: tuple[Field, ...] = (
     ),
     Field("token_cache_size", parse.positive_int, "verified tokens remembered per process"),
     Field(
+        "token_cache_bytes",
+        parse.positive_int,
+        "bytes the token cache may hold per process (its refusals get an eighth of it)",
+    ),
+    Field(
+        "jwt_leeway",
+        parse.non_negative_float,
+        "seconds of clock skew allowed on a token's exp, nbf and iat",
+    ),
+    Field(
         "shutdown_delay",
         parse.non_negative_float,
         "seconds readiness is 503 before intake stops (SIGTERM only)",
@@ -222,6 +256,38 @@ FIELDS: tuple[Field, ...] = (
     Field("drain_timeout", parse.non_negative_float, "seconds in-flight requests get to finish"),
     Field("keepalive_timeout", parse.non_negative_float, "idle keep-alive connections close after"),
     Field("max_body_bytes", parse.positive_int, "largest accepted request body (then 413)"),
+    Field(
+        "max_header_bytes",
+        parse.positive_int,
+        "largest request line + header block, trailers included (then 414/431)",
+    ),
+    Field(
+        "header_timeout",
+        parse.positive_float,
+        "seconds from a request's first byte to the end of its headers (then 408, closed)",
+    ),
+    Field(
+        "body_min_rate",
+        parse.positive_int,
+        "bytes/s a body must average after a grace of SURGE_HEADER_TIMEOUT (then 408, closed)",
+    ),
+    Field(
+        "send_timeout",
+        parse.positive_float,
+        "seconds a client may leave its answers unread before the connection is cut",
+    ),
+    Field(
+        "max_connections",
+        parse.positive_int,
+        "HTTP connections per process (WebSockets not counted); more are answered 503 "
+        "and closed",
+    ),
+    Field(
+        "max_connections_per_client",
+        parse.positive_int,
+        "HTTP connections per client address and process (trusted proxies exempt); more "
+        "are answered 503 and closed",
+    ),
     Field("redis_prefix", str, "prefix of every Redis key and channel Surge uses"),
     Field(
         "ws_max_connections",
@@ -244,6 +310,21 @@ FIELDS: tuple[Field, ...] = (
     ),
     Field(
         "ws_history", parse.non_negative_int, "messages kept per chat room for resume (0 = none)"
+    ),
+    Field(
+        "ws_history_bytes",
+        parse.positive_int,
+        "bytes of chat history kept in this process in all (at most 1/16 of it per room)",
+    ),
+    Field(
+        "ws_max_per_user",
+        parse.positive_int,
+        "WebSocket connections one user (token) may hold per process (then 429)",
+    ),
+    Field(
+        "ws_publish_bytes",
+        parse.positive_int,
+        "bytes a user may publish a second across its connections (burst: 4 s worth)",
     ),
     Field(
         "ws_fanout_threads",
@@ -391,6 +472,12 @@ def _check(settings: Settings) -> None:
         raise ConfigError("SURGE_READY_REQUIRES=redis needs SURGE_REDIS_URL")
     if settings.rate_limit_store == "redis" and settings.redis_url is None:
         raise ConfigError("SURGE_RATE_LIMIT_STORE=redis needs SURGE_REDIS_URL")
+    if settings.max_connections_per_client > settings.max_connections:
+        raise ConfigError(
+            "SURGE_MAX_CONNECTIONS_PER_CLIENT must not exceed SURGE_MAX_CONNECTIONS"
+        )
+    if settings.internal_port and settings.internal_port == settings.port:
+        raise ConfigError("SURGE_INTERNAL_PORT must differ from SURGE_PORT")
     if settings.jwt_secret is not None and len(settings.jwt_secret) < 32:
         raise ConfigError("SURGE_JWT_SECRET must be at least 32 characters (RFC 7518 3.2)")
 

@@ -30,7 +30,7 @@ from surge import logs
 from surge.app import App
 from surge.config import Settings
 from surge.http.listener import HttpServer, bind_socket
-from surge.http.state import ServerState
+from surge.http.state import HttpLimits, ServerState
 from surge.metrics import Metrics
 
 log = logging.getLogger("surge.lifecycle")
@@ -58,12 +58,18 @@ def stop_on_signals() -> tuple[asyncio.Event, list[int]]:
     return stop, received
 
 
-async def serve(settings: Settings, sock: socket.socket, metrics: Metrics) -> int:
+async def serve(
+    settings: Settings, sock: socket.socket, internal_sock: socket.socket, metrics: Metrics
+) -> int:
     app = App(settings, metrics)
     await app.start()
-    state = ServerState(
-        app.router, app.metrics.observe_request, settings.keepalive_timeout, settings.max_body_bytes
-    )
+    limits = HttpLimits.of(settings)
+    # the internal listener (metrics, debug, probes) first: it must show a server that
+    # is stuck starting; it shares no rate limits or shedding with the API
+    internal_state = ServerState(app.internal_router, app.metrics.observe_request, limits)
+    internal = HttpServer(internal_state, internal_sock)
+    await internal.start()
+    state = ServerState(app.router, app.metrics.observe_request, limits)
     state.limiter = app.limiter
     state.shedder = app.shedder
     state.access_log = settings.access_log
@@ -72,6 +78,11 @@ async def serve(settings: Settings, sock: socket.socket, metrics: Metrics) -> in
     tune_gc()
     app.metrics.gauge("http_in_flight", "Requests being handled", lambda: state.in_flight)
     app.metrics.gauge("http_connections", "Open HTTP connections", lambda: len(state.connections))
+    app.metrics.counter(
+        "http_connections_refused",
+        "HTTP connections refused at SURGE_MAX_CONNECTIONS or SURGE_MAX_CONNECTIONS_PER_CLIENT",
+        lambda: state.refused_connections + internal_state.refused_connections,
+    )
 
     stop, received = stop_on_signals()
     await stop.wait()
@@ -84,15 +95,21 @@ async def serve(settings: Settings, sock: socket.socket, metrics: Metrics) -> in
     finished = await server.drain(settings.drain_timeout)
     if not finished:
         log.warning("drain timeout: %d requests cut off", state.in_flight)
+    await internal.stop_intake()  # probes and scrapes are answered until the API is done
+    await internal.drain(1.0)
     await app.close()
     log.info("pid %d: stopped", os.getpid())
     return 0
 
 
 def run_process(
-    settings: Settings, sock: socket.socket, worker: int = 0, share_dir: Path | None = None
+    settings: Settings,
+    sockets: tuple[socket.socket, socket.socket],
+    worker: int = 0,
+    share_dir: Path | None = None,
 ) -> int:
-    return uvloop.run(serve(settings, sock, Metrics(str(worker), share_dir)))
+    sock, internal = sockets
+    return uvloop.run(serve(settings, sock, internal, Metrics(str(worker), share_dir)))
 
 
 def tune_gc() -> None:
@@ -112,7 +129,14 @@ def tune_gc() -> None:
 def run(settings: Settings) -> int:
     """Serves until a signal; returns the exit code."""
     sock = bind_socket(settings.host, settings.port)
+    internal = bind_socket(settings.internal_host or settings.host, settings.internal_port)
     host, port = sock.getsockname()[:2]
+    internal_host, internal_port = internal.getsockname()[:2]
+    log.info(
+        "internal listener on http://%s:%d (metrics, debug, probes: keep it private)",
+        internal_host,
+        internal_port,
+    )
     log.info(
         "surge listening on http://%s:%d (workers=%d, database=%s, cache=%s)",
         host,
@@ -122,8 +146,8 @@ def run(settings: Settings) -> int:
         "redis" if settings.redis_url else "in-process",
     )
     if settings.workers == 1:
-        return run_process(settings, sock)
-    return Supervisor(settings, sock).run()
+        return run_process(settings, (sock, internal))
+    return Supervisor(settings, (sock, internal)).run()
 
 
 class Supervisor:
@@ -131,9 +155,9 @@ class Supervisor:
 
     RESTART_BACKOFF = 1.0
 
-    def __init__(self, settings: Settings, sock: socket.socket) -> None:
+    def __init__(self, settings: Settings, sockets: tuple[socket.socket, socket.socket]) -> None:
         self.settings = settings
-        self.sock = sock
+        self.sockets = sockets
         self.children: dict[int, int] = {}  # pid -> slot
         # where workers leave metric snapshots for each other (see surge.metrics)
         self.share_dir = Path(tempfile.mkdtemp(prefix="surge-metrics-"))
@@ -147,7 +171,7 @@ class Supervisor:
             signal.signal(signal.SIGINT, signal.SIG_DFL)
             code = 1
             try:
-                code = run_process(self.settings, self.sock, slot, self.share_dir)
+                code = run_process(self.settings, self.sockets, slot, self.share_dir)
             except BaseException:
                 log.exception("worker %d crashed", slot)
             finally:
@@ -165,9 +189,10 @@ class Supervisor:
             self.stopping = signum
             for pid in self.children:
                 _kill(pid, signum)
-            # The workers drain the shared listener and close it; our copy would keep it
-            # open, queueing connections nobody accepts (reset at our exit).
-            self.sock.close()
+            # The workers drain the shared listeners and close them; our copies would keep
+            # them open, queueing connections nobody accepts (reset at our exit).
+            for sock in self.sockets:
+                sock.close()
 
         signal.signal(signal.SIGTERM, forward)
         signal.signal(signal.SIGINT, forward)
@@ -192,7 +217,8 @@ class Supervisor:
                     self._spawn(slot)
             elif code != 0:
                 failed = True
-        self.sock.close()
+        for sock in self.sockets:
+            sock.close()
         shutil.rmtree(self.share_dir, ignore_errors=True)
         return 1 if failed else 0
 

@@ -33,6 +33,13 @@ _NOT_AN_UPGRADE = problem_response(
 _NO_UPGRADE_NOW = problem_response(
     503, "shutting-down", "server is shutting down", (("retry-after", "1"),)
 )
+_PIPELINED_UPGRADE = problem_response(
+    400, "bad-request", "an upgrade must be the only request in flight on its connection"
+)
+_ENCODED_SLASH = problem_response(
+    400, "bad-path", "a path segment may not contain an encoded slash (%2F)"
+)
+_NOT_FOUND = problem_response(404, "not-found", "no such route")
 
 
 class Dispatch:
@@ -47,6 +54,7 @@ class Dispatch:
     _parser: httptools.HttpRequestParser
     _transport: asyncio.Transport | None
     _keep_alive: bool
+    _feeding: bool  # the parser is reading this connection's bytes right now
     _queue: deque[Request]
 
     def _send(self, request: Request, response: Response) -> None:
@@ -58,21 +66,31 @@ class Dispatch:
     def _handle(self, request: Request) -> None:
         state = self._state
         state.in_flight += 1
-        match = state.router.match(request.path)
+        # Routes match the path as sent, not %-decoded: a path rule in a proxy in front
+        # sees the same path we route (`/%6detrics` is no /metrics); an encoded slash
+        # would make one segment look like two to whoever decodes it.
+        path = request.path
+        match = state.router.match(path)
         result: Response | Awaitable[Response] | Upgrade
-        if match is None:
-            result = problem_response(404, "not-found", "no such route")
+        if "%" in path and "%2f" in path.lower():
+            result = _ENCODED_SLASH
+        elif match is None:
+            result = _NOT_FOUND
         else:
             route, request.params = match
             request.route = route.template
-            handler = route.methods.get(request.method)
+            method = request.method
+            handler = route.methods.get(method)
+            if handler is None and method == "HEAD":  # HEAD is served wherever GET is
+                method = "GET"
+                handler = route.methods.get(method)
             if handler is None:
-                allowed = ", ".join(route.methods)
+                allowed = ", ".join(route.allowed())
                 result = problem_response(
                     405, "method-not-allowed", f"allowed: {allowed}", (("allow", allowed),)
                 )
             else:
-                route_class = route.classes[request.method]
+                route_class = route.classes[method]
                 limiter = state.limiter
                 verdict = None
                 if route_class is not None and limiter is not None:
@@ -133,8 +151,12 @@ class Dispatch:
             self._send(request, result)
             return
         if isinstance(result, Upgrade):
-            if not self._parser.should_upgrade():  # llhttp's reading of the headers decides
+            if not request.upgrade or request.method != "GET":  # llhttp's reading decides
                 self._send(request, _NOT_AN_UPGRADE)
+            elif not self._feeding or not self._keep_alive:
+                # queued behind another request: the parser is past it (and the bytes
+                # that followed it were not kept), so it cannot switch now
+                self._send(request, _PIPELINED_UPGRADE)
             elif self._state.closing:
                 self._send(request, _NO_UPGRADE_NOW)
             else:

@@ -108,13 +108,22 @@ def add_probe_routes(router: Router, metrics: Metrics, readiness: Readiness) -> 
     )
 
 
-def add_routes(router: Router, metrics: Metrics, readiness: Readiness, auth: Authenticator) -> None:
+def add_routes(
+    public: Router, internal: Router, metrics: Metrics, readiness: Readiness, auth: Authenticator
+) -> None:
+    """The public port answers the probes and the API document; metrics and debugging
+    live on the internal listener only (with the probes again, for an orchestrator that
+    checks there): what they tell about the process is for its operators."""
+
     def tasks(request: Request) -> Response:
         user = auth.user(request.headers.get(b"authorization"))
         if not user.admin:
             raise Problem(403, "forbidden", "admin role required")
         return json_response(200, task_counts())
 
-    add_probe_routes(router, metrics, readiness)
-    router.add("GET", "/openapi.json", lambda _request: _OPENAPI, None)
-    router.add("GET", "/debug/tasks", tasks)
+    alive = json_response(200, {"status": "ok", "pid": os.getpid()})  # built after the fork
+    public.add("GET", "/healthz", lambda _request: alive, None)
+    public.add("GET", "/readyz", readiness.check, None)
+    public.add("GET", "/openapi.json", lambda _request: _OPENAPI, None)
+    add_probe_routes(internal, metrics, readiness)
+    internal.add("GET", "/debug/tasks", tasks, None)

@@ -32,6 +32,7 @@ class Request:
         "route",
         "slot",
         "started",
+        "upgrade",
     )
 
     def __init__(
@@ -56,3 +57,7 @@ class Request:
         # the class ("read", "write") of the load-shedder slot it holds; "" = none
         self.slot = ""
         self.started = time.perf_counter()
+        # it asks to switch protocols (llhttp's reading: Upgrade + Connection: upgrade);
+        # the parser reads nothing after it, so its answer ends the connection unless the
+        # switch happens
+        self.upgrade = False

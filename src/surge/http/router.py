@@ -9,6 +9,7 @@ from __future__ import annotations
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Union
+from urllib.parse import unquote
 
 if TYPE_CHECKING:
     from surge.http.request import Request, Upgrade
@@ -25,6 +26,13 @@ class Route:
     # method -> rate-limit class (surge.protect.ratelimit); None: never limited
     classes: dict[str, str | None] = field(default_factory=dict)
     params: tuple[tuple[int, str], ...] = ()  # (segment index, parameter name)
+
+    def allowed(self) -> list[str]:
+        """The methods answered (HEAD wherever GET is)."""
+        methods = list(self.methods)
+        if "GET" in methods and "HEAD" not in methods:
+            methods.insert(methods.index("GET") + 1, "HEAD")
+        return methods
 
 
 class Router:
@@ -59,6 +67,7 @@ class Router:
         route.classes[method] = route_class
 
     def match(self, path: str) -> tuple[Route, dict[str, str]] | None:
+        """The route of a raw (undecoded) path, and its parameters %-decoded."""
         route = self._static.get(path)
         if route is not None:
             return route, {}
@@ -70,7 +79,11 @@ class Router:
                 if segments[i] != literal:
                     break
             else:
-                return candidate, {name: segments[i] for i, name in candidate.params}
+                params = {name: segments[i] for i, name in candidate.params}
+                if "%" in path:
+                    for name, value in params.items():
+                        params[name] = unquote(value, errors="replace")
+                return candidate, params
         return None
 
     def methods_of(self, template: str) -> list[str]:

@@ -1,14 +1,17 @@
 """What every connection of one process shares: the app's router, the clock, the
-request ids, the drain flags, and the protection layer (rate limits, load shedding)."""
+request ids, the drain flags, the limits every connection is held to, and the protection
+layer (rate limits, load shedding)."""
 
 from __future__ import annotations
 
 import asyncio
+import ipaddress
 import os
 import time
 from collections.abc import Callable
+from dataclasses import dataclass
 from email.utils import formatdate
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 from surge.http.refusal import never_shed
 from surge.http.router import Router
@@ -19,23 +22,58 @@ if TYPE_CHECKING:
     from surge.http.server import HttpProtocol
 
 Observer = Callable[[str, str, int, float], None]
+Network = ipaddress.IPv4Network | ipaddress.IPv6Network
+
+
+@dataclass(frozen=True, slots=True)
+class HttpLimits:
+    """What one HTTP connection and one process may cost (docs/security.md). Every buffer
+    the engine keeps for a client is bounded by one of these, and every request by a
+    deadline: its header block `header_timeout` after its first byte, its body a grace of
+    `header_timeout` plus one second per `body_min_rate` bytes received."""
+
+    max_body: int = 65_536  # bytes of one request body (then 413)
+    max_header: int = 16_384  # request line + header fields (+ trailers), bytes (414/431)
+    header_timeout: float = 10.0
+    body_min_rate: int = 1024  # bytes a second
+    send_timeout: float = 10.0  # answers left unread this long: the connection is cut
+    keepalive_timeout: float = 5.0  # idle between requests
+    max_connections: int = 10_000  # open HTTP connections per process
+    max_per_client: int = 256  # open HTTP connections per peer address
+    trusted: tuple[Network, ...] = ()  # proxies: exempt from `max_per_client`
+
+    @classmethod
+    def of(cls, settings: Any) -> HttpLimits:
+        """From `surge.config.Settings` (not imported here: the engine knows no config)."""
+        from surge.protect.clients import parse_networks
+
+        return cls(
+            max_body=settings.max_body_bytes,
+            max_header=settings.max_header_bytes,
+            header_timeout=settings.header_timeout,
+            body_min_rate=settings.body_min_rate,
+            send_timeout=settings.send_timeout,
+            keepalive_timeout=settings.keepalive_timeout,
+            max_connections=settings.max_connections,
+            max_per_client=settings.max_connections_per_client,
+            trusted=parse_networks(settings.trusted_proxies),
+        )
 
 
 class ServerState:
     """Shared by every connection of one process: the app, the clock and the drain flags."""
 
-    def __init__(
-        self, router: Router, observe: Observer, keepalive_timeout: float, max_body: int
-    ) -> None:
+    def __init__(self, router: Router, observe: Observer, limits: HttpLimits) -> None:
         self.router = router
         self.never_shed = never_shed(router.unlimited_gets())  # see surge.http.refusal
         self.limiter: RateLimiter | None = None  # per-caller rate limits (surge.protect)
         self.shedder: Shedder | None = None  # the limit on concurrent work
         self.observe = observe
         self.access_log = 0.0  # share of requests logged (surge.logs)
-        self.keepalive_timeout = keepalive_timeout
-        self.max_body = max_body
+        self.limits = limits
         self.connections: set[HttpProtocol] = set()
+        self.per_client: dict[str, int] = {}  # open connections by peer address
+        self.refused_connections = 0  # over max_connections or max_per_client
         self.in_flight = 0
         self.closing = False  # answer with Connection: close (shutdown delay and drain)
         self.stopped = False  # intake stopped: close connections once idle
@@ -45,6 +83,34 @@ class ServerState:
         self._id_prefix = os.urandom(4).hex().encode() + b"-"
         self._id_counter = 0
         self.tick()
+
+    def admit(self, client: str) -> bool:
+        """Counts a new connection from `client`, or refuses it: the process or this
+        address holds as many as it may (trusted proxies carry many clients: exempt)."""
+        limits = self.limits
+        if len(self.connections) >= limits.max_connections:
+            self.refused_connections += 1
+            return False
+        held = self.per_client.get(client, 0)
+        if held >= limits.max_per_client and not self._trusted(client):
+            self.refused_connections += 1
+            return False
+        self.per_client[client] = held + 1
+        return True
+
+    def release(self, client: str) -> None:
+        held = self.per_client.get(client, 0) - 1
+        if held > 0:
+            self.per_client[client] = held
+        else:
+            self.per_client.pop(client, None)
+
+    def _trusted(self, client: str) -> bool:
+        try:
+            ip = ipaddress.ip_address(client)
+        except ValueError:
+            return False
+        return any(ip in network for network in self.limits.trusted)
 
     def tick(self) -> None:
         self.now = time.monotonic()

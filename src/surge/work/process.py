@@ -19,7 +19,7 @@ from surge.config import Settings
 from surge.http import ops
 from surge.http.listener import HttpServer, bind_socket
 from surge.http.router import Router
-from surge.http.state import ServerState
+from surge.http.state import HttpLimits, ServerState
 from surge.lifecycle import stop_on_signals
 from surge.metrics import Metrics
 from surge.types import Probe
@@ -61,7 +61,7 @@ async def _ops_server(
     router = Router()
     readiness = ops.Readiness(probes, stop.is_set, frozenset(probes))
     ops.add_probe_routes(router, metrics, readiness)
-    state = ServerState(router, metrics.observe_request, 5.0, 4096)
+    state = ServerState(router, metrics.observe_request, HttpLimits(max_body=4096))
     server = HttpServer(state, bind_socket(settings.host, settings.worker_port))
     await server.start()
     log.info("worker probes and metrics on http://%s:%d", settings.host, settings.worker_port)
