@@ -36,15 +36,36 @@ PROBLEM_TYPES = {
     "websocket-version": "only WebSocket version 13 is spoken",
     "bad-websocket-key": "Sec-WebSocket-Key is not 16 base64-encoded bytes",
     "origin-not-allowed": "the Origin is not in SURGE_WS_ORIGINS",
-    "too-many-connections": "the process is at its WebSocket connection limit",
+    "too-many-connections": "the process (or this client address) holds as many "
+    "connections as it may (HTTP: SURGE_MAX_CONNECTIONS[_PER_CLIENT]; WebSocket: "
+    "SURGE_WS_MAX_CONNECTIONS)",
+    "user-connection-limit": "the user holds SURGE_WS_MAX_PER_USER WebSocket connections "
+    "in this process already",
     "rate-limited": "the caller is over its rate limit; see Retry-After and RateLimit",
     "overloaded": "the process is at its limit of concurrent work (load shedding); retry",
     "bad-request": "malformed HTTP",
     "body-too-large": "request body too large",
     "headers-too-large": "request headers too large",
     "uri-too-long": "request line too long",
+    "duplicate-header": "a field that may appear once was sent twice (Host, Authorization, "
+    "Content-Type, Content-Length, Idempotency-Key, X-Request-ID, Origin, Upgrade, Expect, "
+    "Sec-WebSocket-Key, Sec-WebSocket-Version)",
+    "bad-path": "the path has an encoded slash (%2F) in a segment",
+    "request-timeout": "the request did not arrive in time (SURGE_HEADER_TIMEOUT, "
+    "SURGE_BODY_MIN_RATE); the connection is closed",
+    "expectation-failed": "an Expect field other than 100-continue",
     "internal": "a bug: the request id in the logs tells what happened",
 }
+
+
+# Served on the internal listener only (SURGE_INTERNAL_PORT; docs/security.md).
+INTERNAL = [
+    {
+        "url": "http://{host}:{port}",
+        "description": "the internal listener: never exposed publicly",
+        "variables": {"host": {"default": "127.0.0.1"}, "port": {"default": "9181"}},
+    }
+]
 
 
 def _problem(description: str) -> dict[str, Any]:
@@ -334,6 +355,7 @@ DOCUMENT: dict[str, Any] = {
             }
         },
         "/metrics": {
+            "servers": INTERNAL,
             "get": {
                 "summary": "Prometheus metrics",
                 "responses": {
@@ -356,6 +378,7 @@ DOCUMENT: dict[str, Any] = {
             }
         },
         "/debug/tasks": {
+            "servers": INTERNAL,
             "get": {
                 "summary": "Live asyncio tasks by coroutine (admin)",
                 "security": _BEARER,
@@ -370,7 +393,7 @@ DOCUMENT: dict[str, Any] = {
 }
 
 # Routes never rate-limited (surge.http.ops, surge.realtime.setup: route_class None).
-UNLIMITED = ("/healthz", "/readyz", "/metrics", "/openapi.json", "/ws")
+UNLIMITED = ("/healthz", "/readyz", "/metrics", "/openapi.json", "/ws", "/debug/tasks")
 _RATE_LIMITED = {
     **_problem("over the caller's rate limit (docs/protection.md)"),
     "headers": {
@@ -384,7 +407,9 @@ _RATE_LIMITED = {
 }
 for _path, _methods in DOCUMENT["paths"].items():
     if _path not in UNLIMITED:
-        for _operation in _methods.values():
+        for _key, _operation in _methods.items():
+            if _key == "servers":
+                continue
             _operation["responses"]["429"] = _RATE_LIMITED
             # load shedding (docs/protection.md) may refuse any of them with `overloaded`
             _operation["responses"].setdefault(

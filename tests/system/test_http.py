@@ -87,7 +87,19 @@ def test_unknown_route_and_method(embedded_server: Server) -> None:
         _problem(client.get("/nope"), 404, "not-found")
         wrong = client.post("/orders/5", headers=bearer("user5"))
     _problem(wrong, 405, "method-not-allowed")
-    assert wrong.headers["allow"] == "GET"
+    assert wrong.headers["allow"] == "GET, HEAD"
+
+
+def test_head_is_answered_wherever_get_is(embedded_server: Server) -> None:
+    """RFC 9110 9.3.2: the same head as GET, no body (issue 12 #11: it was 405)."""
+    with embedded_server.client() as client:
+        for path, headers in (("/orders/5", bearer(owner(5))), ("/healthz", {})):
+            get = client.get(path, headers=headers)
+            head = client.head(path, headers=headers)
+            assert head.status_code == get.status_code == 200
+            assert head.content == b""
+            assert head.headers["content-length"] == str(len(get.content))
+            assert head.headers["content-type"] == get.headers["content-type"]
 
 
 def test_request_ids_are_made_or_kept(embedded_server: Server) -> None:
@@ -147,14 +159,24 @@ def test_pipelined_requests_are_answered_in_order(embedded_server: Server) -> No
 
 
 def test_health_readiness_and_tasks(embedded_server: Server) -> None:
-    with embedded_server.client() as client:
+    with httpx.Client(base_url=embedded_server.internal_url, timeout=10) as client:
         health = client.get("/healthz")
         ready = client.get("/readyz")
         anonymous = client.get("/debug/tasks")
         user = client.get("/debug/tasks", headers=bearer("user1"))
         admin = client.get("/debug/tasks", headers=bearer("root", admin=True))
-    assert health.status_code == 200 and health.json()["status"] == "ok"
-    assert ready.status_code == 200 and ready.json()["checks"] == {"database": "ok"}
+    with embedded_server.client() as client:
+        public_health = client.get("/healthz")
+        public_ready = client.get("/readyz")
+        public_tasks = client.get("/debug/tasks", headers=bearer("root", admin=True))
+        public_metrics = client.get("/metrics")
+    for answer in (health, public_health):
+        assert answer.status_code == 200 and answer.json()["status"] == "ok"
+    for answer in (ready, public_ready):
+        assert answer.status_code == 200 and answer.json()["checks"] == {"database": "ok"}
+    # what tells about the process is for its operators: the internal listener only
+    _problem(public_tasks, 404, "not-found")
+    _problem(public_metrics, 404, "not-found")
     _problem(anonymous, 401, "unauthorized")
     _problem(user, 403, "forbidden")
     tasks = admin.json()
@@ -165,7 +187,7 @@ def test_metrics_use_route_templates(embedded_server: Server) -> None:
     with embedded_server.client() as client:
         client.get("/orders/6", headers=bearer(owner(6)))
         client.get("/orders/abc", headers=bearer(owner(6)))
-        text = client.get("/metrics").text
+    text = httpx.get(embedded_server.internal_url + "/metrics").text
     assert 'http_requests_total{method="GET",route="/orders/{id}",status="200",worker="0"}' in text
     assert 'route="/orders/6"' not in text and "/orders/abc" not in text
     for name in (
