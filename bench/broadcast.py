@@ -105,11 +105,14 @@ class Broadcast:
         }
         if redis:
             env.update(SURGE_REDIS_URL=REDIS_URL, SURGE_DATABASE_URL=DATABASE_URL)
-        argv = [str(common.SURGE_BIN), "serve", "--port", str(port)]
+        argv = common.surge_serve_argv(port, common.free_port())
         server = self.processes.start("surge", argv, common.clean_env(env))
         common.wait_until_ok(server, f"http://127.0.0.1:{port}/healthz")
         shown = " ".join(f"{k}={v}" for k, v in env.items() if k != "SURGE_JWT_SECRET")
-        self.note(f"{shown} SURGE_JWT_SECRET=<random> .venv/bin/surge serve --port PORT")
+        self.note(
+            f"{shown} SURGE_JWT_SECRET=<random> "
+            ".venv/bin/surge serve --port PORT --internal-port PORT2"
+        )
         return server, f"ws://127.0.0.1:{port}/ws"
 
     def token(self) -> str:

@@ -120,11 +120,31 @@ def require_tool(name: str, hint: str) -> str:
 NO_RATE_LIMITS = {"SURGE_RATE_LIMIT_READ": "off", "SURGE_RATE_LIMIT_WRITE": "off"}
 
 
+# Every load client of the harnesses connects from 127.0.0.1: the per-address cap on
+# HTTP connections (256 by default, docs/security.md) would refuse the benchmark itself.
+LOOPBACK_CLIENTS = {"SURGE_MAX_CONNECTIONS_PER_CLIENT": "10000"}
+
+
 def clean_env(extra: Mapping[str, str] | None = None) -> dict[str, str]:
-    """This process's environment without any inherited SURGE_* setting, plus `extra`."""
+    """This process's environment without any inherited SURGE_* setting, plus the
+    loopback clients' allowance and `extra`."""
     env = {k: v for k, v in os.environ.items() if not k.startswith("SURGE_")}
+    env.update(LOOPBACK_CLIENTS)
     env.update(extra or {})
     return env
+
+
+def surge_serve_argv(port: int, internal_port: int, *more: str) -> list[str]:
+    """`surge serve` on `port`, its internal listener (/metrics) on `internal_port`."""
+    return [
+        str(SURGE_BIN),
+        "serve",
+        "--port",
+        str(port),
+        "--internal-port",
+        str(internal_port),
+        *more,
+    ]
 
 
 def run(
@@ -197,6 +217,7 @@ class Server:
     argv: list[str]
     process: subprocess.Popen[bytes]
     log: Path
+    internal_port: int = 0  # Surge's internal listener (/metrics), where there is one
 
 
 class Processes:
@@ -386,14 +407,15 @@ def start_surge(
 ) -> tuple[Server, int, str]:
     """Starts `surge serve --workers N` on a free port and waits for /healthz; returns the
     server, its port and the command line to print in a report (secret hidden)."""
-    port = free_port()
-    argv = [str(SURGE_BIN), "serve", "--workers", str(workers), "--port", str(port)]
+    port, internal_port = free_port(), free_port()
+    argv = surge_serve_argv(port, internal_port, "--workers", str(workers))
     server = processes.start("surge", argv, env)
+    server.internal_port = internal_port
     wait_until_ok(server, f"http://127.0.0.1:{port}/healthz")
     shown = (
         f"SURGE_DATABASE_URL={database_url} SURGE_REDIS_URL={redis_url} "
         "SURGE_JWT_SECRET=<random, per run> SURGE_LOG_LEVEL=warning "
         "SURGE_RATE_LIMIT_READ=off SURGE_RATE_LIMIT_WRITE=off "
-        f".venv/bin/surge serve --workers {workers} --port PORT"
+        f".venv/bin/surge serve --workers {workers} --port PORT --internal-port PORT2"
     )
     return server, port, shown

@@ -228,7 +228,9 @@ class Bench:
         still in flight have finished and every worker has written a fresh snapshot.
         """
         time.sleep(2.5)
-        status, body = common.http_get(f"http://127.0.0.1:{self.surge_port}/metrics")
+        assert self.surge is not None
+        metrics = f"http://127.0.0.1:{self.surge.internal_port}/metrics"
+        status, body = common.http_get(metrics)
         if status != 200:
             raise BenchError(f"Surge /metrics answered {status}")
         samples = {

@@ -137,14 +137,14 @@ class Overload:
     def start_surge(self, shed: str) -> tuple[Server, str]:
         self.clear_caches()
         port = common.free_port()
-        argv = ["taskset", "-c", "0", str(common.SURGE_BIN), "serve", "--port", str(port)]
+        argv = ["taskset", "-c", "0", *common.surge_serve_argv(port, common.free_port())]
         server = self.processes.start(f"surge-{shed}", argv, self.env(shed))
         common.wait_until_ok(server, f"http://127.0.0.1:{port}/healthz")
         self.note(
             f"SURGE_DATABASE_URL={DATABASE_URL} SURGE_REDIS_URL={REDIS_URL} "
             f"SURGE_REDIS_PREFIX={PREFIX} SURGE_NEAR_CACHE_SIZE=10000 SURGE_SHED={shed} "
             "SURGE_RATE_LIMIT_READ=off SURGE_RATE_LIMIT_WRITE=off SURGE_JWT_SECRET=<random> "
-            "taskset -c 0 .venv/bin/surge serve --port PORT"
+            "taskset -c 0 .venv/bin/surge serve --port PORT --internal-port PORT2"
         )
         return server, f"http://127.0.0.1:{port}"
 

@@ -212,7 +212,8 @@ class SaleBench:
         """purchases_total by outcome and the purchase route's answers by status, summed
         over the workers (after 2.5 s: every worker has written a fresh snapshot)."""
         time.sleep(2.5)
-        status, body = common.http_get(f"{self.url}/metrics")
+        assert self.surge is not None
+        status, body = common.http_get(f"http://127.0.0.1:{self.surge.internal_port}/metrics")
         if status != 200:
             raise BenchError(f"Surge /metrics answered {status}")
         workers: set[str] = set()

@@ -38,6 +38,9 @@ def base_env(data_dir: Path, extra: Mapping[str, str] | None = None) -> dict[str
             # limits no test reaches; test_protection sets real ones
             "SURGE_RATE_LIMIT_READ": "10000/10000",
             "SURGE_RATE_LIMIT_WRITE": "10000/10000",
+            # every test client is on 127.0.0.1: floods of 1,000 connections are tests of
+            # other things (test_hostile sets the per-address cap it tests)
+            "SURGE_MAX_CONNECTIONS_PER_CLIENT": "10000",
         }
     )
     env.update(extra or {})

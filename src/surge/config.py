@@ -279,8 +279,7 @@ FIELDS: tuple[Field, ...] = (
     Field(
         "max_connections",
         parse.positive_int,
-        "HTTP connections per process (WebSockets not counted); more are answered 503 "
-        "and closed",
+        "HTTP connections per process (WebSockets not counted); more are answered 503 and closed",
     ),
     Field(
         "max_connections_per_client",
@@ -473,9 +472,7 @@ def _check(settings: Settings) -> None:
     if settings.rate_limit_store == "redis" and settings.redis_url is None:
         raise ConfigError("SURGE_RATE_LIMIT_STORE=redis needs SURGE_REDIS_URL")
     if settings.max_connections_per_client > settings.max_connections:
-        raise ConfigError(
-            "SURGE_MAX_CONNECTIONS_PER_CLIENT must not exceed SURGE_MAX_CONNECTIONS"
-        )
+        raise ConfigError("SURGE_MAX_CONNECTIONS_PER_CLIENT must not exceed SURGE_MAX_CONNECTIONS")
     if settings.internal_port and settings.internal_port == settings.port:
         raise ConfigError("SURGE_INTERNAL_PORT must differ from SURGE_PORT")
     if settings.jwt_secret is not None and len(settings.jwt_secret) < 32:

@@ -325,6 +325,7 @@ DOCUMENT: dict[str, Any] = {
                     "401": _problem("invalid token"),
                     "403": _problem("Origin not allowed (SURGE_WS_ORIGINS)"),
                     "426": _problem("not a WebSocket upgrade, or not version 13"),
+                    "429": _problem("the user holds SURGE_WS_MAX_PER_USER connections already"),
                     "503": _problem("at the connection limit, or shutting down"),
                 },
             }
@@ -364,7 +365,7 @@ DOCUMENT: dict[str, Any] = {
                         "content": {"text/plain": {"schema": {"type": "string"}}},
                     }
                 },
-            }
+            },
         },
         "/openapi.json": {
             "get": {
@@ -387,7 +388,7 @@ DOCUMENT: dict[str, Any] = {
                     "401": _problem("missing or invalid token"),
                     "403": _problem("not an admin"),
                 },
-            }
+            },
         },
     },
 }

@@ -57,7 +57,7 @@ def test_429_answer_and_exempt_routes(tmp_path: Path) -> None:
                 for _ in range(20):
                     assert client.get("/healthz").status_code == 200
                     assert client.get("/readyz").status_code == 200
-                assert client.get("/metrics").status_code == 200
+                assert client.get("/openapi.json").status_code == 200
             assert server.metric("rate_limited_total", **{"class": "read"}) == 6
 
 

@@ -125,7 +125,7 @@ def test_workers_serve_together_and_a_dead_worker_is_replaced(tmp_path: Path) ->
             assert _pids_answering(server, len(workers)) == workers
             time.sleep(1.2)  # workers share metric snapshots once a second
             for _ in range(4):  # whichever worker answers, it reports both
-                text = httpx.get(server.url + "/metrics").text
+                text = httpx.get(server.internal_url + "/metrics").text
                 assert 'worker="0"' in text and 'worker="1"' in text
             victim = next(iter(workers))
             os.kill(victim, signal.SIGKILL)

@@ -29,6 +29,12 @@ log = logging.getLogger("surge.realtime")
 GOING_AWAY = 1001  # shutdown: reconnect elsewhere
 TOO_BIG = 1009  # a message over the size limit
 TOO_SLOW = 4008  # the client did not read fast enough: its outgoing buffer overflowed
+POLICY = 1008  # the client broke a rule of ours (too many pings)
+# Pings a client may send a second, and in a burst. Each is answered (the last of a read
+# only: RFC 6455 5.5.3 allows it), so without a bound a ping flood makes us write as
+# fast as the client sends.
+PING_RATE = 10.0
+PING_BURST = 20.0
 ABORT_AFTER = 5.0  # seconds a closing client gets to read its backlog and the close frame
 
 
@@ -39,6 +45,8 @@ class WsConnection(asyncio.Protocol):
         "_hub",
         "_partial",
         "_partial_size",
+        "_pinged",
+        "_pings",
         "_refilled",
         "_ws",
         "closing",
@@ -59,6 +67,8 @@ class WsConnection(asyncio.Protocol):
         self._partial_size = 0
         self._bucket = float(hub.limits.publish_rate)
         self._refilled = time.monotonic()
+        self._pings = PING_BURST  # the ping bucket (PING_RATE)
+        self._pinged = self._refilled
         self.last_seen = time.monotonic()
         self.closing = False
         self._abort: asyncio.TimerHandle | None = None
@@ -89,21 +99,26 @@ class WsConnection(asyncio.Protocol):
         self.last_seen = self._hub.now
         ws = self._ws
         ws.receive_data(data)
+        ping: Ping | None = None
         for event in ws.events():
             if self.closing and not isinstance(event, CloseConnection):
                 continue  # we said goodbye: only the client's close frame matters now
             if isinstance(event, TextMessage):
                 self._text(event.data, event.message_finished)
             elif isinstance(event, BytesMessage):
-                if event.message_finished:
-                    self.reply(wire.error(None, "bad-frame", "send JSON in text frames"))
+                self._binary(len(event.data), event.message_finished)
             elif isinstance(event, Ping):
-                self._write(ws.send(event.response()))
+                if not self._allow_ping():
+                    self.close(POLICY, f"at most {PING_RATE:g} pings a second")
+                    continue
+                ping = event  # answered once the read is done: the last one only
             elif isinstance(event, CloseConnection):
                 self._closed_by_peer(event)
                 return
             if self.transport is None:
                 return
+        if ping is not None and not self.closing:
+            self._write(ws.send(ping.response()))
 
     def eof_received(self) -> bool | None:
         return False  # the peer half-closed: close our side too
@@ -135,6 +150,25 @@ class WsConnection(asyncio.Protocol):
         except wire.WireError as refused:
             self._hub.stats["errors"] += 1
             self.reply(wire.error(refused.request_id, refused.code, refused.message))
+
+    def _binary(self, size: int, finished: bool) -> None:
+        """Binary messages mean nothing here: refused once whole, and bounded like text
+        meanwhile (else a client could stream one without end)."""
+        self._partial_size += size
+        if self._partial_size > self._hub.limits.max_message:
+            self.close(TOO_BIG, f"messages are limited to {self._hub.limits.max_message} bytes")
+        elif finished:
+            self._partial_size = 0
+            self.reply(wire.error(None, "bad-frame", "send JSON in text frames"))
+
+    def _allow_ping(self) -> bool:
+        now = self._hub.now
+        self._pings = min(PING_BURST, self._pings + (now - self._pinged) * PING_RATE)
+        self._pinged = now
+        if self._pings < 1.0:
+            return False
+        self._pings -= 1.0
+        return True
 
     def allow_publish(self) -> bool:
         """The connection's token bucket: `publish_rate` a second, as many in a burst."""

@@ -1,8 +1,9 @@
 """GET /ws: the WebSocket handshake, checked before anything is switched.
 
 Refused with a problem+json answer, never upgraded: not a WebSocket upgrade (426), a bad
-key or version (400/426), an Origin not allowed (403), a bad token (401), the process at
-its connection limit or shutting down (503, Retry-After). A token (`?token=JWT` or
+key or version (400/426), an Origin not allowed (403), a bad token (401), the user at its
+connection limit (429), the process at its connection limit or shutting down (503,
+Retry-After). A token (`?token=JWT` or
 `Authorization: Bearer`) is optional: anonymous clients may subscribe, not publish.
 """
 
@@ -31,6 +32,8 @@ def limits_of(settings: Settings) -> Limits:
         ping_interval=settings.ws_ping_interval,
         ping_timeout=settings.ws_ping_timeout,
         history=settings.ws_history,
+        max_per_user=settings.ws_max_per_user,
+        publish_bytes=settings.ws_publish_bytes,
         fanout_threads=(
             settings.ws_fanout_threads if settings.ws_fanout_threads >= 0 else default_helpers()
         ),
@@ -76,6 +79,14 @@ class Endpoint:
         if self._origins and (origin is None or origin.lower() not in self._origins):
             raise Problem(403, "origin-not-allowed", "this Origin may not open /ws")
         user = self._user(request)
+        if user is not None and not self._hub.user_has_room(user):
+            self._hub.stats["refused"] += 1
+            raise Problem(
+                429,
+                "user-connection-limit",
+                f"at most {self._hub.limits.max_per_user} WebSocket connections per user",
+                (("retry-after", "1"),),
+            )
         if not self._hub.has_room():
             self._hub.stats["refused"] += 1
             raise Problem(

@@ -37,6 +37,8 @@ class Limits:
     ping_interval: float = 20.0  # seconds between pings
     ping_timeout: float = 10.0  # a peer silent this long after a ping is dropped
     history: int = 100  # messages kept per chat room for resume
+    max_per_user: int = 16  # connections of one user (token) in this process
+    publish_bytes: int = 65_536  # bytes a user may publish a second (burst: 4 s worth)
     fanout_threads: int = 1  # helper threads writing a fan-out beside the event loop
 
 
@@ -64,6 +66,9 @@ class Hub:
         # subscribers catching up on history: live messages wait for them here
         self._joining: dict[str, dict[WsConnection, _Joining]] = {}
         self.connections: set[WsConnection] = set()
+        # per user (token): open connections, and the publish byte bucket they share
+        self.per_user: dict[str, int] = {}
+        self._publish_budget: dict[str, list[float]] = {}  # user -> [bytes left, refilled]
         self.now = time.monotonic()  # coarse clock for last_seen, ticked by the heartbeat
         self.accepting = True
         self.stats = {
@@ -96,10 +101,22 @@ class Hub:
     def has_room(self) -> bool:
         return self.accepting and len(self.connections) < self.limits.max_connections
 
+    def user_has_room(self, user: str) -> bool:
+        return self.per_user.get(user, 0) < self.limits.max_per_user
+
     def joined(self, conn: WsConnection) -> None:
         self.connections.add(conn)
+        if conn.user is not None:
+            self.per_user[conn.user] = self.per_user.get(conn.user, 0) + 1
 
     def left(self, conn: WsConnection) -> None:
+        if conn in self.connections and conn.user is not None:
+            held = self.per_user.get(conn.user, 0) - 1
+            if held > 0:
+                self.per_user[conn.user] = held
+            else:
+                self.per_user.pop(conn.user, None)
+                self._publish_budget.pop(conn.user, None)
         self.connections.discard(conn)
         self.forget(conn)
         if not self.connections and self._all_gone is not None:
@@ -239,7 +256,30 @@ class Hub:
                 f"at most {self.limits.publish_rate} publishes a second",
                 op.request_id,
             )
+        if not self._allow_bytes(conn.user, len(op.data)):
+            raise wire.WireError(
+                "rate-limited",
+                f"at most {self.limits.publish_bytes} bytes a second per user",
+                op.request_id,
+            )
         self._spawn(self._publish_for(conn, op))
+
+    def _allow_bytes(self, user: str, size: int) -> bool:
+        """The user's byte bucket, shared by its connections in this process: what one
+        user can make the history (and every subscriber's buffer) hold a second."""
+        rate = self.limits.publish_bytes
+        burst = 4.0 * rate
+        now = time.monotonic()
+        budget = self._publish_budget.get(user)
+        if budget is None:
+            budget = self._publish_budget[user] = [burst, now]
+        left = min(burst, budget[0] + (now - budget[1]) * rate)
+        budget[1] = now
+        if left < size:
+            budget[0] = left
+            return False
+        budget[0] = left - size
+        return True
 
     async def _publish_for(self, conn: WsConnection, op: wire.Publish) -> None:
         try:

@@ -23,9 +23,11 @@ async def start_hub(
     settings: Settings, backends: Backends, auth: Authenticator, router: Router, metrics: Metrics
 ) -> Hub:
     backplane: Backplane = (
-        RedisBackplane(backends.redis_client, backends.bus, settings.redis_prefix)
+        RedisBackplane(
+            backends.redis_client, backends.bus, settings.redis_prefix, settings.ws_history_bytes
+        )
         if backends.redis_client is not None
-        else LocalBackplane()
+        else LocalBackplane(settings.ws_history_bytes)
     )
     hub = Hub(limits_of(settings), backplane)
     await hub.start()
@@ -48,7 +50,7 @@ async def start_hub(
         "errors": "Client messages answered with an error frame",
         "dropped_slow": "Clients closed as too slow (4008)",
         "heartbeat_timeouts": "Clients dropped for not answering pings",
-        "refused": "WebSocket upgrades refused at the connection limit (503)",
+        "refused": "WebSocket upgrades refused at a connection limit (process 503, user 429)",
     }
     for key, doc in counters.items():
         metrics.counter(f"ws_{key}", doc, lambda key=key: hub.stats[key])  # type: ignore[misc]

@@ -1,0 +1,54 @@
+"""The hub's backplane on every backend kind: in-process, or Redis (one Lua script):
+numbering and history, bounded in messages and in bytes per room."""
+
+from __future__ import annotations
+
+import contextlib
+import json
+from collections.abc import AsyncIterator
+
+import pytest
+
+from surge.backends import open_backends
+from surge.config import Settings
+from surge.realtime.backplane import Backplane, LocalBackplane, RedisBackplane
+from tests.backends import Backend
+
+pytestmark = pytest.mark.anyio
+
+BUDGET = 320_000  # a room: 20,000 bytes
+
+
+@contextlib.asynccontextmanager
+async def _backplane(backend: Backend) -> AsyncIterator[Backplane]:
+    if backend.redis_url is None:
+        yield LocalBackplane(BUDGET)
+        return
+    settings = Settings(
+        database_url=backend.database_url, redis_url=backend.redis_url, redis_prefix=backend.prefix
+    )
+    async with contextlib.AsyncExitStack() as stack:
+        opened = await open_backends(settings, stack)
+        assert opened.redis_client is not None
+        yield RedisBackplane(opened.redis_client, opened.bus, backend.prefix, BUDGET)
+
+
+async def test_history_keeps_the_last_messages_within_a_room_s_bytes(backend: Backend) -> None:
+    async with _backplane(backend) as plane:
+        small = b'"s"'
+        for _ in range(5):
+            await plane.publish("chat:bounded", small, keep=3)
+        kept, latest = await plane.history("chat:bounded")
+        assert latest == 5 and [seq for seq, _ in kept] == [3, 4, 5]
+        big = b'"' + b"x" * 6_000 + b'"'  # three fit in 20,000 bytes, four do not
+        for _ in range(10):
+            await plane.publish("chat:bounded", big, keep=100)
+        kept, latest = await plane.history("chat:bounded")
+        assert latest == 15
+        assert [seq for seq, _ in kept] == [13, 14, 15]
+        assert sum(len(p) for _, p in kept) <= BUDGET // LocalBackplane.ROOM_SHARE
+        assert json.loads(kept[-1][1])["seq"] == 15
+        too_big = b'"' + b"z" * 30_000 + b'"'  # over a room's whole share: numbered, not kept
+        assert await plane.publish("chat:bounded", too_big, keep=100) == 16
+        kept, _ = await plane.history("chat:bounded")
+        assert [seq for seq, _ in kept] == [13, 14, 15]
