@@ -69,12 +69,24 @@ class SaleConfigs:
             loading.add_done_callback(lambda _: self._loading.pop(sale_id, None))
         sale = await asyncio.shield(loading)
         if sale is None:
-            self._absent[sale_id] = time.monotonic() + self.ABSENT_TTL
+            self._remember_absent(sale_id)
         else:
             if len(self._known) >= self.MAX:
                 self._known.clear()
             self._known[sale_id] = sale
         return sale
+
+
+    def _remember_absent(self, sale_id: int) -> None:
+        """Kept in the order they expire (one TTL for all: insertion order), so those
+        expired are dropped from the front as new ones come; at most MAX either way
+        (every unknown id read once added an entry for good: issue 12 #8)."""
+        absent = self._absent
+        now = time.monotonic()
+        absent.pop(sale_id, None)  # re-inserted last: its new expiry is the latest
+        while absent and (next(iter(absent.values())) <= now or len(absent) >= self.MAX):
+            del absent[next(iter(absent))]
+        absent[sale_id] = now + self.ABSENT_TTL
 
 
 class SoldOutBoard:
