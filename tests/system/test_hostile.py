@@ -12,12 +12,11 @@ The whole file is one xdist group: its timing-sensitive cases run one at a time.
 
 from __future__ import annotations
 
+import base64
 import json
-import os
 import random
 import selectors
 import socket
-import string
 import threading
 import time
 from collections.abc import Iterator
@@ -69,13 +68,14 @@ pytestmark = pytest.mark.xdist_group("hostile")
 # engine sweeps its connections once a second on a clock ticked once a second, so a
 # deadline of T seconds cuts between T - 1 and T + 1 seconds after the fact.
 HEADER_TIMEOUT = 2.0
-KEEPALIVE_TIMEOUT = 1.0
+KEEPALIVE_TIMEOUT = 2.0
 SEND_TIMEOUT = 2.0
 BODY_MIN_RATE = 1024
 SWEEP = 1.0
 SLACK = 0.5  # scheduling on a loaded 2-core machine
 ORIGIN = "http://good.test"
 PROBE_BOUND = 0.2  # seconds: every other client's /healthz within this, throughout
+PER_CLIENT = 256  # SURGE_MAX_CONNECTIONS_PER_CLIENT's default
 
 
 @pytest.fixture(scope="module")
@@ -88,6 +88,7 @@ def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Server]:
         keepalive_timeout=str(KEEPALIVE_TIMEOUT),
         send_timeout=str(SEND_TIMEOUT),
         body_min_rate=str(BODY_MIN_RATE),
+        max_connections_per_client=str(PER_CLIENT),  # tests.server's base_env lifts it
         ws_origins=ORIGIN,
     ) as running:
         yield running
@@ -140,7 +141,6 @@ def _user(name: str) -> str:
 
 # -- slow clients ----------------------------------------------------------------------------
 SLOWLORIS = 2000  # the issue's count, from one address
-PER_CLIENT = 256  # SURGE_MAX_CONNECTIONS_PER_CLIENT's default
 
 
 def test_slowloris_from_one_address_is_capped_and_cut_at_the_header_timeout(
@@ -279,22 +279,31 @@ def test_pipelined_floods_that_read_nothing_are_cut_after_the_send_timeout(
     """The issue's attack: 10 connections each pipeline 1,500 GET /openapi.json (27 MB
     of answers apiece) and read nothing. The server queues at most 64 requests a
     connection, stops reading, and aborts each connection SEND_TIMEOUT after its answers
-    stopped moving; memory stays flat and others are served throughout."""
+    stopped moving: the process lets go of them, and the attacker sees them cut (an abort
+    resets: a FIN would wait behind megabytes of unsent answers in the kernel's buffer,
+    which the connection would go on holding). Memory stays flat; others are served."""
     pid = _pid(server)
     before = rss(pid)
+    held = server.metric("http_connections")
+    limit = SEND_TIMEOUT + 2 * SWEEP + SLACK + 1  # + the second the buffers take to fill
     with HealthProbe(server) as probe:
-        with sockets([connect_socket(server, src=source(4), rcvbuf=4096) for _ in range(10)]) as (
-            socks
-        ):
+        with sockets(
+            [connect_socket(server, src=source(4), rcvbuf=4096) for _ in range(10)]
+        ) as socks:
             flood = OPENAPI * 1500
             sent = [send_some(sock, flood, 0.5) for sock in socks]
             sending_done = time.monotonic()
-            cut_after = wait_cut(socks, SEND_TIMEOUT + 2 * SWEEP + 4, since=sending_done)
+            let_go = wait_for(lambda: server.metric("http_connections") <= held, limit + 2, 0.1)
+            released = time.monotonic() - sending_done
+            cut_after = wait_cut(socks, max(0.5, limit - released), since=sending_done)
             grown = rss(pid) - before
     probe.assert_responsive(PROBE_BOUND)
-    assert all(t is not None for t in cut_after), f"still open: {cut_after} (sent {sent})"
-    assert max(t for t in cut_after if t is not None) <= SEND_TIMEOUT + 2 * SWEEP + 1.5, cut_after
+    assert let_go and released <= limit, f"the process held them {released:.1f} s (sent {sent})"
     assert grown < 16 * MiB, f"RSS grew {grown / MiB:.1f} MiB"
+    assert all(t is not None for t in cut_after), (
+        f"the process let go after {released:.1f} s, but the attacker's connections are "
+        f"still established after {limit} s: {cut_after}"
+    )
 
 
 def test_a_pipelining_client_gets_at_most_the_queue_then_the_connection_ends(
@@ -425,19 +434,18 @@ def test_distinct_bogus_tokens_do_not_grow_memory(server: Server, size: int, bou
     being cached; under it their refusals are cached in at most 1/8 of
     SURGE_TOKEN_CACHE_BYTES (4 MiB of the default 32 MiB). Either way RSS stays within a
     few MiB."""
-    alphabet = (string.ascii_letters + string.digits).encode()
     rng = random.Random(size)
-
-    def token() -> bytes:
-        return b"Bearer " + bytes(rng.choices(alphabet, k=size))
-
+    tokens = [
+        b"Bearer " + base64.urlsafe_b64encode(rng.randbytes(size * 3 // 4))[:size]
+        for _ in range(3120)
+    ]
     pid = _pid(server)
     src = source(8 if size > 4096 else 9)
     conns = [Conn.open(server, src=src) for _ in range(6)]
     with HealthProbe(server) as probe, many(conns):
-        _send_tokens(conns, [token() for _ in range(120)])  # warm-up: the allocator's pools
+        _send_tokens(conns, tokens[:120])  # warm-up: the allocator's pools
         before = rss(pid)
-        statuses = _send_tokens(conns, [token() for _ in range(3000)])
+        statuses = _send_tokens(conns, tokens[120:])
         grown = rss(pid) - before
     probe.assert_responsive(PROBE_BOUND)
     assert statuses == {401}, statuses
@@ -583,8 +591,7 @@ VARIANTS = {
         within=HEADER_TIMEOUT + SWEEP + SLACK + 1,
     ),
     "chunk-extension-huge": Variant(
-        _post(b"Transfer-Encoding: chunked\r\n", b"5;" + b"e" * 20_000 + b"\r\nhello\r\n0\r\n\r\n"),
-        "refused",
+        _post(b"Transfer-Encoding: chunked\r\n", b"5;" + b"e" * 20_000 + b"\r\nhello\r\n0\r\n\r\n")
     ),
     "nul-in-value": Variant(_request(headers="X-A: a\x00b\r\n"), "refused"),
     "nul-in-name": Variant(_request(headers="X-\x00A: b\r\n"), "refused"),
@@ -638,7 +645,7 @@ def test_a_malformed_or_ambiguous_request_gets_one_clear_answer(server: Server, 
             conn.send(SENTINEL)  # the next request on the connection must be the next answered
             rest, ended = conn.until_end(3.0)
         answers += rest
-    probe.assert_responsive(PROBE_BOUND, min_samples=2)
+    probe.assert_responsive(PROBE_BOUND)
     ids = [a.header("x-request-id") for a in answers]
     assert "smuggled" not in ids, f"a request inside a body was answered: {answers}"
     assert all(a.status < 500 for a in answers), answers
@@ -763,7 +770,7 @@ def test_a_content_length_over_the_limit_is_refused_before_the_body(server: Serv
         # the refusal lingers: what the client still sends is read and dropped, no reset
         conn.send_some(b"x" * 262_144, 0.5)
         _, ended = conn.until_end(LINGER_BOUND)
-    probe.assert_responsive(PROBE_BOUND, min_samples=2)
+    probe.assert_responsive(PROBE_BOUND)
     _assert_refusal(answer, 413, "body-too-large")
     assert took < 0.5
     assert ended in ("eof", "reset")
@@ -776,9 +783,7 @@ LINGER_BOUND = 2.0 + 2 * SWEEP + SLACK  # LINGER (surge.http.server) and the swe
 def test_head_is_answered_wherever_get_is(server: Server, path: str) -> None:
     """HEAD gets GET's status and fields and no body (the pipelined GET behind it parses)."""
     with Conn.open(server, src=source(14)) as conn:
-        conn.send(
-            f"HEAD {path} HTTP/1.1\r\nHost: x\r\n\r\nGET {path} HTTP/1.1\r\nHost: x\r\n\r\n".encode()
-        )
+        conn.send(_request("HEAD", path) + _request("GET", path))
         head = conn.answer(2.0, head_only=True)
         get = conn.answer(2.0)
     assert head is not None and get is not None
@@ -860,7 +865,10 @@ def test_an_upgrade_pipelined_behind_another_request_is_refused(server: Server) 
             id="old-version",
         ),
         pytest.param(
-            b"GET /ws HTTP/1.1\r\nHost: x\r\n\r\n", 426, "upgrade-required", id="no-upgrade"
+            ws_request(key=WS_KEY, origin=ORIGIN).replace(b"Upgrade: websocket", b"Upgrade: h2c"),
+            426,
+            "upgrade-required",
+            id="upgrade-to-h2c",
         ),
         pytest.param(
             ws_request("/ws?token=not-a-jwt", key=WS_KEY, origin=ORIGIN),
@@ -971,7 +979,7 @@ def test_a_bad_frame_closes_with_its_code(ws_server: Server, name: str) -> None:
         assert code in bad.codes, (code, frames[-3:])
         # a lingering close: our side may still write; then the connection ends
         assert conn.time_to_end(7.0) is not None
-    probe.assert_responsive(PROBE_BOUND, min_samples=2)
+    probe.assert_responsive(PROBE_BOUND)
 
 
 @pytest.mark.parametrize(

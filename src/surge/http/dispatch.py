@@ -70,11 +70,10 @@ class Dispatch:
         # sees the same path we route (`/%6detrics` is no /metrics); an encoded slash
         # would make one segment look like two to whoever decodes it.
         path = request.path
-        match = state.router.match(path)
         result: Response | Awaitable[Response] | Upgrade
         if "%" in path and "%2f" in path.lower():
             result = _ENCODED_SLASH
-        elif match is None:
+        elif (match := state.router.match(path)) is None:
             result = _NOT_FOUND
         else:
             route, request.params = match

@@ -244,6 +244,7 @@ class HttpProtocol(Dispatch, asyncio.Protocol):
         cached answer). Health, readiness and metrics are never refused (`refusal.lone_get`)."""
         state = self._state
         state.shedder.shed["read"] += 1  # type: ignore[union-attr]
+        self._idle_since = state.now
         if self._transport is not None:
             self._transport.write(refusal.refusal(state.date_line, state.new_request_id()))
 
