@@ -76,7 +76,6 @@ class SaleConfigs:
             self._known[sale_id] = sale
         return sale
 
-
     def _remember_absent(self, sale_id: int) -> None:
         """Kept in the order they expire (one TTL for all: insertion order), so those
         expired are dropped from the front as new ones come; at most MAX either way

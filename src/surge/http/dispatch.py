@@ -11,8 +11,6 @@ import logging
 from collections import deque
 from collections.abc import Awaitable
 
-import httptools
-
 from surge.http.request import Request, Upgrade
 from surge.http.response import Problem, Response, problem_response
 from surge.http.router import Handler, HandlerResult
@@ -51,7 +49,6 @@ class Dispatch:
     _task: asyncio.Task[None] | None  # the Task answering it, if any
     _upgrade: tuple[Request, Upgrade] | None
     _state: ServerState
-    _parser: httptools.HttpRequestParser
     _transport: asyncio.Transport | None
     _keep_alive: bool
     _feeding: bool  # the parser is reading this connection's bytes right now

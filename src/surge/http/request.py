@@ -24,6 +24,7 @@ class Request:
         "body",
         "client",
         "headers",
+        "keep_alive",
         "method",
         "params",
         "path",
@@ -61,3 +62,4 @@ class Request:
         # the parser reads nothing after it, so its answer ends the connection unless the
         # switch happens
         self.upgrade = False
+        self.keep_alive = True  # False: the client ends the connection with it

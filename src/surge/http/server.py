@@ -18,7 +18,8 @@ from __future__ import annotations
 
 import asyncio
 import logging
-import re
+import socket
+import struct
 import time
 from collections import deque
 from random import random
@@ -27,6 +28,7 @@ import httptools
 
 from surge.http import refusal
 from surge.http.dispatch import _SHUTTING_DOWN, Dispatch
+from surge.http.reader import Overflow, Refused, RequestReader
 from surge.http.refusal import lone_get
 from surge.http.request import Request, Upgrade
 from surge.http.response import Response, problem_response
@@ -47,71 +49,37 @@ FIRST_REQUEST_GRACE = 1.0
 # that the refusal reaches it (closing with unread input would make the kernel reset the
 # connection and lose the answer).
 LINGER = 2.0
-# Chunked framing around a body (sizes, CRLFs, extensions) may add this many times the
-# body's own bytes before a message counts as oversized.
-FRAMING_ALLOWANCE = 8
-
-# An incoming X-Request-ID is kept if it is short and plain; otherwise we make one.
-_REQUEST_ID = re.compile(rb"[A-Za-z0-9._:-]{1,128}")
-# Fields a request may carry once: two values would leave "which one counts" to whoever
-# reads them, and a proxy in front may have checked or set the other one. Any other field
-# sent twice is combined into one value (RFC 9110 5.3).
-_SINGLE = frozenset(
-    (
-        b"host",
-        b"authorization",
-        b"content-type",
-        b"content-length",
-        b"idempotency-key",
-        b"x-request-id",
-        b"origin",
-        b"upgrade",
-        b"expect",
-        b"sec-websocket-key",
-        b"sec-websocket-version",
-    )
-)
+# The clock the sweep reads (ServerState.now) ticks once a second: a time stamped from it
+# may be up to this much old, so the sweep's deadlines allow for it (they fire between
+# their limit and a second or two after it, never early).
+TICK = 1.0
+_RESET = struct.pack("ii", 1, 0)  # SO_LINGER on, 0 s: close() sends a reset
 _CONTINUE = b"HTTP/1.1 100 Continue\r\n\r\n"
 
 
 class HttpProtocol(Dispatch, asyncio.Protocol):
     __slots__ = (
-        "_body",
-        "_body_size",
         "_counted",
         "_discard",
         "_feeding",
-        "_fresh",
-        "_head_done",
-        "_header_bytes",
-        "_headers",
         "_idle_since",
-        "_in_head",
         "_keep_alive",
-        "_parser",
         "_paused_reading",
         "_paused_writing",
         "_queue",
-        "_raw",
+        "_reader",
         "_served",
         "_stall_since",
         "_stall_size",
-        "_started",
         "_state",
         "_transport",
-        "_url",
         "client",
     )
 
     def __init__(self, state: ServerState) -> None:
         self._state = state
-        self._parser = httptools.HttpRequestParser(self)
+        self._reader = RequestReader(state, self)
         self._transport: asyncio.Transport | None = None
-        self._url = b""
-        self._headers: dict[bytes, bytes] = {}
-        self._header_bytes = 0  # request line + fields (+ trailers) of the current request
-        self._body: list[bytes] | None = None
-        self._body_size = 0
         self._queue: deque[Request] = deque()
         self._busy = False  # a request is being handled (pipelined ones wait in _queue)
         self._task: asyncio.Task[None] | None = None  # the Task answering it, if any
@@ -119,13 +87,8 @@ class HttpProtocol(Dispatch, asyncio.Protocol):
         self._keep_alive = True  # False once a request ends the connection
         self._paused_reading = False
         self._paused_writing = False
-        self._feeding = False  # the parser is reading this connection's bytes right now
+        self._feeding = False  # the reader is parsing this connection's bytes right now
         self._discard = 0.0  # when the connection began to be dropped (input ignored)
-        self._started = 0.0  # first byte of the request being received; 0: between requests
-        self._in_head = False  # receiving its request line and header fields
-        self._head_done = 0.0  # when its header block ended
-        self._raw = 0  # bytes read for it after the read it began in (see _bound)
-        self._fresh = False  # it began in the read being parsed
         self._idle_since = state.now  # its last answer (or its connection) went out
         self._stall_since = 0.0  # answers queued for the client, none read since then
         self._stall_size = 0
@@ -186,56 +149,30 @@ class HttpProtocol(Dispatch, asyncio.Protocol):
             and shedder.working >= shedder.read_limit  # every slot taken (no call: per read)
             and not state.closing  # draining: answers must say Connection: close
             and not self._busy
-            and not self._started
+            and not self._reader.started
             and not self._queue
             and lone_get(data, state.never_shed)
         ):
             self._shed_unparsed()
             return
-        self._fresh = False
         self._feeding = True
         try:
-            self._parser.feed_data(data)
+            self._reader.feed(data)
         except httptools.HttpParserUpgrade as upgrade:
-            self._feeding = False
             if self._upgrade is not None:
+                self._feeding = False
                 self._switch(data[upgrade.args[0] :])
                 return
             # answered already (refused, or not /ws: its answer closes the connection),
             # or queued behind another request (then refused: see Dispatch._respond)
             self._keep_alive = False
             self._drop_input()
-            return
-        except httptools.HttpParserError as exc:
-            self._feeding = False
-            # httptools wraps exceptions raised in our callbacks (_Refused) in its own.
-            cause = exc.__context__
-            if isinstance(cause, _Overflow):
-                self._keep_alive = False  # answer those queued, then close
-                self._drop_input()
-            elif isinstance(cause, _Refused):
-                self._reject(cause.status, cause.kind, cause.detail)
-            else:
-                self._reject(400, "bad-request", "malformed HTTP request")
-            return
+        except Overflow:
+            self._keep_alive = False  # answer those queued, then close
+            self._drop_input()
+        except Refused as refused:
+            self._reject(refused.status, refused.kind, refused.detail)
         self._feeding = False
-        if self._started:
-            self._bound(len(data))
-
-    def _bound(self, size: int) -> None:
-        """Bounds what the parser buffers for an unfinished request. httptools keeps a
-        header field until its line ends and reports it only then, so a field of endless
-        length would grow unseen: every read after the one the request began in counts
-        in full (that first read is bounded by the transport's read size)."""
-        if self._fresh:
-            return
-        self._raw += size
-        limits = self._state.limits
-        if self._in_head:
-            if self._raw > limits.max_header:
-                self._reject(431, "headers-too-large", "request headers too large")
-        elif self._raw > limits.max_header + FRAMING_ALLOWANCE * limits.max_body:
-            self._reject(413, "body-too-large", f"body exceeds {limits.max_body} bytes")
 
     def _shed_unparsed(self) -> None:
         """Every slot of the shedder is taken: a lone GET is answered 503 before the
@@ -256,94 +193,13 @@ class HttpProtocol(Dispatch, asyncio.Protocol):
         self._paused_writing = False
         self._serve_queue()
 
-    # -- parser callbacks ---------------------------------------------------------------
-    def on_message_begin(self) -> None:
-        self._url = b""
-        self._headers = {}
-        self._header_bytes = 0
-        self._body = None
-        self._body_size = 0
-        self._started = self._state.now
-        self._in_head = True
-        self._fresh = True
-        self._raw = 0
-
-    def on_url(self, url: bytes) -> None:
-        self._url += url
-        self._header_bytes += len(url)
-        if self._header_bytes > self._state.limits.max_header:
-            raise _Refused(414, "uri-too-long", "request line too long")
-
-    def on_header(self, name: bytes, value: bytes) -> None:
-        self._header_bytes += len(name) + len(value) + 4
-        if self._header_bytes > self._state.limits.max_header:
-            raise _Refused(431, "headers-too-large", "request headers too large")
-        if not self._in_head:
-            return  # a trailer field: never merged into the request's header fields
-        name = name.lower()
-        headers = self._headers
-        known = headers.get(name)
-        if known is None:
-            headers[name] = value
-        elif name in _SINGLE:
-            raise _Refused(400, "duplicate-header", f"{name.decode()} may be sent once")
-        else:
-            headers[name] = known + b", " + value
-
-    def on_headers_complete(self) -> None:
-        self._in_head = False
-        self._head_done = self._state.now
-        headers = self._headers
-        if b"host" not in headers and self._parser.get_http_version() != "1.0":
-            raise _Refused(400, "bad-request", "an HTTP/1.1 request needs a Host field")
-        length = headers.get(b"content-length")
-        if length is not None and int(length) > self._state.limits.max_body:
-            limit = self._state.limits.max_body
-            raise _Refused(413, "body-too-large", f"body exceeds {limit} bytes")
-        expect = headers.get(b"expect")
-        if expect is not None:
-            if expect.lower() != b"100-continue":
-                raise _Refused(417, "expectation-failed", "only Expect: 100-continue is known")
-            if not (self._busy or self._queue) and self._transport is not None:
-                self._transport.write(_CONTINUE)  # its body is wanted: send it
-
-    def on_body(self, body: bytes) -> None:
-        size = self._body_size + len(body)
-        if size > self._state.limits.max_body:
-            limit = self._state.limits.max_body
-            raise _Refused(413, "body-too-large", f"body exceeds {limit} bytes")
-        self._body_size = size
-        if self._body is None:
-            self._body = [body]
-        else:
-            self._body.append(body)
-
-    def on_message_complete(self) -> None:
-        parser = self._parser
-        url = self._url
-        self._url = b""
-        self._started = 0.0
+    # -- from the reader ----------------------------------------------------------------
+    def received(self, request: Request) -> None:
         if not self._keep_alive:
             # an earlier request closed the connection: what follows it is not served
             # (RFC 9112 9.6)
             return
-        path_bytes, _, query = url.partition(b"?")
-        headers = self._headers
-        rid = headers.get(b"x-request-id")
-        if rid is None or not _REQUEST_ID.fullmatch(rid):
-            rid = self._state.new_request_id()
-        request = Request(
-            parser.get_method().decode("latin-1"),
-            path_bytes.decode("latin-1"),  # raw: routes match it undecoded (Router.match)
-            query.decode("latin-1"),
-            headers,
-            b"".join(self._body) if self._body else b"",
-            self.client,
-            rid,
-        )
-        if b"upgrade" in headers:
-            request.upgrade = parser.should_upgrade()
-        if not parser.should_keep_alive():
+        if not request.keep_alive:
             self._keep_alive = False
         if self._busy or self._queue or self._paused_writing:
             # answered in order, once those before it are (and the client reads them)
@@ -352,9 +208,13 @@ class HttpProtocol(Dispatch, asyncio.Protocol):
             if len(queue) >= MAX_PIPELINE:
                 self._pause_reading()
                 if len(queue) >= MAX_QUEUED:
-                    raise _Overflow
+                    raise Overflow
             return
         self._handle(request)
+
+    def continue_body(self) -> None:
+        if not (self._busy or self._queue) and self._transport is not None:
+            self._transport.write(_CONTINUE)  # its body is wanted: send it (else it waits)
 
     def _finish(self, request: Request, response: Response) -> None:
         if response is _SHUTTING_DOWN:
@@ -444,7 +304,7 @@ class HttpProtocol(Dispatch, asyncio.Protocol):
         without a body of its own, the connection just closes)."""
         transport = self._transport
         self._keep_alive = False
-        self._started = 0.0
+        self._reader.stop()
         if transport is None:
             return
         if self._busy or self._queue:
@@ -501,27 +361,21 @@ class HttpProtocol(Dispatch, asyncio.Protocol):
         queued = transport.get_write_buffer_size()
         if self._discard and not queued and not (self._busy or self._queue):
             if now - self._discard > LINGER:
-                transport.abort()  # the refusal is out; the client had its time to read it
+                self.reset()  # the refusal is out; the client had its time to read it
             return
         if queued:
             if not self._stall_since or queued < self._stall_size:
                 self._stall_since = now  # the client read some: it is reading
             self._stall_size = queued
             if now - self._stall_since > limits.send_timeout:
-                transport.abort()  # it reads nothing: what it asked for stays unsent
+                self.reset()  # it reads nothing: what it asked for stays unsent
                 return
         else:
             self._stall_since = 0.0
         if self._busy:
             return  # its handler runs under a deadline
-        if self._started:
-            if self._in_head:
-                deadline = self._started + limits.header_timeout
-            else:
-                deadline = (
-                    self._head_done + limits.header_timeout + self._body_size / limits.body_min_rate
-                )
-            if now > deadline:
+        if self._reader.started:
+            if self._reader.overdue(now, TICK):
                 self._reject(408, "request-timeout", "the request took too long to arrive")
             return
         if self._queue:
@@ -530,14 +384,14 @@ class HttpProtocol(Dispatch, asyncio.Protocol):
             limit = 0.0 if self._served else FIRST_REQUEST_GRACE
         else:
             limit = limits.keepalive_timeout
-        if now - self._idle_since > limit:
+        if now - self._idle_since > limit + (TICK if limit else 0.0):
             transport.close()
 
     def close_if_idle(self) -> None:
         """Closes a keep-alive connection between requests (not a fresh one)."""
         if (
             self._served
-            and not (self._busy or self._started or self._queue)
+            and not (self._busy or self._reader.started or self._queue)
             and self._transport is not None
         ):
             self._transport.close()
@@ -546,17 +400,24 @@ class HttpProtocol(Dispatch, asyncio.Protocol):
         if self._transport is not None:
             self._transport.abort()
 
+    def reset(self) -> None:
+        """Cuts the connection with a reset: a plain abort would leave the kernel sending
+        what is queued (up to its send buffer, megabytes) to a client that reads nothing,
+        behind a FIN it never gets, for as long as the client keeps its socket."""
+        transport = self._transport
+        if transport is not None:
+            reset(transport)
 
-class _Refused(Exception):
-    """Raised in a parser callback: the request is answered with this and the connection
-    ends (httptools stops parsing at the exception)."""
 
-    def __init__(self, status: int, kind: str, detail: str) -> None:
-        self.status, self.kind, self.detail = status, kind, detail
-
-
-class _Overflow(Exception):
-    """Raised in a parser callback: more pipelined requests than MAX_QUEUED."""
+def reset(transport: asyncio.BaseTransport) -> None:
+    """Aborts `transport` with a TCP reset (SO_LINGER 0), freeing the kernel's buffers."""
+    sock = transport.get_extra_info("socket")
+    if sock is not None:
+        try:
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, _RESET)
+        except OSError:
+            pass
+    transport.abort()  # type: ignore[attr-defined]
 
 
 _TOO_MANY_CONNECTIONS = problem_response(

@@ -18,6 +18,7 @@ from wsproto.connection import Connection, ConnectionState, ConnectionType
 from wsproto.events import BytesMessage, CloseConnection, Ping, TextMessage
 from wsproto.utilities import LocalProtocolError
 
+from surge.http.server import reset
 from surge.realtime import frames, wire
 
 if TYPE_CHECKING:
@@ -237,5 +238,7 @@ class WsConnection(asyncio.Protocol):
         self._abort = asyncio.get_running_loop().call_later(ABORT_AFTER, self.abort)
 
     def abort(self) -> None:
+        """Cuts the connection with a reset: the kernel drops what is queued for it (a
+        client that stopped reading would otherwise keep it there: surge.http.server)."""
         if self.transport is not None:
-            self.transport.abort()
+            reset(self.transport)
