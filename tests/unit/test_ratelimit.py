@@ -6,7 +6,7 @@ import pytest
 
 from surge.auth import Authenticator, mint
 from surge.http.request import Request
-from surge.protect.bucket import LocalBuckets, Policy, Verdict
+from surge.protect.bucket import Bucket, LocalBuckets, Policy, Verdict
 from surge.protect.clients import Clients, parse_networks
 from surge.protect.ratelimit import RateLimiter, parse_policy
 
@@ -156,3 +156,14 @@ def test_a_refusal_is_a_429_problem_with_retry_after_and_ratelimit_fields() -> N
     assert b'"type":"/problems/rate-limited"' in body
     assert limiter.limited == {"read": 1}
     assert limiter.check(_request(), "write") is None  # no policy for the class: no limit
+
+
+def test_a_held_bucket_refills_at_its_rate_up_to_its_burst() -> None:
+    bucket = Bucket(rate=10.0, burst=20.0, now=100.0)
+    assert all(bucket.take(100.0) for _ in range(20))
+    assert not bucket.take(100.0)
+    assert not bucket.take(100.05)  # half a token
+    assert bucket.take(100.15)  # one and a half
+    assert not bucket.take(100.15)
+    assert not bucket.take(200.0, cost=21.0)  # never more than the burst
+    assert bucket.take(200.0, cost=20.0)

@@ -51,6 +51,29 @@ def refused(wait: float) -> Verdict:
     return Verdict(False, 0, wait)
 
 
+class Bucket:
+    """One token bucket held by its owner (a WebSocket connection's publishes, pings and
+    frames; a user's published bytes): `rate` tokens a second, at most `burst`, starts
+    full; `take(now, cost)` takes `cost` tokens or refuses."""
+
+    __slots__ = ("_at", "_burst", "_rate", "_tokens")
+
+    def __init__(self, rate: float, burst: float, now: float) -> None:
+        self._rate = rate
+        self._burst = burst
+        self._tokens = burst
+        self._at = now
+
+    def take(self, now: float, cost: float = 1.0) -> bool:
+        tokens = min(self._burst, self._tokens + (now - self._at) * self._rate)
+        self._at = now
+        if tokens < cost:
+            self._tokens = tokens
+            return False
+        self._tokens = tokens - cost
+        return True
+
+
 class LocalBuckets:
     """Buckets of this process, keyed by (policy, caller). Bounded: when a policy has
     `max_entries` callers, the oldest inserted is forgotten (it comes back full, i.e. the

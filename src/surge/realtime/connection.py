@@ -19,6 +19,7 @@ from wsproto.events import BytesMessage, CloseConnection, Ping, TextMessage
 from wsproto.utilities import LocalProtocolError
 
 from surge.http.server import reset
+from surge.protect.bucket import Bucket
 from surge.realtime import frames, wire
 
 if TYPE_CHECKING:
@@ -36,19 +37,23 @@ POLICY = 1008  # the client broke a rule of ours (too many pings)
 # fast as the client sends.
 PING_RATE = 10.0
 PING_BURST = 20.0
+# Frames of data (messages, their fragments) a client may send a second, and in a burst.
+# Each costs the loop a few microseconds; one read can carry 40,000 tiny frames, so
+# without a bound one client could hold the loop for a fraction of a second per read.
+FRAME_RATE = 200.0
+FRAME_BURST = 400.0
 ABORT_AFTER = 5.0  # seconds a closing client gets to read its backlog and the close frame
 
 
 class WsConnection(asyncio.Protocol):
     __slots__ = (
         "_abort",
-        "_bucket",
+        "_frames",
         "_hub",
         "_partial",
         "_partial_size",
-        "_pinged",
         "_pings",
-        "_refilled",
+        "_publishes",
         "_ws",
         "closing",
         "fd",
@@ -66,10 +71,11 @@ class WsConnection(asyncio.Protocol):
         self._ws = Connection(ConnectionType.SERVER)
         self._partial: list[str] | None = None
         self._partial_size = 0
-        self._bucket = float(hub.limits.publish_rate)
-        self._refilled = time.monotonic()
-        self._pings = PING_BURST  # the ping bucket (PING_RATE)
-        self._pinged = self._refilled
+        now = time.monotonic()
+        rate = hub.limits.publish_rate
+        self._publishes = Bucket(rate, rate, now)  # publishes and resumes
+        self._pings = Bucket(PING_RATE, PING_BURST, now)
+        self._frames = Bucket(FRAME_RATE, FRAME_BURST, now)  # data frames
         self.last_seen = time.monotonic()
         self.closing = False
         self._abort: asyncio.TimerHandle | None = None
@@ -97,28 +103,33 @@ class WsConnection(asyncio.Protocol):
             self.transport.resume_reading()
 
     def data_received(self, data: bytes) -> None:
+        if self.closing:
+            # we said goodbye (and sent FIN): what the client sends now is dropped unread,
+            # its close frame included; its FIN, or ABORT_AFTER, ends the connection
+            return
         self.last_seen = self._hub.now
         ws = self._ws
         ws.receive_data(data)
         ping: Ping | None = None
-        for event in ws.events():
-            if self.closing and not isinstance(event, CloseConnection):
-                continue  # we said goodbye: only the client's close frame matters now
-            if isinstance(event, TextMessage):
-                self._text(event.data, event.message_finished)
-            elif isinstance(event, BytesMessage):
-                self._binary(len(event.data), event.message_finished)
+        for event in ws.events():  # frames are parsed as they are asked for
+            if isinstance(event, TextMessage | BytesMessage):
+                if not self._frames.take(self._hub.now):
+                    self.close(POLICY, f"at most {FRAME_RATE:g} frames a second")
+                elif isinstance(event, TextMessage):
+                    self._text(event.data, event.message_finished)
+                else:
+                    self._binary(len(event.data), event.message_finished)
             elif isinstance(event, Ping):
-                if not self._allow_ping():
+                if self._pings.take(self._hub.now):
+                    ping = event  # answered once the read is done: the last one only
+                else:
                     self.close(POLICY, f"at most {PING_RATE:g} pings a second")
-                    continue
-                ping = event  # answered once the read is done: the last one only
             elif isinstance(event, CloseConnection):
                 self._closed_by_peer(event)
                 return
-            if self.transport is None:
-                return
-        if ping is not None and not self.closing:
+            if self.transport is None or self.closing:
+                return  # the rest of the read is never parsed
+        if ping is not None:
             self._write(ws.send(ping.response()))
 
     def eof_received(self) -> bool | None:
@@ -162,25 +173,9 @@ class WsConnection(asyncio.Protocol):
             self._partial_size = 0
             self.reply(wire.error(None, "bad-frame", "send JSON in text frames"))
 
-    def _allow_ping(self) -> bool:
-        now = self._hub.now
-        self._pings = min(PING_BURST, self._pings + (now - self._pinged) * PING_RATE)
-        self._pinged = now
-        if self._pings < 1.0:
-            return False
-        self._pings -= 1.0
-        return True
-
     def allow_publish(self) -> bool:
-        """The connection's token bucket: `publish_rate` a second, as many in a burst."""
-        rate = self._hub.limits.publish_rate
-        now = time.monotonic()
-        self._bucket = min(float(rate), self._bucket + (now - self._refilled) * rate)
-        self._refilled = now
-        if self._bucket < 1.0:
-            return False
-        self._bucket -= 1.0
-        return True
+        """The connection's publish bucket: `publish_rate` a second, as many in a burst."""
+        return self._publishes.take(time.monotonic())
 
     def _closed_by_peer(self, event: CloseConnection) -> None:
         try:

@@ -19,6 +19,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from surge.metrics import Histogram
+from surge.protect.bucket import Bucket
 from surge.realtime import frames, wire
 from surge.realtime.backplane import Backplane
 from surge.realtime.connection import GOING_AWAY, TOO_SLOW, WsConnection
@@ -68,7 +69,7 @@ class Hub:
         self.connections: set[WsConnection] = set()
         # per user (token): open connections, and the publish byte bucket they share
         self.per_user: dict[str, int] = {}
-        self._publish_budget: dict[str, list[float]] = {}  # user -> [bytes left, refilled]
+        self._publish_budget: dict[str, Bucket] = {}  # user -> published bytes
         self.now = time.monotonic()  # coarse clock for last_seen, ticked by the heartbeat
         self.accepting = True
         self.stats = {
@@ -267,19 +268,12 @@ class Hub:
     def _allow_bytes(self, user: str, size: int) -> bool:
         """The user's byte bucket, shared by its connections in this process: what one
         user can make the history (and every subscriber's buffer) hold a second."""
-        rate = self.limits.publish_bytes
-        burst = 4.0 * rate
         now = time.monotonic()
         budget = self._publish_budget.get(user)
         if budget is None:
-            budget = self._publish_budget[user] = [burst, now]
-        left = min(burst, budget[0] + (now - budget[1]) * rate)
-        budget[1] = now
-        if left < size:
-            budget[0] = left
-            return False
-        budget[0] = left - size
-        return True
+            rate = self.limits.publish_bytes
+            budget = self._publish_budget[user] = Bucket(rate, 4.0 * rate, now)
+        return budget.take(now, size)
 
     async def _publish_for(self, conn: WsConnection, op: wire.Publish) -> None:
         try:
