@@ -30,6 +30,7 @@ import pytest
 from surge.auth import mint
 from tests.hostile import (
     TCP_CLOSE_WAIT,
+    WS_BINARY,
     WS_CLOSE,
     WS_CONTINUATION,
     WS_PING,
@@ -65,17 +66,27 @@ from tests.ws import embedded
 pytestmark = pytest.mark.xdist_group("hostile")
 
 # The shared server's timeouts (seconds): short, so that cuts are quick to observe. The
-# engine sweeps its connections once a second on a clock ticked once a second, so a
-# deadline of T seconds cuts between T - 1 and T + 1 seconds after the fact.
+# engine sweeps its connections once a second, on a clock ticked once a second, and
+# allows for that clock: a deadline of T seconds cuts between T and T + 2 seconds after
+# the fact, never early (surge.http.server.TICK).
 HEADER_TIMEOUT = 2.0
 KEEPALIVE_TIMEOUT = 2.0
 SEND_TIMEOUT = 2.0
 BODY_MIN_RATE = 1024
 SWEEP = 1.0
 SLACK = 0.5  # scheduling on a loaded 2-core machine
+EARLY = 0.2  # our clocks start a little after the server's: "never early" within this
+
+
+def _cut_in_time(took: float, deadline: float) -> bool:
+    """Whether a cut `took` seconds after the fact honours a deadline of `deadline`."""
+    return deadline - EARLY <= took <= deadline + 2 * SWEEP + SLACK
+
+
 ORIGIN = "http://good.test"
 PROBE_BOUND = 0.2  # seconds: every other client's /healthz within this, throughout
 PER_CLIENT = 256  # SURGE_MAX_CONNECTIONS_PER_CLIENT's default
+LINGER_BOUND = 2.0 + 2 * SWEEP + SLACK  # LINGER (surge.http.server) and the sweep
 
 
 @pytest.fixture(scope="module")
@@ -166,13 +177,12 @@ def test_slowloris_from_one_address_is_capped_and_cut_at_the_header_timeout(
         for conn in refused:
             _assert_refusal(conn.answer(5.0), 503, "too-many-connections")
             assert conn.until_end(2.0)[1] in ("eof", "reset")
-        cut_after = _trickle_until_cut(admitted, first_byte, HEADER_TIMEOUT + SWEEP + 3)
+        cut_after = _trickle_until_cut(admitted, first_byte, HEADER_TIMEOUT + 2 * SWEEP + 3)
         grown = rss(_pid(server)) - before
     probe.assert_responsive(PROBE_BOUND)
-    late = {round(t, 2) for t in cut_after.values() if t > HEADER_TIMEOUT + SWEEP + SLACK}
-    early = {round(t, 2) for t in cut_after.values() if t < HEADER_TIMEOUT - SWEEP - 0.1}
     assert len(cut_after) == PER_CLIENT, f"{PER_CLIENT - len(cut_after)} never cut"
-    assert not late and not early, (late, early)
+    off = sorted({round(t, 2) for t in cut_after.values() if not _cut_in_time(t, HEADER_TIMEOUT)})
+    assert not off, f"cut after {off} s, not within HEADER_TIMEOUT ({HEADER_TIMEOUT} s) + 2 s"
     assert grown < 16 * MiB, f"RSS grew {grown / MiB:.1f} MiB"
     assert server.metric("http_connections_refused_total") >= SLOWLORIS - PER_CLIENT
 
@@ -245,8 +255,8 @@ def test_a_slow_body_is_held_to_the_minimum_rate(server: Server, rate: int, cut:
     probe.assert_responsive(PROBE_BOUND)
     if cut:
         _assert_refusal(answer, 408, "request-timeout")
-        allowed = HEADER_TIMEOUT + sent / BODY_MIN_RATE + SWEEP + SLACK
-        assert HEADER_TIMEOUT - SWEEP <= took <= allowed, (took, sent)
+        # the deadline: HEADER_TIMEOUT + what arrived / BODY_MIN_RATE (about 2.2 s here)
+        assert _cut_in_time(took, HEADER_TIMEOUT + sent / BODY_MIN_RATE), (took, sent)
     else:
         assert sent == size
         _assert_problem(answer, 401, "unauthorized")  # the body arrived: a handler answered
@@ -259,14 +269,25 @@ def test_idle_keep_alive_is_not_extended_by_stray_line_ends(server: Server) -> N
         conn.send(_request())
         assert (answer := conn.answer()) is not None and answer.status == 200
         answered = time.monotonic()
-        while time.monotonic() - answered < KEEPALIVE_TIMEOUT + 4:
+        while time.monotonic() - answered < KEEPALIVE_TIMEOUT + 2 * SWEEP + 3:
             if not conn.send(b"\r\n", 0.5) or ready(conn.sock, timeout=0.2):
                 break
         took = conn.time_to_end(1.0)
-        assert took is not None, "still open after 5 s of bare CRLFs"
+        assert took is not None, "still open after 7 s of bare CRLFs"
         idle = time.monotonic() - answered
     probe.assert_responsive(PROBE_BOUND)
-    assert idle <= KEEPALIVE_TIMEOUT + SWEEP + SLACK + 0.2, idle
+    assert _cut_in_time(idle, KEEPALIVE_TIMEOUT), idle
+
+
+def test_a_busy_keep_alive_connection_outlives_the_keep_alive_timeout(tmp_path: Path) -> None:
+    """KEEPALIVE_TIMEOUT counts from the last answer: a connection asking every 0.2 s is
+    never idle that long and stays open (with a 1 s timeout, 3 s of requests)."""
+    with embedded(tmp_path, keepalive_timeout="1") as brief, Conn.open(brief) as conn:
+        for i in range(15):
+            assert conn.send(_request()), f"closed before request {i}"
+            answer = conn.answer(2.0)
+            assert answer is not None, f"closed after {i} answers, {i * 0.2:.1f} s"
+            time.sleep(0.2)
 
 
 # -- floods of requests ----------------------------------------------------------------------
@@ -284,9 +305,9 @@ def test_pipelined_floods_that_read_nothing_are_cut_after_the_send_timeout(
     which the connection would go on holding). Memory stays flat; others are served."""
     pid = _pid(server)
     before = rss(pid)
-    held = server.metric("http_connections")
     limit = SEND_TIMEOUT + 2 * SWEEP + SLACK + 1  # + the second the buffers take to fill
     with HealthProbe(server) as probe:
+        held = server.metric("http_connections")  # the probe's among them
         with sockets(
             [connect_socket(server, src=source(4), rcvbuf=4096) for _ in range(10)]
         ) as socks:
@@ -425,15 +446,15 @@ def test_16000_one_byte_chunks_cost_little(server: Server, extension: bytes) -> 
 @pytest.mark.parametrize(
     ("size", "bound"),
     [
-        pytest.param(15_000, 4 * MiB, id="15KB-refused-unread"),
-        pytest.param(4_000, 10 * MiB, id="4KB-refusals-cached-in-bounds"),
+        pytest.param(15_000, 2 * MiB, id="15KB-refused-unread"),
+        pytest.param(4_000, 8 * MiB, id="4KB-refusals-cached-in-bounds"),
     ],
 )
 def test_distinct_bogus_tokens_do_not_grow_memory(server: Server, size: int, bound: int) -> None:
     """3,000 distinct bogus tokens: over MAX_TOKEN_BYTES (4096) they are refused without
-    being cached; under it their refusals are cached in at most 1/8 of
-    SURGE_TOKEN_CACHE_BYTES (4 MiB of the default 32 MiB). Either way RSS stays within a
-    few MiB."""
+    being cached (no growth); under it their refusals are cached in at most 1/8 of
+    SURGE_TOKEN_CACHE_BYTES (4 MiB of the default 32 MiB, where unbounded they would take
+    12 MB). Either way RSS stays within a few MiB."""
     rng = random.Random(size)
     tokens = [
         b"Bearer " + base64.urlsafe_b64encode(rng.randbytes(size * 3 // 4))[:size]
@@ -588,7 +609,7 @@ VARIANTS = {
     "chunk-size-2^64-1": Variant(
         _post(b"Transfer-Encoding: chunked\r\n", b"FFFFFFFFFFFFFFFF\r\nhello\r\n"),
         "refused",
-        within=HEADER_TIMEOUT + SWEEP + SLACK + 1,
+        within=HEADER_TIMEOUT + 2 * SWEEP + SLACK,
     ),
     "chunk-extension-huge": Variant(
         _post(b"Transfer-Encoding: chunked\r\n", b"5;" + b"e" * 20_000 + b"\r\nhello\r\n0\r\n\r\n")
@@ -662,8 +683,7 @@ def test_a_malformed_or_ambiguous_request_gets_one_clear_answer(server: Server, 
         assert 400 <= first.status < 500, first
     elif variant.expect == "answered":
         assert first.status == variant.status, first
-    if 400 <= first.status < 500:
-        assert first.problem_type is not None
+    assert all(a.header("set-cookie") is None for a in answers), answers  # nothing injected
     assert log_errors(server)[errors:] == []
 
 
@@ -722,9 +742,6 @@ def test_trailer_fields_are_never_request_fields(
             f"Authorization: {_user('buyer')}\r\nTransfer-Encoding: chunked\r\n",
         )
         body = b'{"quantity":1}'
-    elif field == "Authorization":
-        head = _request("POST", "/sales", "Transfer-Encoding: chunked\r\n")
-        body = SALE
     else:
         head = _request("POST", "/sales", "Transfer-Encoding: chunked\r\n")
         body = SALE
@@ -761,13 +778,17 @@ def test_expect_100_continue_is_answered_before_the_body(server: Server) -> None
     assert final is not None and final.status == 201, final
 
 
-def test_a_content_length_over_the_limit_is_refused_before_the_body(server: Server) -> None:
+@pytest.mark.parametrize("expect", ["", "Expect: 100-continue\r\n"], ids=["plain", "expect-100"])
+def test_a_content_length_over_the_limit_is_refused_before_the_body(
+    server: Server, expect: str
+) -> None:
+    """413 as soon as the header block is in (no `100 Continue` invites the body), then a
+    lingering close: what the client still sends is read and dropped, no reset."""
     with HealthProbe(server) as probe, Conn.open(server, src=source(13)) as conn:
-        conn.send(_request("POST", "/sales", "Content-Length: 10000000\r\n"))
+        conn.send(_request("POST", "/sales", f"{expect}Content-Length: 10000000\r\n"))
         started = time.monotonic()
         answer = conn.answer(1.0)
         took = time.monotonic() - started
-        # the refusal lingers: what the client still sends is read and dropped, no reset
         conn.send_some(b"x" * 262_144, 0.5)
         _, ended = conn.until_end(LINGER_BOUND)
     probe.assert_responsive(PROBE_BOUND)
@@ -776,7 +797,37 @@ def test_a_content_length_over_the_limit_is_refused_before_the_body(server: Serv
     assert ended in ("eof", "reset")
 
 
-LINGER_BOUND = 2.0 + 2 * SWEEP + SLACK  # LINGER (surge.http.server) and the sweep
+@pytest.mark.parametrize(
+    ("head", "status", "kind"),
+    [
+        pytest.param(b"GARBAGE\x00 / HTTP/1.1\r\n\r\n", 400, "bad-request", id="malformed"),
+        pytest.param(
+            _request("POST", "/sales", "Content-Length: 10000000\r\n"),
+            413,
+            "body-too-large",
+            id="length-over-the-limit",
+        ),
+        pytest.param(
+            _request(headers="X-Big: " + "a" * 20_000 + "\r\n"),
+            431,
+            "headers-too-large",
+            id="headers-too-large",
+        ),
+    ],
+)
+def test_a_refusal_reaches_a_client_that_keeps_sending(
+    server: Server, head: bytes, status: int, kind: str
+) -> None:
+    """A lingering close: the client sends 4 MiB more after a refused request before it
+    reads anything; the refusal still arrives (no reset throws it away), then the
+    connection ends within LINGER."""
+    with HealthProbe(server) as probe, Conn.open(server, src=source(19)) as conn:
+        conn.send_some(head + b"x" * (4 * MiB), 1.5)
+        answer = conn.answer(2.0)
+        _, ended = conn.until_end(LINGER_BOUND)
+    probe.assert_responsive(PROBE_BOUND)
+    _assert_refusal(answer, status, kind)
+    assert ended in ("eof", "reset")
 
 
 @pytest.mark.parametrize("path", ["/healthz", "/readyz", "/openapi.json", "/demo", "/sales/999"])
@@ -958,6 +1009,7 @@ BAD_FRAMES = {
     "close-code-999": BadFrame(ws_frame(WS_CLOSE, (999).to_bytes(2, "big")), (1002,)),
     "close-one-byte": BadFrame(ws_frame(WS_CLOSE, b"\x03"), (1002,)),
     "oversized-text": BadFrame(ws_frame(WS_TEXT, b'"' + b"x" * 70_000 + b'"'), (1009,)),
+    "oversized-binary": BadFrame(ws_frame(WS_BINARY, b"x" * 70_000), (1009,)),
     "oversized-fragments": BadFrame(
         b"".join(
             ws_frame(WS_TEXT if i == 0 else WS_CONTINUATION, b"x" * 10_000, fin=False)
@@ -1020,6 +1072,27 @@ def test_a_ping_flood_gets_few_pongs_and_is_closed(ws_server: Server) -> None:
     pongs = sum(1 for opcode, _ in frames if opcode == WS_PONG)
     assert close_code(frames) == 1008, (pongs, frames[-2:])
     assert pongs <= 100, pongs
+
+
+@pytest.mark.parametrize(
+    ("frame", "count"),
+    [
+        pytest.param(ws_frame(WS_PING, b""), 200_000, id="200k-pings"),
+        pytest.param(ws_frame(WS_PONG, b""), 200_000, id="200k-unsolicited-pongs"),
+        pytest.param(ws_text("{}"), 100_000, id="100k-tiny-messages"),
+    ],
+)
+def test_a_burst_of_tiny_frames_does_not_stall_the_server(
+    ws_server: Server, frame: bytes, count: int
+) -> None:
+    """A megabyte of the smallest frames in one write (the same masking key throughout:
+    the point is the server's work per frame, not ours): the server may close the
+    connection, but every other client is answered within the bound meanwhile. Work per
+    read must be bounded, not proportional to what the kernel buffered."""
+    with HealthProbe(ws_server) as probe, ws_open(ws_server, src=source(57)) as conn:
+        conn.send_some(frame * count, 3.0)
+        ws_read(conn, 3.0, lambda got: close_code(got) is not None)
+    probe.assert_responsive(PROBE_BOUND)
 
 
 def test_pings_at_a_human_pace_are_answered(ws_server: Server) -> None:
