@@ -1,17 +1,20 @@
 """The hostile-client harness (issue 12): raw sockets that misbehave on purpose, a probe
 that stands for everybody else, and the server's memory and CPU as the kernel sees them.
 
-- `Conn`: a raw client connection with a read buffer: send bytes, read the next answer
-  within a timeout, or read until the server ends the connection (FIN or reset).
-- `state`/`wait_cut`: whether (and when) the server cut a connection, told by the kernel
-  (TCP_INFO) without reading from it: reading would be the progress a client that leaves
-  its answers unread must not make.
+- `Conn`: a raw client connection with a read buffer: send bytes (`send`, or `send_some`
+  for as much as the kernel takes in a given time), read the next answer within a
+  timeout, read until the server ends the connection (FIN or reset) and how long that
+  took (`until_end`, `time_to_end`); `parse_answer(s)` for HTTP/1.1 answers on the wire.
+- `tcp_state`/`wait_cut`: whether (and when) the server cut a connection, told by the
+  kernel (TCP_INFO) without reading from it: reading would be the progress a client that
+  leaves its answers unread must not make.
 - `HealthProbe`: in a thread, GET /healthz every ~50 ms on the public port (alternately
   on one keep-alive connection and on a fresh one) from an address no attacker uses,
   recording each latency; a probe without an answer counts as infinite.
-- `rss`/`cpu_seconds`: the server process's resident memory and CPU time (/proc).
+- `rss`/`cpu_seconds`: the server process's resident memory and CPU time (/proc);
+  `log_errors`: what the server logged as an error.
 - WebSocket: `ws_open` (a raw handshake), `ws_frame` (any client frame, well-formed or
-  not) and `ws_frames` (the server's frames, parsed).
+  not), `ws_read`/`ws_frames` (the server's frames, parsed).
 
 Every wait here is bounded in time and every loop in count: a hung server fails a test, it
 never hangs the suite.

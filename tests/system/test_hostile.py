@@ -1075,22 +1075,28 @@ def test_a_ping_flood_gets_few_pongs_and_is_closed(ws_server: Server) -> None:
 
 
 @pytest.mark.parametrize(
-    ("frame", "count"),
+    ("first", "frame", "count"),
     [
-        pytest.param(ws_frame(WS_PING, b""), 200_000, id="200k-pings"),
-        pytest.param(ws_frame(WS_PONG, b""), 200_000, id="200k-unsolicited-pongs"),
-        pytest.param(ws_text("{}"), 100_000, id="100k-tiny-messages"),
+        pytest.param(b"", ws_frame(WS_PING, b""), 200_000, id="200k-pings"),
+        pytest.param(b"", ws_frame(WS_PONG, b""), 200_000, id="200k-unsolicited-pongs"),
+        pytest.param(b"", ws_text("{}"), 100_000, id="100k-tiny-messages"),
+        pytest.param(
+            ws_frame(WS_TEXT, b"", fin=False),
+            ws_frame(WS_CONTINUATION, b"", fin=False),
+            200_000,
+            id="200k-empty-continuations",
+        ),
     ],
 )
 def test_a_burst_of_tiny_frames_does_not_stall_the_server(
-    ws_server: Server, frame: bytes, count: int
+    ws_server: Server, first: bytes, frame: bytes, count: int
 ) -> None:
     """A megabyte of the smallest frames in one write (the same masking key throughout:
     the point is the server's work per frame, not ours): the server may close the
     connection, but every other client is answered within the bound meanwhile. Work per
     read must be bounded, not proportional to what the kernel buffered."""
     with HealthProbe(ws_server) as probe, ws_open(ws_server, src=source(57)) as conn:
-        conn.send_some(frame * count, 3.0)
+        conn.send_some(first + frame * count, 3.0)
         ws_read(conn, 3.0, lambda got: close_code(got) is not None)
     probe.assert_responsive(PROBE_BOUND)
 
@@ -1105,32 +1111,24 @@ def test_pings_at_a_human_pace_are_answered(ws_server: Server) -> None:
         assert tcp_state(conn.sock) != TCP_CLOSE_WAIT
 
 
-def test_subscribing_in_a_loop_without_reading_is_closed_as_too_slow(ws_server: Server) -> None:
-    """Subscribe/unsubscribe without end, never reading the acks: the acks back up, the
-    connection is closed 4008 and the server's memory stays bounded."""
+def test_subscribing_in_a_loop_without_reading_is_closed(ws_server: Server) -> None:
+    """Subscribe/unsubscribe as fast as the kernel takes them (20,000 ops, 1.2 MB), never
+    reading the acks: the connection is closed, as too slow (4008: the acks backed up
+    past SURGE_WS_SEND_BUFFER) or over the frame budget (1008), whichever bound comes
+    first, and the server's memory stays bounded."""
     pid = _pid(ws_server)
     before = rss(pid)
-    dropped = ws_server.metric("ws_dropped_slow_total")
+    ops = b"".join(
+        ws_text({"op": "unsubscribe" if i % 2 else "subscribe", "room": "chat:loop", "id": i})
+        for i in range(20_000)
+    )
     with HealthProbe(ws_server) as probe, ws_open(ws_server, src=source(54), rcvbuf=4096) as conn:
-        batch = b"".join(
-            ws_text(
-                {"op": "subscribe" if i % 2 == 0 else "unsubscribe", "room": "chat:loop", "id": i}
-            )
-            for i in range(1000)
-        )
-        started = time.monotonic()
-        for n in range(400):  # at most 400,000 ops, 10 s
-            conn.send_some(batch, 0.5)
-            if n % 5 == 4 and ws_server.metric("ws_dropped_slow_total") > dropped:
-                break
-            if time.monotonic() - started > 10:
-                break
-        took = time.monotonic() - started
+        sent = conn.send_some(ops, 5.0)
         grown = rss(pid) - before
         frames = ws_read(conn, 8.0, lambda got: close_code(got) is not None)
     probe.assert_responsive(PROBE_BOUND)
-    assert ws_server.metric("ws_dropped_slow_total") > dropped, f"not dropped after {took:.1f} s"
-    assert close_code(frames) == 4008, frames[-2:]
+    acks = sum(1 for message in messages(frames) if message.get("op") == "ack")
+    assert close_code(frames) in (1008, 4008), f"{acks} acks, sent {sent} bytes: {frames[-2:]}"
     assert grown < 16 * MiB, f"RSS grew {grown / MiB:.1f} MiB"
 
 

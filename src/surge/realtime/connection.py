@@ -37,7 +37,7 @@ POLICY = 1008  # the client broke a rule of ours (too many pings)
 # fast as the client sends.
 PING_RATE = 10.0
 PING_BURST = 20.0
-# Frames of data (messages, their fragments) a client may send a second, and in a burst.
+# Frames (messages, their fragments, pings, pongs) a client may send a second, and in a burst.
 # Each costs the loop a few microseconds; one read can carry 40,000 tiny frames, so
 # without a bound one client could hold the loop for a fraction of a second per read.
 FRAME_RATE = 200.0
@@ -112,10 +112,13 @@ class WsConnection(asyncio.Protocol):
         ws.receive_data(data)
         ping: Ping | None = None
         for event in ws.events():  # frames are parsed as they are asked for
-            if isinstance(event, TextMessage | BytesMessage):
-                if not self._frames.take(self._hub.now):
-                    self.close(POLICY, f"at most {FRAME_RATE:g} frames a second")
-                elif isinstance(event, TextMessage):
+            if isinstance(event, CloseConnection):
+                self._closed_by_peer(event)
+                return
+            if not self._frames.take(self._hub.now):  # every frame counts, pongs too
+                self.close(POLICY, f"at most {FRAME_RATE:g} frames a second")
+            elif isinstance(event, TextMessage | BytesMessage):
+                if isinstance(event, TextMessage):
                     self._text(event.data, event.message_finished)
                 else:
                     self._binary(len(event.data), event.message_finished)
@@ -124,9 +127,6 @@ class WsConnection(asyncio.Protocol):
                     ping = event  # answered once the read is done: the last one only
                 else:
                     self.close(POLICY, f"at most {PING_RATE:g} pings a second")
-            elif isinstance(event, CloseConnection):
-                self._closed_by_peer(event)
-                return
             if self.transport is None or self.closing:
                 return  # the rest of the read is never parsed
         if ping is not None:
