@@ -1243,3 +1243,93 @@ def _publish_into_rooms(conn: Conn, n: int, count: int, errors: list[str]) -> No
             else:
                 errors.append(f"connection {n}: {message}")
                 return
+
+
+# -- found by the outsider's attack (review of issue 12) ------------------------------------
+def test_a_closed_connection_s_buffers_are_freed_at_once(tmp_path: Path) -> None:
+    """12,500 connections that each sent 250 KB of an unfinished head and left once held
+    1.5 GB: connection, reader and parser refer to each other, and full collections are
+    rare by design (lifecycle.tune_gc)."""
+    with embedded(tmp_path, max_connections_per_client="10000") as running:
+        pid = _pid(running)
+        head = b"GET /healthz HTTP/1.1\r\nHost: x\r\nX-Long: " + b"a" * 250_000
+        before = rss(pid)
+        for _ in range(6):  # 6 x 200 x 250 KB = 300 MB sent, 50 MB at a time in flight
+            with sockets([connect_socket(running) for _ in range(200)]) as batch:
+                for sock in batch:
+                    send_some(sock, head, 1.0)
+                time.sleep(0.3)
+        time.sleep(1.0)
+        assert rss(pid) - before < 60 * MiB, (before, rss(pid))
+        assert httpx.get(running.url + "/healthz").status_code == 200
+
+
+def test_a_stray_byte_after_connection_close_loses_no_answer(server: Server) -> None:
+    """8 pipelined requests, the last with Connection: close, then garbage: all 8 are
+    answered, in order (the garbage once threw away those queued)."""
+    requests = b"".join(
+        _request("GET", "/readyz", f"X-Request-ID: r{i}\r\n") for i in range(7)
+    ) + _request("GET", "/healthz", "X-Request-ID: r7\r\nConnection: close\r\n")
+    with Conn.open(server) as conn:
+        conn.send(requests + b"X")
+        answers, _ = conn.until_end(10)
+    assert [a.header("x-request-id") for a in answers] == [f"r{i}" for i in range(8)]
+    assert answers[-1].closes
+
+
+@pytest.mark.parametrize("chunks", [2, 3])
+def test_a_valid_chunked_body_split_anywhere_is_no_trailer(server: Server, chunks: int) -> None:
+    """A read ending just after a chunk-size line once counted whole as trailer bytes:
+    valid bodies whose reads passed 16 KB got 431."""
+    body = json.dumps({"pad": "p" * 50_000}).encode()
+    size = -(-len(body) // chunks)
+    framed = b"".join(
+        b"%x\r\n" % len(piece) + piece + b"\r\n"
+        for piece in (body[i : i + size] for i in range(0, len(body), size))
+    )
+    head = _request("POST", "/sales", "Transfer-Encoding: chunked\r\n")
+    with Conn.open(server) as conn:
+        conn.send(head)
+        time.sleep(0.05)  # a read of its own: what follows is counted (reader._bound)
+        at = 0
+        while at < len(framed):  # each write ends right after a chunk-size line
+            end = framed.find(b"\r\n", framed.find(b"\r\n", at) + 2)
+            end = len(framed) if end < 0 else end
+            end = framed.find(b"\r\n", end + 2)
+            end = len(framed) if end < 0 else end + 2
+            conn.send(framed[at:end])
+            time.sleep(0.05)
+            at = end
+        conn.send(b"0\r\n\r\n")
+        answer = conn.answer(5)
+    assert answer is not None and answer.status == 401, answer  # read whole: no token
+
+
+@pytest.mark.parametrize("path", ["/ws", "/sales/11/orders"])
+def test_an_upgrade_request_with_a_body_is_refused(server: Server, path: str) -> None:
+    """llhttp hands the bytes after an upgrade's head to the new protocol: a body was read
+    as WebSocket frames (a subscribe hidden in it was acknowledged), or lost to the
+    handler."""
+    body = b'{"quantity": 1}'
+    method = "GET" if path == "/ws" else "POST"
+    extra = f"Content-Length: {len(body)}\r\n"
+    if path == "/ws":
+        request = ws_request(extra=extra) + body
+    else:
+        request = _request(method, path, "Connection: Upgrade\r\nUpgrade: h2c\r\n" + extra, body)
+    with Conn.open(server) as conn:
+        conn.send(request)
+        _assert_refusal(conn.answer(5), 400, "bad-request")
+
+
+def test_deeply_nested_publish_data_is_a_wire_error(ws_server: Server) -> None:
+    """Data nested 256-1,023 levels passes orjson's reader and fails its writer: it once
+    escaped the handler, logged a traceback and dropped the connection."""
+    token = mint(SECRET, "nester")
+    nested = "[" * 300 + "]" * 300
+    frame = ws_text('{"op":"publish","room":"chat:deep","id":1,"data":' + nested + "}")
+    with ws_open(ws_server, token=token) as conn:
+        conn.send(frame)
+        got = messages(ws_read(conn, 2.0))
+    assert got and got[0]["op"] == "error" and got[0]["code"] == "bad-message", got
+    assert not [line for line in log_errors(ws_server) if "Traceback" in line]

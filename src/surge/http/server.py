@@ -125,6 +125,9 @@ class HttpProtocol(Dispatch, asyncio.Protocol):
     def connection_lost(self, exc: Exception | None) -> None:
         state = self._state
         self._transport = None
+        self._discard = self._discard or 1.0  # (nothing more arrives; nothing is parsed)
+        self._reader.close()
+        self._queue.clear()
         if not self._counted:
             return
         self._counted = False
@@ -294,6 +297,7 @@ class HttpProtocol(Dispatch, asyncio.Protocol):
         transport.write(upgrade.head + b"\r\n")
         transport.set_protocol(upgrade.protocol)
         self._transport = None
+        self._reader.close()
         upgrade.protocol.connection_made(transport)
         if rest:
             upgrade.protocol.data_received(rest)
@@ -305,10 +309,11 @@ class HttpProtocol(Dispatch, asyncio.Protocol):
         transport = self._transport
         self._keep_alive = False
         self._reader.stop()
-        if transport is None:
-            return
+        if transport is None or transport.is_closing():
+            return  # an answer already ended the connection: whatever follows is garbage
         if self._busy or self._queue:
-            self._queue.clear()  # whatever answer is under way closes the connection
+            # what came before it is answered, in order; the last answer closes (the
+            # refusal itself cannot go out of turn, so it is not sent)
             self._drop_input()
             return
         _, head, body = problem_response(status, kind, detail)

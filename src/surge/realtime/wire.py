@@ -86,7 +86,11 @@ def parse(payload: str) -> Op:
         return Unsubscribe(room, request_id)
     if "data" not in message:
         raise WireError("bad-message", "publish needs data", request_id)
-    return Publish(room, orjson.dumps(message["data"]), request_id)
+    try:
+        data = orjson.dumps(message["data"])
+    except orjson.JSONEncodeError:  # nested deeper than orjson writes (it reads deeper)
+        raise WireError("bad-message", "data is nested too deeply", request_id) from None
+    return Publish(room, data, request_id)
 
 
 def _valid_id(value: Any) -> bool:
