@@ -8,7 +8,7 @@ import signal
 import subprocess
 import sys
 import time
-from collections.abc import Iterator, Mapping
+from collections.abc import Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from pathlib import Path
 
@@ -99,11 +99,16 @@ class Server:
 
 @contextmanager
 def serve(
-    env: Mapping[str, str], tmp_path: Path, *args: str, timeout: float = 30
+    env: Mapping[str, str],
+    tmp_path: Path,
+    *args: str,
+    timeout: float = 30,
+    wrap: Sequence[str] = (),
 ) -> Iterator[Server]:
-    """A `surge serve` process on a free port (the log line says which)."""
+    """A `surge serve` process on a free port (the log line says which); `wrap` runs it
+    through a command that execs it (`prlimit --nofile=N:N`)."""
     command = ["serve", "--port", "0", "--internal-port", "0", *args]
-    with _running(env, tmp_path, "server", command, timeout) as server:
+    with _running(env, tmp_path, "server", command, timeout, wrap=wrap) as server:
         yield server
 
 
@@ -126,11 +131,15 @@ def _running(
     command: list[str],
     timeout: float,
     url: str | None = None,
+    wrap: Sequence[str] = (),
 ) -> Iterator[Server]:
     log = tmp_path / f"{kind}-{time.monotonic_ns()}.log"
     with open(log, "wb") as sink:
         process = subprocess.Popen(
-            surge_command(*command), env=dict(env), stdout=sink, stderr=subprocess.STDOUT
+            [*wrap, *surge_command(*command)],
+            env=dict(env),
+            stdout=sink,
+            stderr=subprocess.STDOUT,
         )
     try:
         url = _wait_ready(process, log, timeout, url)

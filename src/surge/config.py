@@ -76,7 +76,7 @@ class Settings:
     max_connections: int = 10_000  # HTTP connections per process
     max_connections_per_client: int = 256  # per peer address (trusted proxies exempt)
     redis_prefix: str = "surge:"
-    ws_max_connections: int = 0  # 0: the open-files limit less 1,000 (see realtime.endpoint)
+    ws_max_connections: int = 0  # 0: the open-files budget (see http.state.open_files_budget)
     ws_max_message: int = 65_536
     ws_max_rooms: int = 50
     ws_publish_rate: int = 50
@@ -291,7 +291,7 @@ FIELDS: tuple[Field, ...] = (
     Field(
         "ws_max_connections",
         parse.non_negative_int,
-        "WebSocket connections per process (then 503); 0 = the open-files limit less 1,000",
+        "WebSocket connections per process (then 503); 0 = the open-files limit less 500",
     ),
     Field(
         "ws_max_message", parse.positive_int, "largest client WebSocket message, bytes (then 1009)"

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import asyncio
 import ctypes
+import dataclasses
 import gc
 import logging
 import os
@@ -36,6 +37,7 @@ from surge.metrics import Metrics
 log = logging.getLogger("surge.lifecycle")
 
 EXIT_FORCED = 3
+INTERNAL_CONNECTIONS = 100  # scrapers and probes on the internal listener, at once
 PR_SET_PDEATHSIG = 1
 
 
@@ -66,13 +68,20 @@ async def serve(
     limits = HttpLimits.of(settings)
     # the internal listener (metrics, debug, probes) first: it must show a server that
     # is stuck starting; it shares no rate limits or shedding with the API
-    internal_state = ServerState(app.internal_router, app.metrics.observe_request, limits)
+    # its own few connections, kept out of the open-files budget's reach (part of the
+    # reserve: surge.http.state.RESERVED_FILES), so probes get through a full process
+    internal_limits = dataclasses.replace(
+        limits, max_connections=INTERNAL_CONNECTIONS, max_per_client=INTERNAL_CONNECTIONS
+    )
+    internal_state = ServerState(app.internal_router, app.metrics.observe_request, internal_limits)
     internal = HttpServer(internal_state, internal_sock)
     await internal.start()
     state = ServerState(app.router, app.metrics.observe_request, limits)
     state.limiter = app.limiter
     state.shedder = app.shedder
     state.access_log = settings.access_log
+    # one open-files budget for the public, internal and upgraded connections
+    state.others = lambda: len(internal_state.connections) + len(app.hub.connections)
     server = HttpServer(state, sock)
     await server.start()
     tune_gc()

@@ -1333,3 +1333,49 @@ def test_deeply_nested_publish_data_is_a_wire_error(ws_server: Server) -> None:
         got = messages(ws_read(conn, 2.0))
     assert got and got[0]["op"] == "error" and got[0]["code"] == "bad-message", got
     assert not [line for line in log_errors(ws_server) if "Traceback" in line]
+
+
+def test_connections_of_every_kind_share_the_open_files_budget(tmp_path: Path) -> None:
+    """10,000 anonymous WebSockets and 10,240 idle HTTP connections once used up the
+    process's 20,000 files: accept() failed and every client and probe saw its
+    connection closed without a word. Here, at 700 files (a budget of 200): the HTTP
+    connection that would pass it gets a 503, the internal listener still answers, and
+    a slot freed is a slot served."""
+    from tests.backends import make_backend
+    from tests.server import base_env, serve
+
+    with make_backend("embedded", tmp_path) as backend:
+        env = base_env(tmp_path, {**backend.env(), "SURGE_MAX_CONNECTIONS_PER_CLIENT": "1000"})
+        with serve(env, tmp_path, wrap=["prlimit", "--nofile=700:700"]) as running:
+            with many([ws_open(running) for _ in range(150)]) as upgraded:
+                with many([Conn.open(running) for _ in range(80)]) as idle:
+                    time.sleep(0.5)  # refusals come at once; the others stay silent
+                    answers = [conn.answer(1) if ready(conn.sock) else None for conn in idle]
+                    refused = [a for a in answers if a is not None]
+                    assert 25 <= len(refused) <= 35, answers  # 150 + ~50 fill 200
+                    for answer in refused:
+                        _assert_problem(answer, 503, "too-many-connections")
+                    probe = httpx.get(running.internal_url + "/healthz", timeout=2)
+                    assert probe.status_code == 200
+                upgraded[0].close()
+                time.sleep(0.2)
+                with Conn.open(running) as conn:
+                    conn.send(_request())
+                    served = conn.answer(5)
+                assert served is not None and served.status == 200, served
+            assert not [line for line in log_errors(running) if "open files" in line.lower()]
+
+
+def test_a_reading_client_s_pipelined_burst_does_not_hold_the_loop(server: Server) -> None:
+    """6 MB of pipelined GET /healthz from a client that reads everything: the pipelining
+    bounds held only for clients that did not read, so one read of thousands of requests
+    was answered at once and others waited 2.1 s. Now a read gets 32 answers at once, the
+    rest in the next loop turn, and a burst past the queue ends the connection."""
+    burst = _request() * 160_000  # 6 MB
+    with HealthProbe(server) as probe, Conn.open(server, src=source(9)) as conn:
+        send_some(conn.sock, burst, 3.0)
+        answers, how = conn.until_end(10)
+    probe.assert_responsive(PROBE_BOUND)
+    assert how != "timeout", how
+    assert 0 < len(answers) <= 32 + 64 + 32, len(answers)
+    assert all(a.status == 200 for a in answers)

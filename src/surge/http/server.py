@@ -17,9 +17,11 @@ accepted before the listener closes.
 from __future__ import annotations
 
 import asyncio
+import fcntl
 import logging
 import socket
 import struct
+import termios
 import time
 from collections import deque
 from random import random
@@ -43,6 +45,10 @@ log = logging.getLogger("surge.http")
 # more without reading its answers is not a browser or a proxy).
 MAX_PIPELINE = 16
 MAX_QUEUED = 64
+# Requests one read may have answered on the spot: the rest wait for the next loop turn
+# (one read can carry thousands of small requests; answering them all at once held the
+# loop for seconds and every other client with it).
+PER_READ = 32
 # During shutdown, how long an accepted connection may take to send its first request.
 FIRST_REQUEST_GRACE = 1.0
 # After refusing a request, how long the client's further bytes are read and dropped so
@@ -59,6 +65,7 @@ _CONTINUE = b"HTTP/1.1 100 Continue\r\n\r\n"
 
 class HttpProtocol(Dispatch, asyncio.Protocol):
     __slots__ = (
+        "_budget",
         "_counted",
         "_discard",
         "_feeding",
@@ -88,6 +95,7 @@ class HttpProtocol(Dispatch, asyncio.Protocol):
         self._paused_reading = False
         self._paused_writing = False
         self._feeding = False  # the reader is parsing this connection's bytes right now
+        self._budget = PER_READ  # requests this read may still have answered at once
         self._discard = 0.0  # when the connection began to be dropped (input ignored)
         self._idle_since = state.now  # its last answer (or its connection) went out
         self._stall_since = 0.0  # answers queued for the client, none read since then
@@ -159,6 +167,7 @@ class HttpProtocol(Dispatch, asyncio.Protocol):
             self._shed_unparsed()
             return
         self._feeding = True
+        self._budget = PER_READ
         try:
             self._reader.feed(data)
         except httptools.HttpParserUpgrade as upgrade:
@@ -176,6 +185,11 @@ class HttpProtocol(Dispatch, asyncio.Protocol):
         except Refused as refused:
             self._reject(refused.status, refused.kind, refused.detail)
         self._feeding = False
+        if self._budget < 0 and self._queue and not (self._busy or self._paused_writing):
+            # over the read's budget: the rest is answered in the next loop turn, and
+            # nothing more is read until it is
+            self._pause_reading()
+            asyncio.get_running_loop().call_soon(self._serve_queue)
 
     def _shed_unparsed(self) -> None:
         """Every slot of the shedder is taken: a lone GET is answered 503 before the
@@ -204,7 +218,8 @@ class HttpProtocol(Dispatch, asyncio.Protocol):
             return
         if not request.keep_alive:
             self._keep_alive = False
-        if self._busy or self._queue or self._paused_writing:
+        self._budget -= 1
+        if self._busy or self._queue or self._paused_writing or self._budget < 0:
             # answered in order, once those before it are (and the client reads them)
             queue = self._queue
             queue.append(request)
@@ -262,8 +277,12 @@ class HttpProtocol(Dispatch, asyncio.Protocol):
                 self._keep_alive = False
                 self._queue.clear()
                 if self._discard:
-                    self._discard = state.now  # it lingers from this last answer on
-                transport.close()
+                    # ended for cause (a refusal, too many requests): it lingers from this
+                    # last answer on, and is reset if the client has not read it by then
+                    self._discard = state.now
+                    self._linger()
+                else:
+                    transport.close()
         self._served += 1
         self._idle_since = state.now
         elapsed = time.perf_counter() - request.started
@@ -366,7 +385,11 @@ class HttpProtocol(Dispatch, asyncio.Protocol):
         queued = transport.get_write_buffer_size()
         if self._discard and not queued and not (self._busy or self._queue):
             if now - self._discard > LINGER:
-                self.reset()  # the refusal is out; the client had its time to read it
+                # the refusal is out: the client had its time to read it
+                if _unsent(transport):
+                    self.reset()  # it did not: the kernel would keep it for the client
+                else:
+                    transport.close()
             return
         if queued:
             if not self._stall_since or queued < self._stall_size:
@@ -390,7 +413,10 @@ class HttpProtocol(Dispatch, asyncio.Protocol):
         else:
             limit = limits.keepalive_timeout
         if now - self._idle_since > limit + (TICK if limit else 0.0):
-            transport.close()
+            if _unsent(transport):
+                self.reset()  # its last answers are still unread: the kernel would keep them
+            else:
+                transport.close()
 
     def close_if_idle(self) -> None:
         """Closes a keep-alive connection between requests (not a fresh one)."""
@@ -412,6 +438,16 @@ class HttpProtocol(Dispatch, asyncio.Protocol):
         transport = self._transport
         if transport is not None:
             reset(transport)
+
+
+def _unsent(transport: asyncio.BaseTransport) -> int:
+    """Bytes the kernel holds for the peer, not yet sent (or not acknowledged)."""
+    sock = transport.get_extra_info("socket")
+    try:
+        queued = fcntl.ioctl(sock.fileno(), termios.TIOCOUTQ, b"\0\0\0\0")
+    except (AttributeError, OSError):
+        return 0
+    return int(struct.unpack("i", queued)[0])
 
 
 def reset(transport: asyncio.BaseTransport) -> None:

@@ -7,6 +7,7 @@ from __future__ import annotations
 import asyncio
 import ipaddress
 import os
+import resource
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -39,8 +40,11 @@ class HttpLimits:
     send_timeout: float = 10.0  # answers left unread this long: the connection is cut
     keepalive_timeout: float = 5.0  # idle between requests
     max_connections: int = 10_000  # open HTTP connections per process
-    max_per_client: int = 256  # open HTTP connections per peer address
+    max_per_client: int = 256  # open HTTP connections per peer address (IPv6: per /64)
     trusted: tuple[Network, ...] = ()  # proxies: exempt from `max_per_client`
+    # every connection (HTTP, upgraded, internal) the process may hold: its open-files
+    # limit less what the pools, logs and files need (see `open_files_budget`)
+    max_open: int = 100_000
 
     @classmethod
     def of(cls, settings: Any) -> HttpLimits:
@@ -57,7 +61,21 @@ class HttpLimits:
             max_connections=settings.max_connections,
             max_per_client=settings.max_connections_per_client,
             trusted=parse_networks(settings.trusted_proxies),
+            max_open=open_files_budget(),
         )
+
+
+RESERVED_FILES = 500  # database and Redis pools, log and data files, the listeners
+
+
+def open_files_budget() -> int:
+    """Connections of every kind one process may hold: its open-files limit less
+    RESERVED_FILES. Past it, accept() fails and every new client (and every probe) gets
+    its connection closed without a word; below it, they get a 503."""
+    soft, _ = resource.getrlimit(resource.RLIMIT_NOFILE)
+    if soft == resource.RLIM_INFINITY:
+        return 100_000
+    return max(100, soft - RESERVED_FILES)
 
 
 class ServerState:
@@ -73,6 +91,9 @@ class ServerState:
         self.limits = limits
         self.connections: set[HttpProtocol] = set()
         self.per_client: dict[str, int] = {}  # open connections by peer address
+        # connections of this process that are not this listener's (upgraded ones, the
+        # other listener's): they share the open-files budget (`HttpLimits.max_open`)
+        self.others: Callable[[], int] = lambda: 0
         self.refused_connections = 0  # over max_connections or max_per_client
         self.in_flight = 0
         self.closing = False  # answer with Connection: close (shutdown delay and drain)
@@ -88,22 +109,25 @@ class ServerState:
         """Counts a new connection from `client`, or refuses it: the process or this
         address holds as many as it may (trusted proxies carry many clients: exempt)."""
         limits = self.limits
-        if len(self.connections) >= limits.max_connections:
+        open_here = len(self.connections)
+        if open_here >= limits.max_connections or open_here + self.others() >= limits.max_open:
             self.refused_connections += 1
             return False
-        held = self.per_client.get(client, 0)
+        key = _client_key(client)
+        held = self.per_client.get(key, 0)
         if held >= limits.max_per_client and not self._trusted(client):
             self.refused_connections += 1
             return False
-        self.per_client[client] = held + 1
+        self.per_client[key] = held + 1
         return True
 
     def release(self, client: str) -> None:
-        held = self.per_client.get(client, 0) - 1
+        key = _client_key(client)
+        held = self.per_client.get(key, 0) - 1
         if held > 0:
-            self.per_client[client] = held
+            self.per_client[key] = held
         else:
-            self.per_client.pop(client, None)
+            self.per_client.pop(key, None)
 
     def _trusted(self, client: str) -> bool:
         try:
@@ -119,3 +143,14 @@ class ServerState:
     def new_request_id(self) -> bytes:
         self._id_counter += 1
         return self._id_prefix + b"%x" % self._id_counter
+
+
+def _client_key(client: str) -> str:
+    """An IPv4 address as it is; an IPv6 one by its /64 (one host gets a whole /64 and
+    could otherwise take a new address per connection)."""
+    if ":" not in client:
+        return client
+    try:
+        return str(ipaddress.IPv6Network((client, 64), strict=False))
+    except ValueError:
+        return client

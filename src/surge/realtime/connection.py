@@ -41,6 +41,7 @@ PING_BURST = 20.0
 # Each costs the loop a few microseconds; one read can carry 40,000 tiny frames, so
 # without a bound one client could hold the loop for a fraction of a second per read.
 FRAME_RATE = 200.0
+PIECE_COST = 64  # bytes a kept fragment of an unfinished message is charged beyond its own
 FRAME_BURST = 400.0
 ABORT_AFTER = 5.0  # seconds a closing client gets to read its backlog and the close frame
 
@@ -138,7 +139,9 @@ class WsConnection(asyncio.Protocol):
     # -- incoming messages ----------------------------------------------------------------------
     def _text(self, text: str, finished: bool) -> None:
         limit = self._hub.limits.max_message
-        size = self._partial_size + len(text)  # characters: a lower bound of the bytes
+        # characters (a lower bound of the bytes), and each piece kept counts what a
+        # string costs besides them: empty fragments are not free
+        size = self._partial_size + len(text) + (0 if finished else PIECE_COST)
         if size > limit:
             self.close(TOO_BIG, f"messages are limited to {limit} bytes")
             return

@@ -9,13 +9,13 @@ Retry-After). A token (`?token=JWT` or
 
 from __future__ import annotations
 
-import resource
 from urllib.parse import parse_qs
 
 from surge.auth import Authenticator
 from surge.config import Settings
 from surge.http.request import Request, Upgrade
 from surge.http.response import Problem, Response
+from surge.http.state import open_files_budget
 from surge.realtime import frames
 from surge.realtime.connection import WsConnection
 from surge.realtime.fanout import default_helpers
@@ -41,11 +41,10 @@ def limits_of(settings: Settings) -> Limits:
 
 
 def default_max_connections() -> int:
-    """The open-files limit less 1,000 for everything else (database, Redis, HTTP)."""
-    soft, _ = resource.getrlimit(resource.RLIMIT_NOFILE)
-    if soft == resource.RLIM_INFINITY:
-        return 100_000
-    return max(100, soft - 1000)
+    """The open-files budget (surge.http.state.open_files_budget). Upgraded connections
+    share it with the HTTP ones: a new HTTP connection is refused (503) once the two
+    together fill it, so the process never runs out of files."""
+    return open_files_budget()
 
 
 class Endpoint:
