@@ -86,6 +86,8 @@ class RequestReader:
         "_headers",
         "_in_head",
         "_last_chunk",
+        "_max_body",
+        "_max_header",
         "_raw",
         "_reads",
         "_state",
@@ -97,6 +99,8 @@ class RequestReader:
     def __init__(self, state: ServerState, conn: Connection) -> None:
         self._state = state
         self._conn = conn
+        self._max_header = state.limits.max_header  # (read per field: kept at hand)
+        self._max_body = state.limits.max_body
         self.parser = httptools.HttpRequestParser(self)
         self._url = b""
         self._headers: dict[bytes, bytes] = {}
@@ -197,35 +201,45 @@ class RequestReader:
     def on_url(self, url: bytes) -> None:
         self._url += url
         self._header_bytes += len(url)
-        if self._header_bytes > self._state.limits.max_header:
+        if self._header_bytes > self._max_header:
             raise Refused(414, "uri-too-long", "request line too long")
 
     def on_header(self, name: bytes, value: bytes) -> None:
-        self._header_bytes += len(name) + len(value) + 4
-        if self._header_bytes > self._state.limits.max_header:
+        size = self._header_bytes + len(name) + len(value) + 4
+        self._header_bytes = size
+        if size > self._max_header:
             raise Refused(431, "headers-too-large", "request headers too large")
         if not self._in_head:
             return  # a trailer field: never merged into the request's header fields
         name = name.lower()
         headers = self._headers
-        known = headers.get(name)
-        if known is None:
+        if name not in headers:
             headers[name] = value
         elif name in _SINGLE:
             raise Refused(400, "duplicate-header", f"{name.decode()} may be sent once")
         else:
-            headers[name] = known + b", " + value
+            headers[name] += b", " + value
 
     def on_headers_complete(self) -> None:
         self._in_head = False
         self._head_done = self._state.now
         headers = self._headers
+        # the common request (a GET with a Host and no body) passes four lookups
+        if (
+            b"host" in headers
+            and b"content-length" not in headers
+            and b"transfer-encoding" not in headers
+            and b"expect" not in headers
+        ):
+            return
+        self._check_head(headers)
+
+    def _check_head(self, headers: dict[bytes, bytes]) -> None:
         if b"host" not in headers and self.parser.get_http_version() != "1.0":
             raise Refused(400, "bad-request", "an HTTP/1.1 request needs a Host field")
         length = headers.get(b"content-length")
-        if length is not None and int(length) > self._state.limits.max_body:
-            limit = self._state.limits.max_body
-            raise Refused(413, "body-too-large", f"body exceeds {limit} bytes")
+        if length is not None and int(length) > self._max_body:
+            raise Refused(413, "body-too-large", f"body exceeds {self._max_body} bytes")
         if (length not in (None, b"0") or b"transfer-encoding" in headers) and (
             b"upgrade" in headers and self.parser.should_upgrade()
         ):
@@ -249,9 +263,8 @@ class RequestReader:
     def on_body(self, body: bytes) -> None:
         self._last_chunk = -1
         size = self._body_size + len(body)
-        if size > self._state.limits.max_body:
-            limit = self._state.limits.max_body
-            raise Refused(413, "body-too-large", f"body exceeds {limit} bytes")
+        if size > self._max_body:
+            raise Refused(413, "body-too-large", f"body exceeds {self._max_body} bytes")
         self._body_size = size
         if self._body is None:
             self._body = [body]
