@@ -59,9 +59,14 @@ class App:
             probes["redis"] = backends.cache.ping
         readiness = ops.Readiness(probes, lambda: self.draining, frozenset(settings.ready_requires))
         self.router.add("GET", "/orders/{id}", self.orders.handle)
-        rebuilt = await rebuild_gates(backends.sales, backends.gate)
-        if rebuilt:
-            log.info("rebuilt the stock gate of %d open sales from the database", rebuilt)
+        try:
+            rebuilt = await rebuild_gates(backends.sales, backends.gate)
+        except Exception as exc:  # Redis (or the database) down: start degraded
+            # a sale's gate is then rebuilt by its first purchase that finds it missing
+            log.warning("stock gates not rebuilt at start-up (%s): each on first use", exc)
+        else:
+            if rebuilt:
+                log.info("rebuilt the stock gate of %d open sales from the database", rebuilt)
         configs = SaleConfigs(backends.sales)
         self.sold_out = SoldOutBoard(backends.bus)
         await self.sold_out.start()

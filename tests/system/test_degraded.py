@@ -216,3 +216,39 @@ def test_database_down_cached_reads_work_writes_fail_fast_then_recover(tmp_path:
 
             asyncio.run(scenario())
             assert "Traceback" not in server.output()
+
+
+def test_a_process_started_while_redis_is_down_serves_and_attaches_when_it_returns(
+    tmp_path: Path,
+) -> None:
+    """Issue 13 #4: App.start failed subscribing to pub/sub, and the supervisor restarted
+    the worker every second for as long as Redis stayed down."""
+    with make_backend("mariadb+redis", tmp_path) as shared, own_redis(tmp_path) as redis:
+        env = base_env(tmp_path, {**shared.env(), "SURGE_REDIS_URL": redis.url, **READ_DEADLINE})
+        run_cli(env, "db", "seed", "--orders", "50", "--users", str(USERS))
+        redis.stop()
+        with serve(env, tmp_path) as server:
+            ready = _ready(server)
+            assert ready["status"] == "degraded"
+            assert ready["checks"]["redis"] != "ok"  # type: ignore[index]
+            with server.client() as client:  # reads come from the database meanwhile
+                assert client.get("/orders/7", headers=bearer(owner(7))).status_code == 200
+            redis.start()
+
+            async def recovered() -> None:
+                async with httpx.AsyncClient(base_url=server.url, timeout=10) as client:
+
+                    async def ready_again() -> bool:
+                        return _ready(server)["status"] == "ready"
+
+                    await _wait_for(ready_again)
+                    sale_id = _create_sale(server, stock=10, limit=1)
+                    await _buying_again(client, sale_id)
+
+            asyncio.run(recovered())
+            # the subscriber came back: its attachment is logged, and the process never
+            # restarted (the same pid answers)
+            assert "pub/sub reconnected" in server.output()
+            pid = httpx.get(server.url + "/healthz").json()["pid"]
+            assert pid == server.process.pid
+            assert "Traceback" not in server.output()

@@ -8,6 +8,7 @@ hundred (the client's per-command cost, not Redis, is the bottleneck in Python).
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 from collections import defaultdict
 from collections.abc import Awaitable, Callable, Sequence
@@ -18,6 +19,7 @@ from redis.asyncio.client import Pipeline, PubSub
 from redis.asyncio.retry import Retry
 from redis.backoff import NoBackoff
 from redis.exceptions import ConnectionError as RedisConnectionError
+from redis.exceptions import RedisError
 from redis.exceptions import TimeoutError as RedisTimeoutError
 
 from surge.protect.breaker import Breaker, Guard
@@ -194,20 +196,38 @@ class RedisBus:
         await self._client.publish(self._prefix + channel, message)
 
     async def subscribe(self, channel: str, handler: Handler) -> None:
+        """Subscribes now, or, with Redis down, as soon as it is back (a process may start
+        while Redis is down: it serves what the degraded modes allow meanwhile)."""
         self._handlers[channel].append(handler)
-        if self._pubsub is None:
-            await self._open()
-        else:
-            await self._pubsub.subscribe(self._prefix + channel)
+        try:
+            if self._pubsub is not None:
+                await self._pubsub.subscribe(self._prefix + channel)
+            elif self._reader is None:  # (else the reader is reopening: it takes them all)
+                await self._open()
+        except (RedisError, OSError) as exc:
+            log.warning("pub/sub unavailable (%s): subscribing once Redis is back", exc)
+            await self._drop()
         if self._reader is None:
             self._reader = asyncio.create_task(self._read(), name="redis-bus-reader")
+
+    async def _drop(self) -> None:
+        """Forgets the subscriber connection; the reader opens a new one."""
+        pubsub, self._pubsub = self._pubsub, None
+        if pubsub is not None:
+            with contextlib.suppress(Exception):
+                await pubsub.aclose()  # type: ignore[no-untyped-call]
 
     def on_reconnect(self, hook: Callable[[], None]) -> None:
         self._hooks.append(hook)
 
     async def _open(self) -> None:
         pubsub = self._client.pubsub(ignore_subscribe_messages=True)
-        await pubsub.subscribe(*(self._prefix + c for c in self._handlers))
+        try:
+            await pubsub.subscribe(*(self._prefix + c for c in self._handlers))
+        except BaseException:
+            with contextlib.suppress(Exception):
+                await pubsub.aclose()  # type: ignore[no-untyped-call]
+            raise
         if pubsub.connection is not None:
             # registered after the first connect: every call is a reconnection
             pubsub.connection.register_connect_callback(self._reconnected)
@@ -225,22 +245,21 @@ class RedisBus:
         strip = len(self._prefix)
         delay = 0.05
         while True:
-            assert self._pubsub is not None
             try:
+                if self._pubsub is None:  # down since start-up, or since the last loss
+                    await self._open()
+                    delay = 0.05
+                    self._reconnected(None)
+                    continue
                 message = await self._pubsub.get_message(timeout=1.0)
                 delay = 0.05
             except asyncio.CancelledError:
                 raise
             except Exception as exc:
                 log.warning("pub/sub connection lost (%s); retrying in %.2fs", exc, delay)
+                await self._drop()
                 await asyncio.sleep(delay)
                 delay = min(delay * 2, 2.0)
-                try:
-                    await self._pubsub.aclose()  # type: ignore[no-untyped-call]
-                    await self._open()
-                except Exception:  # still down; the next turn retries
-                    continue
-                self._reconnected(None)
                 continue
             if message is None or message.get("type") != "message":
                 continue
