@@ -31,8 +31,9 @@ from surge import logs
 from surge.app import App
 from surge.config import Settings
 from surge.http.listener import HttpServer, bind_socket
-from surge.http.state import HttpLimits, ServerState
+from surge.http.state import HttpLimits, ServerState, open_files_budget
 from surge.metrics import Metrics
+from surge.protect.clients import parse_networks
 
 log = logging.getLogger("surge.lifecycle")
 
@@ -65,7 +66,7 @@ async def serve(
 ) -> int:
     app = App(settings, metrics)
     await app.start()
-    limits = HttpLimits.of(settings)
+    limits = http_limits(settings)
     # the internal listener (metrics, debug, probes) first: it must show a server that
     # is stuck starting; it shares no rate limits or shedding with the API
     # its own few connections, kept out of the open-files budget's reach (part of the
@@ -109,6 +110,22 @@ async def serve(
     await app.close()
     log.info("pid %d: stopped", os.getpid())
     return 0
+
+
+def http_limits(settings: Settings) -> HttpLimits:
+    """The HTTP engine's bounds from the settings (the engine itself knows no config)."""
+    return HttpLimits(
+        max_body=settings.max_body_bytes,
+        max_header=settings.max_header_bytes,
+        header_timeout=settings.header_timeout,
+        body_min_rate=settings.body_min_rate,
+        send_timeout=settings.send_timeout,
+        keepalive_timeout=settings.keepalive_timeout,
+        max_connections=settings.max_connections,
+        max_per_client=settings.max_connections_per_client,
+        trusted=parse_networks(settings.trusted_proxies),
+        max_open=open_files_budget(),
+    )
 
 
 def run_process(

@@ -122,10 +122,7 @@ class HttpProtocol(Dispatch, asyncio.Protocol):
     def _refuse_connection(self) -> None:
         transport = self._transport
         assert transport is not None
-        _, head, body = _TOO_MANY_CONNECTIONS
-        state = self._state
-        rid = b"x-request-id: " + state.new_request_id()
-        transport.write(head + state.date_line + rid + b"\r\nconnection: close\r\n\r\n" + body)
+        self._write_last(transport, _TOO_MANY_CONNECTIONS)
         transport.close()
         self._transport = None
         self._discard = 1.0  # anything it sent is ignored
@@ -335,12 +332,17 @@ class HttpProtocol(Dispatch, asyncio.Protocol):
             # refusal itself cannot go out of turn, so it is not sent)
             self._drop_input()
             return
-        _, head, body = problem_response(status, kind, detail)
+        self._write_last(transport, problem_response(status, kind, detail))
+        self._drop_input()
+        self._linger()
+
+    def _write_last(self, transport: asyncio.Transport, response: Response) -> None:
+        """An answer to no parsed request (a refusal): a request id of its own, and the
+        connection ends with it."""
+        _, head, body = response
         state = self._state
         rid = b"x-request-id: " + state.new_request_id()
         transport.write(head + state.date_line + rid + b"\r\nconnection: close\r\n\r\n" + body)
-        self._drop_input()
-        self._linger()
 
     def _drop_input(self) -> None:
         """From now on the client's bytes are read and dropped (not parsed)."""
@@ -385,11 +387,7 @@ class HttpProtocol(Dispatch, asyncio.Protocol):
         queued = transport.get_write_buffer_size()
         if self._discard and not queued and not (self._busy or self._queue):
             if now - self._discard > LINGER:
-                # the refusal is out: the client had its time to read it
-                if _unsent(transport):
-                    self.reset()  # it did not: the kernel would keep it for the client
-                else:
-                    transport.close()
+                _end(transport)  # the refusal is out: the client had its time to read it
             return
         if queued:
             if not self._stall_since or queued < self._stall_size:
@@ -413,10 +411,7 @@ class HttpProtocol(Dispatch, asyncio.Protocol):
         else:
             limit = limits.keepalive_timeout
         if now - self._idle_since > limit + (TICK if limit else 0.0):
-            if _unsent(transport):
-                self.reset()  # its last answers are still unread: the kernel would keep them
-            else:
-                transport.close()
+            _end(transport)
 
     def close_if_idle(self) -> None:
         """Closes a keep-alive connection between requests (not a fresh one)."""
@@ -438,6 +433,16 @@ class HttpProtocol(Dispatch, asyncio.Protocol):
         transport = self._transport
         if transport is not None:
             reset(transport)
+
+
+def _end(transport: asyncio.Transport) -> None:
+    """Closes a connection we are done with; resets it instead when the kernel still holds
+    answers the client has not read (it would keep them, in an orphaned socket, for a
+    client that may never read)."""
+    if _unsent(transport):
+        reset(transport)
+    else:
+        transport.close()
 
 
 def _unsent(transport: asyncio.BaseTransport) -> int:

@@ -12,7 +12,7 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from email.utils import formatdate
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
 
 from surge.http.refusal import never_shed
 from surge.http.router import Router
@@ -45,24 +45,6 @@ class HttpLimits:
     # every connection (HTTP, upgraded, internal) the process may hold: its open-files
     # limit less what the pools, logs and files need (see `open_files_budget`)
     max_open: int = 100_000
-
-    @classmethod
-    def of(cls, settings: Any) -> HttpLimits:
-        """From `surge.config.Settings` (not imported here: the engine knows no config)."""
-        from surge.protect.clients import parse_networks
-
-        return cls(
-            max_body=settings.max_body_bytes,
-            max_header=settings.max_header_bytes,
-            header_timeout=settings.header_timeout,
-            body_min_rate=settings.body_min_rate,
-            send_timeout=settings.send_timeout,
-            keepalive_timeout=settings.keepalive_timeout,
-            max_connections=settings.max_connections,
-            max_per_client=settings.max_connections_per_client,
-            trusted=parse_networks(settings.trusted_proxies),
-            max_open=open_files_budget(),
-        )
 
 
 RESERVED_FILES = 500  # database and Redis pools, log and data files, the listeners
