@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+from functools import partial
 
 from surge import logs
 from surge.auth import Authenticator, load_or_create_secret
@@ -19,8 +20,9 @@ from surge.http.router import Router
 from surge.metrics import Metrics
 from surge.orders import OrderQuery
 from surge.protect.setup import rate_limiter, shedder
-from surge.purchase import Purchases, SaleConfigs, SoldOutBoard, rebuild_gates
+from surge.purchase import Purchases
 from surge.realtime.setup import start_hub
+from surge.sale_cache import SaleConfigs, SoldOutBoard
 
 log = logging.getLogger("surge.app")
 
@@ -59,16 +61,8 @@ class App:
             probes["redis"] = backends.cache.ping
         readiness = ops.Readiness(probes, lambda: self.draining, frozenset(settings.ready_requires))
         self.router.add("GET", "/orders/{id}", self.orders.handle)
-        try:
-            rebuilt = await rebuild_gates(backends.sales, backends.gate)
-        except Exception as exc:  # Redis (or the database) down: start degraded
-            # a sale's gate is then rebuilt by its first purchase that finds it missing
-            log.warning("stock gates not rebuilt at start-up (%s): each on first use", exc)
-        else:
-            if rebuilt:
-                log.info("rebuilt the stock gate of %d open sales from the database", rebuilt)
         configs = SaleConfigs(backends.sales)
-        self.sold_out = SoldOutBoard(backends.bus)
+        self.sold_out = SoldOutBoard(backends.bus, backends.gate)
         await self.sold_out.start()
         self.hub = await start_hub(settings, backends, self.auth, self.router, self.metrics)
         stack.push_async_callback(self.hub.close)  # after the feed's last update (reverse)
@@ -85,6 +79,7 @@ class App:
             settings.route_deadline("POST /sales/{id}/orders"),
             self.orders.invalidate,
         )
+        await self._keep_gates(purchases, stack)
         catalog = Catalog(
             self.auth, backends.sales, backends.gate, configs, settings.route_deadline
         )
@@ -148,11 +143,38 @@ class App:
             share = asyncio.create_task(self.metrics.share(), name="metrics-share")
             stack.push_async_callback(_cancel, share)
 
+    async def _keep_gates(self, purchases: Purchases, stack: contextlib.AsyncExitStack) -> None:
+        """Reconciles every open sale's gate with the database now, then every
+        SURGE_GATE_RECONCILE_INTERVAL seconds (surge.reconcile)."""
+        keeper = purchases.keeper
+        keeper.interval = self.settings.gate_reconcile_interval
+        try:
+            count = await keeper.open_sales()
+        except Exception as exc:  # Redis (or the database) down: start degraded
+            # a sale's gate is then rebuilt by its first purchase that finds it missing
+            log.warning("stock gates not reconciled at start-up (%s): each on first use", exc)
+        else:
+            if count:
+                log.info("reconciled the stock gate of %d open sales with the database", count)
+        if keeper.interval > 0:
+            task = asyncio.create_task(keeper.run(), name="gate-reconcile")
+            stack.push_async_callback(_cancel, task)
+        for name, doc, attribute in (
+            ("gate_reconciliations", "Sale gates reconciled with the database", "runs"),
+            ("gate_corrections", "Stock units the gate had wrong, corrected", "corrected"),
+            ("gate_stale_reservations", "Stale reservations given back", "dropped"),
+        ):
+            self.metrics.counter(name, doc, partial(_read, keeper, attribute))
+
     def _count_cache_error(self, _exc: Exception) -> None:
         self.metrics.cache_errors += 1
 
     async def close(self) -> None:
         await self._stack.aclose()
+
+
+def _read(owner: object, attribute: str) -> float:
+    return float(getattr(owner, attribute))
 
 
 async def _cancel(task: asyncio.Task[None]) -> None:

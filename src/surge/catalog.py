@@ -14,7 +14,7 @@ from surge.gate import Gate, GateState
 from surge.http.request import Request
 from surge.http.response import Problem, Response, json_response, response
 from surge.orders import encode_order, parse_id
-from surge.purchase import SaleConfigs
+from surge.sale_cache import SaleConfigs
 from surge.sales import Sale, parse_new_sale
 
 SALE_VIEW_TTL = 0.5  # a sale's public view is rebuilt at most twice a second per process
@@ -52,14 +52,17 @@ class Catalog:
         now = datetime.now(UTC)
         sale = await self._sales.create_sale(new, now)
         with contextlib.suppress(Exception):  # else the first purchase loads it (lazily)
-            await self._gate.load(
+            # (a snapshot as of its creation: a purchase that raced it is counted all the
+            # same, see surge.reconcile)
+            await self._gate.reconcile(
                 GateState(
                     sale.id,
                     sale.stock,
                     sale.per_user_limit,
                     int(sale.starts_at.timestamp() * 1000),
                     int(sale.ends_at.timestamp() * 1000),
-                )
+                ),
+                stale_ms=60_000,
             )
         return json_response(201, sale.to_json(now), (("location", f"/sales/{sale.id}"),))
 

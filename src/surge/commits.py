@@ -9,10 +9,12 @@ from collections import defaultdict
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from datetime import UTC, datetime
+from functools import partial
 
 from surge.backends.sql_sales import Purchase, SqlSales, Win
 from surge.gate import Confirmed, Gate
 from surge.logs import shared_task
+from surge.retry import keep_trying
 from surge.sales import Sale
 
 log = logging.getLogger("surge.commits")
@@ -118,7 +120,14 @@ class AfterCommit:
 
     One command per order (measured with py-spy in a storm of 50,000 winners) took a fifth
     of the CPU, on the same loop the winners wait for.
+
+    A step that fails (Redis down right after the commit) is retried with backoff for up
+    to `RETRY_FOR` seconds: until the gate learns the order, a retry of its key would get
+    409 key-in-flight (surge.purchase asks the database then, and the periodic
+    reconciliation repairs the gate in any case).
     """
+
+    RETRY_FOR = 60.0
 
     def __init__(self, gate: Gate, forget: Callable[..., Awaitable[None]]) -> None:
         self._gate = gate
@@ -138,10 +147,18 @@ class AfterCommit:
         by_sale: dict[int, list[Confirmed]] = defaultdict(list)
         for sale_id, order in pending:
             by_sale[sale_id].append(order)
-        steps: list[Awaitable[None]] = [
-            self._gate.confirm(sale_id, orders) for sale_id, orders in by_sale.items()
+        steps: list[Awaitable[bool]] = [
+            keep_trying(
+                partial(self._gate.confirm, sale_id, orders),
+                f"sale {sale_id}: the gate learning {len(orders)} orders",
+                self.RETRY_FOR,
+            )
+            for sale_id, orders in by_sale.items()
         ]
-        steps.append(self._forget(*(order.order_id for _, order in pending)))
-        for outcome in await asyncio.gather(*steps, return_exceptions=True):
-            if isinstance(outcome, Exception):  # the database is the truth: log, go on
-                log.warning("bookkeeping after commit skipped: %s", outcome)
+        ids = [order.order_id for _, order in pending]
+        steps.append(
+            keep_trying(
+                partial(self._forget, *ids), f"forgetting {len(ids)} cached ids", self.RETRY_FOR
+            )
+        )
+        await asyncio.gather(*steps)

@@ -56,6 +56,7 @@ class Settings:
     redis_pool_size: int = 32
     deadline_ms: int = 50
     write_deadline_ms: int = 2000
+    gate_reconcile_interval: float = 5.0  # seconds; 0: only at start-up and on a lost gate
     route_deadlines: tuple[tuple[str, int], ...] = ()  # ("POST /sales", 1500): overrides
     cache_ttl: float = 600.0
     cache_jitter: float = 0.1
@@ -221,6 +222,12 @@ FIELDS: tuple[Field, ...] = (
         "write_deadline_ms",
         parse.positive_int,
         "deadline of purchases and the sale routes, milliseconds (then 504)",
+    ),
+    Field(
+        "gate_reconcile_interval",
+        parse.non_negative_float,
+        "seconds between reconciliations of each open sale's stock gate with the database "
+        "(heals stock a crashed process reserved); 0 = only at start-up",
     ),
     Field(
         "route_deadlines",

@@ -9,14 +9,20 @@ lets an order be oversold.
 Outcomes of `reserve`: "ok", "sold_out", "limit", "in_flight" (the key's first request is
 still running), "done" (the key already bought: `order_id`), "mismatch" (the key was used
 with another request), "not_live", "unknown" (the gate holds no state for the sale: load
-it from the database and try again).
+it from the database and try again). A refusal ("sold_out", "limit", "not_live") of a key
+the gate does not know carries what the user holds in the sale (`bought`): if that is more
+than nothing, the key may be one of theirs that the gate forgot, and only the database can
+tell (surge.purchase asks it before refusing).
+
+`reconcile` installs a sale's state from a snapshot of the database, or brings an existing
+one in step with it: see surge.reconcile for why that is exact while purchases go on.
 """
 
 from __future__ import annotations
 
 import time
 from collections.abc import Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Protocol
 
 
@@ -24,7 +30,8 @@ from typing import Protocol
 class Answer:
     outcome: str
     remaining: int = 0
-    order_id: int = 0
+    order_id: int = 0  # "done": the key's order
+    bought: int = 0  # a refusal of an unknown key: what the user holds in the sale
 
 
 @dataclass(frozen=True, slots=True)
@@ -35,25 +42,46 @@ class Confirmed:
     key: str
     fingerprint: str
     order_id: int
+    quantity: int
+
+
+@dataclass(frozen=True, slots=True)
+class StoredOrder:
+    """An order of the sale as the database committed it, as far as the gate cares."""
+
+    user_id: str
+    key: str
+    order_id: int
+    quantity: int
+    fingerprint: str
 
 
 @dataclass(frozen=True, slots=True)
 class GateState:
-    """What the gate needs to know of a sale, as the database has it."""
+    """A sale as one database snapshot has it: its stock left and every order of it."""
 
     sale_id: int
     remaining: int
     per_user_limit: int
     starts_ms: int
     ends_ms: int
-    bought: dict[str, int] = field(default_factory=dict)
+    orders: tuple[StoredOrder, ...] = ()
+
+
+@dataclass(frozen=True, slots=True)
+class Reconciled:
+    before: int | None  # the gate's remaining before (None: it held nothing for the sale)
+    after: int
+    dropped: int  # pending reservations older than `stale_ms`, given back
 
 
 class Gate(Protocol):
-    async def load(self, state: GateState, replace: bool = False) -> bool:
-        """Installs a sale's state unless the gate already has one (or `replace`); True if
-        installed. Replacing forgets reservations in flight: their commits still succeed
-        or fail in the database, which stays the arbiter."""
+    async def reconcile(self, state: GateState, stale_ms: int) -> Reconciled:
+        """Makes the gate agree with `state` (a snapshot taken before the call): every
+        stored order's key replays it; remaining = the snapshot's, less what is reserved
+        and not committed yet, less what committed after the snapshot; pending
+        reservations older than `stale_ms` are dropped (their process died or gave up;
+        if their commit lands after all, the next reconciliation counts it)."""
         ...
 
     async def reserve(
@@ -74,9 +102,31 @@ class Gate(Protocol):
 
     async def remaining(self, sale_id: int) -> int | None: ...
 
+    async def buyers(self, sale_id: int) -> frozenset[str] | None:
+        """Users holding or reserving anything in the sale (None: no state for it)."""
+        ...
 
-def _field(user_id: str, key: str) -> str:
-    return f"{user_id}|{key}"
+    async def claim(self, sale_id: int, seconds: float) -> bool:
+        """True for one caller among all processes per `seconds`: the one that reconciles
+        the sale this period."""
+        ...
+
+
+def field_of(user_id: str, key: str) -> str:
+    return f"{user_id}|{key}"  # keys never hold "|" (surge.sales.parse_idempotency_key)
+
+
+def user_of(field: str) -> str:
+    return field.rpartition("|")[0]
+
+
+@dataclass(frozen=True, slots=True)
+class _Key:
+    done: bool
+    fingerprint: str
+    order_id: int
+    quantity: int
+    since_ms: int  # when the reservation was made (pending ones)
 
 
 @dataclass(slots=True)
@@ -86,7 +136,11 @@ class _Sale:
     starts_ms: int
     ends_ms: int
     bought: dict[str, int]
-    keys: dict[str, tuple[str, str, int]]  # user|key -> (p(ending)/d(one), fingerprint, id)
+    keys: dict[str, _Key]  # user|key -> pending reservation or order
+
+
+def _now_ms() -> int:
+    return int(time.time() * 1000)
 
 
 class MemoryGate:
@@ -95,18 +149,32 @@ class MemoryGate:
     def __init__(self) -> None:
         self._sales: dict[int, _Sale] = {}
 
-    async def load(self, state: GateState, replace: bool = False) -> bool:
-        if state.sale_id in self._sales and not replace:
-            return False
+    async def reconcile(self, state: GateState, stale_ms: int) -> Reconciled:
+        old = self._sales.get(state.sale_id)
+        keys = {
+            field_of(o.user_id, o.key): _Key(True, o.fingerprint, o.order_id, o.quantity, 0)
+            for o in state.orders
+        }
+        bought: dict[str, int] = {}
+        for o in state.orders:
+            bought[o.user_id] = bought.get(o.user_id, 0) + o.quantity
+        remaining, dropped, now_ms = state.remaining, 0, _now_ms()
+        for field, entry in (old.keys if old else {}).items():
+            if field in keys:  # committed by the snapshot: counted in its remaining
+                continue
+            if not entry.done and now_ms - entry.since_ms > stale_ms:
+                dropped += 1
+                continue
+            # pending, or committed after the snapshot: not in its remaining yet
+            keys[field] = entry
+            remaining -= entry.quantity
+            user = user_of(field)
+            bought[user] = bought.get(user, 0) + entry.quantity
+        remaining = max(0, remaining)
         self._sales[state.sale_id] = _Sale(
-            state.remaining,
-            state.per_user_limit,
-            state.starts_ms,
-            state.ends_ms,
-            dict(state.bought),
-            {},
+            remaining, state.per_user_limit, state.starts_ms, state.ends_ms, bought, keys
         )
-        return True
+        return Reconciled(None if old is None else old.remaining, remaining, dropped)
 
     async def reserve(
         self, sale_id: int, user_id: str, key: str, quantity: int, fingerprint: str
@@ -114,40 +182,48 @@ class MemoryGate:
         sale = self._sales.get(sale_id)
         if sale is None:
             return Answer("unknown")
-        now_ms = int(time.time() * 1000)
-        if not sale.starts_ms <= now_ms < sale.ends_ms:
-            return Answer("not_live", sale.remaining)
-        prior = sale.keys.get(_field(user_id, key))
+        now_ms = _now_ms()
+        prior = sale.keys.get(field_of(user_id, key))
         if prior is not None:
-            kind, known, order_id = prior
-            if known != fingerprint:
+            if prior.fingerprint != fingerprint:
                 return Answer("mismatch", sale.remaining)
-            return Answer("done" if kind == "d" else "in_flight", sale.remaining, order_id)
+            if prior.done:
+                return Answer("done", sale.remaining, prior.order_id)
+            return Answer("in_flight", sale.remaining)
+        bought = sale.bought.get(user_id, 0)
+        if not sale.starts_ms <= now_ms < sale.ends_ms:
+            return Answer("not_live", sale.remaining, bought=bought)
         if sale.remaining < quantity:
-            return Answer("sold_out", sale.remaining)
-        if sale.bought.get(user_id, 0) + quantity > sale.limit:
-            return Answer("limit", sale.remaining)
+            return Answer("sold_out", sale.remaining, bought=bought)
+        if bought + quantity > sale.limit:
+            return Answer("limit", sale.remaining, bought=bought)
         sale.remaining -= quantity
-        sale.bought[user_id] = sale.bought.get(user_id, 0) + quantity
-        sale.keys[_field(user_id, key)] = ("p", fingerprint, 0)
+        sale.bought[user_id] = bought + quantity
+        sale.keys[field_of(user_id, key)] = _Key(False, fingerprint, 0, quantity, now_ms)
         return Answer("ok", sale.remaining)
 
     async def confirm(self, sale_id: int, orders: Sequence[Confirmed]) -> None:
         sale = self._sales.get(sale_id)
         if sale is not None:
             for o in orders:
-                sale.keys[_field(o.user_id, o.key)] = ("d", o.fingerprint, o.order_id)
+                sale.keys[field_of(o.user_id, o.key)] = _Key(
+                    True, o.fingerprint, o.order_id, o.quantity, 0
+                )
 
     async def release(self, sale_id: int, user_id: str, key: str, quantity: int) -> int:
         sale = self._sales.get(sale_id)
         if sale is None:
             return 0
-        field = _field(user_id, key)
+        field = field_of(user_id, key)
         prior = sale.keys.get(field)
-        if prior is not None and prior[0] == "p":  # only a pending one, and only once
+        if prior is not None and not prior.done:  # only a pending one, and only once
             del sale.keys[field]
             sale.remaining += quantity
-            sale.bought[user_id] = max(0, sale.bought.get(user_id, 0) - quantity)
+            left = sale.bought.get(user_id, 0) - quantity
+            if left > 0:
+                sale.bought[user_id] = left
+            else:
+                sale.bought.pop(user_id, None)
         return sale.remaining
 
     async def sold_out(self, sale_id: int) -> None:
@@ -158,3 +234,10 @@ class MemoryGate:
     async def remaining(self, sale_id: int) -> int | None:
         sale = self._sales.get(sale_id)
         return None if sale is None else sale.remaining
+
+    async def buyers(self, sale_id: int) -> frozenset[str] | None:
+        sale = self._sales.get(sale_id)
+        return None if sale is None else frozenset(sale.bought)
+
+    async def claim(self, sale_id: int, seconds: float) -> bool:
+        return True  # one process holds the in-process gate

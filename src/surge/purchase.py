@@ -1,14 +1,20 @@
 """POST /sales/{id}/orders: the flash-sale purchase, top to bottom.
 
 1. Cheap refusals first, without I/O: token (401), sale id (400), Idempotency-Key (400),
-   body (400/422), the sale's config from an in-process cache (404, 403 when not live),
+   body (400/422), the sale's config from an in-process cache (404, 403 before it opens),
    and the process-wide sold-out board (409): once a sale is sold out every process knows
-   it (pub/sub), so the flood of late buyers costs no Redis or database round trip.
+   it (pub/sub), so the flood of late buyers costs no Redis or database round trip (the
+   board never refuses a user who bought: surge.sale_cache).
 2. The gate (`surge.gate`) decides in one atomic step: ok / sold_out / limit / in_flight /
    done (replay) / mismatch (422).
 3. A reservation is committed by one database transaction (`SqlSales.purchase`) that
    re-checks stock, limit and key; 201 only after it committed. Whatever fails after the
    reservation gives it back to the gate.
+
+Idempotency is a durable promise: a key whose purchase committed gets its 201, whatever
+was killed or restarted since. The gate knows most keys; where it may have forgotten one
+(it refuses a user who holds something in the sale, or the key is still pending there, or
+the sale has ended), the database is asked before the refusal is sent.
 """
 
 from __future__ import annotations
@@ -24,117 +30,35 @@ from surge.backends.sql_sales import Purchase, SqlSales, Win
 from surge.commits import AfterCommit, CommitBatcher
 from surge.deadlines import within
 from surge.feed import StockFeed
-from surge.gate import Answer, Confirmed, Gate
+from surge.gate import Answer, Confirmed, Gate, Reconciled
 from surge.http.request import Request
 from surge.http.response import JSON, Problem, Response, problem_response, response
-from surge.logs import shared_task
 from surge.orders import encode_order, parse_id
+from surge.reconcile import GateKeeper
+from surge.sale_cache import SaleConfigs, SoldOutBoard
 from surge.sales import Sale, fingerprint, parse_idempotency_key, parse_quantity
-from surge.types import Bus, Order
+from surge.types import Order
 
 log = logging.getLogger("surge.purchase")
 
-SOLD_OUT_CHANNEL = "sales.sold_out"
-RESTOCKED_CHANNEL = "sales.restocked"
 SOLD_OUT = problem_response(409, "sold-out", "the sale is sold out")
-
-
-class SaleConfigs:
-    """Sales by id, cached in-process: a sale's config never changes once created, so it is
-    kept for good (bounded); "no such sale" is remembered for a second only, since another
-    process may create it. Concurrent misses for one id share one query."""
-
-    MAX = 10_000
-    ABSENT_TTL = 1.0
-
-    def __init__(self, sales: SqlSales) -> None:
-        self._sales = sales
-        self._known: dict[int, Sale] = {}
-        self._absent: dict[int, float] = {}
-        self._loading: dict[int, asyncio.Future[Sale | None]] = {}
-
-    def cached(self, sale_id: int) -> Sale | None:
-        return self._known.get(sale_id)
-
-    async def get(self, sale_id: int) -> Sale | None:
-        sale = self._known.get(sale_id)
-        if sale is not None:
-            return sale
-        if self._absent.get(sale_id, 0.0) > time.monotonic():
-            return None
-        loading = self._loading.get(sale_id)
-        if loading is None:
-            loading = shared_task(self._sales.get_sale(sale_id))
-            self._loading[sale_id] = loading
-            loading.add_done_callback(lambda _: self._loading.pop(sale_id, None))
-        sale = await asyncio.shield(loading)
-        if sale is None:
-            self._remember_absent(sale_id)
-        else:
-            if len(self._known) >= self.MAX:
-                self._known.clear()
-            self._known[sale_id] = sale
-        return sale
-
-    def _remember_absent(self, sale_id: int) -> None:
-        """Kept in the order they expire (one TTL for all: insertion order), so those
-        expired are dropped from the front as new ones come; at most MAX either way
-        (every unknown id read once added an entry for good: issue 12 #8)."""
-        absent = self._absent
-        now = time.monotonic()
-        absent.pop(sale_id, None)  # re-inserted last: its new expiry is the latest
-        while absent and (next(iter(absent.values())) <= now or len(absent) >= self.MAX):
-            del absent[next(iter(absent))]
-        absent[sale_id] = now + self.ABSENT_TTL
-
-
-class SoldOutBoard:
-    """Sale ids known sold out, so the flood of late buyers is refused from memory.
-
-    A mark lasts `HOLD` seconds, then the next buyer asks the gate again (and marks anew if
-    still sold out): stock given back by a failed commit reaches buyers within `HOLD`
-    even if a "restocked" message raced a late "sold out" one, and nothing can stay
-    wrongly sold out. Marks travel between processes by pub/sub.
-    """
-
-    HOLD = 1.0
-
-    def __init__(self, bus: Bus) -> None:
-        self._bus = bus
-        self._until: dict[int, float] = {}
-
-    async def start(self) -> None:
-        await self._bus.subscribe(SOLD_OUT_CHANNEL, lambda m: self._hold(int(m)))
-        await self._bus.subscribe(RESTOCKED_CHANNEL, lambda m: self._release(int(m)))
-        self._bus.on_reconnect(self._until.clear)  # missed news: ask the gate again
-
-    def __contains__(self, sale_id: int) -> bool:
-        until = self._until.get(sale_id)
-        return until is not None and until > time.monotonic()
-
-    def _release(self, sale_id: int) -> None:
-        self._until.pop(sale_id, None)
-
-    def _hold(self, sale_id: int) -> None:
-        self._until[sale_id] = time.monotonic() + self.HOLD
-
-    async def mark(self, sale_id: int) -> None:
-        fresh = sale_id not in self
-        self._hold(sale_id)
-        if fresh:
-            await self._bus.publish(SOLD_OUT_CHANNEL, str(sale_id).encode())
-
-    async def unmark(self, sale_id: int) -> None:
-        self._release(sale_id)
-        await self._bus.publish(RESTOCKED_CHANNEL, str(sale_id).encode())
+_UNAVAILABLE = (("retry-after", "1"),)
 
 
 class _Unknown(Exception):
     """A commit outlived the deadline and its grace: whether it landed is unknown."""
 
 
-def _problem_409(kind: str, detail: str) -> Problem:
-    return Problem(409, kind, detail)
+def _sold_out() -> Problem:
+    return Problem(409, "sold-out", "the sale is sold out")
+
+
+def _not_live() -> Problem:
+    return Problem(403, "sale-not-live", "the sale is not open")
+
+
+def _key_reused() -> Problem:
+    return Problem(422, "key-reused", "this Idempotency-Key was used for another request")
 
 
 class Purchases:
@@ -158,10 +82,12 @@ class Purchases:
         self._feed = feed
         self._outcomes = outcomes  # purchases_total{outcome} (surge.metrics)
         self._deadline = deadline
-        self._ordered = ordered  # the order query forgets what it cached for a new id
         self._batcher = CommitBatcher(sales)
-        self._books = AfterCommit(gate, ordered)
-        self._rebuilding: dict[int, asyncio.Future[None]] = {}
+        self._books = AfterCommit(gate, ordered)  # `ordered`: the order query forgets ids
+        # A gate found missing is rebuilt by reconciling it (surge.reconcile; App sets the
+        # period). A reservation is stale once its request has given up: the deadline, the
+        # commit's grace of one more, and a margin.
+        self.keeper = GateKeeper(sales, gate, 2 * deadline + 2, 0, self.reconciled)
 
     def handle(self, request: Request) -> Response | Awaitable[Response]:
         try:
@@ -171,10 +97,12 @@ class Purchases:
             quantity = parse_quantity(request.body)
             sale = self._configs.cached(sale_id)
             if sale is not None:
-                if not sale.live_at(time.time()):
-                    raise Problem(403, "sale-not-live", "the sale is not open")
-                if sale_id in self._board:  # known everywhere: no Redis, no database
-                    self._count("sold-out-local")
+                now = time.time()
+                if now < sale.starts_ts:
+                    raise _not_live()
+                # (an ended sale goes on: the request may replay a purchase of its last moment)
+                if now < sale.ends_ts and self._board.refuses(sale_id, user.id):
+                    self._count("sold-out-local")  # known everywhere: no Redis, no database
                     return SOLD_OUT
         except Problem as problem:
             self._count(problem.kind)
@@ -198,68 +126,76 @@ class Purchases:
         if sale is None:
             raise Problem(404, "sale-not-found", "no such sale")
         now = datetime.now(UTC)
-        if not sale.live(now):
-            raise Problem(403, "sale-not-live", "the sale is not open")
-        if sale_id in self._board:
-            raise _problem_409("sold-out", "the sale is sold out")
+        if now < sale.starts_at:
+            raise _not_live()
+        if now < sale.ends_at and self._board.refuses(sale_id, user_id):
+            raise _sold_out()
         wanted = fingerprint(sale_id, quantity)
         try:
-            answer = await self._reserve(sale_id, user_id, key, quantity, wanted)
+            answer = await self._reserve(sale, user_id, key, quantity, wanted, now)
         except Problem:
             raise
         except Exception as exc:  # Redis (or the database, rebuilding the gate) is down
             log.warning("sale %d: gate unavailable: %s", sale_id, exc)
             raise Problem(
-                503, "unavailable", "the sale gate is unavailable; retry", (("retry-after", "1"),)
+                503, "unavailable", "the sale gate is unavailable; retry", _UNAVAILABLE
             ) from None
         outcome = answer.outcome
         if outcome == "ok":
             self._feed.changed(sale_id, answer.remaining, sale.state(now, answer.remaining))
             return await self._commit(sale, user_id, key, quantity, wanted, now)
+        if outcome == "done":
+            return await self._replay(sale_id, user_id, key, wanted)
+        if outcome == "mismatch":
+            raise _key_reused()
+        if outcome == "sold_out" and answer.remaining <= 0:
+            self._feed.changed(sale_id, 0, "sold_out")
+            await _quietly(self._board.mark(sale_id))
+        refusal = self._refusal(sale, outcome)
+        if outcome == "in_flight" or answer.bought > 0:
+            # the key may be a committed one the gate forgot (Redis restarted, a process
+            # died before its bookkeeping): the database says, before anything refuses it
+            stored = await self._stored(sale_id, user_id, key, wanted)
+            if stored is not None:
+                return stored
+        raise refusal
+
+    def _refusal(self, sale: Sale, outcome: str) -> Problem:
         if outcome == "sold_out":
-            if answer.remaining <= 0:
-                self._feed.changed(sale_id, 0, "sold_out")
-                await _quietly(self._board.mark(sale_id))
-            raise _problem_409("sold-out", "the sale is sold out")
+            return _sold_out()
         if outcome == "limit":
-            raise _problem_409(
-                "limit-reached", f"at most {sale.per_user_limit} per user in this sale"
+            return Problem(
+                409, "limit-reached", f"at most {sale.per_user_limit} per user in this sale"
             )
         if outcome == "in_flight":
-            raise _problem_409(
-                "key-in-flight", "a request with this Idempotency-Key is still being processed"
+            return Problem(
+                409, "key-in-flight", "a request with this Idempotency-Key is still being processed"
             )
-        if outcome == "mismatch":
-            raise Problem(422, "key-reused", "this Idempotency-Key was used for another request")
-        if outcome == "done":
-            return await self._replay(user_id, key, wanted)
         if outcome == "not_live":
-            raise Problem(403, "sale-not-live", "the sale is not open")
-        raise Problem(503, "unavailable", "the sale gate is not ready", (("retry-after", "1"),))
+            return _not_live()
+        return Problem(503, "unavailable", "the sale gate is not ready", _UNAVAILABLE)
 
     async def _reserve(
-        self, sale_id: int, user_id: str, key: str, quantity: int, wanted: str
+        self, sale: Sale, user_id: str, key: str, quantity: int, wanted: str, now: datetime
     ) -> Answer:
-        answer = await self._gate.reserve(sale_id, user_id, key, quantity, wanted)
-        if answer.outcome == "unknown":  # Redis lost it, or first purchase here: rebuild
-            await self._rebuild(sale_id)
-            answer = await self._gate.reserve(sale_id, user_id, key, quantity, wanted)
+        answer = await self._gate.reserve(sale.id, user_id, key, quantity, wanted)
+        if answer.outcome == "unknown":
+            if now >= sale.ends_at:  # the gate is gone with its sale: only the database knows
+                return Answer("not_live", bought=1)
+            await self.keeper.sale(sale.id)  # Redis lost it, or first purchase here
+            answer = await self._gate.reserve(sale.id, user_id, key, quantity, wanted)
         return answer
 
-    async def _rebuild(self, sale_id: int) -> None:
-        """Loads a sale's gate from the database, once for all the buyers who found it
-        missing at the same moment (a storm hitting a restarted Redis)."""
-        running = self._rebuilding.get(sale_id)
-        if running is None:
-            running = shared_task(self._load_gate(sale_id))
-            self._rebuilding[sale_id] = running
-            running.add_done_callback(lambda _: self._rebuilding.pop(sale_id, None))
-        await asyncio.shield(running)
-
-    async def _load_gate(self, sale_id: int) -> None:
-        state = await self._sales.gate_state(sale_id)
-        if state is not None:
-            await self._gate.load(state)
+    async def reconciled(self, sale_id: int, done: Reconciled) -> None:
+        """A reconciliation changed the gate's count: the stock feed hears of it, and if
+        stock came back (a crashed process's reservation), no board may hide it."""
+        if done.before == done.after:
+            return
+        sale = await self._configs.get(sale_id)
+        if sale is not None:
+            self._feed.changed(sale_id, done.after, sale.state(datetime.now(UTC), done.after))
+        if done.after > 0 and (done.before == 0 or self._board.held(sale_id)):
+            await _quietly(self._board.unmark(sale_id))
 
     async def _commit(
         self, sale: Sale, user_id: str, key: str, quantity: int, wanted: str, now: datetime
@@ -279,32 +215,31 @@ class Purchases:
                 503,
                 "unavailable",
                 "the order may or may not be stored: retry with the same Idempotency-Key",
-                (("retry-after", "1"),),
+                _UNAVAILABLE,
             ) from None
         except Exception:
             await self._release(sale.id, user_id, key, quantity)
             log.exception("purchase commit failed")
             raise Problem(
-                503, "unavailable", "the order could not be stored; retry", (("retry-after", "1"),)
+                503, "unavailable", "the order could not be stored; retry", _UNAVAILABLE
             ) from None
         if done.outcome == "committed" and done.order is not None:
             # Committed: from here on nothing may turn the 201 into an error or delay it.
             # The bookkeeping is done in the background (see AfterCommit).
-            self._books.committed(sale.id, Confirmed(user_id, key, wanted, done.order.id))
+            self._books.committed(sale.id, _confirmed(done.order, key, wanted))
             return created(done.order)
         await self._release(sale.id, user_id, key, quantity)
         if done.outcome == "duplicate" and done.order is not None:
             if done.request_hash != wanted:
-                raise Problem(
-                    422, "key-reused", "this Idempotency-Key was used for another request"
-                )
+                raise _key_reused()
+            self._books.committed(sale.id, _confirmed(done.order, key, wanted))  # teach the gate
             return created(done.order)
         if done.outcome == "sold_out":
             self._feed.changed(sale.id, 0, "sold_out")
             await _quietly(self._gate.sold_out(sale.id))
             await _quietly(self._board.mark(sale.id))
-            raise _problem_409("sold-out", "the sale is sold out")
-        raise _problem_409("limit-reached", f"at most {sale.per_user_limit} per user in this sale")
+            raise _sold_out()
+        raise self._refusal(sale, "limit")
 
     async def _grace(self, commit: asyncio.Future[Purchase]) -> Purchase:
         try:
@@ -324,13 +259,32 @@ class Purchases:
         if left > 0:  # stock is back: nobody may be refused for it any longer
             await _quietly(self._board.unmark(sale_id))
 
-    async def _replay(self, user_id: str, key: str, wanted: str) -> Response:
-        found = await self._sales.order_by_key(user_id, key)
-        if found is None:  # confirmed in the gate but not in the database: cannot be
-            raise Problem(503, "unavailable", "retry", (("retry-after", "1"),))
+    async def _replay(self, sale_id: int, user_id: str, key: str, wanted: str) -> Response:
+        stored = await self._stored(sale_id, user_id, key, wanted, learn=False)
+        if stored is None:  # confirmed in the gate but not in the database: cannot be
+            raise Problem(503, "unavailable", "retry", _UNAVAILABLE)
+        return stored
+
+    async def _stored(
+        self, sale_id: int, user_id: str, key: str, wanted: str, learn: bool = True
+    ) -> Response | None:
+        """The 201 of the key's committed purchase (422 if it asked for something else), or
+        None if the database has no order with this key. With `learn`, the gate is taught
+        the key (it did not know it was done), so the next replay is answered by it."""
+        try:
+            found = await self._sales.order_by_key(user_id, key)
+        except Exception as exc:
+            log.warning("sale %d: order lookup failed: %s", sale_id, exc)
+            raise Problem(
+                503, "unavailable", "the database is unavailable; retry", _UNAVAILABLE
+            ) from None
+        if found is None:
+            return None
         order, request_hash = found
-        if request_hash != wanted:
-            raise Problem(422, "key-reused", "this Idempotency-Key was used for another request")
+        if order.sale_id != sale_id or request_hash != wanted:
+            raise _key_reused()
+        if learn:
+            self._books.committed(sale_id, _confirmed(order, key, wanted))
         return created(order)
 
 
@@ -343,17 +297,8 @@ async def _quietly(step: Awaitable[None]) -> None:
         log.warning("gate bookkeeping skipped: %s", exc)
 
 
-async def rebuild_gates(sales: SqlSales, gate: Gate) -> int:
-    """Start-up recovery: every sale not yet ended gets its gate rebuilt from what the
-    database committed (stock left, what each user bought). Reservations a crashed
-    process left behind are dropped, so its stock is not stranded; reservations other
-    processes still have in flight commit or fail in the database, which re-checks all."""
-    rebuilt = 0
-    for sale_id in await sales.open_sales(datetime.now(UTC)):
-        state = await sales.gate_state(sale_id)
-        if state is not None and await gate.load(state, replace=True):
-            rebuilt += 1
-    return rebuilt
+def _confirmed(order: Order, key: str, wanted: str) -> Confirmed:
+    return Confirmed(order.user_id, key, wanted, order.id, order.quantity)
 
 
 def created(order: Order) -> Response:

@@ -12,7 +12,7 @@ import pytest
 
 from surge.backends.redis import connect
 from surge.backends.redis_gate import RedisGate
-from surge.gate import Confirmed, Gate, GateState, MemoryGate
+from surge.gate import Answer, Confirmed, Gate, GateState, MemoryGate, StoredOrder
 from tests.backends import REDIS, require_service
 
 pytestmark = pytest.mark.anyio
@@ -41,33 +41,46 @@ async def gate(request: pytest.FixtureRequest) -> AsyncIterator[Gate]:
         yield made
 
 
+STALE_MS = 60_000
+
+
 def _state(
     sale_id: int,
     stock: int,
     limit: int = 1,
     live: bool = True,
-    bought: dict[str, int] | None = None,
+    orders: tuple[StoredOrder, ...] = (),
+    ended: bool = False,
 ) -> GateState:
     now = int(time.time() * 1000)
-    starts = now - 60_000 if live else now + 60_000
-    return GateState(sale_id, stock, limit, starts, starts + 3_600_000, bought or {})
+    starts = now - 60_000 if live or ended else now + 60_000
+    ends = now - 1_000 if ended else starts + 3_600_000
+    return GateState(sale_id, stock, limit, starts, ends, orders)
+
+
+async def _load(gate: Gate, state: GateState) -> None:
+    await gate.reconcile(state, STALE_MS)
 
 
 async def test_outcomes(gate: Gate) -> None:
     assert (await gate.reserve(1, "u", "k", 1, "f")).outcome == "unknown"
-    assert await gate.load(_state(1, stock=3, limit=2))
-    assert not await gate.load(_state(1, stock=99))  # an existing gate is kept
+    installed = await gate.reconcile(_state(1, stock=3, limit=2), STALE_MS)
+    assert (installed.before, installed.after, installed.dropped) == (None, 3, 0)
     first = await gate.reserve(1, "u", "k1", 1, "f1")
     assert (first.outcome, first.remaining) == ("ok", 2)
     assert (await gate.reserve(1, "u", "k1", 1, "f1")).outcome == "in_flight"
     assert (await gate.reserve(1, "u", "k1", 2, "other")).outcome == "mismatch"
-    await gate.confirm(1, [Confirmed("u", "k1", "f1", 41)])
+    await gate.confirm(1, [Confirmed("u", "k1", "f1", 41, 1)])
     done = await gate.reserve(1, "u", "k1", 1, "f1")
     assert (done.outcome, done.order_id) == ("done", 41)
-    assert (await gate.reserve(1, "u", "k2", 2, "f2")).outcome == "limit"
+    limit = await gate.reserve(1, "u", "k2", 2, "f2")
+    assert (limit.outcome, limit.bought) == ("limit", 1)  # an unknown key of a buyer
     assert (await gate.reserve(1, "u", "k2", 1, "f2")).outcome == "ok"
-    assert (await gate.reserve(1, "v", "k", 2, "f")).outcome == "sold_out"
+    refused = await gate.reserve(1, "v", "k", 2, "f")
+    assert (refused.outcome, refused.bought) == ("sold_out", 0)
     assert await gate.remaining(1) == 1
+    assert await gate.buyers(1) == {"u"}
+    assert await gate.buyers(2) is None
     assert await gate.release(1, "u", "k2", 1) == 2
     assert await gate.release(1, "u", "k2", 1) == 2  # a second release changes nothing
     assert await gate.release(1, "u", "k1", 1) == 2  # a confirmed order is not released
@@ -77,9 +90,10 @@ async def test_outcomes(gate: Gate) -> None:
 
 
 async def test_not_live_and_rebuilt_limits(gate: Gate) -> None:
-    await gate.load(_state(5, stock=10, live=False))
+    await _load(gate, _state(5, stock=10, live=False))
     assert (await gate.reserve(5, "u", "k", 1, "f")).outcome == "not_live"
-    await gate.load(_state(6, stock=10, limit=2, bought={"u": 2}))
+    bought = (StoredOrder("u", "old", 7, 2, "f"),)
+    await _load(gate, _state(6, stock=10, limit=2, orders=bought))
     assert (await gate.reserve(6, "u", "k", 1, "f")).outcome == "limit"
     await gate.sold_out(6)
     assert (await gate.reserve(6, "w", "k", 1, "f")).outcome == "sold_out"
@@ -87,8 +101,17 @@ async def test_not_live_and_rebuilt_limits(gate: Gate) -> None:
     assert (await gate.reserve(7, "w", "k", 1, "f")).outcome == "unknown"
 
 
+async def test_a_known_key_replays_after_the_sale_ended(gate: Gate) -> None:
+    orders = (StoredOrder("u", "k", 70, 1, "f"),)
+    await _load(gate, _state(8, stock=9, orders=orders, ended=True))
+    assert (await gate.reserve(8, "u", "k", 1, "f")) == Answer("done", 9, order_id=70)
+    late = await gate.reserve(8, "u", "k2", 1, "f")
+    assert (late.outcome, late.bought) == ("not_live", 1)  # a buyer: ask the database
+    assert (await gate.reserve(8, "v", "k", 1, "f")).outcome == "not_live"
+
+
 async def test_exactly_stock_pass_under_concurrency(gate: Gate) -> None:
-    await gate.load(_state(9, stock=100, limit=1))
+    await _load(gate, _state(9, stock=100, limit=1))
     attempts = [(f"user{i % 2000}", f"key{i}") for i in range(5000)]
     answers = await asyncio.gather(*(gate.reserve(9, u, k, 1, "f") for u, k in attempts))
     winners = [a for a, ans in zip(attempts, answers, strict=True) if ans.outcome == "ok"]
@@ -98,16 +121,60 @@ async def test_exactly_stock_pass_under_concurrency(gate: Gate) -> None:
     assert {a.outcome for a in answers} <= {"ok", "sold_out", "limit"}
 
 
-async def test_replace_rebuilds_from_the_database_view(gate: Gate) -> None:
-    await gate.load(_state(3, stock=5))
+async def test_reconcile_drops_only_stale_reservations(gate: Gate) -> None:
+    await _load(gate, _state(3, stock=5))
     assert (await gate.reserve(3, "crashed", "k", 1, "f")).outcome == "ok"  # never committed
-    assert await gate.load(_state(3, stock=5), replace=True)  # the database still says 5
-    assert await gate.remaining(3) == 5
+    kept = await gate.reconcile(_state(3, stock=5), STALE_MS)  # the database still says 5
+    assert (kept.before, kept.after, kept.dropped) == (4, 4, 0)  # still in flight, maybe
+    assert (await gate.reserve(3, "crashed", "k", 1, "f")).outcome == "in_flight"
+    await asyncio.sleep(0.05)
+    dropped = await gate.reconcile(_state(3, stock=5), stale_ms=10)
+    assert (dropped.before, dropped.after, dropped.dropped) == (4, 5, 1)
+    assert await gate.buyers(3) == frozenset()
     assert (await gate.reserve(3, "crashed", "k", 1, "f")).outcome == "ok"
 
 
+async def test_reconcile_counts_a_commit_that_lands_after_the_snapshot(gate: Gate) -> None:
+    """Issue 13 bug 2: a rebuild read the database, a commit landed, the rebuild wrote
+    what it had read; the gate then counted the commit's stock as still there."""
+    await _load(gate, _state(4, stock=10))
+    assert (await gate.reserve(4, "a", "ka", 1, "fa")).outcome == "ok"
+    assert (await gate.reserve(4, "b", "kb", 1, "fb")).outcome == "ok"
+    snapshot = _state(4, stock=10)  # read while both were still being committed
+    await gate.confirm(4, [Confirmed("a", "ka", "fa", 1, 1)])  # a commits, then learned
+    done = await gate.reconcile(snapshot, STALE_MS)  # b still pending
+    assert (done.before, done.after) == (8, 8)
+    assert await gate.buyers(4) == {"a", "b"}
+    # the next snapshot has a's order: counted once, not twice
+    later = _state(4, stock=9, orders=(StoredOrder("a", "ka", 1, 1, "fa"),))
+    assert (await gate.reconcile(later, STALE_MS)).after == 8
+
+
+async def test_reconcile_restores_the_keys_of_stored_orders(gate: Gate) -> None:
+    """Issue 13 bugs 1 and 3: after Redis lost everything, or when the bookkeeping after
+    a commit never reached the gate, a stored order's key must replay it."""
+    await _load(gate, _state(14, stock=5, limit=2))
+    assert (await gate.reserve(14, "u", "stuck", 1, "f1")).outcome == "ok"  # committed, but
+    stored = (StoredOrder("u", "stuck", 90, 1, "f1"), StoredOrder("v", "lost", 91, 2, "f2"))
+    done = await gate.reconcile(_state(14, stock=2, limit=2, orders=stored), STALE_MS)
+    assert done.after == 2
+    assert await gate.reserve(14, "u", "stuck", 1, "f1") == Answer("done", 2, order_id=90)
+    assert await gate.reserve(14, "v", "lost", 2, "f2") == Answer("done", 2, order_id=91)
+    assert (await gate.reserve(14, "v", "new", 1, "f3")).outcome == "limit"
+    assert (await gate.reserve(14, "u", "new", 1, "f3")).outcome == "ok"
+    assert await gate.remaining(14) == 1
+
+
+async def test_claim(gate: Gate) -> None:
+    first = await gate.claim(15, 5.0)
+    second = await gate.claim(15, 5.0)
+    assert first
+    if isinstance(gate, RedisGate):  # one claimant per period among processes
+        assert not second
+
+
 async def test_attempts_decided_together_are_decided_one_by_one(gate: Gate) -> None:
-    await gate.load(_state(11, stock=3, limit=1))
+    await _load(gate, _state(11, stock=3, limit=1))
     answers = await asyncio.gather(  # one loop turn: one script call on Redis
         gate.reserve(11, "a", "k1", 1, "f"),
         gate.reserve(11, "a", "k1", 1, "f"),  # the same key again: still pending
@@ -129,7 +196,7 @@ async def test_attempts_decided_together_are_decided_one_by_one(gate: Gate) -> N
 
 
 async def test_an_attempt_abandoned_in_flight_gives_its_stock_back(gate: Gate) -> None:
-    await gate.load(_state(13, stock=2))
+    await _load(gate, _state(13, stock=2))
     for i in range(64):
         attempt = asyncio.ensure_future(gate.reserve(13, f"gone{i}", "k", 1, "f"))
         for _ in range(i % 16):  # cancelled before it was sent, in flight, just after
@@ -156,7 +223,7 @@ async def test_a_call_whose_answer_was_lost_gives_back_only_what_it_reserved(
     redis_gate: RedisGate,
 ) -> None:
     gate = redis_gate
-    await gate.load(_state(21, stock=5, limit=2))
+    await _load(gate, _state(21, stock=5, limit=2))
     assert (await gate.reserve(21, "keeper", "k", 1, "f")).outcome == "ok"  # stays pending
     real = gate._reserve
 
@@ -183,7 +250,7 @@ async def test_the_same_call_run_twice_reserves_once(redis_gate: RedisGate) -> N
     """redis-py resends a command once on a new connection when the old one died; if
     Redis had run it, the second run must not turn the reservation into 'in_flight'."""
     gate = redis_gate
-    await gate.load(_state(22, stock=5))
+    await _load(gate, _state(22, stock=5))
     args = ["call-1", "u1", "u1|k", 1, "f", "u2", "u2|k", 1, "f"]
     first = await gate._reserve(keys=gate._keys(22), args=args)
     again = await gate._reserve(keys=gate._keys(22), args=args)

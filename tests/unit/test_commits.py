@@ -66,13 +66,14 @@ async def test_an_idle_winner_commits_at_once_alone() -> None:
 
 
 class Books:
-    def __init__(self, fail_confirm: bool = False) -> None:
+    def __init__(self, failures: int = 0) -> None:
         self.confirmed: list[tuple[int, list[int]]] = []
         self.forgotten: list[tuple[int, ...]] = []
-        self.fail_confirm = fail_confirm
+        self.failures = failures  # confirms that fail before one succeeds
 
     async def confirm(self, sale_id: int, orders: list[Confirmed]) -> None:
-        if self.fail_confirm:
+        if self.failures:
+            self.failures -= 1
             raise ConnectionError("redis down")
         self.confirmed.append((sale_id, [o.order_id for o in orders]))
 
@@ -84,17 +85,31 @@ async def test_bookkeeping_of_one_loop_turn_goes_out_together() -> None:
     books = Books()
     after = AfterCommit(books, books.forget)  # type: ignore[arg-type]
     for sale_id, order_id in ((1, 10), (2, 20), (1, 11)):
-        after.committed(sale_id, Confirmed(f"u{order_id}", "k", "f", order_id))
+        after.committed(sale_id, Confirmed(f"u{order_id}", "k", "f", order_id, 1))
     await asyncio.sleep(0.01)
-    after.committed(1, Confirmed("late", "k", "f", 12))  # a later turn: its own round
+    after.committed(1, Confirmed("late", "k", "f", 12, 1))  # a later turn: its own round
     await asyncio.sleep(0.01)
     assert books.confirmed == [(1, [10, 11]), (2, [20]), (1, [12])]
     assert books.forgotten == [(10, 20, 11), (12,)]
 
 
-async def test_bookkeeping_failing_in_part_still_does_the_rest() -> None:
-    books = Books(fail_confirm=True)
+async def test_bookkeeping_failing_in_part_still_does_the_rest_and_retries() -> None:
+    """Issue 13 bug 3: Redis down right after a commit left the key pending for good."""
+    books = Books(failures=2)
     after = AfterCommit(books, books.forget)  # type: ignore[arg-type]
-    after.committed(1, Confirmed("u", "k", "f", 7))
+    after.committed(1, Confirmed("u", "k", "f", 7, 1))
     await asyncio.sleep(0.01)
     assert books.forgotten == [(7,)]
+    assert books.confirmed == []
+    await asyncio.sleep(0.5)  # retried after 0.1 s, then 0.2 s
+    assert books.confirmed == [(1, [7])]
+
+
+async def test_bookkeeping_gives_up_after_its_window() -> None:
+    books = Books(failures=1000)
+    after = AfterCommit(books, books.forget)  # type: ignore[arg-type]
+    after.RETRY_FOR = 0.3
+    after.committed(1, Confirmed("u", "k", "f", 7, 1))
+    await asyncio.sleep(0.6)
+    assert not after._tasks  # nothing left running: the reconciliation repairs the gate
+    assert books.confirmed == []

@@ -7,7 +7,7 @@ from typing import Any
 
 import pytest
 
-from surge.purchase import SaleConfigs
+from surge.sale_cache import SaleConfigs
 
 pytestmark = pytest.mark.anyio
 

@@ -17,12 +17,14 @@ import logging
 import time
 import uuid
 from collections.abc import Sequence
+from functools import partial
 from importlib import resources
 
 from redis import asyncio as aioredis
 
-from surge.gate import Answer, Confirmed, GateState
+from surge.gate import Answer, Confirmed, GateState, Reconciled, field_of
 from surge.logs import shared_task
+from surge.retry import keep_trying
 
 _LUA = resources.files("surge.backends") / "lua"
 log = logging.getLogger("surge.gate")
@@ -53,24 +55,25 @@ class RedisGate:
         self._tasks: set[asyncio.Task[None]] = set()
         self._reserve = client.register_script(_script("gate_reserve.lua"))
         self._release = client.register_script(_script("gate_release.lua"))
-        self._load = client.register_script(_script("gate_load.lua"))
+        self._reconcile = client.register_script(_script("gate_reconcile.lua"))
         self._sold_out = client.register_script(_SOLD_OUT)
 
     def _keys(self, sale_id: int) -> list[str]:
         tag = f"{self._prefix}{{sale:{sale_id}}}"
         return [f"{tag}:meta", f"{tag}:bought", f"{tag}:keys"]
 
-    async def load(self, state: GateState, replace: bool = False) -> bool:
+    async def reconcile(self, state: GateState, stale_ms: int) -> Reconciled:
         args: list[str | int] = [
-            1 if replace else 0,
             state.remaining,
             state.per_user_limit,
             state.starts_ms,
             state.ends_ms,
+            stale_ms,
         ]
-        for user, bought in state.bought.items():
-            args += [user, bought]
-        return bool(await self._load(keys=self._keys(state.sale_id), args=args))
+        for o in state.orders:
+            args += [field_of(o.user_id, o.key), o.user_id, o.order_id, o.quantity, o.fingerprint]
+        before, after, dropped = await self._reconcile(keys=self._keys(state.sale_id), args=args)
+        return Reconciled(None if before < 0 else int(before), int(after), int(dropped))
 
     async def reserve(
         self, sale_id: int, user_id: str, key: str, quantity: int, fingerprint: str
@@ -111,7 +114,7 @@ class RedisGate:
         call = uuid.uuid4().hex  # marks what this call reserves: see gate_reserve.lua
         args: list[str | int] = [call]
         for user_id, key, quantity, fingerprint, _ in attempts:
-            args += (user_id, f"{user_id}|{key}", quantity, fingerprint)
+            args += (user_id, field_of(user_id, key), quantity, fingerprint)
         try:
             flat = await self._reserve(keys=self._keys(sale_id), args=args)
         except Exception as exc:
@@ -127,7 +130,7 @@ class RedisGate:
         for i, (user_id, key, quantity, _, answer) in enumerate(attempts):
             outcome = flat[3 * i].decode()
             if not answer.done():
-                answer.set_result(Answer(outcome, int(flat[3 * i + 1]), int(flat[3 * i + 2])))
+                answer.set_result(_answer(outcome, int(flat[3 * i + 1]), int(flat[3 * i + 2])))
             elif outcome == "ok":
                 abandoned.append((user_id, key, quantity))
         for user_id, key, quantity in abandoned:
@@ -136,28 +139,20 @@ class RedisGate:
     async def _undo(self, sale_id: int, call: str, attempts: list[_Attempt]) -> None:
         """Releases what the failed `call` may have reserved (only that: the token keeps
         another call's reservation of the same key), retrying while Redis is unreachable
-        for up to UNDO_FOR seconds."""
-        pending = [(user_id, key, quantity) for user_id, key, quantity, _, _ in attempts]
-        delay, deadline = 0.1, time.monotonic() + self.UNDO_FOR
-        while pending:
-            user_id, key, quantity = pending[-1]
-            try:
-                await self._release(
-                    keys=self._keys(sale_id), args=[user_id, f"{user_id}|{key}", quantity, call]
-                )
-                pending.pop()
-                continue
-            except Exception as exc:
-                if time.monotonic() + delay > deadline:
-                    log.warning(
-                        "sale %d: %d reservations of a failed call not released: %s",
-                        sale_id,
-                        len(pending),
-                        exc,
-                    )
-                    return
-            await asyncio.sleep(delay)
-            delay = min(delay * 2, 5.0)
+        for up to UNDO_FOR seconds (then the reconciliation drops it as stale)."""
+        deadline = time.monotonic() + self.UNDO_FOR
+        for user_id, key, quantity, _, _ in attempts:
+            released = await keep_trying(
+                partial(
+                    self._release,
+                    keys=self._keys(sale_id),
+                    args=[user_id, field_of(user_id, key), quantity, call],
+                ),
+                f"sale {sale_id}: giving back a failed call's reservations",
+                max(0.0, deadline - time.monotonic()),
+            )
+            if not released:
+                return
 
     async def _abandoned(self, sale_id: int, user_id: str, key: str, quantity: int) -> None:
         try:
@@ -169,12 +164,15 @@ class RedisGate:
         if orders:
             await self._client.hset(
                 self._keys(sale_id)[2],
-                mapping={f"{o.user_id}|{o.key}": f"d|{o.fingerprint}|{o.order_id}" for o in orders},
+                mapping={
+                    field_of(o.user_id, o.key): f"d|{o.fingerprint}|{o.order_id}|{o.quantity}"
+                    for o in orders
+                },
             )
 
     async def release(self, sale_id: int, user_id: str, key: str, quantity: int) -> int:
         left = await self._release(
-            keys=self._keys(sale_id), args=[user_id, f"{user_id}|{key}", quantity]
+            keys=self._keys(sale_id), args=[user_id, field_of(user_id, key), quantity]
         )
         return int(left)
 
@@ -184,3 +182,21 @@ class RedisGate:
     async def remaining(self, sale_id: int) -> int | None:
         value = await self._client.hget(self._keys(sale_id)[0], "remaining")
         return None if value is None else int(value)
+
+    async def buyers(self, sale_id: int) -> frozenset[str] | None:
+        meta, bought, _ = self._keys(sale_id)
+        async with self._client.pipeline(transaction=True) as pipe:
+            pipe.exists(meta)
+            pipe.hkeys(bought)
+            exists, users = await pipe.execute()
+        return frozenset(u.decode() for u in users) if exists else None
+
+    async def claim(self, sale_id: int, seconds: float) -> bool:
+        lease = f"{self._prefix}{{sale:{sale_id}}}:reconciler"
+        return bool(await self._client.set(lease, 1, nx=True, px=max(1, int(seconds * 1000))))
+
+
+def _answer(outcome: str, remaining: int, third: int) -> Answer:
+    if outcome == "done":
+        return Answer(outcome, remaining, order_id=third)
+    return Answer(outcome, remaining, bought=third)

@@ -19,7 +19,7 @@ from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 
 from surge.backends.sql import connected, mark_ended
 from surge.backends.sql_batch import Refused, commit_batch
-from surge.gate import GateState
+from surge.gate import GateState, StoredOrder
 from surge.sales import NewSale, Sale
 from surge.schema import ORDER_COLUMNS, orders, outbox, sale_buyers, sales
 from surge.types import Order
@@ -136,27 +136,45 @@ class SqlSales:
             return [int(row[0]) for row in rows]
 
     async def gate_state(self, sale_id: int) -> GateState | None:
-        """The gate's view of a sale, rebuilt from what the database committed."""
-        async with connected(self.engine) as conn:
-            row = (
-                await conn.execute(sa.select(*_SALE_COLUMNS).where(sales.c.id == sale_id))
-            ).first()
-            if row is None:
-                return None
-            sale = _sale(row)
-            rows = await conn.execute(
-                sa.select(sale_buyers.c.user_id, sale_buyers.c.bought).where(
-                    sale_buyers.c.sale_id == sale_id
-                )
+        """The gate's view of a sale: its stock left and every order of it, read by ONE
+        statement, so both come from one snapshot on every database (an order committed
+        between two reads would be in neither or in one only: surge.reconcile needs both
+        to agree)."""
+        query = (
+            sa.select(
+                *_SALE_COLUMNS,
+                orders.c.id.label("order_id"),
+                orders.c.user_id,
+                orders.c.idempotency_key,
+                orders.c.quantity,
+                orders.c.request_hash,
             )
-            bought = {str(user): int(count) for user, count in rows}
+            .select_from(sales.outerjoin(orders, orders.c.sale_id == sales.c.id))
+            .where(sales.c.id == sale_id)
+        )
+        async with connected(self.engine) as conn:
+            rows = (await conn.execute(query)).all()
+        if not rows:
+            return None
+        sale = _sale(rows[0])
+        stored = tuple(
+            StoredOrder(
+                str(m["user_id"]),
+                m["idempotency_key"],
+                int(m["order_id"]),
+                int(m["quantity"]),
+                m["request_hash"] or "",
+            )
+            for m in (row._mapping for row in rows)
+            if m["order_id"] is not None and m["idempotency_key"] is not None
+        )
         return GateState(
             sale.id,
             sale.remaining,
             sale.per_user_limit,
             int(sale.starts_at.timestamp() * 1000),
             int(sale.ends_at.timestamp() * 1000),
-            bought,
+            stored,
         )
 
     async def user_orders(self, user_id: str, before: int | None, limit: int) -> list[Order]:

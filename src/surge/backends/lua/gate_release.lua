@@ -4,7 +4,7 @@
 local prior = redis.call('HGET', KEYS[3], ARGV[2])
 local mine = prior and string.sub(prior, 1, 1) == 'p'
 if mine and ARGV[4] then
-  mine = string.match(prior, '^p|[^|]*|(.*)$') == ARGV[4]
+  mine = string.match(prior, '^p|[^|]*|([^|]*)') == ARGV[4]
 end
 if mine then
   redis.call('HDEL', KEYS[3], ARGV[2])

@@ -2,14 +2,16 @@
 -- purchase attempts on one sale, decided one after the other in the order given.
 -- KEYS[1] {sale:ID}:meta    hash: remaining, limit, starts_ms, ends_ms
 -- KEYS[2] {sale:ID}:bought  hash: user -> quantity reserved or bought
--- KEYS[3] {sale:ID}:keys    hash: user|key -> "p|fingerprint|call" (pending) or "d|fingerprint|order"
+-- KEYS[3] {sale:ID}:keys    hash: user|key -> "p|fingerprint|call|quantity|ms" (pending since
+--                           ms) or "d|fingerprint|order|quantity" (committed)
 -- ARGV: call (a token unique to this call), then user, user|key, quantity, fingerprint;
 -- then the same four for the next attempt...
 -- A pending reservation remembers the call that made it: if the same call runs twice (a
 -- client retrying after a lost reply) it answers 'ok' again instead of 'in_flight', and a
 -- caller that never heard the answer can give back exactly what the call reserved
 -- (gate_release.lua with the token).
--- Returns outcome, remaining, order id; then the same for the next attempt...
+-- Returns outcome, remaining, then the order id ("done") or, for a refusal of a key the gate
+-- does not know, what the user holds in the sale (surge/gate.py); then the next attempt's...
 -- The keys share the hash tag {sale:ID}, so they live on one Redis Cluster slot.
 local answers = {}
 local call = ARGV[1]
@@ -30,42 +32,42 @@ local taken = 0
 local reserved_now = {}  -- fields this run reserved (the same key twice in one call: in_flight)
 
 local function decide(user, field, quantity, fingerprint)
-  if not live then
-    return 'not_live', 0
-  end
   local prior = redis.call('HGET', KEYS[3], field)
-  if prior then
-    local kind, known, order_id = string.match(prior, '^(%a)|([^|]*)|(.*)$')
+  if prior then  -- known keys first: a replay is answered whatever the stock, even after the end
+    local kind, known, third = string.match(prior, '^(%a)|([^|]*)|([^|]*)')
     if known ~= fingerprint then
       return 'mismatch', 0
     end
     if kind == 'd' then
-      return 'done', tonumber(order_id)
+      return 'done', tonumber(third)
     end
-    if order_id == call and not reserved_now[field] then
+    if live and third == call and not reserved_now[field] then
       return 'ok', 0  -- this very call, run again: reserved once, by the first run
     end
     return 'in_flight', 0
   end
-  if remaining < quantity then
-    return 'sold_out', 0
-  end
   local bought = tonumber(redis.call('HGET', KEYS[2], user) or '0')
+  if not live then
+    return 'not_live', bought
+  end
+  if remaining < quantity then
+    return 'sold_out', bought
+  end
   if bought + quantity > limit then
-    return 'limit', 0
+    return 'limit', bought
   end
   remaining = remaining - quantity
   taken = taken + quantity
   redis.call('HINCRBY', KEYS[2], user, quantity)
-  redis.call('HSET', KEYS[3], field, 'p|' .. fingerprint .. '|' .. call)
+  redis.call('HSET', KEYS[3], field, 'p|' .. fingerprint .. '|' .. call .. '|' .. quantity .. '|' .. now_ms)
   reserved_now[field] = true
   return 'ok', 0
 end
 
 for i = 0, attempts - 1 do
   local at = 1 + i * 4
-  local outcome, order_id = decide(ARGV[at + 1], ARGV[at + 2], tonumber(ARGV[at + 3]), ARGV[at + 4])
-  answers[#answers + 1] = outcome; answers[#answers + 1] = remaining; answers[#answers + 1] = order_id
+  local outcome, third = decide(ARGV[at + 1], ARGV[at + 2], tonumber(ARGV[at + 3]), ARGV[at + 4])
+  answers[#answers + 1] = outcome; answers[#answers + 1] = remaining; answers[#answers + 1] = third
 end
 if taken > 0 then
   redis.call('HINCRBY', KEYS[1], 'remaining', -taken)
