@@ -9,10 +9,14 @@ lets an order be oversold.
 Outcomes of `reserve`: "ok", "sold_out", "limit", "in_flight" (the key's first request is
 still running), "done" (the key already bought: `order_id`), "mismatch" (the key was used
 with another request), "not_live", "unknown" (the gate holds no state for the sale: load
-it from the database and try again). A refusal ("sold_out", "limit", "not_live") of a key
-the gate does not know carries what the user holds in the sale (`bought`): if that is more
-than nothing, the key may be one of theirs that the gate forgot, and only the database can
-tell (surge.purchase asks it before refusing).
+it from the database and try again).
+
+A key is pending ("p") from its reservation until the gate learns its order ("d"). A
+pending key whose request has given up for certain (older than the staleness the
+reconciliation is given) may still commit, late; so it is not forgotten but kept as
+uncertain ("u") for `UNCERTAIN_FOR_MS`: its stock is given back, and a retry of it gets
+"in_flight", on which surge.purchase asks the database. Thanks to reconciliation the gate
+knows every committed key otherwise, so its refusals need no database query.
 
 `reconcile` installs a sale's state from a snapshot of the database, or brings an existing
 one in step with it: see surge.reconcile for why that is exact while purchases go on.
@@ -25,13 +29,14 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Protocol
 
+UNCERTAIN_FOR_MS = 600_000  # an uncertain key is forgotten after this: no commit lasts it
+
 
 @dataclass(frozen=True, slots=True)
 class Answer:
     outcome: str
     remaining: int = 0
     order_id: int = 0  # "done": the key's order
-    bought: int = 0  # a refusal of an unknown key: what the user holds in the sale
 
 
 @dataclass(frozen=True, slots=True)
@@ -72,7 +77,7 @@ class GateState:
 class Reconciled:
     before: int | None  # the gate's remaining before (None: it held nothing for the sale)
     after: int
-    dropped: int  # pending reservations older than `stale_ms`, given back
+    dropped: int  # pending reservations older than `stale_ms`, given back (now uncertain)
 
 
 class Gate(Protocol):
@@ -80,8 +85,9 @@ class Gate(Protocol):
         """Makes the gate agree with `state` (a snapshot taken before the call): every
         stored order's key replays it; remaining = the snapshot's, less what is reserved
         and not committed yet, less what committed after the snapshot; pending
-        reservations older than `stale_ms` are dropped (their process died or gave up;
-        if their commit lands after all, the next reconciliation counts it)."""
+        reservations older than `stale_ms` give their stock back and become uncertain
+        (their process died or gave up; if their commit lands after all, the next
+        reconciliation counts it)."""
         ...
 
     async def reserve(
@@ -103,7 +109,8 @@ class Gate(Protocol):
     async def remaining(self, sale_id: int) -> int | None: ...
 
     async def buyers(self, sale_id: int) -> frozenset[str] | None:
-        """Users holding or reserving anything in the sale (None: no state for it)."""
+        """Users holding, reserving or maybe holding (an uncertain key) anything in the
+        sale (None: no state for it)."""
         ...
 
     async def claim(self, sale_id: int, seconds: float) -> bool:
@@ -122,11 +129,11 @@ def user_of(field: str) -> str:
 
 @dataclass(frozen=True, slots=True)
 class _Key:
-    done: bool
+    kind: str  # p(ending), d(one), u(ncertain): see the module's docstring
     fingerprint: str
     order_id: int
     quantity: int
-    since_ms: int  # when the reservation was made (pending ones)
+    since_ms: int  # when the reservation was made (pending and uncertain ones)
 
 
 @dataclass(slots=True)
@@ -135,8 +142,8 @@ class _Sale:
     limit: int
     starts_ms: int
     ends_ms: int
-    bought: dict[str, int]
-    keys: dict[str, _Key]  # user|key -> pending reservation or order
+    bought: dict[str, int]  # 0 for a user whose only key is uncertain
+    keys: dict[str, _Key]  # user|key -> pending reservation, order or uncertain
 
 
 def _now_ms() -> int:
@@ -152,7 +159,7 @@ class MemoryGate:
     async def reconcile(self, state: GateState, stale_ms: int) -> Reconciled:
         old = self._sales.get(state.sale_id)
         keys = {
-            field_of(o.user_id, o.key): _Key(True, o.fingerprint, o.order_id, o.quantity, 0)
+            field_of(o.user_id, o.key): _Key("d", o.fingerprint, o.order_id, o.quantity, 0)
             for o in state.orders
         }
         bought: dict[str, int] = {}
@@ -162,13 +169,17 @@ class MemoryGate:
         for field, entry in (old.keys if old else {}).items():
             if field in keys:  # committed by the snapshot: counted in its remaining
                 continue
-            if not entry.done and now_ms - entry.since_ms > stale_ms:
-                dropped += 1
+            user = user_of(field)
+            age = now_ms - entry.since_ms
+            if entry.kind == "u" or (entry.kind == "p" and age > stale_ms):
+                if age <= UNCERTAIN_FOR_MS:  # kept, its stock not counted
+                    keys[field] = _Key("u", entry.fingerprint, 0, entry.quantity, entry.since_ms)
+                    bought.setdefault(user, 0)
+                dropped += entry.kind == "p"
                 continue
             # pending, or committed after the snapshot: not in its remaining yet
             keys[field] = entry
             remaining -= entry.quantity
-            user = user_of(field)
             bought[user] = bought.get(user, 0) + entry.quantity
         remaining = max(0, remaining)
         self._sales[state.sale_id] = _Sale(
@@ -187,19 +198,19 @@ class MemoryGate:
         if prior is not None:
             if prior.fingerprint != fingerprint:
                 return Answer("mismatch", sale.remaining)
-            if prior.done:
+            if prior.kind == "d":
                 return Answer("done", sale.remaining, prior.order_id)
             return Answer("in_flight", sale.remaining)
         bought = sale.bought.get(user_id, 0)
         if not sale.starts_ms <= now_ms < sale.ends_ms:
-            return Answer("not_live", sale.remaining, bought=bought)
+            return Answer("not_live", sale.remaining)
         if sale.remaining < quantity:
-            return Answer("sold_out", sale.remaining, bought=bought)
+            return Answer("sold_out", sale.remaining)
         if bought + quantity > sale.limit:
-            return Answer("limit", sale.remaining, bought=bought)
+            return Answer("limit", sale.remaining)
         sale.remaining -= quantity
         sale.bought[user_id] = bought + quantity
-        sale.keys[field_of(user_id, key)] = _Key(False, fingerprint, 0, quantity, now_ms)
+        sale.keys[field_of(user_id, key)] = _Key("p", fingerprint, 0, quantity, now_ms)
         return Answer("ok", sale.remaining)
 
     async def confirm(self, sale_id: int, orders: Sequence[Confirmed]) -> None:
@@ -207,7 +218,7 @@ class MemoryGate:
         if sale is not None:
             for o in orders:
                 sale.keys[field_of(o.user_id, o.key)] = _Key(
-                    True, o.fingerprint, o.order_id, o.quantity, 0
+                    "d", o.fingerprint, o.order_id, o.quantity, 0
                 )
 
     async def release(self, sale_id: int, user_id: str, key: str, quantity: int) -> int:
@@ -216,14 +227,11 @@ class MemoryGate:
             return 0
         field = field_of(user_id, key)
         prior = sale.keys.get(field)
-        if prior is not None and not prior.done:  # only a pending one, and only once
+        if prior is not None and prior.kind == "p":  # only a pending one, and only once
             del sale.keys[field]
             sale.remaining += quantity
-            left = sale.bought.get(user_id, 0) - quantity
-            if left > 0:
-                sale.bought[user_id] = left
-            else:
-                sale.bought.pop(user_id, None)
+            # a user at 0 stays listed: they may hold an uncertain key
+            sale.bought[user_id] = max(0, sale.bought.get(user_id, 0) - quantity)
         return sale.remaining
 
     async def sold_out(self, sale_id: int) -> None:

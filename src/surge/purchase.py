@@ -12,9 +12,10 @@
    reservation gives it back to the gate.
 
 Idempotency is a durable promise: a key whose purchase committed gets its 201, whatever
-was killed or restarted since. The gate knows most keys; where it may have forgotten one
-(it refuses a user who holds something in the sale, or the key is still pending there, or
-the sale has ended), the database is asked before the refusal is sent.
+was killed or restarted since. The gate knows every committed key (reconciliation gives
+it back any it lost: surge.reconcile) except those whose commit it has not heard of yet;
+it answers "in_flight" for those, and the database is asked before that refusal is sent.
+So is it for a sale whose gate is gone (a day after the end).
 """
 
 from __future__ import annotations
@@ -151,14 +152,13 @@ class Purchases:
         if outcome == "sold_out" and answer.remaining <= 0:
             self._feed.changed(sale_id, 0, "sold_out")
             await _quietly(self._board.mark(sale_id))
-        refusal = self._refusal(sale, outcome)
-        if outcome == "in_flight" or answer.bought > 0:
-            # the key may be a committed one the gate forgot (Redis restarted, a process
-            # died before its bookkeeping): the database says, before anything refuses it
+        if outcome in ("in_flight", "gone"):
+            # the key may have committed without the gate hearing of it (a process died
+            # before its bookkeeping, Redis was down then): the database says
             stored = await self._stored(sale_id, user_id, key, wanted)
             if stored is not None:
                 return stored
-        raise refusal
+        raise self._refusal(sale, outcome)
 
     def _refusal(self, sale: Sale, outcome: str) -> Problem:
         if outcome == "sold_out":
@@ -171,7 +171,7 @@ class Purchases:
             return Problem(
                 409, "key-in-flight", "a request with this Idempotency-Key is still being processed"
             )
-        if outcome == "not_live":
+        if outcome in ("not_live", "gone"):
             return _not_live()
         return Problem(503, "unavailable", "the sale gate is not ready", _UNAVAILABLE)
 
@@ -181,7 +181,7 @@ class Purchases:
         answer = await self._gate.reserve(sale.id, user_id, key, quantity, wanted)
         if answer.outcome == "unknown":
             if now >= sale.ends_at:  # the gate is gone with its sale: only the database knows
-                return Answer("not_live", bought=1)
+                return Answer("gone")
             await self.keeper.sale(sale.id)  # Redis lost it, or first purchase here
             answer = await self._gate.reserve(sale.id, user_id, key, quantity, wanted)
         return answer

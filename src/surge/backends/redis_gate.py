@@ -22,7 +22,7 @@ from importlib import resources
 
 from redis import asyncio as aioredis
 
-from surge.gate import Answer, Confirmed, GateState, Reconciled, field_of
+from surge.gate import UNCERTAIN_FOR_MS, Answer, Confirmed, GateState, Reconciled, field_of
 from surge.logs import shared_task
 from surge.retry import keep_trying
 
@@ -69,6 +69,7 @@ class RedisGate:
             state.starts_ms,
             state.ends_ms,
             stale_ms,
+            UNCERTAIN_FOR_MS,
         ]
         for o in state.orders:
             args += [field_of(o.user_id, o.key), o.user_id, o.order_id, o.quantity, o.fingerprint]
@@ -130,7 +131,7 @@ class RedisGate:
         for i, (user_id, key, quantity, _, answer) in enumerate(attempts):
             outcome = flat[3 * i].decode()
             if not answer.done():
-                answer.set_result(_answer(outcome, int(flat[3 * i + 1]), int(flat[3 * i + 2])))
+                answer.set_result(Answer(outcome, int(flat[3 * i + 1]), int(flat[3 * i + 2])))
             elif outcome == "ok":
                 abandoned.append((user_id, key, quantity))
         for user_id, key, quantity in abandoned:
@@ -194,9 +195,3 @@ class RedisGate:
     async def claim(self, sale_id: int, seconds: float) -> bool:
         lease = f"{self._prefix}{{sale:{sale_id}}}:reconciler"
         return bool(await self._client.set(lease, 1, nx=True, px=max(1, int(seconds * 1000))))
-
-
-def _answer(outcome: str, remaining: int, third: int) -> Answer:
-    if outcome == "done":
-        return Answer(outcome, remaining, order_id=third)
-    return Answer(outcome, remaining, bought=third)

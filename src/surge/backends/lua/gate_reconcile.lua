@@ -1,8 +1,11 @@
 -- Installs a sale's gate, or brings it in step with a snapshot of the database taken just
 -- before this call (surge.reconcile explains why the arithmetic is exact while purchases
 -- go on). KEYS as in gate_reserve.lua. ARGV: remaining (the snapshot's), limit, starts_ms,
--- ends_ms, stale_ms, then for every order of the sale in the snapshot: user|key, user,
--- order id, quantity, fingerprint.
+-- ends_ms, stale_ms, uncertain_ms, then for every order of the sale in the snapshot:
+-- user|key, user, order id, quantity, fingerprint.
+-- A pending key older than stale_ms gives its stock back and becomes uncertain ("u": its
+-- commit may still land; a retry of it is "in_flight" and asks the database), forgotten
+-- after uncertain_ms (surge/gate.py).
 -- Returns: remaining before (-1: no gate), remaining after, stale reservations dropped.
 local t = redis.call('TIME')
 local now_ms = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
@@ -12,9 +15,10 @@ if redis.call('EXISTS', KEYS[1]) == 1 then
 end
 local remaining = tonumber(ARGV[1])
 local stale = tonumber(ARGV[5])
+local uncertain = tonumber(ARGV[6])
 local stored = {}  -- user|key -> the entry a committed order has
 local bought = {}  -- user -> quantity held or reserved
-for i = 6, #ARGV, 5 do
+for i = 7, #ARGV, 5 do
   stored[ARGV[i]] = 'd|' .. ARGV[i + 4] .. '|' .. ARGV[i + 2] .. '|' .. ARGV[i + 3]
   bought[ARGV[i + 1]] = (bought[ARGV[i + 1]] or 0) + tonumber(ARGV[i + 3])
 end
@@ -32,12 +36,22 @@ for j = 1, #entries, 2 do
     -- entries written before quantities and times were kept: 1, and stale if pending
     local quantity = tonumber(parts[4]) or 1
     local since = tonumber(parts[5]) or 0
-    if parts[1] == 'p' and now_ms - since > stale then
-      redis.call('HDEL', KEYS[3], field)
-      dropped = dropped + 1
+    local user = string.match(field, '^(.*)|[^|]*$')
+    local kind = parts[1]
+    if kind == 'u' or (kind == 'p' and now_ms - since > stale) then
+      if now_ms - since <= uncertain then  -- kept, its stock not counted
+        if kind == 'p' then
+          redis.call('HSET', KEYS[3], field,
+                     'u|' .. parts[2] .. '|' .. (parts[3] or '') .. '|' .. quantity .. '|' .. since)
+          dropped = dropped + 1
+        end
+        bought[user] = bought[user] or 0
+      else
+        redis.call('HDEL', KEYS[3], field)
+        if kind == 'p' then dropped = dropped + 1 end
+      end
     else  -- pending, or committed after the snapshot: not in its remaining yet
       remaining = remaining - quantity
-      local user = string.match(field, '^(.*)|[^|]*$')
       bought[user] = (bought[user] or 0) + quantity
     end
   end

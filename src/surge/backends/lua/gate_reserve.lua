@@ -3,15 +3,15 @@
 -- KEYS[1] {sale:ID}:meta    hash: remaining, limit, starts_ms, ends_ms
 -- KEYS[2] {sale:ID}:bought  hash: user -> quantity reserved or bought
 -- KEYS[3] {sale:ID}:keys    hash: user|key -> "p|fingerprint|call|quantity|ms" (pending since
---                           ms) or "d|fingerprint|order|quantity" (committed)
+--                           ms), "d|fingerprint|order|quantity" (committed) or
+--                           "u|fingerprint|call|quantity|ms" (uncertain: gate_reconcile.lua)
 -- ARGV: call (a token unique to this call), then user, user|key, quantity, fingerprint;
 -- then the same four for the next attempt...
 -- A pending reservation remembers the call that made it: if the same call runs twice (a
 -- client retrying after a lost reply) it answers 'ok' again instead of 'in_flight', and a
 -- caller that never heard the answer can give back exactly what the call reserved
 -- (gate_release.lua with the token).
--- Returns outcome, remaining, then the order id ("done") or, for a refusal of a key the gate
--- does not know, what the user holds in the sale (surge/gate.py); then the next attempt's...
+-- Returns outcome, remaining, order id ("done"; else 0); then the same for the next attempt...
 -- The keys share the hash tag {sale:ID}, so they live on one Redis Cluster slot.
 local answers = {}
 local call = ARGV[1]
@@ -41,20 +41,20 @@ local function decide(user, field, quantity, fingerprint)
     if kind == 'd' then
       return 'done', tonumber(third)
     end
-    if live and third == call and not reserved_now[field] then
+    if kind == 'p' and live and third == call and not reserved_now[field] then
       return 'ok', 0  -- this very call, run again: reserved once, by the first run
     end
-    return 'in_flight', 0
+    return 'in_flight', 0  -- pending elsewhere, or uncertain
   end
-  local bought = tonumber(redis.call('HGET', KEYS[2], user) or '0')
   if not live then
-    return 'not_live', bought
+    return 'not_live', 0
   end
   if remaining < quantity then
-    return 'sold_out', bought
+    return 'sold_out', 0
   end
+  local bought = tonumber(redis.call('HGET', KEYS[2], user) or '0')
   if bought + quantity > limit then
-    return 'limit', bought
+    return 'limit', 0
   end
   remaining = remaining - quantity
   taken = taken + quantity
@@ -66,8 +66,8 @@ end
 
 for i = 0, attempts - 1 do
   local at = 1 + i * 4
-  local outcome, third = decide(ARGV[at + 1], ARGV[at + 2], tonumber(ARGV[at + 3]), ARGV[at + 4])
-  answers[#answers + 1] = outcome; answers[#answers + 1] = remaining; answers[#answers + 1] = third
+  local outcome, order_id = decide(ARGV[at + 1], ARGV[at + 2], tonumber(ARGV[at + 3]), ARGV[at + 4])
+  answers[#answers + 1] = outcome; answers[#answers + 1] = remaining; answers[#answers + 1] = order_id
 end
 if taken > 0 then
   redis.call('HINCRBY', KEYS[1], 'remaining', -taken)
