@@ -79,6 +79,7 @@ class App:
             settings.route_deadline("POST /sales/{id}/orders"),
             self.orders.invalidate,
         )
+        stack.push_async_callback(purchases.close)  # its bookkeeping, before Redis closes
         await self._keep_gates(purchases, stack)
         catalog = Catalog(
             self.auth, backends.sales, backends.gate, configs, settings.route_deadline

@@ -135,6 +135,15 @@ class AfterCommit:
         self._pending: list[tuple[int, Confirmed]] = []
         self._tasks: set[asyncio.Task[None]] = set()
 
+    async def close(self, grace: float = 1.0) -> None:
+        """At shutdown: the bookkeeping under way gets `grace` seconds, then is cancelled
+        (reconciliation repairs what it did not do)."""
+        if self._tasks:
+            await asyncio.wait(list(self._tasks), timeout=grace)
+        for task in list(self._tasks):
+            task.cancel()
+        await asyncio.gather(*self._tasks, return_exceptions=True)
+
     def committed(self, sale_id: int, order: Confirmed) -> None:
         if not self._pending:
             task = shared_task(self._flush())

@@ -8,15 +8,18 @@ lets an order be oversold.
 
 Outcomes of `reserve`: "ok", "sold_out", "limit", "in_flight" (the key's first request is
 still running), "done" (the key already bought: `order_id`), "mismatch" (the key was used
-with another request), "not_live", "unknown" (the gate holds no state for the sale: load
-it from the database and try again).
+with another request), "uncertain" (see below), "not_live", "unknown" (the gate holds no
+state for the sale: load it from the database and try again).
 
 A key is pending ("p") from its reservation until the gate learns its order ("d"). A
-pending key whose request has given up for certain (older than the staleness the
-reconciliation is given) may still commit, late; so it is not forgotten but kept as
-uncertain ("u") for `UNCERTAIN_FOR_MS`: its stock is given back, and a retry of it gets
-"in_flight", on which surge.purchase asks the database. Thanks to reconciliation the gate
-knows every committed key otherwise, so its refusals need no database query.
+reservation whose commit may have landed although nobody heard it (the connection was
+lost during the commit, the deadline and its grace passed, or the request died and the
+reservation went stale) gives its stock back but keeps its key, as uncertain ("u"), for
+`UNCERTAIN_FOR_MS`: a retry of it gets "uncertain", and surge.purchase asks the database:
+the order's 201 if it committed, else the key is forgotten and the retry buys afresh
+(the database's unique key would catch a late commit of the first). Thanks to that and
+to reconciliation, the gate knows every committed key, and its refusals of unknown keys
+need no database query.
 
 `reconcile` installs a sale's state from a snapshot of the database, or brings an existing
 one in step with it: see surge.reconcile for why that is exact while purchases go on.
@@ -98,8 +101,15 @@ class Gate(Protocol):
         """The reservations became orders: their keys now replay them (one step for all)."""
         ...
 
-    async def release(self, sale_id: int, user_id: str, key: str, quantity: int) -> int:
-        """Gives a reservation back (its commit failed); returns the remaining stock."""
+    async def release(
+        self, sale_id: int, user_id: str, key: str, quantity: int, uncertain: bool = False
+    ) -> int:
+        """Gives a reservation back (its commit failed; with `uncertain`, maybe not: the
+        key stays as uncertain); returns the remaining stock."""
+        ...
+
+    async def forget(self, sale_id: int, user_id: str, key: str) -> None:
+        """An uncertain key the database does not have is forgotten: its retry may buy."""
         ...
 
     async def sold_out(self, sale_id: int) -> None:
@@ -200,6 +210,8 @@ class MemoryGate:
                 return Answer("mismatch", sale.remaining)
             if prior.kind == "d":
                 return Answer("done", sale.remaining, prior.order_id)
+            if prior.kind == "u":
+                return Answer("uncertain", sale.remaining)
             return Answer("in_flight", sale.remaining)
         bought = sale.bought.get(user_id, 0)
         if not sale.starts_ms <= now_ms < sale.ends_ms:
@@ -221,18 +233,29 @@ class MemoryGate:
                     "d", o.fingerprint, o.order_id, o.quantity, 0
                 )
 
-    async def release(self, sale_id: int, user_id: str, key: str, quantity: int) -> int:
+    async def release(
+        self, sale_id: int, user_id: str, key: str, quantity: int, uncertain: bool = False
+    ) -> int:
         sale = self._sales.get(sale_id)
         if sale is None:
             return 0
         field = field_of(user_id, key)
         prior = sale.keys.get(field)
         if prior is not None and prior.kind == "p":  # only a pending one, and only once
-            del sale.keys[field]
+            if uncertain:
+                sale.keys[field] = _Key("u", prior.fingerprint, 0, prior.quantity, _now_ms())
+            else:
+                del sale.keys[field]
             sale.remaining += quantity
             # a user at 0 stays listed: they may hold an uncertain key
             sale.bought[user_id] = max(0, sale.bought.get(user_id, 0) - quantity)
         return sale.remaining
+
+    async def forget(self, sale_id: int, user_id: str, key: str) -> None:
+        sale = self._sales.get(sale_id)
+        field = field_of(user_id, key)
+        if sale is not None and field in sale.keys and sale.keys[field].kind == "u":
+            del sale.keys[field]
 
     async def sold_out(self, sale_id: int) -> None:
         sale = self._sales.get(sale_id)

@@ -25,6 +25,7 @@ import logging
 import time
 from collections.abc import Awaitable, Callable
 from datetime import UTC, datetime
+from typing import TypeVar
 
 from surge.auth import Authenticator
 from surge.backends.sql_sales import Purchase, SqlSales, Win
@@ -41,6 +42,7 @@ from surge.sales import Sale, fingerprint, parse_idempotency_key, parse_quantity
 from surge.types import Order
 
 log = logging.getLogger("surge.purchase")
+T = TypeVar("T")
 
 SOLD_OUT = problem_response(409, "sold-out", "the sale is sold out")
 _UNAVAILABLE = (("retry-after", "1"),)
@@ -90,6 +92,9 @@ class Purchases:
         # commit's grace of one more, and a margin.
         self.keeper = GateKeeper(sales, gate, 2 * deadline + 2, 0, self.reconciled)
 
+    async def close(self) -> None:
+        await self._books.close()
+
     def handle(self, request: Request) -> Response | Awaitable[Response]:
         try:
             user = self._auth.user(request.headers.get(b"authorization"))
@@ -132,15 +137,17 @@ class Purchases:
         if now < sale.ends_at and self._board.refuses(sale_id, user_id):
             raise _sold_out()
         wanted = fingerprint(sale_id, quantity)
-        try:
-            answer = await self._reserve(sale, user_id, key, quantity, wanted, now)
-        except Problem:
-            raise
-        except Exception as exc:  # Redis (or the database, rebuilding the gate) is down
-            log.warning("sale %d: gate unavailable: %s", sale_id, exc)
-            raise Problem(
-                503, "unavailable", "the sale gate is unavailable; retry", _UNAVAILABLE
-            ) from None
+        answer = await _gate_step(sale_id, self._reserve(sale, user_id, key, quantity, wanted, now))
+        if answer.outcome == "uncertain":
+            # an earlier attempt with this key may have committed unheard (a lost
+            # connection, a deadline): if it did, this is its replay; if not, it buys now
+            stored = await self._stored(sale_id, user_id, key, wanted)
+            if stored is not None:
+                return stored
+            await _gate_step(sale_id, self._gate.forget(sale_id, user_id, key))
+            answer = await _gate_step(
+                sale_id, self._reserve(sale, user_id, key, quantity, wanted, now)
+            )
         outcome = answer.outcome
         if outcome == "ok":
             self._feed.changed(sale_id, answer.remaining, sale.state(now, answer.remaining))
@@ -154,7 +161,7 @@ class Purchases:
             await _quietly(self._board.mark(sale_id))
         if outcome in ("in_flight", "gone"):
             # the key may have committed without the gate hearing of it (a process died
-            # before its bookkeeping, Redis was down then): the database says
+            # before its bookkeeping, Redis was down then; the gate is gone): the database
             stored = await self._stored(sale_id, user_id, key, wanted)
             if stored is not None:
                 return stored
@@ -167,7 +174,7 @@ class Purchases:
             return Problem(
                 409, "limit-reached", f"at most {sale.per_user_limit} per user in this sale"
             )
-        if outcome == "in_flight":
+        if outcome in ("in_flight", "uncertain"):  # (uncertain: another retry raced this one)
             return Problem(
                 409, "key-in-flight", "a request with this Idempotency-Key is still being processed"
             )
@@ -209,19 +216,18 @@ class Purchases:
                 # leave the buyer not knowing whether it landed: its outcome is the answer,
                 # if it comes within one more deadline.
                 done = await self._grace(commit.outcome)
-        except _Unknown:
-            await self._release(sale.id, user_id, key, quantity)  # over-admitting is safe
+        except Exception as exc:
+            # The deadline and its grace passed, or the database failed (a lost connection
+            # may have committed all the same): the stock goes back (over-admitting is
+            # safe) and the key becomes uncertain, so that its retry asks the database.
+            if not isinstance(exc, _Unknown):
+                log.exception("purchase commit failed")
+            await self._release(sale.id, user_id, key, quantity, uncertain=True)
             raise Problem(
                 503,
                 "unavailable",
                 "the order may or may not be stored: retry with the same Idempotency-Key",
                 _UNAVAILABLE,
-            ) from None
-        except Exception:
-            await self._release(sale.id, user_id, key, quantity)
-            log.exception("purchase commit failed")
-            raise Problem(
-                503, "unavailable", "the order could not be stored; retry", _UNAVAILABLE
             ) from None
         if done.outcome == "committed" and done.order is not None:
             # Committed: from here on nothing may turn the 201 into an error or delay it.
@@ -249,9 +255,11 @@ class Purchases:
             commit.cancel()
             raise _Unknown from None
 
-    async def _release(self, sale_id: int, user_id: str, key: str, quantity: int) -> None:
+    async def _release(
+        self, sale_id: int, user_id: str, key: str, quantity: int, uncertain: bool = False
+    ) -> None:
         try:
-            left = await self._gate.release(sale_id, user_id, key, quantity)
+            left = await self._gate.release(sale_id, user_id, key, quantity, uncertain)
         except Exception:
             log.exception("gate release failed for sale %d", sale_id)
             return
@@ -286,6 +294,19 @@ class Purchases:
         if learn:
             self._books.committed(sale_id, _confirmed(order, key, wanted))
         return created(order)
+
+
+async def _gate_step(sale_id: int, step: Awaitable[T]) -> T:
+    """A step on the gate (or the database, rebuilding it): its failure is a 503."""
+    try:
+        return await step
+    except Problem:
+        raise
+    except Exception as exc:
+        log.warning("sale %d: gate unavailable: %s", sale_id, exc)
+        raise Problem(
+            503, "unavailable", "the sale gate is unavailable; retry", _UNAVAILABLE
+        ) from None
 
 
 async def _quietly(step: Awaitable[None]) -> None:

@@ -128,8 +128,8 @@ async def test_reconcile_gives_back_only_stale_reservations(gate: Gate) -> None:
     dropped = await gate.reconcile(_state(3, stock=5), stale_ms=10)
     assert (dropped.before, dropped.after, dropped.dropped) == (4, 5, 1)
     # its stock is back, but the key stays uncertain: its commit may still land, so a
-    # retry of it must ask the database ("in_flight"), and the board must let it through
-    assert (await gate.reserve(3, "crashed", "k", 1, "f")).outcome == "in_flight"
+    # retry of it must ask the database, and the board must let it through
+    assert (await gate.reserve(3, "crashed", "k", 1, "f")).outcome == "uncertain"
     assert await gate.buyers(3) == {"crashed"}
     assert await gate.release(3, "crashed", "k", 1) == 5  # nothing to give back twice
     again = await gate.reconcile(_state(3, stock=5), stale_ms=10)
@@ -265,3 +265,19 @@ async def test_the_same_call_run_twice_reserves_once(redis_gate: RedisGate) -> N
     assert await gate.remaining(22) == 3
     other = await gate._reserve(keys=gate._keys(22), args=["call-2", "u1", "u1|k", 1, "f"])
     assert other[0] == b"in_flight"  # another call with the same key still waits
+
+
+async def test_an_uncertain_key(gate: Gate) -> None:
+    """A commit that may have landed unheard: stock back, key kept; a retry asks the
+    database ("uncertain"), which either replays it or lets the gate forget it."""
+    await _load(gate, _state(16, stock=2))
+    assert (await gate.reserve(16, "u", "k", 1, "f")).outcome == "ok"
+    assert await gate.release(16, "u", "k", 1, uncertain=True) == 2
+    assert (await gate.reserve(16, "u", "k", 1, "f")).outcome == "uncertain"
+    assert (await gate.reserve(16, "u", "k", 2, "other")).outcome == "mismatch"
+    assert await gate.buyers(16) == {"u"}  # the sold-out board lets them through
+    assert await gate.release(16, "u", "k", 1) == 2  # nothing more to give back
+    await gate.forget(16, "u", "k")
+    assert (await gate.reserve(16, "u", "k", 1, "f")).outcome == "ok"
+    await gate.forget(16, "u", "k")  # a pending key is not forgotten
+    assert (await gate.reserve(16, "u", "k", 1, "f")).outcome == "in_flight"

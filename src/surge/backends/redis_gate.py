@@ -30,6 +30,13 @@ _LUA = resources.files("surge.backends") / "lua"
 log = logging.getLogger("surge.gate")
 
 
+# an uncertain key the database does not have: forgotten, so that its retry may buy
+_FORGET = """
+local prior = redis.call('HGET', KEYS[1], ARGV[1])
+if prior and string.sub(prior, 1, 1) == 'u' then redis.call('HDEL', KEYS[1], ARGV[1]) end
+return 0
+"""
+
 # only a gate that exists learns it is sold out (a half-made one would break reserve)
 _SOLD_OUT = """
 if redis.call('EXISTS', KEYS[1]) == 1 then redis.call('HSET', KEYS[1], 'remaining', 0) end
@@ -57,6 +64,7 @@ class RedisGate:
         self._release = client.register_script(_script("gate_release.lua"))
         self._reconcile = client.register_script(_script("gate_reconcile.lua"))
         self._sold_out = client.register_script(_SOLD_OUT)
+        self._forget = client.register_script(_FORGET)
 
     def _keys(self, sale_id: int) -> list[str]:
         tag = f"{self._prefix}{{sale:{sale_id}}}"
@@ -147,7 +155,7 @@ class RedisGate:
                 partial(
                     self._release,
                     keys=self._keys(sale_id),
-                    args=[user_id, field_of(user_id, key), quantity, call],
+                    args=[user_id, field_of(user_id, key), quantity, call, 0],
                 ),
                 f"sale {sale_id}: giving back a failed call's reservations",
                 max(0.0, deadline - time.monotonic()),
@@ -171,11 +179,17 @@ class RedisGate:
                 },
             )
 
-    async def release(self, sale_id: int, user_id: str, key: str, quantity: int) -> int:
+    async def release(
+        self, sale_id: int, user_id: str, key: str, quantity: int, uncertain: bool = False
+    ) -> int:
         left = await self._release(
-            keys=self._keys(sale_id), args=[user_id, field_of(user_id, key), quantity]
+            keys=self._keys(sale_id),
+            args=[user_id, field_of(user_id, key), quantity, "", int(uncertain)],
         )
         return int(left)
+
+    async def forget(self, sale_id: int, user_id: str, key: str) -> None:
+        await self._forget(keys=self._keys(sale_id)[2:], args=[field_of(user_id, key)])
 
     async def sold_out(self, sale_id: int) -> None:
         await self._sold_out(keys=self._keys(sale_id)[:1])

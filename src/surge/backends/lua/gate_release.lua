@@ -1,13 +1,24 @@
--- Gives a reservation back. KEYS as in gate_reserve.lua; ARGV: user, user|key, quantity
--- [, call]. Only a pending reservation is released, and only once: a retried release is
--- harmless. With `call`, only a reservation that call made (see gate_reserve.lua).
+-- Gives a reservation back. KEYS as in gate_reserve.lua; ARGV: user, user|key, quantity,
+-- call ('' for any), uncertain ('1' or '0'). Only a pending reservation is released, and
+-- only once: a retried release is harmless. With a call token, only a reservation that
+-- call made (see gate_reserve.lua). With uncertain = '1' (its commit failed in a way that
+-- may have committed it: a lost connection, a deadline) the stock comes back but the key
+-- stays, as uncertain: a retry of it asks the database first (surge/gate.py).
 local prior = redis.call('HGET', KEYS[3], ARGV[2])
 local mine = prior and string.sub(prior, 1, 1) == 'p'
-if mine and ARGV[4] then
+if mine and ARGV[4] ~= '' then
   mine = string.match(prior, '^p|[^|]*|([^|]*)') == ARGV[4]
 end
 if mine then
-  redis.call('HDEL', KEYS[3], ARGV[2])
+  if ARGV[5] == '1' then
+    local t = redis.call('TIME')
+    local now_ms = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
+    local fingerprint, call = string.match(prior, '^p|([^|]*)|([^|]*)')
+    redis.call('HSET', KEYS[3], ARGV[2],
+               'u|' .. fingerprint .. '|' .. call .. '|' .. ARGV[3] .. '|' .. now_ms)
+  else
+    redis.call('HDEL', KEYS[3], ARGV[2])
+  end
   redis.call('HINCRBY', KEYS[1], 'remaining', tonumber(ARGV[3]))
   -- a user at 0 stays listed: they may hold an uncertain key (surge/gate.py)
   redis.call('HINCRBY', KEYS[2], ARGV[1], -tonumber(ARGV[3]))

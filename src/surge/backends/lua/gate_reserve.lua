@@ -41,10 +41,13 @@ local function decide(user, field, quantity, fingerprint)
     if kind == 'd' then
       return 'done', tonumber(third)
     end
+    if kind == 'u' then
+      return 'uncertain', 0
+    end
     if kind == 'p' and live and third == call and not reserved_now[field] then
       return 'ok', 0  -- this very call, run again: reserved once, by the first run
     end
-    return 'in_flight', 0  -- pending elsewhere, or uncertain
+    return 'in_flight', 0
   end
   if not live then
     return 'not_live', 0
