@@ -4,7 +4,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: run test install lint typecheck bench bench-orders bench-sale bench-broadcast bench-overload clean
+.PHONY: run test install lint typecheck bench bench-orders bench-sale bench-broadcast bench-overload chaos clean
 
 $(STAMP): pyproject.toml setup.py src/surge/realtime/_sendmany.c constraints.txt scripts/install-system-deps.sh
 	bash scripts/install-system-deps.sh
@@ -56,6 +56,13 @@ bench-overload: $(STAMP)
 bench-sale: $(STAMP)
 	bash scripts/ensure-services.sh
 	$(BIN)/python -m bench.sale
+
+## Jepsen-style chaos (issue 13): flash sales under worker kills, Redis restarts and
+## freezes, killed database connections; on MariaDB, then PostgreSQL, a fresh seed each
+## (about 3 minutes). A failure prints the seed and the command that reproduces it.
+chaos: $(STAMP)
+	bash scripts/ensure-services.sh
+	$(BIN)/python -m tests.chaos
 
 clean:
 	rm -rf $(VENV) surge-data .pytest_cache .mypy_cache .ruff_cache
