@@ -118,9 +118,9 @@ class Gate(Protocol):
 
     async def remaining(self, sale_id: int) -> int | None: ...
 
-    async def buyers(self, sale_id: int) -> frozenset[str] | None:
-        """Users holding, reserving or maybe holding (an uncertain key) anything in the
-        sale (None: no state for it)."""
+    async def keys(self, sale_id: int) -> frozenset[str] | None:
+        """Every `user|key` the gate holds for the sale, committed, pending or uncertain
+        (None: no state for it)."""
         ...
 
     async def claim(self, sale_id: int, seconds: float) -> bool:
@@ -152,7 +152,7 @@ class _Sale:
     limit: int
     starts_ms: int
     ends_ms: int
-    bought: dict[str, int]  # 0 for a user whose only key is uncertain
+    bought: dict[str, int]  # held or reserved (an uncertain key holds nothing)
     keys: dict[str, _Key]  # user|key -> pending reservation, order or uncertain
 
 
@@ -184,7 +184,6 @@ class MemoryGate:
             if entry.kind == "u" or (entry.kind == "p" and age > stale_ms):
                 if age <= UNCERTAIN_FOR_MS:  # kept, its stock not counted
                     keys[field] = _Key("u", entry.fingerprint, 0, entry.quantity, entry.since_ms)
-                    bought.setdefault(user, 0)
                 dropped += entry.kind == "p"
                 continue
             # pending, or committed after the snapshot: not in its remaining yet
@@ -247,8 +246,11 @@ class MemoryGate:
             else:
                 del sale.keys[field]
             sale.remaining += quantity
-            # a user at 0 stays listed: they may hold an uncertain key
-            sale.bought[user_id] = max(0, sale.bought.get(user_id, 0) - quantity)
+            left = sale.bought.get(user_id, 0) - quantity
+            if left > 0:
+                sale.bought[user_id] = left
+            else:
+                sale.bought.pop(user_id, None)
         return sale.remaining
 
     async def forget(self, sale_id: int, user_id: str, key: str) -> None:
@@ -266,9 +268,9 @@ class MemoryGate:
         sale = self._sales.get(sale_id)
         return None if sale is None else sale.remaining
 
-    async def buyers(self, sale_id: int) -> frozenset[str] | None:
+    async def keys(self, sale_id: int) -> frozenset[str] | None:
         sale = self._sales.get(sale_id)
-        return None if sale is None else frozenset(sale.bought)
+        return None if sale is None else frozenset(sale.keys)
 
     async def claim(self, sale_id: int, seconds: float) -> bool:
         return True  # one process holds the in-process gate

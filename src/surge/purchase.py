@@ -4,7 +4,7 @@
    body (400/422), the sale's config from an in-process cache (404, 403 before it opens),
    and the process-wide sold-out board (409): once a sale is sold out every process knows
    it (pub/sub), so the flood of late buyers costs no Redis or database round trip (the
-   board never refuses a user who bought: surge.sale_cache).
+   board never refuses a key the gate holds: surge.sale_cache).
 2. The gate (`surge.gate`) decides in one atomic step: ok / sold_out / limit / in_flight /
    done (replay) / mismatch (422).
 3. A reservation is committed by one database transaction (`SqlSales.purchase`) that
@@ -107,7 +107,7 @@ class Purchases:
                 if now < sale.starts_ts:
                     raise _not_live()
                 # (an ended sale goes on: the request may replay a purchase of its last moment)
-                if now < sale.ends_ts and self._board.refuses(sale_id, user.id):
+                if now < sale.ends_ts and self._board.refuses(sale_id, user.id, key):
                     self._count("sold-out-local")  # known everywhere: no Redis, no database
                     return SOLD_OUT
         except Problem as problem:
@@ -134,7 +134,7 @@ class Purchases:
         now = datetime.now(UTC)
         if now < sale.starts_at:
             raise _not_live()
-        if now < sale.ends_at and self._board.refuses(sale_id, user_id):
+        if now < sale.ends_at and self._board.refuses(sale_id, user_id, key):
             raise _sold_out()
         wanted = fingerprint(sale_id, quantity)
         answer = await _gate_step(sale_id, self._reserve(sale, user_id, key, quantity, wanted, now))

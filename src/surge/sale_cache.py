@@ -77,22 +77,23 @@ class SoldOutBoard:
     even if a "restocked" message raced a late "sold out" one, and nothing can stay
     wrongly sold out. Holds travel between processes by pub/sub.
 
-    A hold never refuses a user who bought in the sale: their request may be the retry or
-    replay of a committed purchase, and its answer is that purchase's 201, not 409 (issue
-    13). So each hold starts with a copy of the gate's buyers (they are at most the stock;
-    the set in a hold is the gate's as it was when the hold began, and a user who reserves
-    later can only do so after a release, whose "restocked" message ends the holds).
-    Past `MAX_BUYERS` the copy would cost too much in every process: such a sale is not
-    held, its late buyers are refused by the gate.
+    A hold never refuses a key the gate holds for the sale (committed, pending or
+    uncertain): the request may be the retry or replay of a purchase that committed, and
+    its answer is that purchase's 201, not 409 (issue 13). So each hold starts with a copy
+    of the gate's `user|key`s (about the stock's count: every entry took stock once, or
+    its commit is in doubt); the copy is the gate's as it was when the hold began, and a
+    key reserved later can only be reserved after a release, whose "restocked" message
+    ends the holds. Past `MAX_KEYS` the copy would cost too much in every process: such
+    a sale is not held, and its late buyers are refused by the gate.
     """
 
     HOLD = 1.0
-    MAX_BUYERS = 100_000
+    MAX_KEYS = 100_000
 
     def __init__(self, bus: Bus, gate: Gate) -> None:
         self._bus = bus
         self._gate = gate
-        self._holds: dict[int, tuple[float, frozenset[str]]] = {}  # sale -> until, buyers
+        self._holds: dict[int, tuple[float, frozenset[str]]] = {}  # sale -> until, user|keys
         self._loading: dict[int, asyncio.Task[None]] = {}
         self._released: dict[int, int] = {}  # sale -> releases seen (a load begun before is void)
 
@@ -101,9 +102,9 @@ class SoldOutBoard:
         await self._bus.subscribe(RESTOCKED_CHANNEL, lambda m: self._release(int(m)))
         self._bus.on_reconnect(self._forget_all)  # missed news: ask the gate again
 
-    def refuses(self, sale_id: int, user_id: str) -> bool:
+    def refuses(self, sale_id: int, user_id: str, key: str) -> bool:
         hold = self._holds.get(sale_id)
-        return hold is not None and hold[0] > time.monotonic() and user_id not in hold[1]
+        return hold is not None and hold[0] > time.monotonic() and f"{user_id}|{key}" not in hold[1]
 
     def held(self, sale_id: int) -> bool:
         hold = self._holds.get(sale_id)
@@ -119,7 +120,7 @@ class SoldOutBoard:
 
     def _learn(self, sale_id: int) -> None:
         """The sale is sold out (the gate said so, here or in another process): hold it,
-        once the gate's buyers are copied."""
+        once the gate's keys are copied."""
         if self.held(sale_id) or sale_id in self._loading:
             return
         task = shared_task(self._load(sale_id, self._released.get(sale_id, 0)))
@@ -128,18 +129,18 @@ class SoldOutBoard:
 
     async def _load(self, sale_id: int, releases: int) -> None:
         try:
-            buyers = await self._gate.buyers(sale_id)
+            keys = await self._gate.keys(sale_id)
         except Exception as exc:  # no hold: the gate refuses them meanwhile
-            log.debug("sale %d: buyers not read: %s", sale_id, exc)
+            log.debug("sale %d: keys not read: %s", sale_id, exc)
             return
-        if buyers is None or len(buyers) > self.MAX_BUYERS:
+        if keys is None or len(keys) > self.MAX_KEYS:
             return
         if self._released.get(sale_id, 0) != releases:  # restocked meanwhile
             return
         now = time.monotonic()
         for stale in [s for s, (until, _) in self._holds.items() if until <= now]:
             del self._holds[stale]
-        self._holds[sale_id] = (now + self.HOLD, buyers)
+        self._holds[sale_id] = (now + self.HOLD, keys)
 
     async def mark(self, sale_id: int) -> None:
         fresh = not self.held(sale_id) and sale_id not in self._loading

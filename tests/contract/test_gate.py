@@ -77,8 +77,8 @@ async def test_outcomes(gate: Gate) -> None:
     assert (await gate.reserve(1, "u", "k2", 1, "f2")).outcome == "ok"
     assert (await gate.reserve(1, "v", "k", 2, "f")).outcome == "sold_out"
     assert await gate.remaining(1) == 1
-    assert await gate.buyers(1) == {"u"}
-    assert await gate.buyers(2) is None
+    assert await gate.keys(1) == {"u|k1", "u|k2"}
+    assert await gate.keys(2) is None
     assert await gate.release(1, "u", "k2", 1) == 2
     assert await gate.release(1, "u", "k2", 1) == 2  # a second release changes nothing
     assert await gate.release(1, "u", "k1", 1) == 2  # a confirmed order is not released
@@ -130,7 +130,7 @@ async def test_reconcile_gives_back_only_stale_reservations(gate: Gate) -> None:
     # its stock is back, but the key stays uncertain: its commit may still land, so a
     # retry of it must ask the database, and the board must let it through
     assert (await gate.reserve(3, "crashed", "k", 1, "f")).outcome == "uncertain"
-    assert await gate.buyers(3) == {"crashed"}
+    assert await gate.keys(3) == {"crashed|k"}
     assert await gate.release(3, "crashed", "k", 1) == 5  # nothing to give back twice
     again = await gate.reconcile(_state(3, stock=5), stale_ms=10)
     assert (again.after, again.dropped) == (5, 0)
@@ -150,7 +150,7 @@ async def test_reconcile_counts_a_commit_that_lands_after_the_snapshot(gate: Gat
     await gate.confirm(4, [Confirmed("a", "ka", "fa", 1, 1)])  # a commits, then learned
     done = await gate.reconcile(snapshot, STALE_MS)  # b still pending
     assert (done.before, done.after) == (8, 8)
-    assert await gate.buyers(4) == {"a", "b"}
+    assert await gate.keys(4) == {"a|ka", "b|kb"}
     # the next snapshot has a's order: counted once, not twice
     later = _state(4, stock=9, orders=(StoredOrder("a", "ka", 1, 1, "fa"),))
     assert (await gate.reconcile(later, STALE_MS)).after == 8
@@ -275,7 +275,7 @@ async def test_an_uncertain_key(gate: Gate) -> None:
     assert await gate.release(16, "u", "k", 1, uncertain=True) == 2
     assert (await gate.reserve(16, "u", "k", 1, "f")).outcome == "uncertain"
     assert (await gate.reserve(16, "u", "k", 2, "other")).outcome == "mismatch"
-    assert await gate.buyers(16) == {"u"}  # the sold-out board lets them through
+    assert await gate.keys(16) == {"u|k"}  # the sold-out board lets it through
     assert await gate.release(16, "u", "k", 1) == 2  # nothing more to give back
     await gate.forget(16, "u", "k")
     assert (await gate.reserve(16, "u", "k", 1, "f")).outcome == "ok"

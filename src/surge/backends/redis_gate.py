@@ -198,13 +198,13 @@ class RedisGate:
         value = await self._client.hget(self._keys(sale_id)[0], "remaining")
         return None if value is None else int(value)
 
-    async def buyers(self, sale_id: int) -> frozenset[str] | None:
-        meta, bought, _ = self._keys(sale_id)
+    async def keys(self, sale_id: int) -> frozenset[str] | None:
+        meta, _, keys = self._keys(sale_id)
         async with self._client.pipeline(transaction=True) as pipe:
             pipe.exists(meta)
-            pipe.hkeys(bought)
-            exists, users = await pipe.execute()
-        return frozenset(u.decode() for u in users) if exists else None
+            pipe.hkeys(keys)
+            exists, fields = await pipe.execute()
+        return frozenset(f.decode() for f in fields) if exists else None
 
     async def claim(self, sale_id: int, seconds: float) -> bool:
         lease = f"{self._prefix}{{sale:{sale_id}}}:reconciler"

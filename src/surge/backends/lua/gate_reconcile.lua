@@ -45,7 +45,6 @@ for j = 1, #entries, 2 do
                      'u|' .. parts[2] .. '|' .. (parts[3] or '') .. '|' .. quantity .. '|' .. since)
           dropped = dropped + 1
         end
-        bought[user] = bought[user] or 0
       else
         redis.call('HDEL', KEYS[3], field)
         if kind == 'p' then dropped = dropped + 1 end

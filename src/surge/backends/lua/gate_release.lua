@@ -20,7 +20,9 @@ if mine then
     redis.call('HDEL', KEYS[3], ARGV[2])
   end
   redis.call('HINCRBY', KEYS[1], 'remaining', tonumber(ARGV[3]))
-  -- a user at 0 stays listed: they may hold an uncertain key (surge/gate.py)
-  redis.call('HINCRBY', KEYS[2], ARGV[1], -tonumber(ARGV[3]))
+  local left = redis.call('HINCRBY', KEYS[2], ARGV[1], -tonumber(ARGV[3]))
+  if left <= 0 then
+    redis.call('HDEL', KEYS[2], ARGV[1])
+  end
 end
 return tonumber(redis.call('HGET', KEYS[1], 'remaining') or '0')
