@@ -22,9 +22,9 @@ pytestmark = [pytest.mark.xdist_group("chaos"), pytest.mark.slow]
 
 @contextmanager
 def _one_at_a_time() -> Iterator[None]:
-    """xdist_group should already put both runs on one worker, but pytest-xdist 3.8 under
-    pytest 9.2 does not group (it renames `item._nodeid`, which pytest 9 no longer
-    reads): a lock across the workers keeps the runs apart all the same."""
+    """xdist_group puts both runs on one worker; pytest 9.2 silently broke that grouping
+    (pytest-dev/pytest-xdist#1386; constraints.txt pins 9.1.1), so a lock across the
+    workers keeps the runs apart whatever the versions."""
     with open(Path(tempfile.gettempdir()) / "surge-chaos-test.lock", "w") as lock:
         fcntl.flock(lock, fcntl.LOCK_EX)
         try:
