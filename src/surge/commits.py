@@ -77,9 +77,16 @@ class CommitBatcher:
             self._done(sale_id)
             return
         sale, items = entry
+        # A winner whose request gave up (its deadline and grace passed: it answered 503
+        # and gave its stock back) is not committed any more: committed now, it would be
+        # an order its buyer was told may not exist, on stock others may have taken.
+        items = [item for item in items if not item[1].outcome.cancelled()]
         if len(items) > self.MAX:
             self._waiting[sale_id] = (sale, items[self.MAX :])
             items = items[: self.MAX]
+        if not items:
+            self._done(sale.id)
+            return
         outcomes: list[Purchase | Exception]
         try:
             outcomes = await self._sales.purchase_many(

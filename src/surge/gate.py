@@ -16,10 +16,11 @@ reservation whose commit may have landed although nobody heard it (the connectio
 lost during the commit, the deadline and its grace passed, or the request died and the
 reservation went stale) gives its stock back but keeps its key, as uncertain ("u"), for
 `UNCERTAIN_FOR_MS`: a retry of it gets "uncertain", and surge.purchase asks the database:
-the order's 201 if it committed, else the key is forgotten and the retry buys afresh
-(the database's unique key would catch a late commit of the first). Thanks to that and
-to reconciliation, the gate knows every committed key, and its refusals of unknown keys
-need no database query.
+the order's 201 if it committed; else the retry may buy afresh (`retake`: the database's
+unique key would catch a late commit of the first attempt and replay it), and if the gate
+refuses it, the key stays uncertain, since the first commit may still land. Thanks to
+that and to reconciliation, the gate knows every committed key, and its refusals of
+unknown keys need no database query.
 
 `reconcile` installs a sale's state from a snapshot of the database, or brings an existing
 one in step with it: see surge.reconcile for why that is exact while purchases go on.
@@ -40,6 +41,7 @@ class Answer:
     outcome: str
     remaining: int = 0
     order_id: int = 0  # "done": the key's order
+    uncertain_ms: int = 0  # `retake` refused: how long the key has been uncertain
 
 
 @dataclass(frozen=True, slots=True)
@@ -102,14 +104,24 @@ class Gate(Protocol):
         ...
 
     async def release(
-        self, sale_id: int, user_id: str, key: str, quantity: int, uncertain: bool = False
+        self,
+        sale_id: int,
+        user_id: str,
+        key: str,
+        quantity: int,
+        uncertain: bool = False,
+        fingerprint: str = "",
     ) -> int:
         """Gives a reservation back (its commit failed; with `uncertain`, maybe not: the
-        key stays as uncertain); returns the remaining stock."""
+        key stays, or is written, as uncertain); returns the remaining stock."""
         ...
 
-    async def forget(self, sale_id: int, user_id: str, key: str) -> None:
-        """An uncertain key the database does not have is forgotten: its retry may buy."""
+    async def retake(
+        self, sale_id: int, user_id: str, key: str, quantity: int, fingerprint: str
+    ) -> Answer:
+        """An uncertain key whose order the database does not have tries to buy, as a
+        fresh attempt ("ok" reserves); refused, it stays uncertain (`uncertain_ms` says
+        for how long). "again": it is no longer uncertain, `reserve` decides it."""
         ...
 
     async def sold_out(self, sale_id: int) -> None:
@@ -233,13 +245,21 @@ class MemoryGate:
                 )
 
     async def release(
-        self, sale_id: int, user_id: str, key: str, quantity: int, uncertain: bool = False
+        self,
+        sale_id: int,
+        user_id: str,
+        key: str,
+        quantity: int,
+        uncertain: bool = False,
+        fingerprint: str = "",
     ) -> int:
         sale = self._sales.get(sale_id)
         if sale is None:
             return 0
         field = field_of(user_id, key)
         prior = sale.keys.get(field)
+        if prior is None and uncertain:  # the gate lost it meanwhile: uncertain, no stock
+            sale.keys[field] = _Key("u", fingerprint, 0, quantity, _now_ms())
         if prior is not None and prior.kind == "p":  # only a pending one, and only once
             if uncertain:
                 sale.keys[field] = _Key("u", prior.fingerprint, 0, prior.quantity, _now_ms())
@@ -253,11 +273,31 @@ class MemoryGate:
                 sale.bought.pop(user_id, None)
         return sale.remaining
 
-    async def forget(self, sale_id: int, user_id: str, key: str) -> None:
+    async def retake(
+        self, sale_id: int, user_id: str, key: str, quantity: int, fingerprint: str
+    ) -> Answer:
         sale = self._sales.get(sale_id)
+        if sale is None:
+            return Answer("again")
         field = field_of(user_id, key)
-        if sale is not None and field in sale.keys and sale.keys[field].kind == "u":
-            del sale.keys[field]
+        prior = sale.keys.get(field)
+        if prior is None or prior.kind != "u":
+            return Answer("again", sale.remaining)
+        now_ms = _now_ms()
+        age = now_ms - prior.since_ms
+        bought = sale.bought.get(user_id, 0)
+        if prior.fingerprint != fingerprint:
+            return Answer("mismatch", sale.remaining, uncertain_ms=age)
+        if not sale.starts_ms <= now_ms < sale.ends_ms:
+            return Answer("not_live", sale.remaining, uncertain_ms=age)
+        if sale.remaining < quantity:
+            return Answer("sold_out", sale.remaining, uncertain_ms=age)
+        if bought + quantity > sale.limit:
+            return Answer("limit", sale.remaining, uncertain_ms=age)
+        sale.remaining -= quantity
+        sale.bought[user_id] = bought + quantity
+        sale.keys[field] = _Key("p", fingerprint, 0, quantity, now_ms)
+        return Answer("ok", sale.remaining)
 
     async def sold_out(self, sale_id: int) -> None:
         sale = self._sales.get(sale_id)

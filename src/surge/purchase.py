@@ -13,9 +13,10 @@
 
 Idempotency is a durable promise: a key whose purchase committed gets its 201, whatever
 was killed or restarted since. The gate knows every committed key (reconciliation gives
-it back any it lost: surge.reconcile) except those whose commit it has not heard of yet;
-it answers "in_flight" for those, and the database is asked before that refusal is sent.
-So is it for a sale whose gate is gone (a day after the end).
+it back any it lost: surge.reconcile) except those whose commit it has not heard of yet
+("in_flight") and those whose commit may have landed unheard ("uncertain"); for those,
+and for a sale whose gate is gone (a day after the end), the database is asked before
+anything is refused.
 """
 
 from __future__ import annotations
@@ -45,6 +46,12 @@ log = logging.getLogger("surge.purchase")
 T = TypeVar("T")
 
 SOLD_OUT = problem_response(409, "sold-out", "the sale is sold out")
+# How long after an attempt's commit failed unheard its order may still appear: a refusal
+# of its retry before then would be final for a purchase that may yet commit, so it is
+# 409 key-in-flight instead (retry). Beyond the request's own deadline and grace, a
+# transaction already sent can only run on as long as the database lets it wait for a
+# lock (docs/sales.md: keep the database's lock-wait timeout below this).
+LATE_COMMIT_MS = 30_000
 _UNAVAILABLE = (("retry-after", "1"),)
 
 
@@ -140,14 +147,19 @@ class Purchases:
         answer = await _gate_step(sale_id, self._reserve(sale, user_id, key, quantity, wanted, now))
         if answer.outcome == "uncertain":
             # an earlier attempt with this key may have committed unheard (a lost
-            # connection, a deadline): if it did, this is its replay; if not, it buys now
+            # connection, a deadline): if it did, this is its replay; if not, it may buy now
             stored = await self._stored(sale_id, user_id, key, wanted)
             if stored is not None:
                 return stored
-            await _gate_step(sale_id, self._gate.forget(sale_id, user_id, key))
             answer = await _gate_step(
-                sale_id, self._reserve(sale, user_id, key, quantity, wanted, now)
+                sale_id, self._gate.retake(sale_id, user_id, key, quantity, wanted)
             )
+            if answer.outcome == "again":  # no longer uncertain (reconciled meanwhile)
+                answer = await _gate_step(
+                    sale_id, self._reserve(sale, user_id, key, quantity, wanted, now)
+                )
+            elif answer.outcome != "ok" and answer.uncertain_ms < LATE_COMMIT_MS:
+                answer = Answer("in_flight", answer.remaining)  # the first may yet commit
         outcome = answer.outcome
         if outcome == "ok":
             self._feed.changed(sale_id, answer.remaining, sale.state(now, answer.remaining))
@@ -222,7 +234,7 @@ class Purchases:
             # safe) and the key becomes uncertain, so that its retry asks the database.
             if not isinstance(exc, _Unknown):
                 log.exception("purchase commit failed")
-            await self._release(sale.id, user_id, key, quantity, uncertain=True)
+            await self._release(sale.id, user_id, key, quantity, wanted)
             raise Problem(
                 503,
                 "unavailable",
@@ -241,9 +253,10 @@ class Purchases:
             self._books.committed(sale.id, _confirmed(done.order, key, wanted))  # teach the gate
             return created(done.order)
         if done.outcome == "sold_out":
-            self._feed.changed(sale.id, 0, "sold_out")
-            await _quietly(self._gate.sold_out(sale.id))
-            await _quietly(self._board.mark(sale.id))
+            if quantity == 1:  # none left (for more, only fewer than asked: leave the count)
+                self._feed.changed(sale.id, 0, "sold_out")
+                await _quietly(self._gate.sold_out(sale.id))
+                await _quietly(self._board.mark(sale.id))
             raise _sold_out()
         raise self._refusal(sale, "limit")
 
@@ -256,14 +269,18 @@ class Purchases:
             raise _Unknown from None
 
     async def _release(
-        self, sale_id: int, user_id: str, key: str, quantity: int, uncertain: bool = False
+        self, sale_id: int, user_id: str, key: str, quantity: int, uncertain_as: str = ""
     ) -> None:
+        """Gives the reservation back; with `uncertain_as` (the request's fingerprint) the
+        key stays as uncertain: its commit may have landed unheard."""
         try:
-            left = await self._gate.release(sale_id, user_id, key, quantity, uncertain)
+            left = await self._gate.release(
+                sale_id, user_id, key, quantity, bool(uncertain_as), uncertain_as
+            )
         except Exception:
             log.exception("gate release failed for sale %d", sale_id)
             return
-        self._feed.changed(sale_id, left, "live")
+        self._feed.changed(sale_id, left, "live" if left > 0 else "sold_out")
         if left > 0:  # stock is back: nobody may be refused for it any longer
             await _quietly(self._board.unmark(sale_id))
 

@@ -17,8 +17,10 @@ A reconciliation is exact whatever runs meanwhile, because of the order of its t
    - not in the snapshot and done: it committed after the snapshot (the gate learns an
      order only after its commit), so it is not counted yet: subtract it;
    - not in the snapshot and pending: not committed when the snapshot was taken: subtract
-     it, unless it is older than `stale_after` (its process died or gave up; a commit that
-     lands after all is in the next snapshot), then drop it;
+     it, unless it is older than `stale_after` (its process died or gave up): then its
+     stock comes back and the key becomes uncertain (surge.gate: a commit that lands
+     after all is replayed to its retry, and counted by the next snapshot);
+   - uncertain: holds no stock (kept for its retries, forgotten after 10 minutes);
    and adds every order of the snapshot it did not know. Remaining = the snapshot's less
    what was subtracted; each user's count likewise.
 

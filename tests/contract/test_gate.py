@@ -269,15 +269,45 @@ async def test_the_same_call_run_twice_reserves_once(redis_gate: RedisGate) -> N
 
 async def test_an_uncertain_key(gate: Gate) -> None:
     """A commit that may have landed unheard: stock back, key kept; a retry asks the
-    database ("uncertain"), which either replays it or lets the gate forget it."""
-    await _load(gate, _state(16, stock=2))
+    database ("uncertain"); if it has nothing, `retake` lets the key buy afresh, and a
+    refusal leaves it uncertain (the first commit may still land)."""
+    await _load(gate, _state(16, stock=1))
     assert (await gate.reserve(16, "u", "k", 1, "f")).outcome == "ok"
-    assert await gate.release(16, "u", "k", 1, uncertain=True) == 2
+    assert await gate.release(16, "u", "k", 1, True, "f") == 1
     assert (await gate.reserve(16, "u", "k", 1, "f")).outcome == "uncertain"
     assert (await gate.reserve(16, "u", "k", 2, "other")).outcome == "mismatch"
     assert await gate.keys(16) == {"u|k"}  # the sold-out board lets it through
-    assert await gate.release(16, "u", "k", 1) == 2  # nothing more to give back
-    await gate.forget(16, "u", "k")
-    assert (await gate.reserve(16, "u", "k", 1, "f")).outcome == "ok"
-    await gate.forget(16, "u", "k")  # a pending key is not forgotten
-    assert (await gate.reserve(16, "u", "k", 1, "f")).outcome == "in_flight"
+    assert await gate.release(16, "u", "k", 1) == 1  # nothing more to give back
+    assert (await gate.reserve(16, "v", "k", 1, "f")).outcome == "ok"  # takes the last
+    refused = await gate.retake(16, "u", "k", 1, "f")
+    assert refused.outcome == "sold_out" and 0 <= refused.uncertain_ms < 60_000
+    assert (await gate.reserve(16, "u", "k", 1, "f")).outcome == "uncertain"  # still
+    assert (await gate.retake(16, "u", "k", 2, "other")).outcome == "mismatch"
+    await gate.release(16, "v", "k", 1)
+    taken = await gate.retake(16, "u", "k", 1, "f")
+    assert (taken.outcome, taken.remaining) == ("ok", 0)
+    assert (await gate.reserve(16, "u", "k", 1, "f")).outcome == "in_flight"  # pending now
+    assert (await gate.retake(16, "u", "k", 1, "f")).outcome == "again"
+    assert (await gate.retake(99, "u", "k", 1, "f")).outcome == "again"  # no such gate
+
+
+async def test_bookkeeping_for_a_gate_that_is_gone_leaves_nothing(gate: Gate) -> None:
+    await gate.confirm(17, [Confirmed("u", "k", "f", 5, 1)])  # the gate expired, or lost
+    assert await gate.keys(17) is None
+    assert (await gate.reserve(17, "u", "k", 1, "f")).outcome == "unknown"
+    if isinstance(gate, RedisGate):  # and no hash left behind without an expiry
+        assert await gate._client.exists(gate._keys(17)[2]) == 0
+
+
+async def test_entries_of_the_previous_format(redis_gate: RedisGate) -> None:
+    """Written before quantities and times were kept: a pending one becomes uncertain (its
+    commit may land), not forgotten; a done one is rewritten from the snapshot."""
+    gate = redis_gate
+    await _load(gate, _state(23, stock=5))
+    keys = gate._keys(23)[2]
+    await gate._client.hset(keys, mapping={"old|k": "p|f|call-1", "done|k": "d|f|9"})
+    snapshot = _state(23, stock=4, orders=(StoredOrder("done", "k", 9, 1, "f"),))
+    done = await gate.reconcile(snapshot, STALE_MS)
+    assert (done.after, done.dropped) == (4, 1)
+    assert (await gate.reserve(23, "old", "k", 1, "f")).outcome == "uncertain"
+    assert await gate.reserve(23, "done", "k", 1, "f") == Answer("done", 4, order_id=9)

@@ -27,11 +27,12 @@ from surge.http.request import Request
 from surge.http.response import Problem, Response
 from surge.purchase import Purchases
 from surge.sale_cache import SaleConfigs, SoldOutBoard
-from surge.sales import NewSale, Sale
+from surge.sales import NewSale, Sale, fingerprint
 from tests.backends import Backend
 
 pytestmark = pytest.mark.anyio
 SECRET = "contract-secret-0123456789abcdef-0123"
+DEADLINE = 0.5  # a purchase's deadline; its commit gets as much again (the grace)
 
 
 class _Rooms:
@@ -40,13 +41,18 @@ class _Rooms:
 
 
 class AnswerLost(SqlSales):
-    """Commits for real, then loses the answer of the next `lose` batches."""
+    """Commits for real, then loses the answer of the next `lose` batches; while `stall`
+    is clear, the next batch waits for it (a database that stopped answering)."""
 
     lose = 0
+    stall: asyncio.Event | None = None
 
     async def purchase_many(
         self, sale: Sale, wins: list[Win], now: datetime
     ) -> list[Purchase | Exception]:
+        if self.stall is not None:
+            stall, self.stall = self.stall, None
+            await stall.wait()
         outcomes = await super().purchase_many(sale, wins, now)
         if self.lose:
             self.lose -= 1
@@ -69,7 +75,7 @@ async def purchases(backend: Backend) -> AsyncIterator[tuple[Purchases, AnswerLo
         SoldOutBoard(MemoryBus(), gate),
         StockFeed(_Rooms()),
         {},
-        5.0,
+        DEADLINE,
         _nothing,
     )
     try:
@@ -120,21 +126,72 @@ async def test_a_lost_commit_answer_replays(purchases: tuple[Purchases, AnswerLo
     assert body["id"] == stored[0].id
 
 
+async def _sale(sales: SqlSales, stock: int) -> Sale:
+    now = datetime.now(UTC)
+    new = NewSale("t", stock, 1, now - timedelta(minutes=1), now + timedelta(hours=1))
+    return await sales.create_sale(new, now)
+
+
 async def test_an_uncertain_key_that_did_not_commit_buys(
     purchases: tuple[Purchases, AnswerLost, Gate],
 ) -> None:
     made, sales, gate = purchases
-    now = datetime.now(UTC)
-    sale = await sales.create_sale(
-        NewSale("t", 5, 1, now - timedelta(minutes=1), now + timedelta(hours=1)), now
-    )
+    sale = await _sale(sales, stock=5)
     await made.keeper.sale(sale.id)
+    wanted = fingerprint(sale.id, 1)
     assert (await gate.reserve(sale.id, "bob", "k", 1, "f")).outcome == "ok"
-    await gate.release(sale.id, "bob", "k", 1, uncertain=True)  # its commit died unheard
+    await gate.release(sale.id, "bob", "k", 1, True, "f")  # its commit died unheard
     status, body = await _buy(made, sale.id, "bob", "k")
     assert status == 422  # another request with this key: the fingerprint differs
-    assert (await gate.reserve(sale.id, "carol", "k", 1, "f")).outcome == "ok"
-    await gate.release(sale.id, "carol", "k", 1, uncertain=True)
-    await gate.forget(sale.id, "carol", "k")
-    status, body = await _buy(made, sale.id, "carol", "k")
+    assert (await gate.reserve(sale.id, "carol", "k", 1, wanted)).outcome == "ok"
+    await gate.release(sale.id, "carol", "k", 1, True, wanted)
+    status, body = await _buy(made, sale.id, "carol", "k")  # not in the database: buys
     assert status == 201, body
+
+
+async def test_a_win_whose_request_gave_up_is_not_committed_later(
+    purchases: tuple[Purchases, AnswerLost, Gate],
+) -> None:
+    """Found by review: a winner still queued behind a stalled batch when its request gave
+    up (503, stock back) was committed once the database recovered, on stock others had
+    bought meanwhile; its retry had been refused 409 sold-out by then."""
+    made, sales, gate = purchases
+    sale = await _sale(sales, stock=2)
+    await made.keeper.sale(sale.id)
+    sales.stall = go = asyncio.Event()
+    zed = asyncio.create_task(_buy(made, sale.id, "zed", "kz"))  # its batch stalls
+    await asyncio.sleep(0.05)
+    alice = asyncio.create_task(_buy(made, sale.id, "alice", "ka"))  # queued behind it
+    assert await zed == (503, "unavailable")
+    assert await alice == (503, "unavailable")  # "may or may not be stored"
+    assert await gate.remaining(sale.id) == 2  # the stock is back
+    # alice retries while the database is still stuck: stock is there, so it queues
+    # again, and gives up again (never a final answer)
+    assert await _buy(made, sale.id, "alice", "ka") == (503, "unavailable")
+    go.set()  # the database recovers: zed's stalled batch lands after all
+    await asyncio.sleep(0.2)
+    zed_order = await sales.order_by_key("zed", "kz")
+    assert zed_order is not None
+    assert await sales.order_by_key("alice", "ka") is None  # never committed behind her back
+    # the gate got zed's stock back and over-admits by one: the database refuses the extra
+    assert (await _buy(made, sale.id, "carol", "kc"))[0] == 201
+    assert await _buy(made, sale.id, "dave", "kd") == (409, "sold-out")
+    # sold out now, and alice's key may not get a final refusal while a commit could land
+    assert await _buy(made, sale.id, "alice", "ka") == (409, "key-in-flight")
+    replay = await _buy(made, sale.id, "zed", "kz")  # the late commit replays
+    assert replay[0] == 201 and replay[1]["id"] == zed_order[0].id
+
+
+async def test_a_lost_answer_after_the_gate_was_lost_stays_uncertain(
+    purchases: tuple[Purchases, AnswerLost, Gate],
+) -> None:
+    """Found by review: the gate rebuilt (Redis restarted) while a commit was in flight
+    has no pending entry to make uncertain; the key must be written as uncertain."""
+    made, sales, gate = purchases
+    sale = await _sale(sales, stock=1)
+    await made.keeper.sale(sale.id)
+    wanted = fingerprint(sale.id, 1)
+    await gate.release(sale.id, "alice", "k", 1, True, wanted)  # no entry: written anyway
+    assert (await gate.reserve(sale.id, "alice", "k", 1, wanted)).outcome == "uncertain"
+    assert await gate.remaining(sale.id) == 1  # it holds no stock
+    assert await gate.keys(sale.id) == {"alice|k"}

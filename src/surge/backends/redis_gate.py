@@ -30,10 +30,11 @@ _LUA = resources.files("surge.backends") / "lua"
 log = logging.getLogger("surge.gate")
 
 
-# an uncertain key the database does not have: forgotten, so that its retry may buy
-_FORGET = """
-local prior = redis.call('HGET', KEYS[1], ARGV[1])
-if prior and string.sub(prior, 1, 1) == 'u' then redis.call('HDEL', KEYS[1], ARGV[1]) end
+# orders learned, only by a gate that exists (else a keys hash would live on without expiry)
+_CONFIRM = """
+if redis.call('EXISTS', KEYS[1]) == 1 then
+  for i = 1, #ARGV, 2 do redis.call('HSET', KEYS[2], ARGV[i], ARGV[i + 1]) end
+end
 return 0
 """
 
@@ -64,7 +65,8 @@ class RedisGate:
         self._release = client.register_script(_script("gate_release.lua"))
         self._reconcile = client.register_script(_script("gate_reconcile.lua"))
         self._sold_out = client.register_script(_SOLD_OUT)
-        self._forget = client.register_script(_FORGET)
+        self._confirm = client.register_script(_CONFIRM)
+        self._retake = client.register_script(_script("gate_retake.lua"))
 
     def _keys(self, sale_id: int) -> list[str]:
         tag = f"{self._prefix}{{sale:{sale_id}}}"
@@ -131,8 +133,8 @@ class RedisGate:
                 if not answer.done():
                     answer.set_exception(exc)
             # Redis may have run the call and only the answer be lost (a timeout, a
-            # dropped connection): whatever it reserved is given back, or it would stay
-            # taken until the next start-up's rebuild
+            # dropped connection): whatever it reserved is given back at once, rather than
+            # when the reconciliation finds it stale
             self._track(shared_task(self._undo(sale_id, call, attempts)))
             return
         abandoned = []
@@ -155,7 +157,7 @@ class RedisGate:
                 partial(
                     self._release,
                     keys=self._keys(sale_id),
-                    args=[user_id, field_of(user_id, key), quantity, call, 0],
+                    args=[user_id, field_of(user_id, key), quantity, call, 0, ""],
                 ),
                 f"sale {sale_id}: giving back a failed call's reservations",
                 max(0.0, deadline - time.monotonic()),
@@ -166,30 +168,40 @@ class RedisGate:
     async def _abandoned(self, sale_id: int, user_id: str, key: str, quantity: int) -> None:
         try:
             await self.release(sale_id, user_id, key, quantity)
-        except Exception as exc:  # the next start-up's rebuild frees it (docs/sales.md)
+        except Exception as exc:  # the reconciliation frees it once stale (docs/sales.md)
             log.warning("sale %d: an abandoned reservation was not released: %s", sale_id, exc)
 
     async def confirm(self, sale_id: int, orders: Sequence[Confirmed]) -> None:
         if orders:
-            await self._client.hset(
-                self._keys(sale_id)[2],
-                mapping={
-                    field_of(o.user_id, o.key): f"d|{o.fingerprint}|{o.order_id}|{o.quantity}"
-                    for o in orders
-                },
-            )
+            meta, _, keys = self._keys(sale_id)
+            args: list[str] = []
+            for o in orders:
+                args += (field_of(o.user_id, o.key), f"d|{o.fingerprint}|{o.order_id}|{o.quantity}")
+            await self._confirm(keys=[meta, keys], args=args)
 
     async def release(
-        self, sale_id: int, user_id: str, key: str, quantity: int, uncertain: bool = False
+        self,
+        sale_id: int,
+        user_id: str,
+        key: str,
+        quantity: int,
+        uncertain: bool = False,
+        fingerprint: str = "",
     ) -> int:
         left = await self._release(
             keys=self._keys(sale_id),
-            args=[user_id, field_of(user_id, key), quantity, "", int(uncertain)],
+            args=[user_id, field_of(user_id, key), quantity, "", int(uncertain), fingerprint],
         )
         return int(left)
 
-    async def forget(self, sale_id: int, user_id: str, key: str) -> None:
-        await self._forget(keys=self._keys(sale_id)[2:], args=[field_of(user_id, key)])
+    async def retake(
+        self, sale_id: int, user_id: str, key: str, quantity: int, fingerprint: str
+    ) -> Answer:
+        outcome, remaining, age = await self._retake(
+            keys=self._keys(sale_id),
+            args=[user_id, field_of(user_id, key), quantity, fingerprint, uuid.uuid4().hex],
+        )
+        return Answer(outcome.decode(), int(remaining), uncertain_ms=int(age))
 
     async def sold_out(self, sale_id: int) -> None:
         await self._sold_out(keys=self._keys(sale_id)[:1])

@@ -4,8 +4,8 @@
 -- ends_ms, stale_ms, uncertain_ms, then for every order of the sale in the snapshot:
 -- user|key, user, order id, quantity, fingerprint.
 -- A pending key older than stale_ms gives its stock back and becomes uncertain ("u": its
--- commit may still land; a retry of it is "in_flight" and asks the database), forgotten
--- after uncertain_ms (surge/gate.py).
+-- commit may still land; a retry of it asks the database), forgotten after uncertain_ms
+-- (surge/gate.py).
 -- Returns: remaining before (-1: no gate), remaining after, stale reservations dropped.
 local t = redis.call('TIME')
 local now_ms = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
@@ -33,9 +33,10 @@ for j = 1, #entries, 2 do
   else
     local parts = {}
     for part in string.gmatch(value, '[^|]+') do parts[#parts + 1] = part end
-    -- entries written before quantities and times were kept: 1, and stale if pending
+    -- entries written before quantities and times were kept (p|fingerprint|call): one
+    -- item, and just stale, so a pending one becomes uncertain rather than forgotten
     local quantity = tonumber(parts[4]) or 1
-    local since = tonumber(parts[5]) or 0
+    local since = tonumber(parts[5]) or (now_ms - stale - 1)
     local user = string.match(field, '^(.*)|[^|]*$')
     local kind = parts[1]
     if kind == 'u' or (kind == 'p' and now_ms - since > stale) then
