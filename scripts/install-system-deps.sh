@@ -2,10 +2,12 @@
 # Debian packages the tests and benchmarks need; installs only what is missing.
 # redis-server: tests that kill Redis start their own. wrk: the HTTP load generator.
 # chromium: the browser test of the /demo page (headless). gcc: builds the fan-out's C
-# extension (src/surge/realtime/_sendmany.c) at install.
+# extension (src/surge/realtime/_sendmany.c) at install. prometheus: promtool, which checks
+# and unit-tests deploy/prometheus/ (tests/deploy/test_prometheus.py). nginx: runs
+# deploy/nginx/surge.conf in front of two Surge processes (tests/deploy/test_nginx.py).
 set -euo pipefail
 need=()
-for pkg in redis-server wrk chromium gcc; do
+for pkg in redis-server wrk chromium gcc prometheus nginx; do
   dpkg -s "$pkg" >/dev/null 2>&1 || need+=("$pkg")
 done
 if [ ${#need[@]} -gt 0 ]; then

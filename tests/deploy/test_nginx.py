@@ -1,0 +1,169 @@
+"""deploy/nginx/surge.conf, live: Debian's nginx in front of two Surge processes (two
+ports standing for two pods, sharing MariaDB and Redis). The configuration must pass
+`nginx -t`, proxy the API and WebSocket handshakes, and keep a rolling restart invisible:
+each process in turn gets SIGTERM, drains, and starts again, while clients send order
+queries through nginx; not one request may fail."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import re
+import shutil
+import socket
+import subprocess
+import threading
+import time
+from collections.abc import Iterator
+from contextlib import ExitStack, contextmanager
+from pathlib import Path
+
+import httpx
+import pytest
+
+from tests.backends import Backend, _free_port, _wait_listening, make_backend
+from tests.load import Hammer, hammer
+from tests.server import Server, base_env, run_cli, serve
+from tests.system.conftest import bearer
+
+pytestmark = pytest.mark.slow
+
+CONF = Path(__file__).parents[2] / "deploy" / "nginx" / "surge.conf"
+USERS = 20
+
+
+def _nginx() -> str:
+    found = shutil.which("nginx") or (
+        "/usr/sbin/nginx" if Path("/usr/sbin/nginx").exists() else None
+    )
+    if found is None:
+        message = "nginx is not installed (scripts/install-system-deps.sh installs it)"
+        if os.environ.get("CI"):
+            pytest.fail(message)
+        pytest.skip(message)
+    return found
+
+
+def _render(listen: int, upstreams: list[int]) -> str:
+    """The shipped file, with this test's ports in place of the example ones."""
+    text = CONF.read_text()
+    servers = "".join(f"    server 127.0.0.1:{port} max_fails=0;\n" for port in upstreams)
+    text, count = re.subn(r"(?m)^    server 127\.0\.0\.1:\d+ max_fails=0;\n", "", text)
+    assert count == 2, "the example upstream block changed: update this test"
+    text = text.replace("    least_conn;\n", "    least_conn;\n" + servers)
+    return text.replace("listen 80;", f"listen 127.0.0.1:{listen};")
+
+
+@contextmanager
+def _running_nginx(directory: Path, listen: int, upstreams: list[int]) -> Iterator[str]:
+    binary = _nginx()
+    (directory / "surge.conf").write_text(_render(listen, upstreams))
+    (directory / "nginx.conf").write_text(
+        "daemon off;\nworker_processes 1;\npid nginx.pid;\nerror_log error.log warn;\n"
+        "user root;\nevents { worker_connections 1024; }\n"
+        "http {\n  access_log off;\n  client_body_temp_path tmp-body;\n"
+        "  proxy_temp_path tmp-proxy;\n  fastcgi_temp_path tmp-fcgi;\n"
+        "  uwsgi_temp_path tmp-uwsgi;\n  scgi_temp_path tmp-scgi;\n"
+        "  include surge.conf;\n}\n"
+    )
+    argv = [binary, "-p", str(directory), "-c", str(directory / "nginx.conf")]
+    checked = subprocess.run([*argv, "-t"], capture_output=True, text=True, timeout=30)
+    assert checked.returncode == 0, checked.stderr
+    process = subprocess.Popen(argv, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    try:
+        _wait_listening(listen, 10, "nginx")
+        yield f"http://127.0.0.1:{listen}"
+    finally:
+        process.terminate()
+        process.wait(timeout=10)
+
+
+def _env(backend: Backend, directory: Path) -> dict[str, str]:
+    env = base_env(directory, backend.env())
+    env.update(
+        {
+            "SURGE_TRUSTED_PROXIES": "127.0.0.1/32",
+            "SURGE_SHUTDOWN_DELAY": "0.5",  # nginx stops sending new connections at once
+            "SURGE_DRAIN_TIMEOUT": "3",
+        }
+    )
+    return env
+
+
+@pytest.fixture
+def backend(tmp_path: Path) -> Iterator[Backend]:
+    with make_backend("mariadb+redis", tmp_path) as made:
+        yield made
+
+
+def _order_targets() -> list[tuple[str, dict[str, str]]]:
+    return [(f"/orders/{i}", bearer(f"user{(i - 1) % USERS + 1}")) for i in range(1, 41)]
+
+
+def test_rolling_restart_behind_nginx_loses_no_request(backend: Backend, tmp_path: Path) -> None:
+    env = _env(backend, tmp_path)
+    run_cli(env, "db", "migrate")
+    run_cli(env, "db", "seed", "--orders", "200", "--users", str(USERS))
+    ports = [_free_port(), _free_port()]
+    listen = _free_port()
+    with ExitStack() as stack:
+        servers: list[Server] = [
+            stack.enter_context(serve(env, tmp_path, "--port", str(port))) for port in ports
+        ]
+        base = stack.enter_context(_running_nginx(tmp_path, listen, ports))
+        first = httpx.get(f"{base}/orders/1", headers=bearer("user1"), timeout=5)
+        assert first.status_code == 200, first.text
+        assert httpx.get(f"{base}/debug/tasks", timeout=5).status_code == 404
+
+        stop = threading.Event()
+        result: dict[str, Hammer] = {}
+
+        def load() -> None:
+            async def run() -> None:
+                done = asyncio.Event()
+
+                async def watch() -> None:
+                    await asyncio.to_thread(stop.wait)  # the test's thread says when
+                    done.set()
+
+                watcher = asyncio.create_task(watch())
+                result["load"] = await hammer("127.0.0.1", listen, _order_targets(), 16, done)
+                await watcher
+
+            asyncio.run(run())
+
+        loader = threading.Thread(target=load)
+        loader.start()
+        try:
+            time.sleep(1.0)
+            for i, port in enumerate(ports):  # one "pod" at a time, as a rollout does
+                assert servers[i].stop() == 0  # SIGTERM: readiness off, drain, exit 0
+                servers[i] = stack.enter_context(serve(env, tmp_path, "--port", str(port)))
+                time.sleep(1.0)  # it takes traffic again before the next one goes
+        finally:
+            stop.set()
+            loader.join(timeout=30)
+        load_result = result["load"]
+        assert load_result.failures == [], load_result.failures[:5]
+        assert set(load_result.answered.statuses) == {200}, load_result.answered.statuses
+        assert load_result.answered.statuses[200] > 500  # the load really ran
+        assert load_result.refused == 0
+
+
+def test_websocket_handshake_through_nginx(backend: Backend, tmp_path: Path) -> None:
+    env = _env(backend, tmp_path)
+    run_cli(env, "db", "migrate")
+    port, listen = _free_port(), _free_port()
+    with serve(env, tmp_path, "--port", str(port)), _running_nginx(tmp_path, listen, [port, port]):
+        with socket.create_connection(("127.0.0.1", listen), timeout=5) as sock:
+            token = bearer("alice")["Authorization"].removeprefix("Bearer ")
+            sock.sendall(
+                (
+                    f"GET /ws?token={token} HTTP/1.1\r\nHost: test\r\nUpgrade: websocket\r\n"
+                    "Connection: Upgrade\r\nSec-WebSocket-Version: 13\r\n"
+                    "Sec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\n\r\n"
+                ).encode()
+            )
+            head = sock.recv(4096)
+        assert head.startswith(b"HTTP/1.1 101"), head
+        assert b"s3pPLMBiTxaQ9kYGzzhZRbK+xOo=" in head  # the accept key of RFC 6455's example
