@@ -7,6 +7,7 @@ queries through nginx; not one request may fail."""
 from __future__ import annotations
 
 import asyncio
+import json
 import os
 import re
 import shutil
@@ -167,3 +168,126 @@ def test_websocket_handshake_through_nginx(backend: Backend, tmp_path: Path) -> 
             head = sock.recv(4096)
         assert head.startswith(b"HTTP/1.1 101"), head
         assert b"s3pPLMBiTxaQ9kYGzzhZRbK+xOo=" in head  # the accept key of RFC 6455's example
+
+
+class _Subscriber:
+    """A chat client through nginx that, whenever its connection ends, reconnects and
+    resumes with `since` (docs/realtime.md): what a browser tab does across a rollout."""
+
+    def __init__(self, url: str, room: str) -> None:
+        self.url = url
+        self.room = room
+        self.seqs: list[int] = []
+        self.closes: list[int | None] = []
+
+    async def run(self, stop: asyncio.Event) -> None:
+        from websockets.asyncio.client import connect
+        from websockets.exceptions import ConnectionClosed
+
+        while not stop.is_set():
+            try:
+                async with connect(self.url, open_timeout=5, close_timeout=2) as ws:
+                    since = {"since": self.seqs[-1]} if self.seqs else {}
+                    await ws.send(json.dumps({"op": "subscribe", "room": self.room, **since}))
+                    while not stop.is_set():
+                        try:
+                            frame = await asyncio.wait_for(ws.recv(), 0.2)
+                        except TimeoutError:
+                            continue
+                        message = json.loads(frame)
+                        if message["op"] == "message":
+                            self.seqs.append(int(message["seq"]))
+                        elif message["op"] == "error":
+                            raise AssertionError(f"hub error: {message}")
+            except ConnectionClosed as closed:
+                self.closes.append(closed.rcvd.code if closed.rcvd else None)
+            except OSError:  # nginx had no process to give it for a moment
+                self.closes.append(None)
+                await asyncio.sleep(0.1)
+
+
+async def _publish_until(url: str, room: str, stop: asyncio.Event) -> int:
+    """Publishes through nginx, reconnecting when its process goes; the last acked seq."""
+    from websockets.asyncio.client import connect
+    from websockets.exceptions import ConnectionClosed
+
+    last, n = 0, 0
+    while not stop.is_set():
+        try:
+            async with connect(url, open_timeout=5, close_timeout=2) as ws:
+                while not stop.is_set():
+                    n += 1
+                    await ws.send(
+                        json.dumps({"op": "publish", "room": room, "data": {"n": n}, "id": n})
+                    )
+                    while True:
+                        answer = json.loads(await asyncio.wait_for(ws.recv(), 5))
+                        if answer["op"] == "ack":
+                            last = max(last, int(answer["seq"]))
+                            break
+                        assert answer["op"] == "message", answer
+                    await asyncio.sleep(0.03)  # ~30 a second: under the publish limit
+        except (ConnectionClosed, OSError, TimeoutError):
+            await asyncio.sleep(0.1)
+    return last
+
+
+def test_websocket_clients_resume_across_a_rolling_restart(
+    backend: Backend, tmp_path: Path
+) -> None:
+    """Each process in turn is restarted under 6 subscribers and a publisher, all through
+    nginx: the subscribers of the process that goes get 1001, reconnect (nginx gives them
+    the other one) and resume with `since`; each sees every message exactly once, in
+    order."""
+    env = _env(backend, tmp_path)
+    run_cli(env, "db", "migrate")
+    ports, listen = [_free_port(), _free_port()], _free_port()
+    room = "chat:rollout"
+    with ExitStack() as stack:
+        servers = [stack.enter_context(serve(env, tmp_path, "--port", str(p))) for p in ports]
+        stack.enter_context(_running_nginx(tmp_path, listen, ports))
+        url = f"ws://127.0.0.1:{listen}/ws?token={bearer('viewer')['Authorization'][7:]}"
+        publisher_url = f"ws://127.0.0.1:{listen}/ws?token={bearer('author')['Authorization'][7:]}"
+        subscribers = [_Subscriber(url, room) for _ in range(6)]
+        stop_subscribers, stop_publisher = threading.Event(), threading.Event()
+        outcome: dict[str, int] = {}
+
+        def clients() -> None:
+            async def run() -> None:
+                done_sub, done_pub = asyncio.Event(), asyncio.Event()
+
+                async def relay(flag: threading.Event, event: asyncio.Event) -> None:
+                    await asyncio.to_thread(flag.wait)
+                    event.set()
+
+                tasks = [asyncio.create_task(s.run(done_sub)) for s in subscribers]
+                await asyncio.sleep(0.5)  # subscribed before the first message
+                relays = [
+                    asyncio.create_task(relay(stop_subscribers, done_sub)),
+                    asyncio.create_task(relay(stop_publisher, done_pub)),
+                ]
+                outcome["last"] = await _publish_until(publisher_url, room, done_pub)
+                await asyncio.gather(*tasks, *relays)
+
+            asyncio.run(run())
+
+        thread = threading.Thread(target=clients)
+        thread.start()
+        try:
+            time.sleep(1.5)
+            for i, port in enumerate(ports):
+                assert servers[i].stop() == 0
+                servers[i] = stack.enter_context(serve(env, tmp_path, "--port", str(port)))
+                time.sleep(1.5)
+        finally:
+            stop_publisher.set()
+            time.sleep(1.5)  # the last messages reach every subscriber
+            stop_subscribers.set()
+            thread.join(timeout=30)
+    last = outcome["last"]
+    assert last > 50, last
+    for s in subscribers:
+        assert s.seqs == list(range(1, last + 1)), (s.seqs[:5], len(s.seqs), last, s.closes)
+    codes = [code for s in subscribers for code in s.closes]
+    assert 1001 in codes, codes  # those on a process that went were told it was going
+    assert set(codes) <= {1001, None}, codes
