@@ -4,7 +4,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: run test install lint typecheck bench bench-orders bench-sale bench-broadcast bench-overload chaos clean
+.PHONY: run test install tools lint typecheck bench bench-orders bench-sale bench-broadcast bench-overload chaos clean
 
 $(STAMP): pyproject.toml setup.py src/surge/realtime/_sendmany.c constraints.txt scripts/install-system-deps.sh
 	bash scripts/install-system-deps.sh
@@ -15,6 +15,20 @@ $(STAMP): pyproject.toml setup.py src/surge/realtime/_sendmany.c constraints.txt
 
 install: $(STAMP)
 
+## Tools kept out of the project venv (their dependencies clash with its pins), each in a
+## venv of its own under .venv/tools: checkov scans deploy/k8s (tests/deploy/test_k8s.py).
+CHECKOV_VERSION := 3.3.30
+CHECKOV_STAMP := $(VENV)/tools/checkov/.installed-$(CHECKOV_VERSION)
+
+$(CHECKOV_STAMP):
+	rm -rf $(VENV)/tools/checkov
+	$(PY) -m venv $(VENV)/tools/checkov
+	$(VENV)/tools/checkov/bin/pip install -q --upgrade pip
+	$(VENV)/tools/checkov/bin/pip install -q checkov==$(CHECKOV_VERSION)
+	touch $(CHECKOV_STAMP)
+
+tools: $(CHECKOV_STAMP)
+
 ## Serve on the embedded default (SQLite file + in-process cache) with demo data.
 run: $(STAMP)
 	$(BIN)/surge db seed --orders 1000 --users 100 --if-empty
@@ -22,7 +36,7 @@ run: $(STAMP)
 	$(BIN)/surge serve
 
 ## The whole suite: unit, contract (sqlite+memory, MariaDB+Redis, PostgreSQL+Redis), system.
-test: $(STAMP)
+test: $(STAMP) tools
 	bash scripts/ensure-services.sh
 	$(BIN)/ruff check src tests bench
 	$(BIN)/mypy
