@@ -25,6 +25,10 @@ from surge.realtime.setup import start_hub
 from surge.sale_cache import SaleConfigs, SoldOutBoard
 
 log = logging.getLogger("surge.app")
+# the routes that answer 504 past a deadline (the probes, /metrics and /ws have none)
+_DEADLINED = frozenset(
+    ("/orders/{id}", "/sales", "/sales/{id}", "/sales/{id}/orders", "/users/me/orders")
+)
 
 
 class App:
@@ -89,6 +93,20 @@ class App:
         self.router.add("POST", "/sales/{id}/orders", purchases.handle)
         self.router.add("GET", "/users/me/orders", catalog.my_orders)
         ops.add_routes(self.router, self.internal_router, self.metrics, readiness, self.auth)
+        # Each API route's deadline, for alerts on latency against it (deploy/prometheus):
+        # per template, the longest of its methods' (the histograms are per template).
+        deadlines: dict[str, float] = {}
+        for method, template in (r.split(" ", 1) for r in self.router.describe()):
+            if template in _DEADLINED:
+                seconds = settings.route_deadline(f"{method} {template}")
+                deadlines[template] = max(seconds, deadlines.get(template, 0.0))
+        self.metrics.labelled_gauge(
+            "route_deadline_seconds",
+            "Each API route's deadline (SURGE_DEADLINE_MS, SURGE_WRITE_DEADLINE_MS, "
+            "SURGE_ROUTE_DEADLINES)",
+            "route",
+            lambda: deadlines,
+        )
         for route, _ in settings.route_deadlines:
             method, _, template = route.partition(" ")
             if method not in self.router.methods_of(template):
