@@ -4,7 +4,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: run test install tools lint typecheck bench bench-orders bench-sale bench-broadcast bench-overload chaos clean
+.PHONY: run test install tools image lint typecheck bench bench-orders bench-sale bench-broadcast bench-overload chaos clean
 
 $(STAMP): pyproject.toml setup.py src/surge/realtime/_sendmany.c constraints.txt scripts/install-system-deps.sh
 	bash scripts/install-system-deps.sh
@@ -70,6 +70,11 @@ bench-overload: $(STAMP)
 bench-sale: $(STAMP)
 	bash scripts/ensure-services.sh
 	$(BIN)/python -m bench.sale
+
+## The container image (deploy/Dockerfile) as localhost/surge:latest, on a Debian base made
+## here when no registry is reachable (deploy/build-image.sh); prints its size in bytes.
+image: $(STAMP)
+	bash deploy/build-image.sh
 
 ## Jepsen-style chaos (issue 13): flash sales under worker kills, Redis restarts and
 ## freezes, killed database connections; on MariaDB, then PostgreSQL, a fresh seed each

@@ -5,9 +5,11 @@
 # extension (src/surge/realtime/_sendmany.c) at install. prometheus: promtool, which checks
 # and unit-tests deploy/prometheus/ (tests/deploy/test_prometheus.py). nginx: runs
 # deploy/nginx/surge.conf in front of two Surge processes (tests/deploy/test_nginx.py).
+# debootstrap, buildah, podman: `make image` makes a Debian base and builds deploy/Dockerfile
+# on it (tests/deploy/test_image.py).
 set -euo pipefail
 need=()
-for pkg in redis-server wrk chromium gcc prometheus nginx; do
+for pkg in redis-server wrk chromium gcc prometheus nginx debootstrap buildah podman; do
   dpkg -s "$pkg" >/dev/null 2>&1 || need+=("$pkg")
 done
 if [ ${#need[@]} -gt 0 ]; then
