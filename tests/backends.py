@@ -20,6 +20,7 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
+from typing import NoReturn
 
 import pytest
 
@@ -44,14 +45,19 @@ class Backend:
         return env
 
 
+def unavailable(message: str) -> NoReturn:
+    """Something a test needs is missing: a failure in CI (CI=true), elsewhere a skip."""
+    if os.environ.get("CI"):
+        pytest.fail(message)
+    pytest.skip(message)
+
+
 def require_service(name: str, address: tuple[str, int]) -> None:
     try:
         socket.create_connection(address, timeout=2).close()
     except OSError as exc:
         message = f"{name} at {address[0]}:{address[1]} is not reachable: {exc}"
-        if os.environ.get("CI"):
-            pytest.fail(message)
-        pytest.skip(message)
+        unavailable(message)
 
 
 async def _mariadb(statement: str) -> None:
@@ -174,9 +180,7 @@ class OwnRedis:
 def own_redis(directory: Path) -> Iterator[OwnRedis]:
     if shutil.which("redis-server") is None:
         message = "redis-server is not installed (scripts/install-system-deps.sh installs it)"
-        if os.environ.get("CI"):
-            pytest.fail(message)
-        pytest.skip(message)
+        unavailable(message)
     server = OwnRedis(directory)
     server.start()
     try:
@@ -234,9 +238,7 @@ class OwnPostgres:
 def own_postgres() -> Iterator[OwnPostgres]:
     if not OwnPostgres.BIN:
         message = "PostgreSQL server binaries are not installed"
-        if os.environ.get("CI"):
-            pytest.fail(message)
-        pytest.skip(message)
+        unavailable(message)
     server = OwnPostgres()
     try:
         server.init()

@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import asyncio
 import json
-import os
 import re
 import shutil
 import socket
@@ -22,7 +21,7 @@ from pathlib import Path
 import httpx
 import pytest
 
-from tests.backends import Backend, _free_port, _wait_listening, make_backend
+from tests.backends import Backend, _free_port, _wait_listening, make_backend, unavailable
 from tests.load import Hammer, hammer
 from tests.server import Server, base_env, run_cli, serve
 from tests.system.conftest import bearer
@@ -39,9 +38,7 @@ def _nginx() -> str:
     )
     if found is None:
         message = "nginx is not installed (scripts/install-system-deps.sh installs it)"
-        if os.environ.get("CI"):
-            pytest.fail(message)
-        pytest.skip(message)
+        unavailable(message)
     return found
 
 

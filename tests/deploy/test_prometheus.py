@@ -23,7 +23,6 @@ promtool missing: a failure in CI (CI=true), a skip elsewhere (tests/backends.py
 
 from __future__ import annotations
 
-import os
 import re
 import shutil
 import subprocess
@@ -35,6 +34,7 @@ import httpx
 import pytest
 import yaml
 
+from tests.backends import unavailable
 from tests.server import base_env, serve, work
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -64,9 +64,7 @@ def promtool() -> str:
         message = (
             "promtool is not installed (Debian package prometheus: scripts/install-system-deps.sh)"
         )
-        if os.environ.get("CI"):
-            pytest.fail(message)
-        pytest.skip(message)
+        unavailable(message)
     return found
 
 
