@@ -5,17 +5,22 @@ returns data (issue 14, item 5)."""
 
 from __future__ import annotations
 
+import json
+import os
 import shutil
 import subprocess
 import time
 from collections.abc import Iterator
+from pathlib import Path
 from typing import Any
 
 import httpx
 import pytest
 import yaml
+from websockets.sync.client import connect
 
 from tests.backends import Backend, _free_port, _wait_listening, make_backend, unavailable
+from tests.deploy.dashboard_picture import render
 from tests.deploy.test_grafana import expressions, substitute
 from tests.deploy.test_prometheus import ALERTS, metric_names, rules
 from tests.server import Server, base_env, run_cli, serve, work
@@ -80,9 +85,11 @@ def prometheus(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
 
 
 def _traffic(server: Server, backend: Backend, seconds: float) -> None:
-    """Order queries (hits, misses, not found, no token), a sale and purchases, while
-    Prometheus scrapes every second."""
-    with server.client() as client:
+    """Order queries (hits, misses, not found, no token), a sale and purchases, chat
+    messages through the hub, while Prometheus scrapes every second."""
+    token = bearer("talker")["Authorization"].removeprefix("Bearer ")
+    url = f"{server.url.replace('http', 'ws')}/ws?token={token}"
+    with server.client() as client, connect(url, open_timeout=5) as hub:
         made = client.post(
             "/sales",
             json={
@@ -95,12 +102,15 @@ def _traffic(server: Server, backend: Backend, seconds: float) -> None:
         )
         assert made.status_code == 201, made.text
         sale = made.json()["id"]
+        hub.send(json.dumps({"op": "subscribe", "room": "chat:live", "id": 0}))
         started, n = time.monotonic(), 0
         while time.monotonic() - started < seconds:
             n += 1
             order = n % 60 + 1  # 51-60 do not exist
             client.get(f"/orders/{order}", headers=bearer(f"user{(order - 1) % USERS + 1}"))
             if n % 10 == 0:
+                # a chat message fanned out to its room (the hub's panels)
+                hub.send(json.dumps({"op": "publish", "room": "chat:live", "data": n, "id": n}))
                 client.get("/orders/1")  # 401
                 client.get("/users/me/orders", headers=bearer("user1"))  # 504
                 for _ in range(3):  # the third is over the write limit: 429
@@ -135,6 +145,16 @@ def test_every_series_an_alert_uses_exists(prometheus: str) -> None:
     names = {name for rule in rules() for name in metric_names(rule["expr"])}
     missing = sorted(n for n in names if not _query(prometheus, f'count({{__name__="{n}"}})'))
     assert missing == [], missing
+
+
+def test_the_dashboard_draws_from_prometheus(prometheus: str, tmp_path: Path) -> None:
+    """Every panel, drawn from Prometheus's answers over the traffic, has lines in it.
+    SURGE_DASHBOARD_PICTURE=path writes the picture there (docs/dashboard.svg)."""
+    end = time.time()
+    svg, drawn = render(prometheus, end - 15, end)
+    assert [title for title, count in drawn.items() if count == 0] == []
+    target = Path(os.environ.get("SURGE_DASHBOARD_PICTURE", tmp_path / "dashboard.svg"))
+    target.write_text(svg)
 
 
 def test_every_dashboard_query_returns_data(prometheus: str) -> None:
