@@ -166,17 +166,17 @@ class App:
         """Reconciles every open sale's gate with the database now, then every
         SURGE_GATE_RECONCILE_INTERVAL seconds (surge.reconcile)."""
         keeper = purchases.keeper
-        keeper.interval = self.settings.gate_reconcile_interval
+        interval = self.settings.gate_reconcile_interval
         try:
             count = await keeper.open_sales()
         except Exception as exc:  # Redis (or the database) down: start degraded
-            # a sale's gate is then rebuilt by its first purchase that finds it missing
+            # a sale's gate is then reconciled by its first purchase that finds it missing
             log.warning("stock gates not reconciled at start-up (%s): each on first use", exc)
         else:
             if count:
                 log.info("reconciled the stock gate of %d open sales with the database", count)
-        if keeper.interval > 0:
-            task = asyncio.create_task(keeper.run(), name="gate-reconcile")
+        if interval > 0:
+            task = asyncio.create_task(keeper.run(interval), name="gate-reconcile")
             stack.push_async_callback(_cancel, task)
         for name, doc, attribute in (
             ("gate_reconciliations", "Sale gates reconciled with the database", "runs"),

@@ -94,10 +94,10 @@ class Purchases:
         self._deadline = deadline
         self._batcher = CommitBatcher(sales)
         self._books = AfterCommit(gate, ordered)  # `ordered`: the order query forgets ids
-        # A gate found missing is rebuilt by reconciling it (surge.reconcile; App sets the
-        # period). A reservation is stale once its request has given up: the deadline, the
-        # commit's grace of one more, and a margin.
-        self.keeper = GateKeeper(sales, gate, 2 * deadline + 2, 0, self.reconciled)
+        # A gate found missing is rebuilt by reconciling it (surge.reconcile; App runs the
+        # periodic pass). A reservation is stale once its request has given up: the
+        # deadline, the commit's grace of one more, and a margin.
+        self.keeper = GateKeeper(sales, gate, 2 * deadline + 2, self.reconciled)
 
     async def close(self) -> None:
         await self._books.close()
@@ -159,7 +159,9 @@ class Purchases:
                     sale_id, self._reserve(sale, user_id, key, quantity, wanted, now)
                 )
             elif answer.outcome != "ok" and answer.uncertain_ms < LATE_COMMIT_MS:
-                answer = Answer("in_flight", answer.remaining)  # the first may yet commit
+                # refused, but the first attempt may yet commit: not a final answer (the
+                # database was asked just above)
+                raise self._refusal(sale, "in_flight")
         outcome = answer.outcome
         if outcome == "ok":
             self._feed.changed(sale_id, answer.remaining, sale.state(now, answer.remaining))
@@ -186,7 +188,7 @@ class Purchases:
             return Problem(
                 409, "limit-reached", f"at most {sale.per_user_limit} per user in this sale"
             )
-        if outcome in ("in_flight", "uncertain"):  # (uncertain: another retry raced this one)
+        if outcome in ("in_flight", "uncertain"):  # (uncertain: a retry raced this one)
             return Problem(
                 409, "key-in-flight", "a request with this Idempotency-Key is still being processed"
             )

@@ -51,13 +51,11 @@ class GateKeeper:
         sales: SqlSales,
         gate: Gate,
         stale_after: float,
-        interval: float,
         changed: Callable[[int, Reconciled], Awaitable[None]],
     ) -> None:
         self._sales = sales
         self._gate = gate
         self._stale_ms = int(stale_after * 1000)
-        self.interval = interval
         self._changed = changed  # the stock feed and the sold-out boards hear of a change
         self._running: dict[int, asyncio.Future[Reconciled | None]] = {}
         self.runs = 0  # metrics: reconciliations done by this process
@@ -93,24 +91,25 @@ class GateKeeper:
         await self._changed(sale_id, done)
         return done
 
-    async def open_sales(self, claimed: bool = False) -> int:
-        """Reconciles every sale not ended yet (with `claimed`, only those whose lease this
-        process wins for the period); returns how many."""
+    async def open_sales(self, lease: float = 0.0) -> int:
+        """Reconciles every sale not ended yet (with a `lease` in seconds, only those whose
+        lease this process wins for that long); returns how many."""
         count = 0
         for sale_id in await self._sales.open_sales(datetime.now(UTC)):
-            if claimed and not await self._gate.claim(sale_id, self.interval * 0.9):
+            if lease and not await self._gate.claim(sale_id, lease):
                 continue
             if await self.sale(sale_id) is not None:
                 count += 1
         return count
 
-    async def run(self) -> None:
+    async def run(self, interval: float) -> None:
         """Every `interval` seconds (with a random start, so processes started together
-        do not all ask at once), until cancelled; a failure is logged and tried again."""
-        await asyncio.sleep(self.interval * random.uniform(0.5, 1.0))
+        do not all ask at once), until cancelled; a failure is logged and tried again.
+        The lease, a little shorter than the period, gives each sale to one process."""
+        await asyncio.sleep(interval * random.uniform(0.5, 1.0))
         while True:
             try:
-                await self.open_sales(claimed=True)
+                await self.open_sales(lease=interval * 0.9)
             except Exception as exc:  # Redis or the database down: the next period retries
                 log.warning("gate reconciliation skipped: %s", exc)
-            await asyncio.sleep(self.interval)
+            await asyncio.sleep(interval)

@@ -130,7 +130,7 @@ class SqlSales:
         return None if row is None else _sale(row)
 
     async def open_sales(self, now: datetime) -> list[int]:
-        """Sales not ended yet: the ones whose gates start-up rebuilds."""
+        """Sales not ended yet: the ones whose gates are reconciled (surge.reconcile)."""
         async with connected(self.engine) as conn:
             rows = await conn.execute(sa.select(sales.c.id).where(sales.c.ends_at > _naive(now)))
             return [int(row[0]) for row in rows]
