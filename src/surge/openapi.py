@@ -20,7 +20,8 @@ PROBLEM_TYPES = {
     "sale-not-live": "the sale has not started or has ended",
     "sold-out": "no stock left",
     "limit-reached": "the user bought as many as the sale allows",
-    "key-in-flight": "the first request with this Idempotency-Key is still being processed",
+    "key-in-flight": "the first request with this Idempotency-Key is still being processed, "
+    "or its commit failed unheard and may still land: retry",
     "key-reused": "the Idempotency-Key was used with another request",
     "unauthorized": "missing, malformed or invalid bearer token",
     "token-expired": "the bearer token has expired",
@@ -252,14 +253,21 @@ DOCUMENT: dict[str, Any] = {
                     },
                 },
                 "responses": {
-                    "201": _json("the order (a retry with the same key replays it)", "Order"),
+                    "201": _json(
+                        "the order; a retry with the same key gets these very bytes, "
+                        "whatever was restarted meanwhile, and even after the sale ended",
+                        "Order",
+                    ),
                     "400": _problem("bad id, missing or bad key, not JSON"),
                     "401": _problem("missing or invalid token"),
-                    "403": _problem("the sale is not live"),
+                    "403": _problem("the sale is not live (a key that bought still replays)"),
                     "404": _problem("no such sale"),
                     "409": _problem("sold out, limit reached, or the same key in flight"),
                     "422": _problem("invalid quantity, or the key reused with another body"),
-                    "503": _problem("the order could not be stored; retry"),
+                    "503": _problem(
+                        "the gate or the database is unavailable, or the order may or may "
+                        "not be stored: retry with the same Idempotency-Key"
+                    ),
                 },
             }
         },
