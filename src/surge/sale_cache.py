@@ -120,8 +120,16 @@ class SoldOutBoard:
 
     def _learn(self, sale_id: int) -> None:
         """The sale is sold out (the gate said so, here or in another process): hold it,
-        once the gate's keys are copied."""
-        if self.held(sale_id) or sale_id in self._loading:
+        once the gate's keys are copied. A hold that only ran out is renewed at once with
+        the copy it had, and the copy is read again behind it: with no hold while the
+        read took its loop turns, every second the flood went to Redis for a while
+        (refusals fell to 0.98x the cache hits in the storm benchmark)."""
+        hold = self._holds.get(sale_id)
+        if hold is not None and hold[0] > time.monotonic():
+            return
+        if hold is not None:  # ran out: the gate says sold out again
+            self._holds[sale_id] = (time.monotonic() + self.HOLD, hold[1])
+        if sale_id in self._loading:
             return
         task = shared_task(self._load(sale_id, self._released.get(sale_id, 0)))
         self._loading[sale_id] = task
@@ -138,7 +146,8 @@ class SoldOutBoard:
         if self._released.get(sale_id, 0) != releases:  # restocked meanwhile
             return
         now = time.monotonic()
-        for stale in [s for s, (until, _) in self._holds.items() if until <= now]:
+        # copies of holds over for a while are dropped (a sale sold out long ago)
+        for stale in [s for s, (until, _) in self._holds.items() if until <= now - 60]:
             del self._holds[stale]
         self._holds[sale_id] = (now + self.HOLD, keys)
 
