@@ -25,7 +25,7 @@ from typing import Generic, TypeVar
 
 import jwt
 
-from surge.http.response import Problem
+from surge.ground.web import Problem
 
 ALGORITHM = "HS256"
 # Far above a token of ours (about 200 bytes) or a typical identity provider's (1-2 KB).

@@ -11,8 +11,7 @@ from surge.auth import Authenticator
 from surge.backends.sql_sales import SqlSales
 from surge.deadlines import within
 from surge.gate import Gate, GateState
-from surge.http.request import Request
-from surge.http.response import Problem, Response, json_response, response
+from surge.ground.web import Problem, Request, Response, json_response, response
 from surge.orders import encode_order, parse_id
 from surge.sale_cache import SaleConfigs
 from surge.sales import Sale, parse_new_sale

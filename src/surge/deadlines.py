@@ -16,7 +16,7 @@ from typing import TypeVar
 from redis.exceptions import RedisError
 from sqlalchemy.exc import SQLAlchemyError
 
-from surge.http.response import Problem
+from surge.ground.web import Problem
 
 log = logging.getLogger("surge.deadlines")
 T = TypeVar("T")

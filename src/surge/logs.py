@@ -33,7 +33,7 @@ from typing import IO, TYPE_CHECKING, Any, TypeVar
 import orjson
 
 if TYPE_CHECKING:
-    from surge.http.request import Request
+    from surge.ground.web import Request
 
 T = TypeVar("T")
 

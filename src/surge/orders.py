@@ -28,8 +28,7 @@ import orjson
 
 from surge.auth import Authenticator
 from surge.config import ORDER_QUERY, Settings
-from surge.http.request import Request
-from surge.http.response import Problem, Response, problem_response, response
+from surge.ground.web import Problem, Request, Response, problem_response, response
 from surge.metrics import Metrics
 from surge.protect.shedder import Shedder, overloaded
 from surge.types import Bus, Cache, Order, Store
@@ -47,7 +46,7 @@ MAX_BATCH = 500
 
 
 # A near-cache entry: (owner, encoded 200, refresh_at, expires); owner None = known absent.
-# A plain tuple so the GC can untrack it (see surge.http.response).
+# A plain tuple so the GC can untrack it (see surge.ground.web).
 Entry = tuple[str | None, Response | None, float, float]
 REFRESH_AT = 0.75  # of the near TTL: a hit on an older entry refreshes it in the background
 

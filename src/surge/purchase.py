@@ -34,8 +34,7 @@ from surge.commits import AfterCommit, CommitBatcher
 from surge.deadlines import within
 from surge.feed import StockFeed
 from surge.gate import Answer, Confirmed, Gate, Reconciled
-from surge.http.request import Request
-from surge.http.response import JSON, Problem, Response, problem_response, response
+from surge.ground.web import JSON, Problem, Request, Response, problem_response, response
 from surge.orders import encode_order, parse_id
 from surge.reconcile import GateKeeper
 from surge.sale_cache import SaleConfigs, SoldOutBoard

@@ -9,7 +9,7 @@ from typing import Any
 
 import orjson
 
-from surge.http.response import Problem
+from surge.ground.web import Problem
 
 MAX_STOCK = 10_000_000
 MAX_QUANTITY = 1_000

@@ -23,8 +23,7 @@ from surge.backends.sql import create_engine
 from surge.backends.sql_sales import Purchase, SqlSales, Win
 from surge.feed import StockFeed
 from surge.gate import Gate, MemoryGate
-from surge.http.request import Request
-from surge.http.response import Problem, Response
+from surge.ground.web import Problem, Request, Response
 from surge.purchase import Purchases
 from surge.sale_cache import SaleConfigs, SoldOutBoard
 from surge.sales import NewSale, Sale, fingerprint

@@ -19,8 +19,7 @@ from surge.auth import mint
 from surge.backends.sql import create_engine
 from surge.backends.sql_sales import SqlSales
 from surge.config import Settings
-from surge.http.request import Request
-from surge.http.response import Problem, Response
+from surge.ground.web import Problem, Request, Response
 from surge.sales import NewSale
 
 pytestmark = pytest.mark.anyio

@@ -8,7 +8,7 @@ import jwt
 import pytest
 
 from surge.auth import MAX_TOKEN_BYTES, Authenticator, load_or_create_secret, mint
-from surge.http.response import Problem
+from surge.ground.web import Problem
 
 SECRET = "unit-secret-" + "0123456789" * 6
 

@@ -13,8 +13,7 @@ import pytest
 from surge.auth import Authenticator, mint
 from surge.backends.memory import MemoryBus, MemoryCache
 from surge.config import Settings
-from surge.http.request import Request
-from surge.http.response import Problem, Response
+from surge.ground.web import Problem, Request, Response
 from surge.metrics import Metrics
 from surge.orders import NearCache, OrderQuery, parse_id
 from surge.types import Order

@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 
 from surge.auth import Authenticator, mint
-from surge.http.request import Request
+from surge.ground.web import Request
 from surge.protect.bucket import Bucket, LocalBuckets, Policy, Verdict
 from surge.protect.clients import Clients, parse_networks
 from surge.protect.ratelimit import RateLimiter, parse_policy

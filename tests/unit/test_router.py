@@ -1,6 +1,6 @@
 from __future__ import annotations
 
-from surge.http.response import json_response
+from surge.ground.web import json_response
 from surge.http.router import Router
 
 

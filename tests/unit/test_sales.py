@@ -4,7 +4,7 @@ from datetime import UTC, datetime, timedelta
 
 import pytest
 
-from surge.http.response import Problem
+from surge.ground.web import Problem
 from surge.sales import (
     Sale,
     fingerprint,

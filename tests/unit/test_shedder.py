@@ -7,8 +7,8 @@ import time
 
 import pytest
 
+from surge.ground.web import Request
 from surge.http.refusal import lone_get, never_shed, refusal
-from surge.http.request import Request
 from surge.protect.shedder import Gradient2, Shedder, ShedSettings
 
 

@@ -11,8 +11,7 @@ import logging
 from collections import deque
 from collections.abc import Awaitable
 
-from surge.http.request import Request, Upgrade
-from surge.http.response import Problem, Response, problem_response
+from surge.ground.web import Problem, Request, Response, Upgrade, problem_response
 from surge.http.router import Handler, HandlerResult
 from surge.http.state import ServerState
 from surge.logs import REQUEST_ID

@@ -10,8 +10,7 @@ from collections.abc import Callable, Mapping
 
 from surge import openapi
 from surge.auth import Authenticator
-from surge.http.request import Request
-from surge.http.response import Problem, Response, json_response, response
+from surge.ground.web import Problem, Request, Response, json_response, response
 from surge.http.router import Router
 from surge.metrics import CONTENT_TYPE, Metrics
 from surge.protect.breaker import Unavailable

@@ -19,7 +19,7 @@ from typing import TYPE_CHECKING, Protocol
 
 import httptools
 
-from surge.http.request import Request
+from surge.ground.web import Request
 
 if TYPE_CHECKING:
     from surge.http.state import ServerState

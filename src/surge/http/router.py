@@ -12,8 +12,7 @@ from typing import TYPE_CHECKING, Union
 from urllib.parse import unquote
 
 if TYPE_CHECKING:
-    from surge.http.request import Request, Upgrade
-    from surge.http.response import Response
+    from surge.ground.web import Request, Response, Upgrade
 
 HandlerResult = Union["Response", Awaitable["Response"], "Upgrade"]
 Handler = Callable[["Request"], HandlerResult]

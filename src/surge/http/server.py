@@ -28,12 +28,11 @@ from random import random
 
 import httptools
 
+from surge.ground.web import Request, Response, Upgrade, problem_response
 from surge.http import refusal
 from surge.http.dispatch import _SHUTTING_DOWN, Dispatch
 from surge.http.reader import Overflow, Refused, RequestReader
 from surge.http.refusal import lone_get
-from surge.http.request import Request, Upgrade
-from surge.http.response import Response, problem_response
 from surge.http.state import ServerState
 from surge.logs import log_access
 

@@ -14,8 +14,7 @@ from __future__ import annotations
 import ipaddress
 
 from surge.auth import Authenticator
-from surge.http.request import Request
-from surge.http.response import Problem
+from surge.ground.web import Problem, Request
 
 Network = ipaddress.IPv4Network | ipaddress.IPv6Network
 IP = ipaddress.IPv4Address | ipaddress.IPv6Address

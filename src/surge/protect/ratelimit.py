@@ -25,8 +25,7 @@ import random
 from collections.abc import Mapping
 from typing import Protocol
 
-from surge.http.request import Request
-from surge.http.response import Response, problem_response
+from surge.ground.web import Request, Response, problem_response
 from surge.protect.bucket import Policy, Verdict
 from surge.protect.clients import Clients
 

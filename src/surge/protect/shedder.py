@@ -28,8 +28,7 @@ import random
 import time
 from dataclasses import dataclass
 
-from surge.http.request import Request
-from surge.http.response import Response, problem_response
+from surge.ground.web import Request, Response, problem_response
 
 PROBE = 0.01  # seconds between two looks at the event loop's lag
 

@@ -13,8 +13,7 @@ from urllib.parse import parse_qs
 
 from surge.auth import Authenticator
 from surge.config import Settings
-from surge.http.request import Request, Upgrade
-from surge.http.response import Problem, Response
+from surge.ground.web import Problem, Request, Response, Upgrade
 from surge.http.state import open_files_budget
 from surge.realtime import frames
 from surge.realtime.connection import WsConnection

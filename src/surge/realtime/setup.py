@@ -7,7 +7,7 @@ from importlib import resources
 from surge.auth import Authenticator
 from surge.backends import Backends
 from surge.config import Settings
-from surge.http.response import response
+from surge.ground.web import response
 from surge.http.router import Router
 from surge.metrics import Metrics
 from surge.realtime.backplane import Backplane, LocalBackplane, RedisBackplane
