@@ -8,13 +8,13 @@ from collections.abc import Awaitable, Callable
 from datetime import UTC, datetime
 
 from surge.auth import Authenticator
-from surge.backends.sql_sales import SqlSales
 from surge.deadlines import within
-from surge.gate import Gate, GateState
+from surge.ground.interfaces import Gate, Sales
+from surge.ground.purchases import GateState
+from surge.ground.sales import Sale, parse_new_sale
 from surge.ground.web import Problem, Request, Response, json_response, response
 from surge.orders import encode_order, parse_id
 from surge.sale_cache import SaleConfigs
-from surge.sales import Sale, parse_new_sale
 
 SALE_VIEW_TTL = 0.5  # a sale's public view is rebuilt at most twice a second per process
 PAGE_SIZE = 50
@@ -25,7 +25,7 @@ class Catalog:
     def __init__(
         self,
         auth: Authenticator,
-        sales: SqlSales,
+        sales: Sales,
         gate: Gate,
         configs: SaleConfigs,
         deadline: Callable[[str], float],  # route ("METHOD /template") -> seconds

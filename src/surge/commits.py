@@ -11,11 +11,11 @@ from dataclasses import dataclass
 from datetime import UTC, datetime
 from functools import partial
 
-from surge.backends.sql_sales import Purchase, SqlSales, Win
-from surge.gate import Confirmed, Gate
+from surge.ground.interfaces import Gate, Sales
+from surge.ground.purchases import Confirmed, Purchase, Win
+from surge.ground.sales import Sale
 from surge.logs import shared_task
 from surge.retry import keep_trying
-from surge.sales import Sale
 
 log = logging.getLogger("surge.commits")
 
@@ -34,7 +34,7 @@ class Submitted:
 
 class CommitBatcher:
     """Gate winners of a sale are committed in batches, one transaction each
-    (`SqlSales.purchase_many`), like a database's group commit: while one batch of a sale
+    (`Sales.purchase_many`), like a database's group commit: while one batch of a sale
     is being committed, the winners that arrive wait and form the next one. Idle, a winner
     commits at once, alone; under a storm the database sees a few round trips per batch
     instead of five per winner, and the sale's row is locked once per batch.
@@ -46,7 +46,7 @@ class CommitBatcher:
     # batch only waits for the sale's row lock while holding a connection.
     IN_FLIGHT = 1
 
-    def __init__(self, sales: SqlSales) -> None:
+    def __init__(self, sales: Sales) -> None:
         self._sales = sales
         self._waiting: dict[int, tuple[Sale, list[tuple[Win, Submitted]]]] = {}
         self._busy: dict[int, int] = {}  # sale -> batches being committed

@@ -28,10 +28,11 @@ import orjson
 
 from surge.auth import Authenticator
 from surge.config import ORDER_QUERY, Settings
+from surge.ground.interfaces import Bus, Cache, Store
+from surge.ground.orders import Order
 from surge.ground.web import Problem, Request, Response, problem_response, response
 from surge.metrics import Metrics
 from surge.protect.shedder import Shedder, overloaded
-from surge.types import Bus, Cache, Order, Store
 
 log = logging.getLogger("surge.orders")
 

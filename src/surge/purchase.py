@@ -7,7 +7,7 @@
    board never refuses a key the gate holds: surge.sale_cache).
 2. The gate (`surge.gate`) decides in one atomic step: ok / sold_out / limit / in_flight /
    done (replay) / mismatch (422).
-3. A reservation is committed by one database transaction (`SqlSales.purchase`) that
+3. A reservation is committed by one database transaction (`Sales.purchase`) that
    re-checks stock, limit and key; 201 only after it committed. Whatever fails after the
    reservation gives it back to the gate.
 
@@ -29,17 +29,17 @@ from datetime import UTC, datetime
 from typing import TypeVar
 
 from surge.auth import Authenticator
-from surge.backends.sql_sales import Purchase, SqlSales, Win
 from surge.commits import AfterCommit, CommitBatcher
 from surge.deadlines import within
 from surge.feed import StockFeed
-from surge.gate import Answer, Confirmed, Gate, Reconciled
+from surge.ground.interfaces import Gate, Sales
+from surge.ground.orders import Order
+from surge.ground.purchases import Answer, Confirmed, Purchase, Reconciled, Win
+from surge.ground.sales import Sale, fingerprint, parse_idempotency_key, parse_quantity
 from surge.ground.web import JSON, Problem, Request, Response, problem_response, response
 from surge.orders import encode_order, parse_id
 from surge.reconcile import GateKeeper
 from surge.sale_cache import SaleConfigs, SoldOutBoard
-from surge.sales import Sale, fingerprint, parse_idempotency_key, parse_quantity
-from surge.types import Order
 
 log = logging.getLogger("surge.purchase")
 T = TypeVar("T")
@@ -74,7 +74,7 @@ class Purchases:
     def __init__(
         self,
         auth: Authenticator,
-        sales: SqlSales,
+        sales: Sales,
         gate: Gate,
         configs: SaleConfigs,
         board: SoldOutBoard,

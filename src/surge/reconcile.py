@@ -10,7 +10,7 @@ and the write (the gate then counted more stock than the database: issue 13).
 A reconciliation is exact whatever runs meanwhile, because of the order of its two steps:
 
 1. one SQL statement reads the sale's `remaining` and every order of the sale, so both
-   come from one snapshot (`SqlSales.gate_state`);
+   come from one snapshot (`Sales.gate_state`);
 2. one atomic gate step (a Lua script in Redis) looks at every key it holds:
    - in the snapshot: committed and counted in the snapshot's remaining; it becomes (or
      stays) "done", so a replay of it gets its order, however the gate lost it;
@@ -38,8 +38,8 @@ import random
 from collections.abc import Awaitable, Callable
 from datetime import UTC, datetime
 
-from surge.backends.sql_sales import SqlSales
-from surge.gate import Gate, Reconciled
+from surge.ground.interfaces import Gate, Sales
+from surge.ground.purchases import Reconciled
 from surge.logs import shared_task
 
 log = logging.getLogger("surge.reconcile")
@@ -48,7 +48,7 @@ log = logging.getLogger("surge.reconcile")
 class GateKeeper:
     def __init__(
         self,
-        sales: SqlSales,
+        sales: Sales,
         gate: Gate,
         stale_after: float,
         changed: Callable[[int, Reconciled], Awaitable[None]],

@@ -8,11 +8,9 @@ import asyncio
 import logging
 import time
 
-from surge.backends.sql_sales import SqlSales
-from surge.gate import Gate
+from surge.ground.interfaces import Bus, Gate, Sales
+from surge.ground.sales import Sale
 from surge.logs import shared_task
-from surge.sales import Sale
-from surge.types import Bus
 
 log = logging.getLogger("surge.sale_cache")
 
@@ -28,7 +26,7 @@ class SaleConfigs:
     MAX = 10_000
     ABSENT_TTL = 1.0
 
-    def __init__(self, sales: SqlSales) -> None:
+    def __init__(self, sales: Sales) -> None:
         self._sales = sales
         self._known: dict[int, Sale] = {}
         self._absent: dict[int, float] = {}

@@ -81,7 +81,7 @@ outbox_lease = sa.Table(
     sa.Column("expires", sa.Float, nullable=False),  # Unix time
 )
 
-# The columns an Order is made of (surge.types.Order), in its field order.
+# The columns an Order is made of (surge.ground.orders.Order), in its field order.
 ORDER_COLUMNS = (
     orders.c.id,
     orders.c.sale_id,

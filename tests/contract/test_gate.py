@@ -10,9 +10,11 @@ from collections.abc import AsyncIterator
 
 import pytest
 
+from surge.backends.memory_gate import MemoryGate
 from surge.backends.redis import connect
 from surge.backends.redis_gate import RedisGate
-from surge.gate import Answer, Confirmed, Gate, GateState, MemoryGate, StoredOrder
+from surge.ground.interfaces import Gate
+from surge.ground.purchases import Answer, Confirmed, GateState, StoredOrder
 from tests.backends import REDIS, require_service
 
 pytestmark = pytest.mark.anyio

@@ -17,16 +17,18 @@ import pytest
 from surge import db
 from surge.auth import Authenticator, mint
 from surge.backends.memory import MemoryBus
+from surge.backends.memory_gate import MemoryGate
 from surge.backends.redis import connect
 from surge.backends.redis_gate import RedisGate
 from surge.backends.sql import create_engine
-from surge.backends.sql_sales import Purchase, SqlSales, Win
+from surge.backends.sql_sales import SqlSales
 from surge.feed import StockFeed
-from surge.gate import Gate, MemoryGate
+from surge.ground.interfaces import Gate
+from surge.ground.purchases import Purchase, Win
+from surge.ground.sales import NewSale, Sale, fingerprint
 from surge.ground.web import Problem, Request, Response
 from surge.purchase import Purchases
 from surge.sale_cache import SaleConfigs, SoldOutBoard
-from surge.sales import NewSale, Sale, fingerprint
 from tests.backends import Backend
 
 pytestmark = pytest.mark.anyio

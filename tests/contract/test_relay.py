@@ -15,8 +15,8 @@ from sqlalchemy.ext.asyncio import AsyncEngine
 from surge import db
 from surge.backends.sql import create_engine
 from surge.backends.sqlite_stream import SqliteStream
+from surge.ground.events import Event
 from surge.schema import outbox, outbox_lease
-from surge.types import Event
 from surge.work.relay import LeaseLost, OutboxRelay
 from tests.backends import Backend
 

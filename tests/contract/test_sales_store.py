@@ -13,8 +13,9 @@ import sqlalchemy as sa
 from surge import db
 from surge.backends.sql import create_engine
 from surge.backends.sql_batch import Refused, commit_batch
-from surge.backends.sql_sales import Purchase, SqlSales, Win
-from surge.sales import NewSale
+from surge.backends.sql_sales import SqlSales
+from surge.ground.purchases import Purchase, Win
+from surge.ground.sales import NewSale
 from surge.schema import orders, outbox, sale_buyers, sales
 from tests.backends import Backend
 

@@ -9,7 +9,8 @@ from pathlib import Path
 
 import pytest
 
-from surge.types import Event, Stream
+from surge.ground.events import Event
+from surge.ground.interfaces import Stream
 from tests.backends import REDIS, require_service
 
 pytestmark = pytest.mark.anyio

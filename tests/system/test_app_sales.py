@@ -19,8 +19,8 @@ from surge.auth import mint
 from surge.backends.sql import create_engine
 from surge.backends.sql_sales import SqlSales
 from surge.config import Settings
+from surge.ground.sales import NewSale
 from surge.ground.web import Problem, Request, Response
-from surge.sales import NewSale
 
 pytestmark = pytest.mark.anyio
 SECRET = "feed-test-secret-0123456789-0123456789"

@@ -15,7 +15,7 @@ import pytest
 
 from surge.backends.sql import create_engine
 from surge.backends.sql_sales import SqlSales
-from surge.types import Order
+from surge.ground.orders import Order
 from tests.backends import Backend
 from tests.load import Attempt, storm
 from tests.server import Server, base_env, run_cli, serve

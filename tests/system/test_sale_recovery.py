@@ -19,7 +19,7 @@ from redis import asyncio as aioredis
 from surge.backends.redis_gate import RedisGate
 from surge.backends.sql import create_engine
 from surge.backends.sql_sales import SqlSales
-from surge.sales import fingerprint
+from surge.ground.sales import fingerprint
 from tests.backends import Backend, make_backend, own_redis
 from tests.server import Server, _children, base_env, run_cli, serve
 from tests.system.conftest import bearer

@@ -11,7 +11,7 @@ from pathlib import Path
 import orjson
 import pytest
 
-from surge.types import Event
+from surge.ground.events import Event
 from surge.work.audit import AuditLog
 
 pytestmark = pytest.mark.anyio

@@ -7,10 +7,9 @@ from datetime import UTC, datetime, timedelta
 
 import pytest
 
-from surge.backends.sql_sales import Purchase, Win
 from surge.commits import AfterCommit, CommitBatcher
-from surge.gate import Confirmed
-from surge.sales import Sale
+from surge.ground.purchases import Confirmed, Purchase, Win
+from surge.ground.sales import Sale
 
 pytestmark = pytest.mark.anyio
 NOW = datetime.now(UTC)

@@ -11,7 +11,7 @@ from pathlib import Path
 import pytest
 
 from surge.backends.sqlite_stream import SqliteStream
-from surge.types import Delivery, Event
+from surge.ground.events import Delivery, Event
 from surge.work.consumer import Consumer, RetryPolicy, Unavailable
 
 pytestmark = pytest.mark.anyio

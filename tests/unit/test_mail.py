@@ -11,7 +11,7 @@ import aiosmtplib
 import orjson
 import pytest
 
-from surge.types import Event
+from surge.ground.events import Event
 from surge.work.consumer import Unavailable
 from surge.work.mail import Mailer
 from tests.smtp import SmtpSink, smtp_sink

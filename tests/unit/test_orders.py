@@ -13,10 +13,10 @@ import pytest
 from surge.auth import Authenticator, mint
 from surge.backends.memory import MemoryBus, MemoryCache
 from surge.config import Settings
+from surge.ground.orders import Order
 from surge.ground.web import Problem, Request, Response
 from surge.metrics import Metrics
 from surge.orders import NearCache, OrderQuery, parse_id
-from surge.types import Order
 
 SECRET = "orders-unit-secret-0123456789-0123456789"
 WHEN = datetime(2026, 11, 27, 12, 0, tzinfo=UTC)

@@ -4,14 +4,14 @@ from datetime import UTC, datetime, timedelta
 
 import pytest
 
-from surge.ground.web import Problem
-from surge.sales import (
+from surge.ground.sales import (
     Sale,
     fingerprint,
     parse_idempotency_key,
     parse_new_sale,
     parse_quantity,
 )
+from surge.ground.web import Problem
 
 GOOD = (
     b'{"name":"Phones","stock":100,"starts_at":"2026-01-01T00:00:00Z",'

@@ -11,8 +11,7 @@ from typing import Any
 
 from surge.backends.sql_sales import SqlSales
 from surge.config import Settings
-from surge.gate import Gate
-from surge.types import Bus, Cache, Store
+from surge.ground.interfaces import Bus, Cache, Gate, Store
 
 log = logging.getLogger("surge.backends")
 
@@ -55,7 +54,7 @@ async def open_backends(
 
     if settings.redis_url is None:
         from surge.backends.memory import MemoryBus, MemoryCache
-        from surge.gate import MemoryGate
+        from surge.backends.memory_gate import MemoryGate
 
         cache: Cache = MemoryCache(max_entries=max(settings.near_cache_size * 4, 100_000))
         bus: Bus = MemoryBus()

@@ -6,7 +6,7 @@ import time
 from collections import defaultdict
 from collections.abc import Callable, Sequence
 
-from surge.types import Handler
+from surge.ground.interfaces import Handler
 
 
 class MemoryCache:

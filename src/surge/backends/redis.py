@@ -22,8 +22,8 @@ from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import RedisError
 from redis.exceptions import TimeoutError as RedisTimeoutError
 
+from surge.ground.interfaces import Handler
 from surge.protect.breaker import Breaker, Guard
-from surge.types import Handler
 
 log = logging.getLogger("surge.redis")
 

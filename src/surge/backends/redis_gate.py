@@ -22,7 +22,14 @@ from importlib import resources
 
 from redis import asyncio as aioredis
 
-from surge.gate import UNCERTAIN_FOR_MS, Answer, Confirmed, GateState, Reconciled, field_of
+from surge.ground.purchases import (
+    UNCERTAIN_FOR_MS,
+    Answer,
+    Confirmed,
+    GateState,
+    Reconciled,
+    field_of,
+)
 from surge.logs import shared_task
 from surge.retry import keep_trying
 

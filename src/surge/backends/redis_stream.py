@@ -20,7 +20,7 @@ from typing import Any, TypeVar
 from redis.asyncio import Redis
 from redis.exceptions import ResponseError
 
-from surge.types import DeadLetter, Delivery, Event
+from surge.ground.events import DeadLetter, Delivery, Event
 
 # XCLAIM ... IDLE: "delivered this long ago", so any consumer may claim the entry at once
 _LONG_AGO_MS = 10**10

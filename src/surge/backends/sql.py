@@ -19,9 +19,9 @@ import sqlalchemy as sa
 from sqlalchemy.engine import make_url
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine, create_async_engine
 
+from surge.ground.orders import Order
 from surge.protect.breaker import Breaker, Guard
 from surge.schema import ORDER_COLUMNS, orders
-from surge.types import Order
 
 log = logging.getLogger("surge.sql")
 

@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import json
 import logging
-from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any
 
@@ -19,38 +18,18 @@ from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 
 from surge.backends.sql import connected, mark_ended
 from surge.backends.sql_batch import Refused, commit_batch
-from surge.gate import GateState, StoredOrder
-from surge.sales import NewSale, Sale
+from surge.ground.orders import Order
+from surge.ground.purchases import GateState, Purchase, PurchaseOutcome, StoredOrder, Win
+from surge.ground.sales import NewSale, Sale
 from surge.schema import ORDER_COLUMNS, orders, outbox, sale_buyers, sales
-from surge.types import Order
 
 log = logging.getLogger("surge.sales")
 
 ATTEMPTS = 3  # deadlocks and first-insert races are retried this often
 
 
-@dataclass(frozen=True, slots=True)
-class Purchase:
-    """What the purchase transaction did: "committed", "sold_out", "limit" or "duplicate"
-    (the user already used the key: `order` is that first order)."""
-
-    outcome: str
-    order: Order | None = None
-    request_hash: str | None = None
-
-
-@dataclass(frozen=True, slots=True)
-class Win:
-    """A purchase that passed the gate and waits to be committed."""
-
-    user_id: str
-    quantity: int
-    key: str
-    request_hash: str
-
-
 class _Abort(Exception):
-    def __init__(self, outcome: str) -> None:
+    def __init__(self, outcome: PurchaseOutcome) -> None:
         self.outcome = outcome
 
 

@@ -17,7 +17,7 @@ from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import TypeVar
 
-from surge.types import DeadLetter, Delivery, Event
+from surge.ground.events import DeadLetter, Delivery, Event
 
 T = TypeVar("T")
 

@@ -20,8 +20,8 @@ from typing import Protocol
 import orjson
 from redis import asyncio as aioredis
 
+from surge.ground.interfaces import Bus
 from surge.realtime import wire
-from surge.types import Bus
 
 Deliver = Callable[[str, int, bytes], None]
 CHANNEL = "rt"

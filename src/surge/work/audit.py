@@ -20,8 +20,8 @@ from pathlib import Path
 
 import orjson
 
+from surge.ground.events import Event
 from surge.logs import shared_task
-from surge.types import Event
 
 
 class AuditLog:

@@ -27,8 +27,9 @@ from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from typing import Any
 
+from surge.ground.events import Delivery, Event
+from surge.ground.interfaces import Stream
 from surge.protect.breaker import Unavailable
-from surge.types import Delivery, Event, Stream
 
 log = logging.getLogger("surge.consumer")
 

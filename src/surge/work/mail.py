@@ -31,8 +31,8 @@ from urllib.parse import unquote, urlsplit
 import aiosmtplib
 import orjson
 
+from surge.ground.events import Event
 from surge.protect.breaker import Unavailable
-from surge.types import Event
 
 log = logging.getLogger("surge.mail")
 

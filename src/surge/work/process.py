@@ -16,13 +16,13 @@ from datetime import UTC, datetime
 
 from surge.backends.sql import SqlStore, create_engine
 from surge.config import Settings
+from surge.ground.interfaces import Probe
 from surge.http import ops
 from surge.http.listener import HttpServer, bind_socket
 from surge.http.router import Router
 from surge.http.state import HttpLimits, ServerState
 from surge.lifecycle import stop_on_signals
 from surge.metrics import Metrics
-from surge.types import Probe
 from surge.work.worker import Worker, open_stream
 
 log = logging.getLogger("surge.worker")

@@ -26,8 +26,9 @@ import sqlalchemy as sa
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 
+from surge.ground.events import Event
+from surge.ground.interfaces import Stream
 from surge.schema import outbox, outbox_lease
-from surge.types import Event, Stream
 
 log = logging.getLogger("surge.relay")
 

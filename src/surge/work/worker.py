@@ -17,8 +17,8 @@ from operator import attrgetter
 from sqlalchemy.ext.asyncio import AsyncEngine
 
 from surge.config import Settings
+from surge.ground.interfaces import Stream
 from surge.metrics import Metrics
-from surge.types import Stream
 from surge.work.audit import AuditLog
 from surge.work.consumer import Consumer, RetryPolicy
 from surge.work.mail import Mailer

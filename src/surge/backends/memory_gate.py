@@ -1,152 +1,21 @@
-"""The stock gate: one atomic step that says whether a purchase may go on to the database.
-
-It checks, all at once: the sale is known and live, the key was not used before, the user
-stays within the limit, stock is left; and if so reserves the stock. It is only the fast
-path: the database re-checks stock, limit and key in the purchase transaction, so a gate
-that lost its state (Redis restarted) can let too many through to the database but never
-lets an order be oversold.
-
-Outcomes of `reserve`: "ok", "sold_out", "limit", "in_flight" (the key's first request is
-still running), "done" (the key already bought: `order_id`), "mismatch" (the key was used
-with another request), "uncertain" (see below), "not_live", "unknown" (the gate holds no
-state for the sale: load it from the database and try again).
-
-A key is pending ("p") from its reservation until the gate learns its order ("d"). A
-reservation whose commit may have landed although nobody heard it (the connection was
-lost during the commit, the deadline and its grace passed, or the request died and the
-reservation went stale) gives its stock back but keeps its key, as uncertain ("u"), for
-`UNCERTAIN_FOR_MS`: a retry of it gets "uncertain", and surge.purchase asks the database:
-the order's 201 if it committed; else the retry may buy afresh (`retake`: the database's
-unique key would catch a late commit of the first attempt and replay it), and if the gate
-refuses it, the key stays uncertain, since the first commit may still land. Thanks to
-that and to reconciliation, the gate knows every committed key, and its refusals of
-unknown keys need no database query.
-
-`reconcile` installs a sale's state from a snapshot of the database, or brings an existing
-one in step with it: see surge.reconcile for why that is exact while purchases go on.
-"""
+"""The embedded stock gate: the in-process implementation of `Gate`
+(surge.ground.interfaces), which documents the protocol; `RedisGate` is the shared one."""
 
 from __future__ import annotations
 
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Protocol
 
-UNCERTAIN_FOR_MS = 600_000  # an uncertain key is forgotten after this: no commit lasts it
-
-
-@dataclass(frozen=True, slots=True)
-class Answer:
-    outcome: str
-    remaining: int = 0
-    order_id: int = 0  # "done": the key's order
-    uncertain_ms: int = 0  # `retake` refused: how long the key has been uncertain
-
-
-@dataclass(frozen=True, slots=True)
-class Confirmed:
-    """A reservation that became an order."""
-
-    user_id: str
-    key: str
-    fingerprint: str
-    order_id: int
-    quantity: int
-
-
-@dataclass(frozen=True, slots=True)
-class StoredOrder:
-    """An order of the sale as the database committed it, as far as the gate cares."""
-
-    user_id: str
-    key: str
-    order_id: int
-    quantity: int
-    fingerprint: str
-
-
-@dataclass(frozen=True, slots=True)
-class GateState:
-    """A sale as one database snapshot has it: its stock left and every order of it."""
-
-    sale_id: int
-    remaining: int
-    per_user_limit: int
-    starts_ms: int
-    ends_ms: int
-    orders: tuple[StoredOrder, ...] = ()
-
-
-@dataclass(frozen=True, slots=True)
-class Reconciled:
-    before: int | None  # the gate's remaining before (None: it held nothing for the sale)
-    after: int
-    dropped: int  # pending reservations older than `stale_ms`, given back (now uncertain)
-
-
-class Gate(Protocol):
-    async def reconcile(self, state: GateState, stale_ms: int) -> Reconciled:
-        """Makes the gate agree with `state` (a snapshot taken before the call): every
-        stored order's key replays it; remaining = the snapshot's, less what is reserved
-        and not committed yet, less what committed after the snapshot; pending
-        reservations older than `stale_ms` give their stock back and become uncertain
-        (their process died or gave up; if their commit lands after all, the next
-        reconciliation counts it)."""
-        ...
-
-    async def reserve(
-        self, sale_id: int, user_id: str, key: str, quantity: int, fingerprint: str
-    ) -> Answer: ...
-
-    async def confirm(self, sale_id: int, orders: Sequence[Confirmed]) -> None:
-        """The reservations became orders: their keys now replay them (one step for all)."""
-        ...
-
-    async def release(
-        self,
-        sale_id: int,
-        user_id: str,
-        key: str,
-        quantity: int,
-        uncertain: bool = False,
-        fingerprint: str = "",
-    ) -> int:
-        """Gives a reservation back (its commit failed; with `uncertain`, maybe not: the
-        key stays, or is written, as uncertain); returns the remaining stock."""
-        ...
-
-    async def retake(
-        self, sale_id: int, user_id: str, key: str, quantity: int, fingerprint: str
-    ) -> Answer:
-        """An uncertain key whose order the database does not have tries to buy, as a
-        fresh attempt ("ok" reserves); refused, it stays uncertain (`uncertain_ms` says
-        for how long). "again": it is no longer uncertain, `reserve` decides it."""
-        ...
-
-    async def sold_out(self, sale_id: int) -> None:
-        """The database says no stock is left: the gate agrees from now on."""
-        ...
-
-    async def remaining(self, sale_id: int) -> int | None: ...
-
-    async def keys(self, sale_id: int) -> frozenset[str] | None:
-        """Every `user|key` the gate holds for the sale, committed, pending or uncertain
-        (None: no state for it)."""
-        ...
-
-    async def claim(self, sale_id: int, seconds: float) -> bool:
-        """True for one caller among all processes per `seconds`: the one that reconciles
-        the sale this period."""
-        ...
-
-
-def field_of(user_id: str, key: str) -> str:
-    return f"{user_id}|{key}"  # keys never hold "|" (surge.sales.parse_idempotency_key)
-
-
-def user_of(field: str) -> str:
-    return field.rpartition("|")[0]
+from surge.ground.purchases import (
+    UNCERTAIN_FOR_MS,
+    Answer,
+    Confirmed,
+    GateState,
+    Reconciled,
+    field_of,
+    user_of,
+)
 
 
 @dataclass(frozen=True, slots=True)
