@@ -14,7 +14,7 @@ from functools import partial
 from surge.ground.interfaces import Gate, Sales
 from surge.ground.purchases import Confirmed, Purchase, Win
 from surge.ground.sales import Sale
-from surge.logs import shared_task
+from surge.ground.tasks import Tasks
 from surge.retry import keep_trying
 
 log = logging.getLogger("surge.commits")
@@ -50,7 +50,7 @@ class CommitBatcher:
         self._sales = sales
         self._waiting: dict[int, tuple[Sale, list[tuple[Win, Submitted]]]] = {}
         self._busy: dict[int, int] = {}  # sale -> batches being committed
-        self._tasks: set[asyncio.Task[None]] = set()
+        self._tasks = Tasks()
 
     def submit(self, sale: Sale, win: Win) -> Submitted:
         loop = asyncio.get_running_loop()
@@ -67,9 +67,7 @@ class CommitBatcher:
         """A batch's task; its first step runs in the next loop turn, so the winners that
         come in the rest of this one join it."""
         self._busy[sale_id] = self._busy.get(sale_id, 0) + 1
-        task = shared_task(self._commit(sale_id))
-        self._tasks.add(task)
-        task.add_done_callback(self._tasks.discard)
+        self._tasks.spawn(self._commit(sale_id))
 
     async def _commit(self, sale_id: int) -> None:
         entry = self._waiting.pop(sale_id, None)
@@ -140,22 +138,16 @@ class AfterCommit:
         self._gate = gate
         self._forget = forget  # OrderQuery.invalidate(*ids)
         self._pending: list[tuple[int, Confirmed]] = []
-        self._tasks: set[asyncio.Task[None]] = set()
+        self._tasks = Tasks()
 
     async def close(self, grace: float = 1.0) -> None:
         """At shutdown: the bookkeeping under way gets `grace` seconds, then is cancelled
         (reconciliation repairs what it did not do)."""
-        if self._tasks:
-            await asyncio.wait(list(self._tasks), timeout=grace)
-        for task in list(self._tasks):
-            task.cancel()
-        await asyncio.gather(*self._tasks, return_exceptions=True)
+        await self._tasks.finish(grace)
 
     def committed(self, sale_id: int, order: Confirmed) -> None:
         if not self._pending:
-            task = shared_task(self._flush())
-            self._tasks.add(task)
-            task.add_done_callback(self._tasks.discard)
+            self._tasks.spawn(self._flush())
         self._pending.append((sale_id, order))
 
     async def _flush(self) -> None:

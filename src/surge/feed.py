@@ -14,7 +14,7 @@ from typing import Protocol
 
 import orjson
 
-from surge.logs import shared_task
+from surge.ground.tasks import Tasks
 
 log = logging.getLogger("surge.feed")
 
@@ -31,7 +31,7 @@ class StockFeed:
         self._interval = interval
         self._latest: dict[int, tuple[int, str]] = {}
         self._timer: asyncio.TimerHandle | None = None
-        self._tasks: set[asyncio.Task[None]] = set()
+        self._tasks = Tasks()
 
     def changed(self, sale_id: int, remaining: int, state: str) -> None:
         """Notes the newest count; the room hears of it within `interval`."""
@@ -43,9 +43,7 @@ class StockFeed:
     def _flush(self) -> None:
         self._timer = None
         latest, self._latest = self._latest, {}
-        task = shared_task(self._send(latest))
-        self._tasks.add(task)
-        task.add_done_callback(self._tasks.discard)
+        self._tasks.spawn(self._send(latest))
 
     async def _send(self, latest: dict[int, tuple[int, str]]) -> None:
         for sale_id, (remaining, state) in latest.items():
@@ -59,4 +57,4 @@ class StockFeed:
         if self._timer is not None:
             self._timer.cancel()
             self._flush()
-        await asyncio.gather(*self._tasks, return_exceptions=True)
+        await self._tasks.finish()

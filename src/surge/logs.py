@@ -16,14 +16,11 @@ the request (SURGE_ACCESS_LOG=0.01 samples one request in a hundred; `all` logs 
 
 from __future__ import annotations
 
-import asyncio
 import atexit
-import contextvars
 import logging
 import os
 import sys
 import threading
-from collections.abc import Coroutine
 from contextvars import ContextVar
 from datetime import UTC, datetime
 from logging.handlers import QueueHandler
@@ -175,13 +172,6 @@ class _Writer:
 
 
 _STOP = logging.makeLogRecord({"msg": "stop"})
-
-
-def shared_task(work: Coroutine[Any, Any, T]) -> asyncio.Task[T]:
-    """A task that works for many requests (a batch, a load several callers wait for):
-    created outside the current request's context, so what it logs names no request
-    rather than whichever request happened to start it."""
-    return asyncio.get_running_loop().create_task(work, context=contextvars.Context())
 
 
 def log_access(request: Request, status: int, elapsed: float) -> None:

@@ -30,6 +30,7 @@ from surge.auth import Authenticator
 from surge.config import ORDER_QUERY, Settings
 from surge.ground.interfaces import Bus, Cache, Store
 from surge.ground.orders import Order
+from surge.ground.tasks import Tasks
 from surge.ground.web import Problem, Request, Response, problem_response, response
 from surge.metrics import Metrics
 from surge.protect.shedder import Shedder, overloaded
@@ -149,7 +150,7 @@ class OrderQuery:
         self._flights: dict[int, Flight] = {}
         self._queue: list[Flight] = []
         self._db_slots = asyncio.Semaphore(store.size)
-        self._tasks: set[asyncio.Task[None]] = set()
+        self._tasks = Tasks()
         self.shedder: Shedder | None = None  # set by the app: misses need a slot
 
     async def start(self) -> None:
@@ -159,9 +160,7 @@ class OrderQuery:
         self._bus.on_reconnect(self.near.clear)
 
     async def close(self) -> None:
-        for task in list(self._tasks):
-            task.cancel()
-        await asyncio.gather(*self._tasks, return_exceptions=True)
+        await self._tasks.cancel()
 
     # -- the request path ---------------------------------------------------------------------
     def handle(self, request: Request) -> Response | asyncio.Future[Response]:
@@ -219,9 +218,7 @@ class OrderQuery:
     def _dispatch(self) -> None:
         batch, self._queue = self._queue, []
         for start in range(0, len(batch), MAX_BATCH):
-            task = self._loop.create_task(self._guarded(batch[start : start + MAX_BATCH]))
-            self._tasks.add(task)
-            task.add_done_callback(self._tasks.discard)
+            self._tasks.spawn(self._guarded(batch[start : start + MAX_BATCH]), shared=False)
 
     async def _guarded(self, batch: list[Flight]) -> None:
         try:

@@ -40,7 +40,7 @@ from datetime import UTC, datetime
 
 from surge.ground.interfaces import Gate, Sales
 from surge.ground.purchases import Reconciled
-from surge.logs import shared_task
+from surge.ground.tasks import shared_task
 
 log = logging.getLogger("surge.reconcile")
 

@@ -10,7 +10,7 @@ import time
 
 from surge.ground.interfaces import Bus, Gate, Sales
 from surge.ground.sales import Sale
-from surge.logs import shared_task
+from surge.ground.tasks import shared_task
 
 log = logging.getLogger("surge.sale_cache")
 

@@ -15,6 +15,7 @@ from collections.abc import Iterator
 import pytest
 
 from surge import logs
+from surge.ground.tasks import shared_task
 
 
 @pytest.fixture
@@ -68,7 +69,7 @@ def test_records_logged_while_handling_a_request_carry_its_id(captured: io.Strin
         await main()
         token = logs.REQUEST_ID.set(b"req-43")
         try:
-            await logs.shared_task(batch())  # started by one request, working for many
+            await shared_task(batch())  # started by one request, working for many
         finally:
             logs.REQUEST_ID.reset(token)
 

@@ -11,7 +11,7 @@ import asyncio
 import contextlib
 import logging
 from collections import defaultdict
-from collections.abc import Awaitable, Callable, Sequence
+from collections.abc import Callable, Sequence
 from typing import Any, cast
 
 from redis import asyncio as aioredis
@@ -23,6 +23,7 @@ from redis.exceptions import RedisError
 from redis.exceptions import TimeoutError as RedisTimeoutError
 
 from surge.ground.interfaces import Handler
+from surge.ground.tasks import Tasks
 from surge.protect.breaker import Breaker, Guard
 
 log = logging.getLogger("surge.redis")
@@ -120,7 +121,7 @@ class RedisCache:
         self._on_error = on_error
         self._sets: list[tuple[str, bytes, int]] = []
         self.in_flight = 0  # Redis commands under way (the pool-use gauge)
-        self._tasks: set[asyncio.Task[None]] = set()
+        self._tasks = Tasks()
 
     async def get_many(self, keys: Sequence[str]) -> list[bytes | None]:
         if not keys:
@@ -142,7 +143,7 @@ class RedisCache:
 
     def _flush_sets(self) -> None:
         batch, self._sets = self._sets, []
-        self._spawn(self._pipeline_sets(batch))
+        self._tasks.spawn(self._pipeline_sets(batch), shared=False)
 
     async def _pipeline_sets(self, batch: list[tuple[str, bytes, int]]) -> None:
         self.in_flight += 1
@@ -158,11 +159,6 @@ class RedisCache:
         finally:
             self.in_flight -= 1
 
-    def _spawn(self, work: Awaitable[None]) -> None:
-        task = asyncio.ensure_future(work)
-        self._tasks.add(task)
-        task.add_done_callback(self._tasks.discard)
-
     async def delete(self, *keys: str) -> None:
         if keys:
             await self._client.delete(*(self._prefix + key for key in keys))
@@ -171,9 +167,7 @@ class RedisCache:
         await self._client.ping()
 
     async def close(self) -> None:
-        for task in list(self._tasks):
-            task.cancel()
-        await asyncio.gather(*self._tasks, return_exceptions=True)
+        await self._tasks.cancel()
 
 
 class RedisBus:

@@ -30,7 +30,7 @@ from surge.ground.purchases import (
     Reconciled,
     field_of,
 )
-from surge.logs import shared_task
+from surge.ground.tasks import Tasks
 from surge.retry import keep_trying
 
 _LUA = resources.files("surge.backends") / "lua"
@@ -67,7 +67,7 @@ class RedisGate:
         self._client = client
         self._prefix = prefix
         self._waiting: dict[int, list[_Attempt]] = {}  # sale -> attempts of this loop turn
-        self._tasks: set[asyncio.Task[None]] = set()
+        self._tasks = Tasks()
         self._reserve = client.register_script(_script("gate_reserve.lua"))
         self._release = client.register_script(_script("gate_release.lua"))
         self._reconcile = client.register_script(_script("gate_reconcile.lua"))
@@ -102,7 +102,7 @@ class RedisGate:
         if waiting is None:
             waiting = self._waiting[sale_id] = []
             # its first step runs in the next loop turn: the rest of this one joins the call
-            self._track(shared_task(self._send(sale_id)))
+            self._tasks.spawn(self._send(sale_id))
         waiting.append((user_id, key, quantity, fingerprint, answer))
         try:
             return await answer
@@ -111,12 +111,10 @@ class RedisGate:
             # for nobody. (Cancelled before it came, `_decide` gives it back.)
             if answer.done() and not answer.cancelled() and answer.exception() is None:
                 if answer.result().outcome == "ok":
-                    self._track(loop.create_task(self._abandoned(sale_id, user_id, key, quantity)))
+                    self._tasks.spawn(
+                        self._abandoned(sale_id, user_id, key, quantity), shared=False
+                    )
             raise
-
-    def _track(self, task: asyncio.Task[None]) -> None:
-        self._tasks.add(task)
-        task.add_done_callback(self._tasks.discard)
 
     async def _send(self, sale_id: int) -> None:
         """One script call for the lot (more past MAX_BATCH). It runs as its own task, so
@@ -125,7 +123,7 @@ class RedisGate:
         attempts = self._waiting.pop(sale_id, [])
         for start in range(self.MAX_BATCH, len(attempts), self.MAX_BATCH):
             chunk = attempts[start : start + self.MAX_BATCH]
-            self._track(shared_task(self._decide(sale_id, chunk)))
+            self._tasks.spawn(self._decide(sale_id, chunk))
         await self._decide(sale_id, attempts[: self.MAX_BATCH])
 
     async def _decide(self, sale_id: int, attempts: list[_Attempt]) -> None:
@@ -142,7 +140,7 @@ class RedisGate:
             # Redis may have run the call and only the answer be lost (a timeout, a
             # dropped connection): whatever it reserved is given back at once, rather than
             # when the reconciliation finds it stale
-            self._track(shared_task(self._undo(sale_id, call, attempts)))
+            self._tasks.spawn(self._undo(sale_id, call, attempts))
             return
         abandoned = []
         for i, (user_id, key, quantity, _, answer) in enumerate(attempts):

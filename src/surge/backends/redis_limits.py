@@ -20,6 +20,7 @@ from importlib import resources
 
 from redis import asyncio as aioredis
 
+from surge.ground.tasks import Tasks
 from surge.protect.bucket import LocalBuckets, Policy, Verdict, passed, refused
 
 log = logging.getLogger("surge.ratelimit")
@@ -46,7 +47,7 @@ class RedisBuckets:
         self._on_error = on_error
         self._timeout = timeout  # a verdict later than this comes from the local buckets
         self._waiting: dict[Policy, list[_Waiting]] = {}  # this loop turn's, by policy
-        self._tasks: set[asyncio.Task[None]] = set()
+        self._tasks = Tasks()
 
     def check(self, policy: Policy, caller: str) -> asyncio.Future[Verdict]:
         loop = asyncio.get_running_loop()
@@ -56,9 +57,7 @@ class RedisBuckets:
             waiting = self._waiting[policy] = []
             if len(self._waiting) == 1:
                 # runs in the next loop turn: the rest of this one joins the call
-                task = loop.create_task(self._send())
-                self._tasks.add(task)
-                task.add_done_callback(self._tasks.discard)
+                self._tasks.spawn(self._send(), shared=False)
         waiting.append((caller, verdict))
         return verdict
 
@@ -92,6 +91,4 @@ class RedisBuckets:
                 verdict.set_result(passed(left) if allowed == 1 else refused(wait_ms / 1000))
 
     async def close(self) -> None:
-        for task in list(self._tasks):
-            task.cancel()
-        await asyncio.gather(*self._tasks, return_exceptions=True)
+        await self._tasks.cancel()

@@ -18,6 +18,7 @@ from collections.abc import Coroutine
 from dataclasses import dataclass
 from typing import Any
 
+from surge.ground.tasks import Tasks
 from surge.metrics import Histogram
 from surge.protect.bucket import Bucket
 from surge.realtime import frames, wire
@@ -82,7 +83,7 @@ class Hub:
             "refused": 0,
         }
         self.fanout = Histogram()
-        self._tasks: set[asyncio.Task[Any]] = set()
+        self._tasks = Tasks()
         self._heartbeat: asyncio.Task[None] | None = None
         self._all_gone: asyncio.Event | None = None  # set up by close()
 
@@ -373,12 +374,8 @@ class Hub:
                 await asyncio.wait_for(self._all_gone.wait(), grace)
         for conn in list(self.connections):
             conn.abort()
-        for task in list(self._tasks):
-            task.cancel()
-        await asyncio.gather(*self._tasks, return_exceptions=True)
+        await self._tasks.cancel()
         self._fanout.close()
 
     def _spawn(self, work: Coroutine[Any, Any, None]) -> None:
-        task = asyncio.get_running_loop().create_task(work)
-        self._tasks.add(task)
-        task.add_done_callback(self._tasks.discard)
+        self._tasks.spawn(work, shared=False)

@@ -21,7 +21,7 @@ from pathlib import Path
 import orjson
 
 from surge.ground.events import Event
-from surge.logs import shared_task
+from surge.ground.tasks import shared_task
 
 
 class AuditLog:
