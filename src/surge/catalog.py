@@ -8,12 +8,12 @@ from collections.abc import Awaitable, Callable
 from datetime import UTC, datetime
 
 from surge.auth import Authenticator
-from surge.deadlines import within
 from surge.ground.interfaces import Gate, Sales
 from surge.ground.purchases import GateState
 from surge.ground.sales import Sale, parse_new_sale
 from surge.ground.web import Problem, Request, Response, json_response, response
 from surge.orders import encode_order, parse_id
+from surge.protect.deadlines import within
 from surge.sale_cache import SaleConfigs
 
 SALE_VIEW_TTL = 0.5  # a sale's public view is rebuilt at most twice a second per process

@@ -30,7 +30,6 @@ from typing import TypeVar
 
 from surge.auth import Authenticator
 from surge.commits import AfterCommit, CommitBatcher
-from surge.deadlines import within
 from surge.feed import StockFeed
 from surge.ground.interfaces import Gate, Sales
 from surge.ground.orders import Order
@@ -38,6 +37,7 @@ from surge.ground.purchases import Answer, Confirmed, Purchase, Reconciled, Win
 from surge.ground.sales import Sale, fingerprint, parse_idempotency_key, parse_quantity
 from surge.ground.web import JSON, Problem, Request, Response, problem_response, response
 from surge.orders import encode_order, parse_id
+from surge.protect.deadlines import within
 from surge.reconcile import GateKeeper
 from surge.sale_cache import SaleConfigs, SoldOutBoard
 

@@ -8,9 +8,10 @@ import pytest
 import sqlalchemy as sa
 from redis.exceptions import ConnectionError as RedisConnectionError
 
+from surge.backends.breaker import CLOSED, HALF_OPEN, OPEN, Breaker, Guard
 from surge.backends.redis import redis_down
 from surge.backends.sql import database_down
-from surge.protect.breaker import CLOSED, HALF_OPEN, OPEN, Breaker, Guard, Unavailable
+from surge.ground.errors import Unavailable
 
 
 class Clock:

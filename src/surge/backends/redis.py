@@ -22,11 +22,14 @@ from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import RedisError
 from redis.exceptions import TimeoutError as RedisTimeoutError
 
+from surge.backends.breaker import Breaker, Guard
+from surge.ground.errors import count_as_unavailable
 from surge.ground.interfaces import Handler
 from surge.ground.tasks import Tasks
-from surge.protect.breaker import Breaker, Guard
 
 log = logging.getLogger("surge.redis")
+# a Redis error that escapes a handler answers 503, not 500 (surge.protect.deadlines)
+count_as_unavailable(RedisError)
 
 
 def redis_down(error: BaseException) -> bool:
@@ -40,7 +43,7 @@ def redis_down(error: BaseException) -> bool:
 class GuardedRedis(aioredis.Redis):
     """The redis-py client with a circuit breaker around every command and pipeline:
     while Redis is down a call fails in microseconds (`Unavailable`), not after a
-    connect timeout (see surge.protect.breaker). Pub/sub has its own connection and its
+    connect timeout (see surge.backends.breaker). Pub/sub has its own connection and its
     own reconnection (RedisBus)."""
 
     breaker: Breaker

@@ -19,11 +19,14 @@ import sqlalchemy as sa
 from sqlalchemy.engine import make_url
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine, create_async_engine
 
+from surge.backends.breaker import Breaker, Guard
+from surge.ground.errors import count_as_unavailable
 from surge.ground.orders import Order
-from surge.protect.breaker import Breaker, Guard
 from surge.schema import ORDER_COLUMNS, orders
 
 log = logging.getLogger("surge.sql")
+# a database error that escapes a handler answers 503, not 500 (surge.protect.deadlines)
+count_as_unavailable(sa.exc.SQLAlchemyError)
 
 CONNECT_TIMEOUT = 2  # seconds
 OPERATION_TIMEOUT = 5.0  # seconds a connection may be held (every use is a batch or one row)

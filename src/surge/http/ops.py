@@ -10,11 +10,11 @@ from collections.abc import Callable, Mapping
 
 from surge import openapi
 from surge.auth import Authenticator
+from surge.ground.errors import Unavailable
 from surge.ground.interfaces import Probe
 from surge.ground.web import Problem, Request, Response, json_response, response
 from surge.http.router import Router
 from surge.metrics import CONTENT_TYPE, Metrics
-from surge.protect.breaker import Unavailable
 
 PROBE_TIMEOUT = 1.0
 PROBE_CACHE = 0.5  # seconds a readiness verdict is reused: probes must not load Redis/DB

@@ -2,7 +2,7 @@
 
 - An event the group already handled (its id is marked done) is acknowledged unhandled.
 - A handler that raises `Unavailable` (its dependency is down, e.g. SMTP unreachable;
-  the same exception an open circuit breaker raises, surge.protect.breaker)
+  the same exception an open circuit breaker raises, surge.backends.breaker)
   pauses the whole consumer with a growing back-off; the event is retried afterwards and
   the failure is not counted against it: an outage delays mail, it does not bury it.
   (Unless other events went through since this one's last `Unavailable`: then it is
@@ -27,9 +27,9 @@ from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from typing import Any
 
+from surge.ground.errors import Unavailable
 from surge.ground.events import Delivery, Event
 from surge.ground.interfaces import Stream
-from surge.protect.breaker import Unavailable
 
 log = logging.getLogger("surge.consumer")
 

@@ -31,8 +31,8 @@ from urllib.parse import unquote, urlsplit
 import aiosmtplib
 import orjson
 
+from surge.ground.errors import Unavailable
 from surge.ground.events import Event
-from surge.protect.breaker import Unavailable
 
 log = logging.getLogger("surge.mail")
 

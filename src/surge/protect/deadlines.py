@@ -13,14 +13,11 @@ import logging
 from collections.abc import Awaitable
 from typing import TypeVar
 
-from redis.exceptions import RedisError
-from sqlalchemy.exc import SQLAlchemyError
-
+from surge.ground.errors import unavailable_errors
 from surge.ground.web import Problem
 
 log = logging.getLogger("surge.deadlines")
 T = TypeVar("T")
-DEPENDENCY_ERRORS = (SQLAlchemyError, RedisError, OSError)
 
 
 async def within(seconds: float, work: Awaitable[T]) -> T:
@@ -31,7 +28,7 @@ async def within(seconds: float, work: Awaitable[T]) -> T:
         raise Problem(
             504, "deadline-exceeded", f"no answer within {seconds * 1000:.0f} ms"
         ) from None
-    except DEPENDENCY_ERRORS as exc:
+    except unavailable_errors() as exc:  # the drivers' errors: surge.ground.errors
         log.warning("dependency failed: %s: %s", type(exc).__name__, exc)
         raise Problem(
             503, "unavailable", "a dependency is unavailable; retry", (("retry-after", "1"),)

@@ -15,13 +15,10 @@ import asyncio
 import time
 from collections.abc import Callable
 
+from surge.ground.errors import Unavailable
+
 CLOSED, OPEN, HALF_OPEN = "closed", "open", "half_open"
 STATES = (CLOSED, OPEN, HALF_OPEN)
-
-
-class Unavailable(ConnectionError):
-    """Raised instead of calling a dependency whose breaker is open. A ConnectionError:
-    every caller already treats it as the dependency being down."""
 
 
 class Breaker:
