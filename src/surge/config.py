@@ -253,12 +253,12 @@ class Settings:
     )
     rate_limit_read: tuple[float, int] | None = setting(
         (20.0, 40),
-        parse.rate_policy,
+        parse.parse_policy,
         "GET requests per caller: `RATE/BURST` a second (`20/40`); `off` = no limit",
     )
     rate_limit_write: tuple[float, int] | None = setting(
         (5.0, 10),
-        parse.rate_policy,
+        parse.parse_policy,
         "other requests (purchases, sale admin) per caller: `RATE/BURST`; `off` = no limit",
     )
     rate_limit_store: str = setting(
@@ -352,6 +352,11 @@ class Settings:
             if key == route:
                 return ms / 1000.0
         return self.deadline if route == ORDER_QUERY else self.write_deadline_ms / 1000.0
+
+    @property
+    def trusted_networks(self) -> tuple[parse.Network, ...]:
+        """SURGE_TRUSTED_PROXIES as networks (checked when the settings were loaded)."""
+        return parse.parse_networks(self.trusted_proxies)
 
     @property
     def secret_path(self) -> Path:
