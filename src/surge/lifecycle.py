@@ -33,7 +33,6 @@ from surge.config import Settings
 from surge.http.listener import HttpServer, bind_socket
 from surge.http.state import HttpLimits, ServerState, open_files_budget
 from surge.metrics import Metrics
-from surge.protect.clients import parse_networks
 
 log = logging.getLogger("surge.lifecycle")
 
@@ -123,7 +122,7 @@ def http_limits(settings: Settings) -> HttpLimits:
         keepalive_timeout=settings.keepalive_timeout,
         max_connections=settings.max_connections,
         max_per_client=settings.max_connections_per_client,
-        trusted=parse_networks(settings.trusted_proxies),
+        trusted=settings.trusted_networks,
         max_open=open_files_budget(),
     )
 

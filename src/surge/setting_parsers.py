@@ -1,15 +1,20 @@
 """Parsers of setting values: each takes the text of an environment variable or a flag
 and returns the typed value, or raises ValueError with a short reason (surge.config adds
-which setting it was)."""
+which setting it was). Imports nothing from surge: the layers that use parsed values
+(protect/, the HTTP engine) get them through `surge.config.Settings`."""
 
 from __future__ import annotations
 
+import ipaddress
+import math
 import re
 from collections.abc import Callable
 from typing import Any
 from urllib.parse import urlsplit
 
 METHODS = ("GET", "HEAD", "POST", "PUT", "PATCH", "DELETE")
+
+Network = ipaddress.IPv4Network | ipaddress.IPv6Network
 
 
 def positive_int(text: str) -> int:
@@ -98,16 +103,35 @@ def mail_domain(text: str) -> str:
     return value
 
 
-def rate_policy(text: str) -> tuple[float, int] | None:
-    from surge.protect.ratelimit import parse_policy
+def parse_policy(text: str) -> tuple[float, int] | None:
+    """`20/40` -> 20 a second, burst 40; `20` -> burst 20; `0` or `off` -> no limit."""
+    text = text.strip().lower()
+    if text in ("0", "off", "none"):
+        return None
+    rate_text, _, burst_text = text.partition("/")
+    rate = float(rate_text)
+    if not 0 < rate < math.inf:
+        raise ValueError("rate must be > 0 (or 0/off for no limit)")
+    burst = int(burst_text) if burst_text else max(1, math.ceil(rate))
+    if burst < 1:
+        raise ValueError("burst must be >= 1")
+    return rate, burst
 
-    return parse_policy(text)
+
+def parse_networks(text: str) -> tuple[Network, ...]:
+    """`10.0.0.0/8, 127.0.0.1` -> networks; ValueError names the bad entry."""
+    networks = []
+    for item in text.replace(" ", "").split(","):
+        if item:
+            try:
+                networks.append(ipaddress.ip_network(item, strict=False))
+            except ValueError:
+                raise ValueError(f"not an address or CIDR network: {item!r}") from None
+    return tuple(networks)
 
 
 def networks(text: str) -> str:
-    from surge.protect.clients import parse_networks
-
-    parse_networks(text)  # validated here, parsed again where used
+    parse_networks(text)  # validated here, parsed again where used (Settings.trusted_networks)
     return text
 
 

@@ -1,5 +1,7 @@
 from __future__ import annotations
 
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -71,6 +73,17 @@ def test_production_refuses_a_generated_secret(tmp_path: Path) -> None:
     with pytest.raises(config.ConfigError, match="production"):
         config.check_secret(settings)
     config.check_secret(config.load({"SURGE_DATA_DIR": str(tmp_path)}))  # embedded dev: fine
+
+
+def test_config_imports_nothing_else_from_surge() -> None:
+    code = (
+        "import sys, surge.config\n"
+        "env = {'SURGE_TRUSTED_PROXIES': '10.0.0.0/8', 'SURGE_RATE_LIMIT_READ': '5/10'}\n"
+        "assert surge.config.load(env).trusted_networks\n"
+        "print(*sorted(m for m in sys.modules if 'surge' in m))"
+    )
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert out.stdout.split() == ["surge", "surge.config", "surge.setting_parsers"]
 
 
 def test_every_field_has_a_flag_and_env_name() -> None:

@@ -7,8 +7,9 @@ import pytest
 from surge.auth import Authenticator, mint
 from surge.ground.web import Request
 from surge.protect.bucket import Bucket, LocalBuckets, Policy, Verdict
-from surge.protect.clients import Clients, parse_networks
-from surge.protect.ratelimit import RateLimiter, parse_policy
+from surge.protect.clients import Clients
+from surge.protect.ratelimit import RateLimiter
+from surge.setting_parsers import parse_networks, parse_policy
 
 SECRET = "unit-secret-0123456789abcdef-0123456789"
 READ = Policy("read", rate=10.0, burst=3)

@@ -20,18 +20,6 @@ Network = ipaddress.IPv4Network | ipaddress.IPv6Network
 IP = ipaddress.IPv4Address | ipaddress.IPv6Address
 
 
-def parse_networks(text: str) -> tuple[Network, ...]:
-    """`10.0.0.0/8, 127.0.0.1` -> networks; ValueError names the bad entry."""
-    networks = []
-    for item in text.replace(" ", "").split(","):
-        if item:
-            try:
-                networks.append(ipaddress.ip_network(item, strict=False))
-            except ValueError:
-                raise ValueError(f"not an address or CIDR network: {item!r}") from None
-    return tuple(networks)
-
-
 class Clients:
     MAX_REMEMBERED = 10_000  # peers whose trust was looked up
     MAX_TOKENS = 100_000  # Authorization headers remembered with their key

@@ -34,21 +34,6 @@ class Buckets(Protocol):
     def check(self, policy: Policy, caller: str) -> Verdict | asyncio.Future[Verdict]: ...
 
 
-def parse_policy(text: str) -> tuple[float, int] | None:
-    """`20/40` -> 20 a second, burst 40; `20` -> burst 20; `0` or `off` -> no limit."""
-    text = text.strip().lower()
-    if text in ("0", "off", "none"):
-        return None
-    rate_text, _, burst_text = text.partition("/")
-    rate = float(rate_text)
-    if not 0 < rate < math.inf:
-        raise ValueError("rate must be > 0 (or 0/off for no limit)")
-    burst = int(burst_text) if burst_text else max(1, math.ceil(rate))
-    if burst < 1:
-        raise ValueError("burst must be >= 1")
-    return rate, burst
-
-
 class RateLimiter:
     def __init__(
         self, policies: Mapping[str, Policy], stores: Mapping[str, Buckets], clients: Clients

@@ -10,7 +10,7 @@ from surge.backends import Backends
 from surge.config import ORDER_QUERY, Settings
 from surge.metrics import Metrics
 from surge.protect.bucket import LocalBuckets, Policy
-from surge.protect.clients import Clients, parse_networks
+from surge.protect.clients import Clients
 from surge.protect.ratelimit import Buckets, RateLimiter
 from surge.protect.shedder import Shedder, ShedSettings
 
@@ -53,7 +53,7 @@ def rate_limiter(
         redis_buckets = RedisBuckets(backends.redis_client, settings.redis_prefix, local, on_error)
         stack.push_async_callback(redis_buckets.close)
         stores.update(dict.fromkeys(shared, redis_buckets))
-    limiter = RateLimiter(policies, stores, Clients(auth, parse_networks(settings.trusted_proxies)))
+    limiter = RateLimiter(policies, stores, Clients(auth, settings.trusted_networks))
     metrics.labelled_counter(
         "rate_limited", "Requests refused 429 by class", "class", lambda: limiter.limited
     )
