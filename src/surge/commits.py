@@ -134,9 +134,9 @@ class AfterCommit:
 
     RETRY_FOR = 60.0
 
-    def __init__(self, gate: Gate, forget: Callable[..., Awaitable[None]]) -> None:
+    def __init__(self, gate: Gate, invalidate: Callable[..., Awaitable[None]]) -> None:
         self._gate = gate
-        self._forget = forget  # OrderQuery.invalidate(*ids)
+        self._invalidate = invalidate  # OrderQuery.invalidate(*ids): caches forget them
         self._pending: list[tuple[int, Confirmed]] = []
         self._tasks = Tasks()
 
@@ -166,7 +166,7 @@ class AfterCommit:
         ids = [order.order_id for _, order in pending]
         steps.append(
             keep_trying(
-                partial(self._forget, *ids), f"forgetting {len(ids)} cached ids", self.RETRY_FOR
+                partial(self._invalidate, *ids), f"forgetting {len(ids)} cached ids", self.RETRY_FOR
             )
         )
         await asyncio.gather(*steps)

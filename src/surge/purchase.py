@@ -81,7 +81,7 @@ class Purchases:
         feed: StockFeed,
         outcomes: dict[str, int],
         deadline: float,
-        ordered: Callable[..., Awaitable[None]],
+        invalidate: Callable[..., Awaitable[None]],
     ) -> None:
         self._auth = auth
         self._sales = sales
@@ -92,7 +92,7 @@ class Purchases:
         self._outcomes = outcomes  # purchases_total{outcome} (surge.metrics)
         self._deadline = deadline
         self._batcher = CommitBatcher(sales)
-        self._books = AfterCommit(gate, ordered)  # `ordered`: the order query forgets ids
+        self._books = AfterCommit(gate, invalidate)
         # A gate found missing is rebuilt by reconciling it (surge.reconcile; App runs the
         # periodic pass). A reservation is stale once its request has given up: the
         # deadline, the commit's grace of one more, and a margin.

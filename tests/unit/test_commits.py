@@ -76,13 +76,13 @@ class Books:
             raise ConnectionError("redis down")
         self.confirmed.append((sale_id, [o.order_id for o in orders]))
 
-    async def forget(self, *order_ids: int) -> None:
+    async def invalidate(self, *order_ids: int) -> None:
         self.forgotten.append(order_ids)
 
 
 async def test_bookkeeping_of_one_loop_turn_goes_out_together() -> None:
     books = Books()
-    after = AfterCommit(books, books.forget)  # type: ignore[arg-type]
+    after = AfterCommit(books, books.invalidate)  # type: ignore[arg-type]
     for sale_id, order_id in ((1, 10), (2, 20), (1, 11)):
         after.committed(sale_id, Confirmed(f"u{order_id}", "k", "f", order_id, 1))
     await asyncio.sleep(0.01)
@@ -95,7 +95,7 @@ async def test_bookkeeping_of_one_loop_turn_goes_out_together() -> None:
 async def test_bookkeeping_failing_in_part_still_does_the_rest_and_retries() -> None:
     """Issue 13 bug 3: Redis down right after a commit left the key pending for good."""
     books = Books(failures=2)
-    after = AfterCommit(books, books.forget)  # type: ignore[arg-type]
+    after = AfterCommit(books, books.invalidate)  # type: ignore[arg-type]
     after.committed(1, Confirmed("u", "k", "f", 7, 1))
     await asyncio.sleep(0.01)
     assert books.forgotten == [(7,)]
@@ -106,7 +106,7 @@ async def test_bookkeeping_failing_in_part_still_does_the_rest_and_retries() -> 
 
 async def test_bookkeeping_gives_up_after_its_window() -> None:
     books = Books(failures=1000)
-    after = AfterCommit(books, books.forget)  # type: ignore[arg-type]
+    after = AfterCommit(books, books.invalidate)  # type: ignore[arg-type]
     after.RETRY_FOR = 0.3
     after.committed(1, Confirmed("u", "k", "f", 7, 1))
     await asyncio.sleep(0.6)
