@@ -10,8 +10,10 @@ from collections.abc import AsyncIterator
 import pytest
 
 from surge.backends import open_backends
+from surge.backends.memory_backplane import LocalBackplane
+from surge.backends.redis_backplane import RedisBackplane
 from surge.config import Settings
-from surge.realtime.backplane import Backplane, LocalBackplane, RedisBackplane
+from surge.ground.rooms import ROOM_SHARE, Backplane
 from tests.backends import Backend
 
 pytestmark = pytest.mark.anyio
@@ -46,7 +48,7 @@ async def test_history_keeps_the_last_messages_within_a_room_s_bytes(backend: Ba
         kept, latest = await plane.history("chat:bounded")
         assert latest == 15
         assert [seq for seq, _ in kept] == [13, 14, 15]
-        assert sum(len(p) for _, p in kept) <= BUDGET // LocalBackplane.ROOM_SHARE
+        assert sum(len(p) for _, p in kept) <= BUDGET // ROOM_SHARE
         assert json.loads(kept[-1][1])["seq"] == 15
         too_big = b'"' + b"z" * 30_000 + b'"'  # over a room's whole share: numbered, not kept
         assert await plane.publish("chat:bounded", too_big, keep=100) == 16

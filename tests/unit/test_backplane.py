@@ -6,7 +6,8 @@ import json
 
 import pytest
 
-from surge.realtime.backplane import LocalBackplane
+from surge.backends.memory_backplane import LocalBackplane
+from surge.ground.rooms import ROOM_SHARE
 
 pytestmark = pytest.mark.anyio
 
@@ -58,7 +59,7 @@ async def test_history_is_bounded_in_bytes_per_room_and_in_all() -> None:
     kept, latest = await plane.history("chat:r19")
     assert latest == 100
     sizes = sum(len(p) for _, p in kept)
-    assert 0 < sizes <= budget // LocalBackplane.ROOM_SHARE
+    assert 0 < sizes <= budget // ROOM_SHARE
     assert [seq for seq, _ in kept] == list(range(latest - len(kept) + 1, latest + 1))
     # the byte count is exact: what the rooms hold, no more, no less
     total = 0

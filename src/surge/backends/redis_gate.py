@@ -18,10 +18,10 @@ import time
 import uuid
 from collections.abc import Sequence
 from functools import partial
-from importlib import resources
 
 from redis import asyncio as aioredis
 
+from surge.backends.scripts import lua_script
 from surge.ground.purchases import (
     UNCERTAIN_FOR_MS,
     Answer,
@@ -33,27 +33,7 @@ from surge.ground.purchases import (
 from surge.ground.tasks import Tasks
 from surge.retry import keep_trying
 
-_LUA = resources.files("surge.backends") / "lua"
 log = logging.getLogger("surge.gate")
-
-
-# orders learned, only by a gate that exists (else a keys hash would live on without expiry)
-_CONFIRM = """
-if redis.call('EXISTS', KEYS[1]) == 1 then
-  for i = 1, #ARGV, 2 do redis.call('HSET', KEYS[2], ARGV[i], ARGV[i + 1]) end
-end
-return 0
-"""
-
-# only a gate that exists learns it is sold out (a half-made one would break reserve)
-_SOLD_OUT = """
-if redis.call('EXISTS', KEYS[1]) == 1 then redis.call('HSET', KEYS[1], 'remaining', 0) end
-return 0
-"""
-
-
-def _script(name: str) -> str:
-    return (_LUA / name).read_text()
 
 
 _Attempt = tuple[str, str, int, str, "asyncio.Future[Answer]"]  # user, key, qty, fp, answer
@@ -68,12 +48,12 @@ class RedisGate:
         self._prefix = prefix
         self._waiting: dict[int, list[_Attempt]] = {}  # sale -> attempts of this loop turn
         self._tasks = Tasks()
-        self._reserve = client.register_script(_script("gate_reserve.lua"))
-        self._release = client.register_script(_script("gate_release.lua"))
-        self._reconcile = client.register_script(_script("gate_reconcile.lua"))
-        self._sold_out = client.register_script(_SOLD_OUT)
-        self._confirm = client.register_script(_CONFIRM)
-        self._retake = client.register_script(_script("gate_retake.lua"))
+        self._reserve = client.register_script(lua_script("gate_reserve.lua"))
+        self._release = client.register_script(lua_script("gate_release.lua"))
+        self._reconcile = client.register_script(lua_script("gate_reconcile.lua"))
+        self._sold_out = client.register_script(lua_script("gate_sold_out.lua"))
+        self._confirm = client.register_script(lua_script("gate_confirm.lua"))
+        self._retake = client.register_script(lua_script("gate_retake.lua"))
 
     def _keys(self, sale_id: int) -> list[str]:
         tag = f"{self._prefix}{{sale:{sale_id}}}"

@@ -16,10 +16,10 @@ from __future__ import annotations
 import asyncio
 import logging
 from collections.abc import Callable
-from importlib import resources
 
 from redis import asyncio as aioredis
 
+from surge.backends.scripts import lua_script
 from surge.ground.tasks import Tasks
 from surge.protect.bucket import LocalBuckets, Policy, Verdict, passed, refused
 
@@ -39,9 +39,7 @@ class RedisBuckets:
         on_error: Callable[[Exception], None],
         timeout: float = 0.5,  # Redis's own command timeout (backends.redis.connect)
     ) -> None:
-        self._script = client.register_script(
-            (resources.files("surge.backends") / "lua" / "ratelimit.lua").read_text()
-        )
+        self._script = client.register_script(lua_script("ratelimit.lua"))
         self._prefix = f"{prefix}{{rl}}:"
         self._fallback = fallback
         self._on_error = on_error

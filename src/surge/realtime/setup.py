@@ -6,11 +6,13 @@ from importlib import resources
 
 from surge.auth import Authenticator
 from surge.backends import Backends
+from surge.backends.memory_backplane import LocalBackplane
+from surge.backends.redis_backplane import RedisBackplane
 from surge.config import Settings
+from surge.ground.rooms import Backplane
 from surge.ground.web import response
 from surge.http.router import Router
 from surge.metrics import Metrics
-from surge.realtime.backplane import Backplane, LocalBackplane, RedisBackplane
 from surge.realtime.endpoint import Endpoint, limits_of
 from surge.realtime.hub import Hub
 

@@ -99,12 +99,6 @@ def _valid_id(value: Any) -> bool:
     return isinstance(value, str) and len(value) <= 64
 
 
-def message(room: str, seq: int, data: bytes) -> bytes:
-    """A room's message. Built by concatenation: `data` is JSON already and the room name
-    was validated (nothing to escape), so the payload is encoded once, by the publisher."""
-    return b'{"op":"message","room":"%s","seq":%d,"data":%s}' % (room.encode(), seq, data)
-
-
 def ack(request_id: Any, **extra: Any) -> bytes:
     return orjson.dumps({"op": "ack", "id": request_id, **extra})
 
