@@ -1,27 +1,39 @@
-"""The composition root: builds every part from Settings, with no import-time I/O."""
+"""The composition root: the one place that reads Settings and builds every part.
+
+Everything is built here, in dependency order, each part handed what it needs in its
+constructor (nothing is assigned onto an object after it is made); `close` undoes it in
+reverse. Core (surge.orders, surge.purchase, surge.catalog, the hub, the consumers) sees
+plain values and the ground floor's interfaces, never the settings object or a backend
+module; the backends come from the one factory (surge.backends); the metrics are
+registered in surge.metrics.collectors.
+"""
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
 import logging
-from functools import partial
+from importlib import resources
 
-from surge import logs
 from surge.auth import Authenticator, load_or_create_secret
-from surge.backends import open_backends
-from surge.backends.redis import RedisCache
-from surge.backends.sql import breaker as sql_breaker
+from surge.backends import BackendOptions, Backends, open_backends
 from surge.catalog import Catalog
-from surge.config import ConfigError, Settings
+from surge.config import ORDER_QUERY, ConfigError, Settings
 from surge.feed import StockFeed
+from surge.ground.web import response
 from surge.http import ops
 from surge.http.router import Router
-from surge.metrics import Metrics
-from surge.orders import OrderQuery
-from surge.protect.setup import rate_limiter, shedder
+from surge.http.state import open_files_budget
+from surge.metrics import Metrics, collectors
+from surge.orders import OrderQuery, OrderQueryOptions, OrderStats
+from surge.protect.bucket import Policy
+from surge.protect.clients import Clients
+from surge.protect.ratelimit import Buckets, RateLimiter
+from surge.protect.shedder import Shedder, ShedSettings
 from surge.purchase import Purchases
-from surge.realtime.setup import start_hub
+from surge.realtime.endpoint import Endpoint
+from surge.realtime.fanout import default_helpers
+from surge.realtime.hub import Hub, Limits
 from surge.sale_cache import SaleConfigs, SoldOutBoard
 
 log = logging.getLogger("surge.app")
@@ -29,6 +41,9 @@ log = logging.getLogger("surge.app")
 _DEADLINED = frozenset(
     ("/orders/{id}", "/sales", "/sales/{id}", "/sales/{id}/orders", "/users/me/orders")
 )
+HTML = b"text/html; charset=utf-8"
+# a page to watch a sale's stock and chat from a browser (docs/realtime.md)
+DEMO_PAGE = (resources.files("surge.realtime") / "demo.html").read_bytes()
 
 
 class App:
@@ -43,35 +58,80 @@ class App:
         self._stack = contextlib.AsyncExitStack()
 
     async def start(self) -> None:
-        settings = self.settings
-        stack = self._stack
-        backends = await open_backends(settings, stack, self._count_cache_error)
+        settings, stack, metrics = self.settings, self._stack, self.metrics
+        order_stats = OrderStats()
+        backends = await open_backends(backend_options(settings), stack, order_stats.cache_failed)
         await backends.warm()
+        collectors.backends(metrics, backends)
         secret = settings.jwt_secret or load_or_create_secret(settings.secret_path)
         self.auth = Authenticator(
             secret, settings.token_cache_size, settings.token_cache_bytes, settings.jwt_leeway
         )
-        self.limiter = rate_limiter(settings, backends, self.auth, self.metrics, stack)
+        self.limiter = rate_limiter(settings, backends, self.auth)
+        if self.limiter is not None:
+            collectors.rate_limits(metrics, self.limiter, backends)
+        self.shedder = shedder(settings)
+        if self.shedder is not None:
+            self.shedder.start()
+            stack.callback(self.shedder.stop)
+            collectors.shedding(metrics, self.shedder)
+
         self.orders = OrderQuery(
-            settings, self.auth, backends.cache, backends.store, backends.bus, self.metrics
+            order_query_options(settings),
+            self.auth,
+            backends.cache,
+            backends.store,
+            backends.bus,
+            order_stats,
+            self.shedder,
         )
-        self.shedder = shedder(settings, self.metrics, stack)
-        self.orders.shedder = self.shedder
         await self.orders.start()
         stack.push_async_callback(self.orders.close)
-
-        probes = {"database": backends.store.ping}
-        if backends.redis:
-            probes["redis"] = backends.cache.ping
-        readiness = ops.Readiness(probes, lambda: self.draining, frozenset(settings.ready_requires))
+        collectors.order_query(metrics, self.orders)
         self.router.add("GET", "/orders/{id}", self.orders.handle)
+
+        self.hub = Hub(hub_limits(settings), backends.backplane)
+        await self.hub.start()
+        stack.push_async_callback(self.hub.close)  # after the feed's last update (reverse)
+        collectors.hub(metrics, self.hub)
+        # no HTTP rate limit (None): the hub has its own limits, and an upgrade cannot wait
+        # for a verdict from Redis
+        endpoint = Endpoint(self.hub, self.auth, settings.ws_origins)
+        self.router.add("GET", "/ws", endpoint.handle, None)
+        page = response(200, DEMO_PAGE, HTML, (("cache-control", "no-cache"),))
+        self.router.add("GET", "/demo", lambda _request: page)
+        self.feed = StockFeed(self.hub)
+        stack.push_async_callback(self.feed.close)
+
+        await self._sales(backends)
+        readiness = ops.Readiness(
+            backends.probes, lambda: self.draining, frozenset(settings.ready_requires)
+        )
+        ops.add_routes(self.router, self.internal_router, metrics, readiness, self.auth)
+        collectors.route_deadlines(metrics, self._route_deadlines())
+
+        if settings.runs_inline_worker:
+            from surge.backends import open_stream
+            from surge.work.worker import Worker
+
+            stream = await open_stream(backend_options(settings), stack)
+            self.worker = Worker(settings, backends.store.engine, stream)  # type: ignore[attr-defined]
+            collectors.worker(metrics, self.worker)
+            await self.worker.start()
+            stack.push_async_callback(self.worker.stop)  # first to stop, before the pools
+        collectors.log_writer(metrics)
+        lag = asyncio.create_task(metrics.watch_loop_lag(), name="loop-lag-watch")
+        stack.push_async_callback(_cancel, lag)
+        if metrics.share_dir is not None:
+            share = asyncio.create_task(metrics.share(), name="metrics-share")
+            stack.push_async_callback(_cancel, share)
+
+    async def _sales(self, backends: Backends) -> None:
+        """The flash sale: purchases, the catalogue, and the keeping of the stock gates."""
+        settings, stack = self.settings, self._stack
         configs = SaleConfigs(backends.sales)
         self.sold_out = SoldOutBoard(backends.bus, backends.gate)
         await self.sold_out.start()
-        self.hub = await start_hub(settings, backends, self.auth, self.router, self.metrics)
-        stack.push_async_callback(self.hub.close)  # after the feed's last update (reverse)
-        self.feed = StockFeed(self.hub)
-        stack.push_async_callback(self.feed.close)
         purchases = Purchases(
             self.auth,
             backends.sales,
@@ -79,12 +139,12 @@ class App:
             configs,
             self.sold_out,
             self.feed,
-            self.metrics.purchases,
             settings.route_deadline("POST /sales/{id}/orders"),
             self.orders.invalidate,
         )
         stack.push_async_callback(purchases.close)  # its bookkeeping, before Redis closes
-        await self._keep_gates(purchases, stack)
+        collectors.purchases(self.metrics, purchases, purchases.keeper)
+        await self._keep_gates(purchases)
         catalog = Catalog(
             self.auth, backends.sales, backends.gate, configs, settings.route_deadline
         )
@@ -92,77 +152,8 @@ class App:
         self.router.add("GET", "/sales/{id}", catalog.view)
         self.router.add("POST", "/sales/{id}/orders", purchases.handle)
         self.router.add("GET", "/users/me/orders", catalog.my_orders)
-        ops.add_routes(self.router, self.internal_router, self.metrics, readiness, self.auth)
-        # Each API route's deadline, for alerts on latency against it (deploy/prometheus):
-        # per template, the longest of its methods' (the histograms are per template).
-        deadlines: dict[str, float] = {}
-        for method, template in (r.split(" ", 1) for r in self.router.describe()):
-            if template in _DEADLINED:
-                seconds = settings.route_deadline(f"{method} {template}")
-                deadlines[template] = max(seconds, deadlines.get(template, 0.0))
-        self.metrics.labelled_gauge(
-            "route_deadline_seconds",
-            "Each API route's deadline (SURGE_DEADLINE_MS, SURGE_WRITE_DEADLINE_MS, "
-            "SURGE_ROUTE_DEADLINES)",
-            "route",
-            lambda: deadlines,
-        )
-        for route, _ in settings.route_deadlines:
-            method, _, template = route.partition(" ")
-            if method not in self.router.methods_of(template):
-                known = ", ".join(self.router.describe())
-                raise ConfigError(f"SURGE_ROUTE_DEADLINES: no route {route!r}; routes: {known}")
 
-        store = backends.store
-        breakers = {"database": sql_breaker(backends.sales.engine)}
-        if backends.redis_client is not None:
-            breakers["redis"] = backends.redis_client.breaker
-        self.metrics.labelled_gauge(
-            "breaker_open",
-            "1 while a dependency's circuit breaker is open or probing",
-            "dependency",
-            lambda: {name: float(b.is_open) for name, b in breakers.items()},
-        )
-        self.metrics.labelled_counter(
-            "breaker_opened",
-            "Times a dependency's circuit breaker opened",
-            "dependency",
-            lambda: {name: b.opened for name, b in breakers.items()},
-        )
-        self.metrics.gauge(
-            "db_pool_in_use", "Database connections checked out", lambda: store.in_use
-        )
-        self.metrics.gauge("db_pool_size", "Database connections allowed", lambda: store.size)
-        self.metrics.gauge(
-            "near_cache_entries", "Entries in the near cache", lambda: len(self.orders.near)
-        )
-        cache = backends.cache
-        if isinstance(cache, RedisCache):
-            self.metrics.gauge(
-                "redis_in_flight", "Redis commands under way (pool use)", lambda: cache.in_flight
-            )
-            self.metrics.gauge(
-                "redis_pool_size", "Redis connections allowed", lambda: settings.redis_pool_size
-            )
-        if settings.runs_inline_worker:
-            from surge.work.worker import Worker, open_stream
-
-            stream = await open_stream(settings, stack)
-            self.worker = Worker(settings, backends.sales.engine, stream, self.metrics)
-            await self.worker.start()
-            stack.push_async_callback(self.worker.stop)  # first to stop, before the pools
-        self.metrics.counter(
-            "log_records_dropped",
-            "Log records dropped because the log writer fell behind",
-            lambda: logs.dropped,
-        )
-        lag = asyncio.create_task(self.metrics.watch_loop_lag(), name="loop-lag-watch")
-        stack.push_async_callback(_cancel, lag)
-        if self.metrics.share_dir is not None:
-            share = asyncio.create_task(self.metrics.share(), name="metrics-share")
-            stack.push_async_callback(_cancel, share)
-
-    async def _keep_gates(self, purchases: Purchases, stack: contextlib.AsyncExitStack) -> None:
+    async def _keep_gates(self, purchases: Purchases) -> None:
         """Reconciles every open sale's gate with the database now, then every
         SURGE_GATE_RECONCILE_INTERVAL seconds (surge.reconcile)."""
         keeper = purchases.keeper
@@ -177,23 +168,118 @@ class App:
                 log.info("reconciled the stock gate of %d open sales with the database", count)
         if interval > 0:
             task = asyncio.create_task(keeper.run(interval), name="gate-reconcile")
-            stack.push_async_callback(_cancel, task)
-        for name, doc, attribute in (
-            ("gate_reconciliations", "Sale gates reconciled with the database", "runs"),
-            ("gate_corrections", "Stock units the gate had wrong, corrected", "corrected"),
-            ("gate_stale_reservations", "Stale reservations given back", "dropped"),
-        ):
-            self.metrics.counter(name, doc, partial(_read, keeper, attribute))
+            self._stack.push_async_callback(_cancel, task)
 
-    def _count_cache_error(self, _exc: Exception) -> None:
-        self.metrics.cache_errors += 1
+    def _route_deadlines(self) -> dict[str, float]:
+        """Each API route's deadline, for alerts on latency against it (deploy/prometheus):
+        per template, the longest of its methods' (the histograms are per template)."""
+        settings = self.settings
+        for route, _ in settings.route_deadlines:
+            method, _, template = route.partition(" ")
+            if method not in self.router.methods_of(template):
+                known = ", ".join(self.router.describe())
+                raise ConfigError(f"SURGE_ROUTE_DEADLINES: no route {route!r}; routes: {known}")
+        deadlines: dict[str, float] = {}
+        for method, template in (r.split(" ", 1) for r in self.router.describe()):
+            if template in _DEADLINED:
+                seconds = settings.route_deadline(f"{method} {template}")
+                deadlines[template] = max(seconds, deadlines.get(template, 0.0))
+        return deadlines
 
     async def close(self) -> None:
         await self._stack.aclose()
 
 
-def _read(owner: object, attribute: str) -> float:
-    return float(getattr(owner, attribute))
+# -- from Settings to each part's own options -------------------------------------------------
+
+
+def backend_options(settings: Settings) -> BackendOptions:
+    return BackendOptions(
+        database_url=settings.database_url,
+        redis_url=settings.redis_url,
+        prefix=settings.redis_prefix,
+        db_pool_size=settings.db_pool_size,
+        redis_pool_size=settings.redis_pool_size,
+        cache_entries=max(settings.near_cache_size * 4, 100_000),
+        history_bytes=settings.ws_history_bytes,
+        data_dir=settings.data_dir,
+        dedup_ttl=settings.dedup_ttl,
+        # a connection for each event in flight in either group, the two blocking reads,
+        # the relay and the gauges
+        stream_pool_size=2 * settings.worker_concurrency + 8,
+    )
+
+
+def order_query_options(settings: Settings) -> OrderQueryOptions:
+    return OrderQueryOptions(
+        deadline=settings.route_deadline(ORDER_QUERY),
+        cache_ttl=settings.cache_ttl,
+        cache_jitter=settings.cache_jitter,
+        negative_ttl=settings.negative_ttl,
+        near_cache_size=settings.near_cache_size,
+        near_cache_ttl=settings.near_cache_ttl,
+    )
+
+
+def hub_limits(settings: Settings) -> Limits:
+    return Limits(
+        # the open-files budget: upgraded connections share it with the HTTP ones, and a
+        # new HTTP connection is refused (503) once the two fill it (surge.http.state)
+        max_connections=settings.ws_max_connections or open_files_budget(),
+        max_message=settings.ws_max_message,
+        max_rooms=settings.ws_max_rooms,
+        publish_rate=settings.ws_publish_rate,
+        send_buffer=settings.ws_send_buffer,
+        ping_interval=settings.ws_ping_interval,
+        ping_timeout=settings.ws_ping_timeout,
+        history=settings.ws_history,
+        max_per_user=settings.ws_max_per_user,
+        publish_bytes=settings.ws_publish_bytes,
+        fanout_threads=(
+            settings.ws_fanout_threads if settings.ws_fanout_threads >= 0 else default_helpers()
+        ),
+    )
+
+
+def rate_limiter(settings: Settings, backends: Backends, auth: Authenticator) -> RateLimiter | None:
+    policies = {
+        name: Policy(name, *figures)
+        for name, figures in (
+            ("read", settings.rate_limit_read),
+            ("write", settings.rate_limit_write),
+        )
+        if figures is not None
+    }
+    if not policies:
+        return None
+    stores: dict[str, Buckets] = dict.fromkeys(policies, backends.local_buckets)
+    shared: set[str] = set()  # the classes decided in Redis
+    if settings.rate_limit_store == "redis":
+        shared = set(policies)
+    elif settings.rate_limit_store == "auto":
+        shared = {"write"} & set(policies)  # reads stay on the fast path: docs/protection.md
+    if backends.shared_buckets is not None:
+        stores.update(dict.fromkeys(shared, backends.shared_buckets))
+    return RateLimiter(policies, stores, Clients(auth, settings.trusted_networks))
+
+
+def shedder(settings: Settings) -> Shedder | None:
+    if settings.shed == "off":
+        return None
+    return Shedder(
+        ShedSettings(
+            # start at the cap: a fresh process takes a burst, then latency teaches it
+            initial=float(settings.max_in_flight),
+            min_limit=float(settings.shed_min_limit),
+            max_limit=float(settings.max_in_flight),
+            tolerance=settings.shed_tolerance,
+            # by default a mean past half the order query's deadline is queueing (the
+            # deadline itself caps what is measured: a request cut off at 50 ms reports
+            # 50 ms)
+            target=settings.shed_target_ms / 1000 or settings.route_deadline(ORDER_QUERY) / 2,
+            adaptive=settings.shed == "adaptive",
+        )
+    )
 
 
 async def _cancel(task: asyncio.Task[None]) -> None:

@@ -23,16 +23,15 @@ import asyncio
 import logging
 import random
 import time
+from dataclasses import dataclass, field
 
 import orjson
 
 from surge.auth import Authenticator
-from surge.config import ORDER_QUERY, Settings
 from surge.ground.interfaces import Bus, Cache, Store
 from surge.ground.orders import Order
 from surge.ground.tasks import Tasks
 from surge.ground.web import Problem, Request, Response, problem_response, response
-from surge.metrics import Metrics
 from surge.protect.shedder import Shedder, overloaded
 
 log = logging.getLogger("surge.orders")
@@ -124,34 +123,60 @@ class Flight:
         self.started = False
 
 
+@dataclass(frozen=True, slots=True)
+class OrderQueryOptions:
+    deadline: float = 0.05  # seconds, then 504
+    cache_ttl: float = 600.0  # shared cache, seconds
+    cache_jitter: float = 0.1  # +- fraction of the TTL
+    negative_ttl: float = 5.0  # a not-found, seconds
+    near_cache_size: int = 100_000
+    near_cache_ttl: float = 300.0
+
+
+@dataclass(slots=True)
+class OrderStats:
+    """The order query's counters (plain numbers; surge.metrics reads them)."""
+
+    cache_hits: dict[str, int] = field(default_factory=lambda: {"near": 0, "shared": 0})
+    cache_misses: dict[str, int] = field(default_factory=lambda: {"near": 0, "shared": 0})
+    cache_errors: int = 0  # the shared cache failed (counted by its error hook too)
+    db_queries: int = 0
+    db_rows: int = 0
+    deadline_exceeded: int = 0
+
+    def cache_failed(self, _exc: Exception) -> None:
+        self.cache_errors += 1
+
+
 class OrderQuery:
     def __init__(
         self,
-        settings: Settings,
+        options: OrderQueryOptions,
         auth: Authenticator,
         cache: Cache,
         store: Store,
         bus: Bus,
-        metrics: Metrics,
+        stats: OrderStats,
+        shedder: Shedder | None = None,  # a miss takes one of its slots
     ) -> None:
         self._auth = auth
         self._cache = cache
         self._store = store
         self._bus = bus
-        self._metrics = metrics
-        self._deadline = settings.route_deadline(ORDER_QUERY)
+        self.stats = stats
+        self._shedder = shedder
+        self._deadline = options.deadline
         self._deadline_response = problem_response(
             504, "deadline-exceeded", f"no answer within {self._deadline * 1000:.0f} ms"
         )
-        self._ttl = settings.cache_ttl
-        self._jitter = settings.cache_jitter
-        self._negative_ttl = settings.negative_ttl
-        self.near = NearCache(settings.near_cache_size, settings.near_cache_ttl)
+        self._ttl = options.cache_ttl
+        self._jitter = options.cache_jitter
+        self._negative_ttl = options.negative_ttl
+        self.near = NearCache(options.near_cache_size, options.near_cache_ttl)
         self._flights: dict[int, Flight] = {}
         self._queue: list[Flight] = []
         self._db_slots = asyncio.Semaphore(store.size)
         self._tasks = Tasks()
-        self.shedder: Shedder | None = None  # set by the app: misses need a slot
 
     async def start(self) -> None:
         self._loop = asyncio.get_running_loop()
@@ -169,8 +194,8 @@ class OrderQuery:
         now = time.monotonic()
         entry = self.near.get(order_id, now)
         if entry is None:
-            self._metrics.cache_misses["near"] += 1
-            shedder = self.shedder
+            self.stats.cache_misses["near"] += 1
+            shedder = self._shedder
             if (
                 shedder is not None
                 and order_id not in self._flights  # joining a lookup under way is free
@@ -178,7 +203,7 @@ class OrderQuery:
             ):
                 return overloaded()  # before the lookup: under overload it never starts
             return self._wait(order_id, user.id, user.admin)
-        self._metrics.cache_hits["near"] += 1
+        self.stats.cache_hits["near"] += 1
         if entry[2] < now:
             self._refresh(order_id)  # ageing: answer from it, reload it behind the scenes
         return _answer(entry, user.id, user.admin)
@@ -209,7 +234,7 @@ class OrderQuery:
     def _expire(self, waiter: asyncio.Future[Response], flight: Flight) -> None:
         if waiter.done():
             return
-        self._metrics.deadline_exceeded += 1
+        self.stats.deadline_exceeded += 1
         waiter.set_result(self._deadline_response)
         flight.live -= 1
         if flight.live == 0 and not flight.started and self._flights.get(flight.order_id) is flight:
@@ -229,14 +254,14 @@ class OrderQuery:
                 self._fail(flight)
 
     async def _lookup(self, batch: list[Flight]) -> None:
-        metrics = self._metrics
+        stats = self.stats
         batch = [f for f in batch if f.live]
         if not batch:
             return
         try:
             values = await self._cache.get_many([f"order:{f.order_id}" for f in batch])
         except Exception as exc:  # Redis trouble: degrade to the database, skip the fill
-            metrics.cache_errors += 1
+            stats.cache_errors += 1
             log.debug("shared cache read failed: %s", exc)
             values, fill_shared = [None] * len(batch), False
         else:
@@ -248,8 +273,8 @@ class OrderQuery:
                 missing.append(flight)
             else:
                 self._resolve(flight, entry)
-        metrics.cache_hits["shared"] += len(batch) - len(missing)
-        metrics.cache_misses["shared"] += len(missing)
+        stats.cache_hits["shared"] += len(batch) - len(missing)
+        stats.cache_misses["shared"] += len(missing)
         if not missing:
             return
         async with self._db_slots:
@@ -265,8 +290,8 @@ class OrderQuery:
                 for flight in missing:
                     self._fail(flight)
                 return
-        metrics.db_queries += 1
-        metrics.db_rows += len(found)
+        stats.db_queries += 1
+        stats.db_rows += len(found)
         for flight in missing:
             self._resolve(
                 flight, self._fill(flight.order_id, found.get(flight.order_id), fill_shared)

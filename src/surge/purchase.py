@@ -79,7 +79,6 @@ class Purchases:
         configs: SaleConfigs,
         board: SoldOutBoard,
         feed: StockFeed,
-        outcomes: dict[str, int],
         deadline: float,
         invalidate: Callable[..., Awaitable[None]],
     ) -> None:
@@ -89,7 +88,7 @@ class Purchases:
         self._configs = configs
         self._board = board
         self._feed = feed
-        self._outcomes = outcomes  # purchases_total{outcome} (surge.metrics)
+        self.outcomes: dict[str, int] = {}  # purchases_total{outcome} (surge.metrics)
         self._deadline = deadline
         self._batcher = CommitBatcher(sales)
         self._books = AfterCommit(gate, invalidate)
@@ -122,7 +121,7 @@ class Purchases:
         return self._counted(self._purchase(sale_id, user.id, key, quantity))
 
     def _count(self, outcome: str) -> None:
-        self._outcomes[outcome] = self._outcomes.get(outcome, 0) + 1
+        self.outcomes[outcome] = self.outcomes.get(outcome, 0) + 1
 
     async def _counted(self, work: Awaitable[Response]) -> Response:
         try:

@@ -9,8 +9,7 @@ from collections.abc import AsyncIterator
 import pytest
 
 from surge import db
-from surge.backends import Backends, open_backends
-from surge.config import Settings
+from surge.backends import BackendOptions, Backends, open_backends
 from tests.backends import Backend
 
 pytestmark = pytest.mark.anyio
@@ -18,14 +17,14 @@ pytestmark = pytest.mark.anyio
 
 @contextlib.asynccontextmanager
 async def _opened(backend: Backend) -> AsyncIterator[Backends]:
-    settings = Settings(
+    options = BackendOptions(
         database_url=backend.database_url,
         redis_url=backend.redis_url,
-        redis_prefix=backend.prefix,
+        prefix=backend.prefix,
         db_pool_size=4,
     )
     async with contextlib.AsyncExitStack() as stack:
-        yield await open_backends(settings, stack)
+        yield await open_backends(options, stack)
 
 
 async def test_cache_get_set_delete_and_ttl(backend: Backend) -> None:

@@ -9,10 +9,9 @@ from collections.abc import AsyncIterator
 
 import pytest
 
-from surge.backends import open_backends
+from surge.backends import BackendOptions, open_backends
 from surge.backends.memory_backplane import LocalBackplane
 from surge.backends.redis_backplane import RedisBackplane
-from surge.config import Settings
 from surge.ground.rooms import ROOM_SHARE, Backplane
 from tests.backends import Backend
 
@@ -26,13 +25,16 @@ async def _backplane(backend: Backend) -> AsyncIterator[Backplane]:
     if backend.redis_url is None:
         yield LocalBackplane(BUDGET)
         return
-    settings = Settings(
-        database_url=backend.database_url, redis_url=backend.redis_url, redis_prefix=backend.prefix
+    options = BackendOptions(
+        database_url=backend.database_url,
+        redis_url=backend.redis_url,
+        prefix=backend.prefix,
+        history_bytes=BUDGET,
     )
     async with contextlib.AsyncExitStack() as stack:
-        opened = await open_backends(settings, stack)
-        assert opened.redis_client is not None
-        yield RedisBackplane(opened.redis_client, opened.bus, backend.prefix, BUDGET)
+        opened = await open_backends(options, stack)
+        assert isinstance(opened.backplane, RedisBackplane)
+        yield opened.backplane
 
 
 async def test_history_keeps_the_last_messages_within_a_room_s_bytes(backend: Backend) -> None:

@@ -75,7 +75,6 @@ async def purchases(backend: Backend) -> AsyncIterator[tuple[Purchases, AnswerLo
         SaleConfigs(sales),
         SoldOutBoard(MemoryBus(), gate),
         StockFeed(_Rooms()),
-        {},
         DEADLINE,
         _nothing,
     )

@@ -12,11 +12,9 @@ import pytest
 
 from surge.auth import Authenticator, mint
 from surge.backends.memory import MemoryBus, MemoryCache
-from surge.config import Settings
 from surge.ground.orders import Order
 from surge.ground.web import Problem, Request, Response
-from surge.metrics import Metrics
-from surge.orders import NearCache, OrderQuery, parse_id
+from surge.orders import NearCache, OrderQuery, OrderQueryOptions, OrderStats, parse_id
 
 SECRET = "orders-unit-secret-0123456789-0123456789"
 WHEN = datetime(2026, 11, 27, 12, 0, tzinfo=UTC)
@@ -58,12 +56,18 @@ def _request(order_id: str, user: str | None = "alice", admin: bool = False) -> 
     return request
 
 
-async def _make(store: FakeStore, **overrides: object) -> tuple[OrderQuery, Metrics]:
-    settings = Settings(jwt_secret=SECRET, **overrides)  # type: ignore[arg-type]
-    metrics = Metrics()
-    query = OrderQuery(settings, Authenticator(SECRET), MemoryCache(), store, MemoryBus(), metrics)
+async def _make(store: FakeStore, **overrides: float) -> tuple[OrderQuery, OrderStats]:
+    stats = OrderStats()
+    query = OrderQuery(
+        OrderQueryOptions(**overrides),
+        Authenticator(SECRET),
+        MemoryCache(),
+        store,
+        MemoryBus(),
+        stats,
+    )
     await query.start()
-    return query, metrics
+    return query, stats
 
 
 async def _call(query: OrderQuery, request: Request) -> Response:
@@ -125,7 +129,7 @@ def test_near_cache_is_bounded_and_expires() -> None:
 @pytest.mark.anyio
 async def test_owner_admin_and_stranger() -> None:
     store = FakeStore({1: _order(1, "alice")})
-    query, metrics = await _make(store)
+    query, stats = await _make(store)
     owner = await _call(query, _request("1", "alice"))
     assert owner[0] == 200
     assert _json(owner) == {
@@ -142,7 +146,7 @@ async def test_owner_admin_and_stranger() -> None:
     missing = await _call(query, _request("2", "alice"))
     assert stranger[2] == missing[2]  # someone else's order looks exactly like a missing one
     assert len(store.queries) == 2  # id 1 once (then near cache), id 2 once
-    assert metrics.cache_hits["near"] == 2
+    assert stats.cache_hits["near"] == 2
 
 
 @pytest.mark.anyio
@@ -163,17 +167,17 @@ async def test_auth_is_checked_before_the_id() -> None:
 @pytest.mark.anyio
 async def test_single_flight_one_query_for_a_stampede() -> None:
     store = FakeStore({7: _order(7, "alice")}, delay=0.02)
-    query, metrics = await _make(store, deadline_ms=2000)
+    query, stats = await _make(store, deadline=2.0)
     responses = await asyncio.gather(*(_call(query, _request("7")) for _ in range(1000)))
     assert {r[0] for r in responses} == {200}
     assert store.queries == [[7]]
-    assert metrics.db_queries == 1
+    assert stats.db_queries == 1
 
 
 @pytest.mark.anyio
 async def test_misses_of_one_loop_turn_share_one_query() -> None:
     store = FakeStore({i: _order(i, "alice") for i in range(1, 51)})
-    query, _ = await _make(store, deadline_ms=2000)
+    query, _ = await _make(store, deadline=2.0)
     responses = await asyncio.gather(*(_call(query, _request(str(i))) for i in range(1, 51)))
     assert all(r[0] == 200 for r in responses)
     assert len(store.queries) == 1 and sorted(store.queries[0]) == list(range(1, 51))
@@ -183,13 +187,13 @@ async def test_misses_of_one_loop_turn_share_one_query() -> None:
 async def test_deadline_gives_504_and_work_of_abandoned_ids_is_skipped() -> None:
     store = FakeStore({i: _order(i, "alice") for i in range(1, 20)}, delay=0.3)
     store.size = 1  # one query at a time: the second batch must wait for the first
-    query, metrics = await _make(store, deadline_ms=50)
+    query, stats = await _make(store, deadline=0.05)
     first = asyncio.ensure_future(_call(query, _request("1")))
     await asyncio.sleep(0.01)  # id 1's query is running now
     second = asyncio.ensure_future(_call(query, _request("2")))
     assert (await first)[0] == 504
     assert (await second)[0] == 504
-    assert metrics.deadline_exceeded == 2
+    assert stats.deadline_exceeded == 2
     await asyncio.sleep(0.4)
     # id 1's running query completed and filled the cache; id 2's never started
     assert store.queries == [[1]]
@@ -221,10 +225,11 @@ async def test_database_failure_is_503_not_500() -> None:
 async def test_shared_cache_serves_other_processes_and_invalidation_reaches_them() -> None:
     store = FakeStore({5: _order(5, "alice")})
     cache, bus = MemoryCache(), MemoryBus()
-    settings = Settings(jwt_secret=SECRET)
     queries = []
     for _ in range(2):  # two "processes" sharing cache and bus
-        query = OrderQuery(settings, Authenticator(SECRET), cache, store, bus, Metrics())
+        query = OrderQuery(
+            OrderQueryOptions(), Authenticator(SECRET), cache, store, bus, OrderStats()
+        )
         await query.start()
         queries.append(query)
     assert (await _call(queries[0], _request("5")))[0] == 200
@@ -273,7 +278,7 @@ async def test_near_cache_is_forgotten_when_the_bus_reconnects() -> None:
 
     store = FakeStore({5: _order(5, "alice")})
     query = OrderQuery(
-        Settings(jwt_secret=SECRET), Authenticator(SECRET), MemoryCache(), store, Bus(), Metrics()
+        OrderQueryOptions(), Authenticator(SECRET), MemoryCache(), store, Bus(), OrderStats()
     )
     await query.start()
     await _call(query, _request("5"))

@@ -1,4 +1,16 @@
-"""Backends chosen by URL scheme, in this one factory; drivers are imported lazily."""
+"""The one backend factory: every kind is built here, by URL scheme, and nowhere else.
+
+Two URLs decide everything. The database URL gives the store and the sales (SQLite,
+MariaDB/MySQL, PostgreSQL: all through SQLAlchemy). The shared-state URL gives the
+cache, the bus, the stock gate, the room backplane, the shared rate-limit buckets and the
+event stream: Redis for `redis://` and `rediss://`, and without one, the in-process kinds
+plus an SQLite file for the stream. A new kind of server (Redis Cluster, say) is one
+more entry in `_SHARED`. Drivers are imported only when their scheme is asked for, so the
+embedded default never loads redis-py.
+
+The caller (surge.app, surge.work.process, the tests) passes plain values
+(`BackendOptions`), not the settings object: the backends know nothing of the rest.
+"""
 
 from __future__ import annotations
 
@@ -6,79 +18,204 @@ import asyncio
 import contextlib
 import logging
 from collections.abc import Awaitable, Callable
-from dataclasses import dataclass
-from typing import Any
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import TYPE_CHECKING
+from urllib.parse import urlsplit
 
-from surge.backends.sql_sales import SqlSales
-from surge.config import Settings
-from surge.ground.interfaces import Bus, Cache, Gate, Store
+from surge.backends.breaker import Breaker
+from surge.ground.interfaces import Bus, Cache, Gate, Sales, Store, Stream
+from surge.ground.rooms import Backplane
+from surge.protect.bucket import LocalBuckets
+from surge.protect.ratelimit import Buckets
+
+if TYPE_CHECKING:
+    from surge.backends.sql import SqlStore
 
 log = logging.getLogger("surge.backends")
+
+ErrorHook = Callable[[Exception], None]
+
+
+@dataclass(frozen=True, slots=True)
+class BackendOptions:
+    database_url: str
+    redis_url: str | None = None  # None: in-process shared state (one process)
+    prefix: str = "surge:"  # of every Redis key and channel
+    db_pool_size: int = 10
+    redis_pool_size: int = 32
+    cache_entries: int = 100_000  # the in-process cache's bound
+    history_bytes: int = 16 * 1024 * 1024  # room history, per process or per Redis
+    data_dir: Path = Path("surge-data")  # the embedded event stream's file
+    dedup_ttl: float = 7 * 86_400.0  # how long the stream remembers a handled event
+    stream_pool_size: int = 40  # the stream's own Redis connections (blocking reads)
 
 
 @dataclass(slots=True)
 class Backends:
+    """What one server process talks to. `shared_buckets` is None without Redis (the
+    rate limits are then this process's `local_buckets`)."""
+
+    store: Store
+    sales: Sales
     cache: Cache
     bus: Bus
-    store: Store
-    sales: SqlSales
     gate: Gate
-    redis: bool  # the shared layers are Redis (False: in-process)
-    warm_redis: Callable[[], Awaitable[None]] | None = None
-    redis_client: Any = None  # redis.asyncio.Redis when the shared layers are Redis
+    backplane: Backplane
+    local_buckets: LocalBuckets
+    shared_buckets: Buckets | None
+    shared: bool  # the shared state is a server (Redis), not this process
+    breakers: dict[str, Breaker] = field(default_factory=dict)  # dependency -> breaker
+    probes: dict[str, Callable[[], Awaitable[None]]] = field(default_factory=dict)
+    gauges: dict[str, Callable[[], float]] = field(default_factory=dict)  # pool use
+    _warm: list[Callable[[], Awaitable[None]]] = field(default_factory=list)
 
     async def warm(self) -> None:
         """Opens the connection pools before traffic comes (best effort: a dependency that
         is down now is reported by readiness, and connected to on first use)."""
-        steps: list[Awaitable[None]] = [self.store.warm()]
-        if self.warm_redis is not None:
-            steps.append(self.warm_redis())
+        steps = [self.store.warm(), *(warm() for warm in self._warm)]
         for outcome in await asyncio.gather(*steps, return_exceptions=True):
             if isinstance(outcome, Exception):
                 log.warning("could not open the connection pools ahead of time: %s", outcome)
 
 
+def scheme_of(url: str | None) -> str:
+    """ "memory" for no URL; else the URL's scheme without a driver (`mysql+asyncmy`)."""
+    return "memory" if url is None else urlsplit(url).scheme.partition("+")[0]
+
+
 async def open_backends(
-    settings: Settings,
+    options: BackendOptions,
     stack: contextlib.AsyncExitStack,
-    on_cache_error: Callable[[Exception], None] | None = None,
+    on_cache_error: ErrorHook | None = None,
 ) -> Backends:
-    """Opens cache, bus and store; `stack` closes them in reverse order."""
+    """Builds every kind a server process uses; `stack` closes them in reverse order."""
+    from surge.backends.sql import breaker
+
+    store = open_store(options, stack)
+    opener = _SHARED.get(scheme_of(options.redis_url))
+    if opener is None:
+        raise ValueError(f"no backend for {scheme_of(options.redis_url)}:// URLs")
+    made = opener(options, store, stack, on_cache_error)
+    made.breakers["database"] = breaker(store.engine)
+    made.probes["database"] = store.ping
+    made.gauges["db_pool_in_use"] = lambda: float(store.in_use)
+    made.gauges["db_pool_size"] = lambda: float(store.size)
+    return made
+
+
+def open_store(
+    options: BackendOptions, stack: contextlib.AsyncExitStack, pool_size: int | None = None
+) -> SqlStore:
+    """The SQL store alone (the worker process and the CLI need no more)."""
     from surge.backends.sql import SqlStore, create_engine
 
-    store = SqlStore(
-        create_engine(settings.database_url, settings.db_pool_size), settings.db_pool_size
-    )
+    size = pool_size or options.db_pool_size
+    store = SqlStore(create_engine(options.database_url, size), size)
     stack.push_async_callback(store.close)
-    sales = SqlSales(store.engine)
+    return store
 
-    if settings.redis_url is None:
-        from surge.backends.memory import MemoryBus, MemoryCache
-        from surge.backends.memory_gate import MemoryGate
 
-        cache: Cache = MemoryCache(max_entries=max(settings.near_cache_size * 4, 100_000))
-        bus: Bus = MemoryBus()
-        stack.push_async_callback(cache.close)
-        stack.push_async_callback(bus.close)
-        return Backends(cache, bus, store, sales, MemoryGate(), redis=False)
+async def open_stream(options: BackendOptions, stack: contextlib.AsyncExitStack) -> Stream:
+    """The event stream: Redis Streams with Redis (on a pool of its own: blocking reads
+    hold their connections), else an SQLite file in the data dir."""
+    if options.redis_url is None:
+        from surge.backends.sqlite_stream import SqliteStream
 
-    from surge.backends.redis import RedisBus, RedisCache, connect, warm
-    from surge.backends.redis_gate import RedisGate
+        stream: Stream = SqliteStream(options.data_dir / "events.db", options.dedup_ttl)
+    else:
+        from surge.backends.redis import connect
+        from surge.backends.redis_stream import RedisStream
 
-    client = connect(settings.redis_url, settings.redis_pool_size)
-    stack.push_async_callback(client.aclose)
-    redis_cache = RedisCache(client, settings.redis_prefix, on_cache_error)
-    redis_bus = RedisBus(client, settings.redis_prefix)
-    stack.push_async_callback(redis_cache.close)
-    stack.push_async_callback(redis_bus.close)
-    gate = RedisGate(client, settings.redis_prefix)
+        # a command timeout above the blocking reads' 1 s
+        client = connect(options.redis_url, options.stream_pool_size, command_timeout=3.0)
+        stack.push_async_callback(client.aclose)
+        stream = RedisStream(client, options.prefix, options.dedup_ttl)
+    stack.push_async_callback(stream.close)
+    return stream
+
+
+# -- the shared state, by scheme ------------------------------------------------------------
+
+
+def _in_process(
+    options: BackendOptions,
+    store: SqlStore,
+    stack: contextlib.AsyncExitStack,
+    _on_cache_error: ErrorHook | None,
+) -> Backends:
+    from surge.backends.memory import MemoryBus, MemoryCache
+    from surge.backends.memory_backplane import LocalBackplane
+    from surge.backends.memory_gate import MemoryGate
+    from surge.backends.sql_sales import SqlSales
+
+    cache = MemoryCache(max_entries=options.cache_entries)
+    bus = MemoryBus()
+    stack.push_async_callback(cache.close)
+    stack.push_async_callback(bus.close)
     return Backends(
-        redis_cache,
-        redis_bus,
         store,
-        sales,
-        gate,
-        redis=True,
-        warm_redis=lambda: warm(client, settings.redis_pool_size),
-        redis_client=client,
+        SqlSales(store.engine),
+        cache,
+        bus,
+        MemoryGate(),
+        LocalBackplane(options.history_bytes),
+        LocalBuckets(),
+        None,
+        shared=False,
     )
+
+
+def _redis(
+    options: BackendOptions,
+    store: SqlStore,
+    stack: contextlib.AsyncExitStack,
+    on_cache_error: ErrorHook | None,
+) -> Backends:
+    from surge.backends.redis import RedisBus, RedisCache, connect, warm
+    from surge.backends.redis_backplane import RedisBackplane
+    from surge.backends.redis_gate import RedisGate
+    from surge.backends.redis_limits import RedisBuckets
+    from surge.backends.sql_sales import SqlSales
+
+    url = options.redis_url
+    assert url is not None
+    client = connect(url, options.redis_pool_size)
+    stack.push_async_callback(client.aclose)
+    cache = RedisCache(client, options.prefix, on_cache_error)
+    bus = RedisBus(client, options.prefix)
+    stack.push_async_callback(cache.close)
+    stack.push_async_callback(bus.close)
+    local = LocalBuckets()
+    buckets = RedisBuckets(
+        client, options.prefix, local, lambda exc: _limits_failed(buckets.failures, exc)
+    )
+    stack.push_async_callback(buckets.close)
+    made = Backends(
+        store,
+        SqlSales(store.engine),
+        cache,
+        bus,
+        RedisGate(client, options.prefix),
+        RedisBackplane(client, bus, options.prefix, options.history_bytes),
+        local,
+        buckets,
+        shared=True,
+        _warm=[lambda: warm(client, options.redis_pool_size)],
+    )
+    made.breakers["redis"] = client.breaker
+    made.probes["redis"] = cache.ping
+    made.gauges["redis_in_flight"] = lambda: float(cache.in_flight)
+    made.gauges["redis_pool_size"] = lambda: float(options.redis_pool_size)
+    return made
+
+
+def _limits_failed(failures: int, exc: Exception) -> None:
+    if failures % 1000 == 1:  # the first, then every 1000th
+        log.warning("rate limits: Redis failed (%s); this process decides", exc)
+
+
+_SHARED: dict[
+    str,
+    Callable[[BackendOptions, SqlStore, contextlib.AsyncExitStack, ErrorHook | None], Backends],
+] = {"memory": _in_process, "redis": _redis, "rediss": _redis}

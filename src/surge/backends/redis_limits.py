@@ -46,6 +46,7 @@ class RedisBuckets:
         self._timeout = timeout  # a verdict later than this comes from the local buckets
         self._waiting: dict[Policy, list[_Waiting]] = {}  # this loop turn's, by policy
         self._tasks = Tasks()
+        self.failures = 0  # calls that failed: their verdicts were this process's
 
     def check(self, policy: Policy, caller: str) -> asyncio.Future[Verdict]:
         loop = asyncio.get_running_loop()
@@ -78,6 +79,7 @@ class RedisBuckets:
                     keys=keys, args=(policy.rate, policy.burst, policy.ttl_ms)
                 )
         except Exception as exc:  # Redis down or slow: this process's buckets decide
+            self.failures += 1
             self._on_error(exc)
             for caller, verdict in waiting:
                 if not verdict.done():

@@ -12,38 +12,10 @@ from __future__ import annotations
 from urllib.parse import parse_qs
 
 from surge.auth import Authenticator
-from surge.config import Settings
 from surge.ground.web import Problem, Request, Response, Upgrade
-from surge.http.state import open_files_budget
 from surge.realtime import frames
 from surge.realtime.connection import WsConnection
-from surge.realtime.fanout import default_helpers
-from surge.realtime.hub import Hub, Limits
-
-
-def limits_of(settings: Settings) -> Limits:
-    return Limits(
-        max_connections=settings.ws_max_connections or default_max_connections(),
-        max_message=settings.ws_max_message,
-        max_rooms=settings.ws_max_rooms,
-        publish_rate=settings.ws_publish_rate,
-        send_buffer=settings.ws_send_buffer,
-        ping_interval=settings.ws_ping_interval,
-        ping_timeout=settings.ws_ping_timeout,
-        history=settings.ws_history,
-        max_per_user=settings.ws_max_per_user,
-        publish_bytes=settings.ws_publish_bytes,
-        fanout_threads=(
-            settings.ws_fanout_threads if settings.ws_fanout_threads >= 0 else default_helpers()
-        ),
-    )
-
-
-def default_max_connections() -> int:
-    """The open-files budget (surge.http.state.open_files_budget). Upgraded connections
-    share it with the HTTP ones: a new HTTP connection is refused (503) once the two
-    together fill it, so the process never runs out of files."""
-    return open_files_budget()
+from surge.realtime.hub import Hub
 
 
 class Endpoint:

@@ -18,9 +18,9 @@ from collections.abc import Coroutine
 from dataclasses import dataclass
 from typing import Any
 
+from surge.ground.histogram import Histogram
 from surge.ground.rooms import Backplane
 from surge.ground.tasks import Tasks
-from surge.metrics import Histogram
 from surge.protect.bucket import Bucket
 from surge.realtime import frames, wire
 from surge.realtime.connection import GOING_AWAY, TOO_SLOW, WsConnection

@@ -14,7 +14,8 @@ import os
 import signal
 from datetime import UTC, datetime
 
-from surge.backends.sql import SqlStore, create_engine
+from surge.app import backend_options
+from surge.backends import open_store, open_stream
 from surge.config import Settings
 from surge.ground.interfaces import Probe
 from surge.http import ops
@@ -22,8 +23,8 @@ from surge.http.listener import HttpServer, bind_socket
 from surge.http.router import Router
 from surge.http.state import HttpLimits, ServerState
 from surge.lifecycle import stop_on_signals
-from surge.metrics import Metrics
-from surge.work.worker import Worker, open_stream
+from surge.metrics import Metrics, collectors
+from surge.work.worker import Worker
 
 log = logging.getLogger("surge.worker")
 
@@ -35,10 +36,11 @@ async def run_worker(settings: Settings) -> int:
     stop, received = stop_on_signals()
 
     async with contextlib.AsyncExitStack() as stack:
-        store = SqlStore(create_engine(settings.database_url, 4), 4)
-        stack.push_async_callback(store.close)
-        stream = await open_stream(settings, stack)
-        worker = Worker(settings, store.engine, stream, metrics)
+        options = backend_options(settings)
+        store = open_store(options, stack, pool_size=4)
+        stream = await open_stream(options, stack)
+        worker = Worker(settings, store.engine, stream)
+        collectors.worker(metrics, worker)
         server = None
         if settings.worker_port:
             # both required: a worker that cannot reach either cannot do any of its work
@@ -71,7 +73,7 @@ async def _ops_server(
 async def list_dead_letters(settings: Settings, limit: int) -> list[str]:
     """One line per dead letter: its id, group, attempts, when, the error, the event."""
     async with contextlib.AsyncExitStack() as stack:
-        stream = await open_stream(settings, stack)
+        stream = await open_stream(backend_options(settings), stack)
         letters = await stream.dead_letters(limit)
     return [
         f"{d.entry}\t{d.group}\t{d.attempts} attempts\t"
@@ -86,7 +88,7 @@ async def replay_dead_letters(settings: Settings, entries: list[str], everything
     `everything`, the letters there are now, once each (one that fails again is buried
     again and stays there for the next replay)."""
     async with contextlib.AsyncExitStack() as stack:
-        stream = await open_stream(settings, stack)
+        stream = await open_stream(backend_options(settings), stack)
         if everything:
             entries = [d.entry for d in await stream.dead_letters(REPLAY_ALL_MAX)]
         return await stream.replay(entries)

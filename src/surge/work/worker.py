@@ -8,17 +8,14 @@ database and stream: see docs/worker.md for the guarantees.
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import logging
 import os
 import socket
-from operator import attrgetter
 
 from sqlalchemy.ext.asyncio import AsyncEngine
 
 from surge.config import Settings
 from surge.ground.interfaces import Stream
-from surge.metrics import Metrics
 from surge.work.audit import AuditLog
 from surge.work.consumer import Consumer, RetryPolicy
 from surge.work.mail import Mailer
@@ -29,34 +26,12 @@ log = logging.getLogger("surge.worker")
 WATCH_EVERY = 2.0  # seconds between looks at the stream's backlog (for the gauges)
 
 
-async def open_stream(settings: Settings, stack: contextlib.AsyncExitStack) -> Stream:
-    """Redis Streams when Redis is configured, else the SQLite file in the data dir."""
-    if settings.redis_url is None:
-        from surge.backends.sqlite_stream import SqliteStream
-
-        stream: Stream = SqliteStream(settings.data_dir / "events.db", settings.dedup_ttl)
-    else:
-        from surge.backends.redis import connect
-        from surge.backends.redis_stream import RedisStream
-
-        # its own pool: a connection for each event in flight in either group, the two
-        # blocking reads, the relay and the gauges; a command timeout above the reads' 1 s
-        client = connect(
-            settings.redis_url, 2 * settings.worker_concurrency + 8, command_timeout=3.0
-        )
-        stack.push_async_callback(client.aclose)
-        stream = RedisStream(client, settings.redis_prefix, settings.dedup_ttl)
-    stack.push_async_callback(stream.close)
-    return stream
-
-
 class Worker:
     def __init__(
         self,
         settings: Settings,
         engine: AsyncEngine,
         stream: Stream,
-        metrics: Metrics,
         name: str | None = None,
     ) -> None:
         self.name = name or f"{socket.gethostname()}-{os.getpid()}"
@@ -93,7 +68,6 @@ class Worker:
         self.dead_letters = 0.0
         self._stop = asyncio.Event()
         self._tasks: list[asyncio.Task[None]] = []
-        self._register(metrics)
 
     async def start(self) -> None:
         try:
@@ -137,36 +111,3 @@ class Worker:
                 await asyncio.wait_for(self._stop.wait(), WATCH_EVERY)
             except TimeoutError:
                 pass
-
-    def _register(self, metrics: Metrics) -> None:
-        relay = self.relay
-        metrics.gauge(
-            "outbox_lag_seconds", "Age of the oldest outbox row not yet relayed", lambda: relay.lag
-        )
-        metrics.counter(
-            "outbox_published", "Outbox rows relayed to the stream", lambda: relay.published
-        )
-        metrics.counter("outbox_relay_errors", "Relay passes that failed", lambda: relay.errors)
-        metrics.labelled_gauge(
-            "stream_pending",
-            "Events published but not yet acknowledged, per consumer group",
-            "consumer",
-            lambda: self.pending,
-        )
-        metrics.gauge("dead_letters", "Events in the dead-letter stream", lambda: self.dead_letters)
-        stats = {c.group: c.stats for c in self.consumers}
-        for field, doc in (
-            ("handled", "Events handled and acknowledged"),
-            ("failures", "Failed attempts at handling an event"),
-            ("retries", "Events retried after a failure"),
-            ("dead_letters", "Events moved to the dead-letter stream"),
-            ("duplicates", "Events skipped as already handled"),
-            ("unavailable", "Attempts that found a dependency down"),
-        ):
-            read = attrgetter(field)
-            metrics.labelled_counter(
-                f"consumer_{field}",
-                doc,
-                "consumer",
-                lambda read=read: {group: read(s) for group, s in stats.items()},  # type: ignore[misc]
-            )

@@ -1,4 +1,6 @@
-"""Every collector Surge exports, in one place.
+"""The registry every collector is registered with, and /metrics.
+
+Every collector Surge exports is registered in `surge.metrics.collectors`.
 
 The hot path only bumps plain integers in dicts (about 100 ns); prometheus_client turns
 them into the exposition format when /metrics is scraped. prometheus_client's own
@@ -31,23 +33,11 @@ from prometheus_client.core import (
 )
 from prometheus_client.parser import text_string_to_metric_families
 
-LATENCY_BUCKETS = (0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5)
+from surge.ground.histogram import LATENCY_BUCKETS, Histogram
+
+__all__ = ["CONTENT_TYPE", "LATENCY_BUCKETS", "Histogram", "Metrics"]
+
 CONTENT_TYPE = "text/plain; version=0.0.4; charset=utf-8"
-
-
-class Histogram:
-    """Counts per bucket as plain numbers, for the same reason as the rest (see above)."""
-
-    __slots__ = ("bounds", "counts", "total")
-
-    def __init__(self, bounds: tuple[float, ...] = LATENCY_BUCKETS) -> None:
-        self.bounds = bounds
-        self.counts = [0] * (len(bounds) + 1)  # the last one is +Inf
-        self.total = 0.0
-
-    def observe(self, value: float) -> None:
-        self.counts[bisect_left(self.bounds, value)] += 1
-        self.total += value
 
 
 class Metrics:
@@ -58,13 +48,6 @@ class Metrics:
         self.requests: dict[tuple[str, str, int], int] = {}
         # route -> (bucket counts incl. +Inf, sum)
         self._latency: dict[str, list[float]] = {}
-        self.cache_hits: dict[str, int] = {"near": 0, "shared": 0}
-        self.cache_misses: dict[str, int] = {"near": 0, "shared": 0}
-        self.cache_errors = 0
-        self.db_queries = 0
-        self.db_rows = 0
-        self.deadline_exceeded = 0
-        self.purchases: dict[str, int] = {}  # outcome (a problem type, or "ordered") -> n
         self.loop_lag = 0.0
         self.gauges: dict[str, tuple[str, Callable[[], float]]] = {}
         self.counters: dict[str, tuple[str, Callable[[], float]]] = {}
@@ -149,33 +132,6 @@ class Metrics:
             hist.add_metric([route], buckets, sum_value=counts[-1])
         yield hist
 
-        hits = CounterMetricFamily("cache_hits", "Order cache hits by layer", labels=["layer"])
-        misses = CounterMetricFamily(
-            "cache_misses", "Order cache misses by layer", labels=["layer"]
-        )
-        for layer in self.cache_hits:
-            hits.add_metric([layer], self.cache_hits[layer])
-            misses.add_metric([layer], self.cache_misses[layer])
-        yield hits
-        yield misses
-        yield CounterMetricFamily(
-            "cache_errors", "Shared cache operations that failed", value=self.cache_errors
-        )
-        yield CounterMetricFamily(
-            "db_queries", "Database queries run by the order query", value=self.db_queries
-        )
-        yield CounterMetricFamily("db_rows", "Rows the order query read", value=self.db_rows)
-        yield CounterMetricFamily(
-            "deadline_exceeded",
-            "Requests answered 504 at their deadline",
-            value=self.deadline_exceeded,
-        )
-        purchases = CounterMetricFamily(
-            "purchases", "Purchase attempts by outcome", labels=["outcome"]
-        )
-        for outcome, count in sorted(self.purchases.items()):
-            purchases.add_metric([outcome], count)
-        yield purchases
         yield GaugeMetricFamily(
             "event_loop_lag_seconds", "Latest measured event-loop lag", value=self.loop_lag
         )
