@@ -163,6 +163,46 @@ class Stream(Protocol):
     async def close(self) -> None: ...
 
 
+Publish = Callable[[Sequence[Event]], Awaitable[None]]
+
+
+class Outbox(Protocol):
+    """The outbox: events committed with the changes they announce (an order and its
+    `order.confirmed` in one transaction), waiting to be relayed to the `Stream`.
+
+    Nothing committed is lost: a row is marked published only after `publish` returned,
+    in the transaction that holds its lock, so a relay that dies mid-batch leaves its rows
+    unpublished for the next pass (any relay's). Several relays may share one outbox: no
+    two of them hold the same row at once (row locks, or one relay at a time)."""
+
+    async def relay_batch(self, limit: int, publish: Publish) -> int:
+        """Takes up to `limit` unpublished events, oldest first (in id order), locked for
+        this relay alone, and awaits `publish(events)` INSIDE the transaction that holds
+        the lock; only once it returned are the rows marked published, in that same
+        transaction. Returns how many were published: 0 when there are none, or when
+        another relay has the right to relay now. If `publish` raises (or the outbox
+        cannot mark the rows as its own any more), nothing is marked and the exception
+        propagates: the rows stay unpublished and a later pass publishes them (so an
+        event may be published twice, never lost)."""
+        ...
+
+    async def oldest_unpublished(self) -> float | None:
+        """The creation time (Unix seconds) of the oldest event not published yet; None
+        when every event is published. (Core turns it into the lag: now minus this.)"""
+        ...
+
+    async def delete_published_before(self, before: float, limit: int) -> int:
+        """Deletes up to `limit` events published before `before` (Unix seconds), oldest
+        first, in one transaction; returns how many (fewer than `limit`: none left)."""
+        ...
+
+    async def close(self) -> None:
+        """This relay stops: gives up what it holds (the right to relay, where only one
+        relay at a time may) so that another relay takes over at once. May raise: what
+        it holds then lapses by itself."""
+        ...
+
+
 class Gate(Protocol):
     """The stock gate: one atomic step that says whether a purchase may go on to the database.
 

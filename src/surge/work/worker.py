@@ -16,6 +16,7 @@ from operator import attrgetter
 
 from sqlalchemy.ext.asyncio import AsyncEngine
 
+from surge.backends.sql_outbox import SqlOutbox
 from surge.config import Settings
 from surge.ground.interfaces import Stream
 from surge.metrics import Metrics
@@ -63,9 +64,8 @@ class Worker:
         self.stream = stream
         self.drain_timeout = settings.drain_timeout
         self.relay = OutboxRelay(
-            engine,
+            SqlOutbox(engine, self.name),
             stream,
-            self.name,
             poll=settings.outbox_poll,
             retention=settings.outbox_retention,
         )
