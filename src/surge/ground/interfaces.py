@@ -9,6 +9,7 @@ from __future__ import annotations
 
 from collections.abc import Awaitable, Callable, Sequence
 from datetime import datetime
+from email.message import EmailMessage
 from typing import Protocol
 
 from surge.ground.events import DeadLetter, Delivery, Event
@@ -200,6 +201,26 @@ class Outbox(Protocol):
         """This relay stops: gives up what it holds (the right to relay, where only one
         relay at a time may) so that another relay takes over at once. May raise: what
         it holds then lapses by itself."""
+        ...
+
+
+class MailSender(Protocol):
+    """Where the order mails go (an SMTP server, or an mbox file)."""
+
+    async def send(self, message: EmailMessage) -> None:
+        """Delivers one message; returns once it is accepted (or stored).
+
+        Raises `Unavailable` (surge.ground.errors) when it cannot go now and may later:
+        the server cannot be reached or set up (refused, timeout, greeting, EHLO,
+        STARTTLS, AUTH), the connection dropped, any 4xx reply. The consumer pauses and
+        retries it without counting the attempt. Any other exception means this message
+        was refused for good (SMTP 5xx): a failed attempt of this mail, whose kind and
+        text the dead letter records (the SMTP sender lets the driver's own exception
+        through, e.g. `SMTPRecipientsRefused`)."""
+        ...
+
+    async def close(self) -> None:
+        """Closes its connections (a hung server gets a second, not a timeout each)."""
         ...
 
 

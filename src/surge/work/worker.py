@@ -16,6 +16,7 @@ from operator import attrgetter
 
 from sqlalchemy.ext.asyncio import AsyncEngine
 
+from surge.backends.mail import open_mailbox
 from surge.backends.sql_outbox import SqlOutbox
 from surge.config import Settings
 from surge.ground.interfaces import Stream
@@ -70,8 +71,7 @@ class Worker:
             retention=settings.outbox_retention,
         )
         self.mailer = Mailer(
-            settings.smtp_url,
-            settings.data_dir / "mail.mbox",
+            open_mailbox(settings.smtp_url, settings.data_dir / "mail.mbox"),
             settings.mail_from,
             settings.mail_domain,
         )
