@@ -1,8 +1,10 @@
-"""The outbox relay on every database: in order, nothing lost, shared by several relays."""
+"""The outbox relay on every database (the SQL outbox, surge.backends.sql_outbox, under
+the relay's loop): in order, nothing lost, shared by several relays."""
 
 from __future__ import annotations
 
 import asyncio
+import time
 from collections import Counter
 from collections.abc import AsyncIterator, Sequence
 from datetime import UTC, datetime, timedelta
@@ -14,10 +16,11 @@ from sqlalchemy.ext.asyncio import AsyncEngine
 
 from surge import db
 from surge.backends.sql import create_engine
+from surge.backends.sql_outbox import LeaseLost, SqlOutbox
 from surge.backends.sqlite_stream import SqliteStream
 from surge.ground.events import Event
 from surge.schema import outbox, outbox_lease
-from surge.work.relay import LeaseLost, OutboxRelay
+from surge.work.relay import OutboxRelay
 from tests.backends import Backend
 
 pytestmark = pytest.mark.anyio
@@ -72,7 +75,7 @@ async def unpublished(engine: AsyncEngine) -> int:
 async def test_rows_are_relayed_in_order_and_marked(engine: AsyncEngine) -> None:
     ids = await add_rows(engine, 120)
     stream = Recorder()
-    relay = OutboxRelay(engine, stream, "r1", batch=50)  # type: ignore[arg-type]
+    relay = OutboxRelay(SqlOutbox(engine, "r1"), stream, batch=50)  # type: ignore[arg-type]
     assert [await relay.relay_once() for _ in range(4)] == [50, 50, 20, 0]
     assert [e.id.split(".")[0] for e in stream.events] == [str(i) for i in ids]
     assert stream.events[0].payload == b'{"n": 0}'
@@ -83,32 +86,32 @@ async def test_rows_are_relayed_in_order_and_marked(engine: AsyncEngine) -> None
 async def test_a_failed_publish_marks_nothing(engine: AsyncEngine) -> None:
     await add_rows(engine, 10)
     down = Recorder(fail=True)
-    relay = OutboxRelay(engine, down, "r1")  # type: ignore[arg-type]
     with pytest.raises(ConnectionError):
-        await relay.relay_once()
+        await SqlOutbox(engine, "r1").relay_batch(500, down.publish)
     assert await unpublished(engine) == 10
     up = Recorder()  # the stream is back (same relay name: on SQLite it holds the lease)
-    assert await OutboxRelay(engine, up, "r1").relay_once() == 10  # type: ignore[arg-type]
+    assert await SqlOutbox(engine, "r1").relay_batch(500, up.publish) == 10
     assert len(up.events) == 10
 
 
 async def test_several_relays_publish_each_row_once(engine: AsyncEngine) -> None:
     await add_rows(engine, 600)
     stream = Recorder(delay=0.02)  # batches overlap in time
-    relays = [OutboxRelay(engine, stream, f"r{i}", batch=40) for i in range(3)]  # type: ignore[arg-type]
+    published = {f"r{i}": 0 for i in range(3)}
 
-    async def drain(relay: OutboxRelay) -> None:
+    async def drain(name: str) -> None:
+        outbox = SqlOutbox(engine, name)
         while await unpublished(engine):
-            await relay.relay_once()
+            published[name] += await outbox.relay_batch(40, stream.publish)
             await asyncio.sleep(0)
 
-    await asyncio.gather(*(drain(r) for r in relays))
+    await asyncio.gather(*(drain(f"r{i}") for i in range(3)))
     counts = Counter(e.id for e in stream.events)
     assert len(counts) == 600 and set(counts.values()) == {1}
     if engine.dialect.name == "sqlite":  # the lease: one relay did everything
-        assert sorted(r.published for r in relays)[:2] == [0, 0]
+        assert sorted(published.values())[:2] == [0, 0]
     else:  # SKIP LOCKED: they shared the work
-        assert sum(1 for r in relays if r.published) >= 2
+        assert sum(1 for n in published.values() if n) >= 2
 
 
 async def test_lag_and_retention(engine: AsyncEngine, tmp_path: Path) -> None:
@@ -116,13 +119,18 @@ async def test_lag_and_retention(engine: AsyncEngine, tmp_path: Path) -> None:
     await add_rows(engine, 3, created=old)
     stream = SqliteStream(tmp_path / "events.db", 60)
     await stream.prepare(["mail"])
-    relay = OutboxRelay(engine, stream, "r1", retention=0.5)
+    sql = SqlOutbox(engine, "r1")
+    relay = OutboxRelay(sql, stream, retention=0.5)
     try:
+        oldest = await sql.oldest_unpublished()
+        assert oldest == old.replace(tzinfo=UTC).timestamp()
         await relay._measure_lag()
         assert 29 <= relay.lag <= 40
         assert await relay.relay_once() == 3
+        assert await sql.oldest_unpublished() is None
         await relay._measure_lag()
         assert relay.lag == 0.0
+        assert await sql.delete_published_before(time.time() - 60, 1000) == 0  # too recent
         await asyncio.sleep(1.1)  # DATETIME keeps whole seconds on MariaDB
         await relay._delete_published()
         async with engine.connect() as conn:
@@ -135,7 +143,7 @@ async def test_lag_and_retention(engine: AsyncEngine, tmp_path: Path) -> None:
 async def test_the_lag_grows_while_the_stream_is_down(engine: AsyncEngine) -> None:
     old = datetime.now(UTC).replace(tzinfo=None, microsecond=0) - timedelta(seconds=90)
     await add_rows(engine, 2, created=old)
-    relay = OutboxRelay(engine, Recorder(fail=True), "r1", poll=0.05)  # type: ignore[arg-type]
+    relay = OutboxRelay(SqlOutbox(engine, "r1"), Recorder(fail=True), poll=0.05)  # type: ignore[arg-type]
     stop = asyncio.Event()
     task = asyncio.create_task(relay.run(stop))
     try:
@@ -164,10 +172,33 @@ async def test_a_relay_that_lost_its_sqlite_lease_marks_nothing(tmp_path: Path) 
                 async with engine.begin() as conn:
                     await conn.execute(sa.update(outbox_lease).values(holder="r2"))
 
-        relay = OutboxRelay(engine, Usurped(), "r1")  # type: ignore[arg-type]
+        relay = OutboxRelay(SqlOutbox(engine, "r1"), Usurped())  # type: ignore[arg-type]
         with pytest.raises(LeaseLost):
             await relay.relay_once()
         assert await unpublished(engine) == 5  # r2 publishes them
         assert relay.published == 0
+    finally:
+        await engine.dispose()
+
+
+async def test_a_stopping_relay_hands_the_sqlite_lease_over_at_once(tmp_path: Path) -> None:
+    """SQLite only: while r1 holds the lease r2 relays nothing; once r1 closed (gave it up)
+    r2 takes it at once instead of waiting for it to lapse."""
+    url = f"sqlite:///{tmp_path / 'surge.db'}"
+    await asyncio.to_thread(db.migrate, url)
+    engine = create_engine(url, pool_size=4)
+    try:
+        await add_rows(engine, 3)
+        one, two, stream = SqlOutbox(engine, "r1"), SqlOutbox(engine, "r2"), Recorder()
+        assert await one.relay_batch(2, stream.publish) == 2
+        assert await two.relay_batch(2, stream.publish) == 0  # r1 holds the lease
+        await one.close()
+        assert await two.relay_batch(2, stream.publish) == 1
+        await two.close()
+        async with engine.connect() as conn:
+            held = (
+                await conn.execute(sa.select(sa.func.count()).select_from(outbox_lease))
+            ).scalar()
+        assert held == 0
     finally:
         await engine.dispose()

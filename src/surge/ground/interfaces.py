@@ -9,6 +9,7 @@ from __future__ import annotations
 
 from collections.abc import Awaitable, Callable, Sequence
 from datetime import datetime
+from email.message import EmailMessage
 from typing import Protocol
 
 from surge.ground.events import DeadLetter, Delivery, Event
@@ -161,6 +162,66 @@ class Stream(Protocol):
         ...
 
     async def close(self) -> None: ...
+
+
+Publish = Callable[[Sequence[Event]], Awaitable[None]]
+
+
+class Outbox(Protocol):
+    """The outbox: events committed with the changes they announce (an order and its
+    `order.confirmed` in one transaction), waiting to be relayed to the `Stream`.
+
+    Nothing committed is lost: a row is marked published only after `publish` returned,
+    in the transaction that holds its lock, so a relay that dies mid-batch leaves its rows
+    unpublished for the next pass (any relay's). Several relays may share one outbox: no
+    two of them hold the same row at once (row locks, or one relay at a time)."""
+
+    async def relay_batch(self, limit: int, publish: Publish) -> int:
+        """Takes up to `limit` unpublished events, oldest first (in id order), locked for
+        this relay alone, and awaits `publish(events)` INSIDE the transaction that holds
+        the lock; only once it returned are the rows marked published, in that same
+        transaction. Returns how many were published: 0 when there are none, or when
+        another relay has the right to relay now. If `publish` raises (or the outbox
+        cannot mark the rows as its own any more), nothing is marked and the exception
+        propagates: the rows stay unpublished and a later pass publishes them (so an
+        event may be published twice, never lost)."""
+        ...
+
+    async def oldest_unpublished(self) -> float | None:
+        """The creation time (Unix seconds) of the oldest event not published yet; None
+        when every event is published. (Core turns it into the lag: now minus this.)"""
+        ...
+
+    async def delete_published_before(self, before: float, limit: int) -> int:
+        """Deletes up to `limit` events published before `before` (Unix seconds), oldest
+        first, in one transaction; returns how many (fewer than `limit`: none left)."""
+        ...
+
+    async def close(self) -> None:
+        """This relay stops: gives up what it holds (the right to relay, where only one
+        relay at a time may) so that another relay takes over at once. May raise: what
+        it holds then lapses by itself."""
+        ...
+
+
+class MailSender(Protocol):
+    """Where the order mails go (an SMTP server, or an mbox file)."""
+
+    async def send(self, message: EmailMessage) -> None:
+        """Delivers one message; returns once it is accepted (or stored).
+
+        Raises `Unavailable` (surge.ground.errors) when it cannot go now and may later:
+        the server cannot be reached or set up (refused, timeout, greeting, EHLO,
+        STARTTLS, AUTH), the connection dropped, any 4xx reply. The consumer pauses and
+        retries it without counting the attempt. Any other exception means this message
+        was refused for good (SMTP 5xx): a failed attempt of this mail, whose kind and
+        text the dead letter records (the SMTP sender lets the driver's own exception
+        through, e.g. `SMTPRecipientsRefused`)."""
+        ...
+
+    async def close(self) -> None:
+        """Closes its connections (a hung server gets a second, not a timeout each)."""
+        ...
 
 
 class Gate(Protocol):

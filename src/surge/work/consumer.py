@@ -2,7 +2,7 @@
 
 - An event the group already handled (its id is marked done) is acknowledged unhandled.
 - A handler that raises `Unavailable` (its dependency is down, e.g. SMTP unreachable;
-  the same exception an open circuit breaker raises, surge.backends.breaker)
+  the same exception an open circuit breaker raises, backends/breaker.py)
   pauses the whole consumer with a growing back-off; the event is retried afterwards and
   the failure is not counted against it: an outage delays mail, it does not bury it.
   (Unless other events went through since this one's last `Unavailable`: then it is

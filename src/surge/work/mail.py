@@ -1,49 +1,27 @@
 """The order-confirmation mail: one per `order.confirmed` event.
 
-Sent over SMTP (aiosmtplib) to `SURGE_SMTP_URL`, or, with no SMTP server configured,
-appended to `mail.mbox` in the data dir (readable with any mail reader: `mutt -f`).
-The Message-ID is made of the event id, so a duplicate (see docs/worker.md) is
-recognisable as one by anyone reading the mail.
+Composed here and handed to a `MailSender` (backends/mail.py: SMTP, or the mbox file
+when no SMTP server is configured). The Message-ID is made of the event id, so a
+duplicate (see docs/worker.md) is recognisable as one by anyone reading the mail.
 
-Failures: anything that goes wrong while connecting (refused, timeout, greeting, EHLO,
-STARTTLS, AUTH), a dropped connection, and every 4xx reply ("try again later") are
-`Unavailable`: the consumer pauses and retries, and it counts against this mail only if
-other mails went through meanwhile (surge.work.consumer). A 5xx reply (refused for good)
-is a failed attempt of this mail.
+Failures are the sender's to classify: `Unavailable` ("try later": the consumer pauses
+and retries, and it counts against this mail only if other mails went through meanwhile,
+surge.work.consumer); any other exception (refused for good) is a failed attempt of this
+mail, as is a payload that cannot be composed.
 """
 
 from __future__ import annotations
 
-import asyncio
-import fcntl
-import io
-import logging
-import os
-import time
-from email.generator import BytesGenerator
 from email.headerregistry import Address
 from email.message import EmailMessage
-from email.policy import SMTP as SMTP_POLICY
 from email.utils import formatdate
-from pathlib import Path
-from urllib.parse import unquote, urlsplit
 
-import aiosmtplib
 import orjson
 
-from surge.ground.errors import Unavailable
 from surge.ground.events import Event
-
-log = logging.getLogger("surge.mail")
+from surge.ground.interfaces import MailSender
 
 TOPIC = "order.confirmed"
-_DOWN = (
-    aiosmtplib.SMTPConnectError,
-    aiosmtplib.SMTPServerDisconnected,
-    aiosmtplib.SMTPTimeoutError,
-    OSError,
-    asyncio.TimeoutError,
-)
 
 
 def compose(event: Event, sender: str, domain: str) -> EmailMessage:
@@ -64,98 +42,18 @@ def compose(event: Event, sender: str, domain: str) -> EmailMessage:
 
 
 class Mailer:
-    """The `mail` consumer's handler. SMTP connections are reused: one is opened per
-    concurrent send at most and kept until it fails."""
+    """The `mail` consumer's handler: composes each order's mail and hands it to the
+    sender (`sender` is the From address)."""
 
-    def __init__(self, smtp_url: str | None, mbox: Path, sender: str, domain: str) -> None:
-        self._url = urlsplit(smtp_url) if smtp_url else None
-        self._mbox = mbox
+    def __init__(self, mailbox: MailSender, sender: str, domain: str) -> None:
+        self._mailbox = mailbox
         self._sender = sender
         self._domain = domain
-        self._idle: list[aiosmtplib.SMTP] = []
-        self._mbox_lock = asyncio.Lock()
 
     async def __call__(self, event: Event) -> None:
         if event.topic != TOPIC:
             return
-        message = compose(event, self._sender, self._domain)
-        if self._url is None:
-            async with self._mbox_lock:
-                await asyncio.to_thread(self._append, message)
-            return
-        await self._send(message)
-
-    def _append(self, message: EmailMessage) -> None:
-        """One O_APPEND write of the mbox entry under a blocking flock, then fsync.
-        (Not the stdlib `mailbox`: its dot-lock outlives a killed process and then refuses
-        every later append, its lockf does not wait, and each add rereads the file.)"""
-        out = io.BytesIO()
-        out.write(b"From surge " + time.asctime(time.gmtime()).encode() + b"\n")
-        BytesGenerator(out, mangle_from_=True, policy=SMTP_POLICY.clone(linesep="\n")).flatten(
-            message
-        )
-        entry = out.getvalue().rstrip(b"\n") + b"\n\n"
-        self._mbox.parent.mkdir(parents=True, exist_ok=True)
-        fd = os.open(self._mbox, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o640)
-        try:
-            fcntl.flock(fd, fcntl.LOCK_EX)  # another process appending waits its turn
-            os.write(fd, entry)
-            os.fsync(fd)
-        finally:
-            os.close(fd)  # (releases the lock)
-
-    async def _send(self, message: EmailMessage) -> None:
-        client = self._idle.pop() if self._idle else None
-        if client is None or not client.is_connected:
-            try:
-                client = await self._connect()
-            except Exception as exc:  # connect, greeting, EHLO, STARTTLS, AUTH: the server's
-                raise Unavailable(f"SMTP: {type(exc).__name__}: {exc}") from exc
-        healthy = True
-        try:
-            await client.send_message(message)
-        except aiosmtplib.SMTPRecipientsRefused as exc:
-            if all(400 <= r.code < 500 for r in exc.recipients):
-                raise Unavailable(f"SMTP: recipient deferred: {exc}") from exc
-            raise  # refused for good (5xx): this mail's failure
-        except aiosmtplib.SMTPResponseException as exc:
-            if 400 <= exc.code < 500:  # "try again later", 421 included
-                healthy = exc.code != 421  # 421: the server closes the connection
-                raise Unavailable(f"SMTP {exc.code} {exc.message}") from exc
-            raise
-        except _DOWN as exc:
-            healthy = False
-            raise Unavailable(f"SMTP: {type(exc).__name__}: {exc}") from exc
-        finally:
-            if healthy and client.is_connected:
-                self._idle.append(client)  # after RSET the connection serves the next mail
-            else:
-                client.close()
-
-    async def _connect(self) -> aiosmtplib.SMTP:
-        url = self._url
-        assert url is not None
-        tls = url.scheme == "smtps"
-        client = aiosmtplib.SMTP(
-            hostname=url.hostname or "localhost",
-            port=url.port or (465 if tls else 25),
-            username=unquote(url.username) if url.username else None,
-            password=unquote(url.password) if url.password else None,
-            use_tls=tls,
-            timeout=10,
-        )
-        await client.connect()
-        return client
+        await self._mailbox.send(compose(event, self._sender, self._domain))
 
     async def close(self) -> None:
-        """Closes idle connections: QUIT politely, but a hung server gets a second, not
-        a timeout per connection."""
-        idle, self._idle = self._idle, []
-
-        async def bye(client: aiosmtplib.SMTP) -> None:
-            try:
-                await client.quit(timeout=1.0)
-            except Exception:  # gone or hung: just close
-                client.close()
-
-        await asyncio.gather(*(bye(c) for c in idle))
+        await self._mailbox.close()

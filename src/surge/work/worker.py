@@ -14,6 +14,8 @@ import socket
 
 from sqlalchemy.ext.asyncio import AsyncEngine
 
+from surge.backends.mail import open_mailbox
+from surge.backends.sql_outbox import SqlOutbox
 from surge.config import Settings
 from surge.ground.interfaces import Stream
 from surge.work.audit import AuditLog
@@ -38,15 +40,13 @@ class Worker:
         self.stream = stream
         self.drain_timeout = settings.drain_timeout
         self.relay = OutboxRelay(
-            engine,
+            SqlOutbox(engine, self.name),
             stream,
-            self.name,
             poll=settings.outbox_poll,
             retention=settings.outbox_retention,
         )
         self.mailer = Mailer(
-            settings.smtp_url,
-            settings.data_dir / "mail.mbox",
+            open_mailbox(settings.smtp_url, settings.data_dir / "mail.mbox"),
             settings.mail_from,
             settings.mail_domain,
         )
