@@ -3,54 +3,59 @@
 from __future__ import annotations
 
 import asyncio
+from collections.abc import Sequence
 from datetime import UTC, datetime, timedelta
 
 import pytest
 
+from surge.backends.memory_gate import MemoryGate
 from surge.commits import AfterCommit, CommitBatcher
-from surge.ground.purchases import Confirmed, Purchase, Win
-from surge.ground.sales import Sale
+from surge.ground.purchases import Confirmed, GateState, Purchase, Win
+from surge.ground.sales import NewSale, Sale
+from tests.fakes import MemorySales
 
 pytestmark = pytest.mark.anyio
-NOW = datetime.now(UTC)
-SALE = Sale(1, "s", 100, 100, 1, NOW - timedelta(minutes=1), NOW + timedelta(hours=1))
 
 
-class Recorder:
-    def __init__(self, fail_user: str | None = None) -> None:
-        self.batches: list[list[str]] = []
-        self.fail_user = fail_user
-
-    async def purchase_many(
-        self, sale: Sale, wins: list[Win], now: datetime
-    ) -> list[Purchase | Exception]:
-        self.batches.append([w.user_id for w in wins])
-        await asyncio.sleep(0.05)  # the commit takes a while
-        return [
-            ValueError("boom") if w.user_id == self.fail_user else Purchase("committed")
-            for w in wins
-        ]
+async def _store(stock: int = 100) -> tuple[MemorySales, Sale]:
+    store = MemorySales()
+    now = datetime.now(UTC)
+    sale = await store.create_sale(
+        NewSale("s", stock, 1, now - timedelta(minutes=1), now + timedelta(hours=1)), now
+    )
+    return store, sale
 
 
 async def test_winners_wait_for_the_batch_in_front_and_go_together() -> None:
-    store = Recorder(fail_user="u7")
-    batcher = CommitBatcher(store)  # type: ignore[arg-type]
-    first = [batcher.submit(SALE, Win(f"u{i}", 1, "k", "h")).waiter for i in range(3)]
+    store, sale = await _store()
+    store.fail_next(ValueError("boom"), user="u7")
+    stall = store.stall_next()  # the first commit takes a while
+    batcher = CommitBatcher(store)
+    first = [batcher.submit(sale, Win(f"u{i}", 1, "k", "h")).waiter for i in range(3)]
     await asyncio.sleep(0.01)  # the first batch is committing now
-    later = [batcher.submit(SALE, Win(f"u{i}", 1, "k", "h")).waiter for i in range(3, 10)]
+    later = [batcher.submit(sale, Win(f"u{i}", 1, "k", "h")).waiter for i in range(3, 10)]
+    stall.set()
     results = await asyncio.gather(*first, *later, return_exceptions=True)
-    assert store.batches == [["u0", "u1", "u2"], [f"u{i}" for i in range(3, 10)]]
+    assert [[w.user_id for w in batch] for batch in store.batches] == [
+        ["u0", "u1", "u2"],
+        [f"u{i}" for i in range(3, 10)],
+    ]
     assert isinstance(results[7], ValueError)  # u7's own failure, nobody else's
-    assert sum(isinstance(r, Purchase) for r in results) == 9
+    committed = [r for r in results if isinstance(r, Purchase) and r.outcome == "committed"]
+    assert len(committed) == 9
+    assert len(await store.sale_orders(sale.id)) == 9
 
 
 async def test_a_request_that_gave_up_can_still_learn_the_outcome() -> None:
-    store = Recorder(fail_user="bad")
-    batcher = CommitBatcher(store)  # type: ignore[arg-type]
-    good = batcher.submit(SALE, Win("good", 1, "k", "h"))
-    bad = batcher.submit(SALE, Win("bad", 1, "k", "h"))
+    store, sale = await _store()
+    store.fail_next(ValueError("boom"), user="bad")
+    stall = store.stall_next()
+    batcher = CommitBatcher(store)
+    good = batcher.submit(sale, Win("good", 1, "k", "h"))
+    bad = batcher.submit(sale, Win("bad", 1, "k", "h"))
     await asyncio.sleep(0.01)
     good.waiter.cancel()  # its request hit the deadline during the commit
+    stall.set()
     assert (await asyncio.wait_for(asyncio.shield(good.outcome), 1.0)).outcome == "committed"
     with pytest.raises(ValueError):
         await bad.waiter
@@ -58,23 +63,30 @@ async def test_a_request_that_gave_up_can_still_learn_the_outcome() -> None:
 
 
 async def test_an_idle_winner_commits_at_once_alone() -> None:
-    store = Recorder()
-    batcher = CommitBatcher(store)  # type: ignore[arg-type]
-    assert (await batcher.submit(SALE, Win("solo", 1, "k", "h")).waiter).outcome == "committed"
-    assert store.batches == [["solo"]]
+    store, sale = await _store()
+    done = await CommitBatcher(store).submit(sale, Win("solo", 1, "k", "h")).waiter
+    assert done.outcome == "committed" and done.order is not None
+    assert [[w.user_id for w in batch] for batch in store.batches] == [["solo"]]
 
 
-class Books:
+FAR = 2**42  # ms: a sale that never ends
+
+
+class Books(MemoryGate):
+    """The in-process gate, recording each `confirm` (and failing the first `failures`)."""
+
     def __init__(self, failures: int = 0) -> None:
+        super().__init__()
         self.confirmed: list[tuple[int, list[int]]] = []
         self.forgotten: list[tuple[int, ...]] = []
         self.failures = failures  # confirms that fail before one succeeds
 
-    async def confirm(self, sale_id: int, orders: list[Confirmed]) -> None:
+    async def confirm(self, sale_id: int, orders: Sequence[Confirmed]) -> None:
         if self.failures:
             self.failures -= 1
             raise ConnectionError("redis down")
         self.confirmed.append((sale_id, [o.order_id for o in orders]))
+        await super().confirm(sale_id, orders)
 
     async def invalidate(self, *order_ids: int) -> None:
         self.forgotten.append(order_ids)
@@ -82,7 +94,8 @@ class Books:
 
 async def test_bookkeeping_of_one_loop_turn_goes_out_together() -> None:
     books = Books()
-    after = AfterCommit(books, books.invalidate)  # type: ignore[arg-type]
+    await books.reconcile(GateState(1, 10, 1, 0, FAR), 60_000)
+    after = AfterCommit(books, books.invalidate)
     for sale_id, order_id in ((1, 10), (2, 20), (1, 11)):
         after.committed(sale_id, Confirmed(f"u{order_id}", "k", "f", order_id, 1))
     await asyncio.sleep(0.01)
@@ -90,12 +103,14 @@ async def test_bookkeeping_of_one_loop_turn_goes_out_together() -> None:
     await asyncio.sleep(0.01)
     assert books.confirmed == [(1, [10, 11]), (2, [20]), (1, [12])]
     assert books.forgotten == [(10, 20, 11), (12,)]
+    learned = await books.reserve(1, "u11", "k", 1, "f")  # the key replays its order now
+    assert (learned.outcome, learned.order_id) == ("done", 11)
 
 
 async def test_bookkeeping_failing_in_part_still_does_the_rest_and_retries() -> None:
     """Issue 13 bug 3: Redis down right after a commit left the key pending for good."""
     books = Books(failures=2)
-    after = AfterCommit(books, books.invalidate)  # type: ignore[arg-type]
+    after = AfterCommit(books, books.invalidate)
     after.committed(1, Confirmed("u", "k", "f", 7, 1))
     await asyncio.sleep(0.01)
     assert books.forgotten == [(7,)]
@@ -106,7 +121,7 @@ async def test_bookkeeping_failing_in_part_still_does_the_rest_and_retries() -> 
 
 async def test_bookkeeping_gives_up_after_its_window() -> None:
     books = Books(failures=1000)
-    after = AfterCommit(books, books.invalidate)  # type: ignore[arg-type]
+    after = AfterCommit(books, books.invalidate)
     after.RETRY_FOR = 0.3
     after.committed(1, Confirmed("u", "k", "f", 7, 1))
     await asyncio.sleep(0.6)
