@@ -16,10 +16,18 @@ import logging
 from importlib import resources
 
 from surge.auth import Authenticator, load_or_create_secret
-from surge.backends import BackendOptions, Backends, open_backends
+from surge.backends import (
+    BackendOptions,
+    Backends,
+    open_backends,
+    open_mailbox,
+    open_outbox,
+    open_stream,
+)
 from surge.catalog import Catalog
 from surge.config import ORDER_QUERY, ConfigError, Settings
 from surge.feed import StockFeed
+from surge.ground.interfaces import Store, Stream
 from surge.ground.web import response
 from surge.http import ops
 from surge.http.router import Router
@@ -35,6 +43,8 @@ from surge.realtime.endpoint import Endpoint
 from surge.realtime.fanout import default_helpers
 from surge.realtime.hub import Hub, Limits
 from surge.sale_cache import SaleConfigs, SoldOutBoard
+from surge.work.audit import AuditLog
+from surge.work.worker import Worker, WorkerOptions, worker_name
 
 log = logging.getLogger("surge.app")
 # the routes that answer 504 past a deadline (the probes, /metrics and /ws have none)
@@ -111,11 +121,8 @@ class App:
         collectors.route_deadlines(metrics, self._route_deadlines())
 
         if settings.runs_inline_worker:
-            from surge.backends import open_stream
-            from surge.work.worker import Worker
-
             stream = await open_stream(backend_options(settings), stack)
-            self.worker = Worker(settings, backends.store.engine, stream)  # type: ignore[attr-defined]
+            self.worker = side_worker(settings, backends.store, stream)
             collectors.worker(metrics, self.worker)
             await self.worker.start()
             stack.push_async_callback(self.worker.stop)  # first to stop, before the pools
@@ -208,6 +215,24 @@ def backend_options(settings: Settings) -> BackendOptions:
         # the relay and the gauges
         stream_pool_size=2 * settings.worker_concurrency + 8,
     )
+
+
+def side_worker(settings: Settings, store: Store, stream: Stream) -> Worker:
+    """The outbox relay and the consumers (mail, audit) of one process."""
+    name = worker_name()
+    options = WorkerOptions(
+        drain_timeout=settings.drain_timeout,
+        outbox_poll=settings.outbox_poll,
+        outbox_retention=settings.outbox_retention,
+        concurrency=settings.worker_concurrency,
+        max_attempts=settings.worker_max_attempts,
+        claim_idle=settings.worker_claim_idle,
+        mail_from=settings.mail_from,
+        mail_domain=settings.mail_domain,
+    )
+    mailbox = open_mailbox(settings.smtp_url, settings.data_dir / "mail.mbox")
+    audit = AuditLog(settings.audit_path)
+    return Worker(options, open_outbox(store, name), stream, mailbox, audit, name)
 
 
 def order_query_options(settings: Settings) -> OrderQueryOptions:

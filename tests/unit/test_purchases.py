@@ -65,7 +65,6 @@ async def build(
     await board.start()
     rooms = Rooms()
     feed = StockFeed(rooms, interval=0.01)
-    outcomes: dict[str, int] = {}
     invalidated: list[int] = []
 
     async def invalidate(*ids: int) -> None:
@@ -78,11 +77,10 @@ async def build(
         SaleConfigs(sales),
         board,
         feed,
-        outcomes,
         deadline,
         invalidate,
     )
-    return Shop(purchases, sales, gate, feed, rooms, outcomes, invalidated)
+    return Shop(purchases, sales, gate, feed, rooms, purchases.outcomes, invalidated)
 
 
 @pytest.fixture

@@ -1,7 +1,7 @@
 """The one backend factory: every kind is built here, by URL scheme, and nowhere else.
 
-Two URLs decide everything. The database URL gives the store and the sales (SQLite,
-MariaDB/MySQL, PostgreSQL: all through SQLAlchemy). The shared-state URL gives the
+Two URLs decide everything. The database URL gives the store, the sales and the outbox
+(SQLite, MariaDB/MySQL, PostgreSQL: all through SQLAlchemy). The shared-state URL gives the
 cache, the bus, the stock gate, the room backplane, the shared rate-limit buckets and the
 event stream: Redis for `redis://` and `rediss://`, and without one, the in-process kinds
 plus an SQLite file for the stream. A new kind of server (Redis Cluster, say) is one
@@ -24,7 +24,7 @@ from typing import TYPE_CHECKING
 from urllib.parse import urlsplit
 
 from surge.backends.breaker import Breaker
-from surge.ground.interfaces import Bus, Cache, Gate, Sales, Store, Stream
+from surge.ground.interfaces import Bus, Cache, Gate, MailSender, Outbox, Sales, Store, Stream
 from surge.ground.rooms import Backplane
 from surge.protect.bucket import LocalBuckets
 from surge.protect.ratelimit import Buckets
@@ -133,6 +133,22 @@ async def open_stream(options: BackendOptions, stack: contextlib.AsyncExitStack)
         stream = RedisStream(client, options.prefix, options.dedup_ttl)
     stack.push_async_callback(stream.close)
     return stream
+
+
+def open_outbox(store: Store, name: str) -> Outbox:
+    """The outbox of the store's database, relayed by the worker called `name`."""
+    from surge.backends.sql import SqlStore
+    from surge.backends.sql_outbox import SqlOutbox
+
+    assert isinstance(store, SqlStore), "the outbox lives in the SQL database"
+    return SqlOutbox(store.engine, name)
+
+
+def open_mailbox(smtp_url: str | None, mbox_path: Path) -> MailSender:
+    """SMTP for `smtp://` and `smtps://` URLs, else an mbox file (the embedded default)."""
+    from surge.backends import mail
+
+    return mail.open_mailbox(smtp_url, mbox_path)
 
 
 # -- the shared state, by scheme ------------------------------------------------------------

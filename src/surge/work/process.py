@@ -14,7 +14,7 @@ import os
 import signal
 from datetime import UTC, datetime
 
-from surge.app import backend_options
+from surge.app import backend_options, side_worker
 from surge.backends import open_store, open_stream
 from surge.config import Settings
 from surge.ground.interfaces import Probe
@@ -24,7 +24,6 @@ from surge.http.router import Router
 from surge.http.state import HttpLimits, ServerState
 from surge.lifecycle import stop_on_signals
 from surge.metrics import Metrics, collectors
-from surge.work.worker import Worker
 
 log = logging.getLogger("surge.worker")
 
@@ -39,7 +38,7 @@ async def run_worker(settings: Settings) -> int:
         options = backend_options(settings)
         store = open_store(options, stack, pool_size=4)
         stream = await open_stream(options, stack)
-        worker = Worker(settings, store.engine, stream)
+        worker = side_worker(settings, store, stream)
         collectors.worker(metrics, worker)
         server = None
         if settings.worker_port:

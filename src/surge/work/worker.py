@@ -11,13 +11,9 @@ import asyncio
 import logging
 import os
 import socket
+from dataclasses import dataclass
 
-from sqlalchemy.ext.asyncio import AsyncEngine
-
-from surge.backends.mail import open_mailbox
-from surge.backends.sql_outbox import SqlOutbox
-from surge.config import Settings
-from surge.ground.interfaces import Stream
+from surge.ground.interfaces import MailSender, Outbox, Stream
 from surge.work.audit import AuditLog
 from surge.work.consumer import Consumer, RetryPolicy
 from surge.work.mail import Mailer
@@ -28,39 +24,52 @@ log = logging.getLogger("surge.worker")
 WATCH_EVERY = 2.0  # seconds between looks at the stream's backlog (for the gauges)
 
 
+def worker_name() -> str:
+    """Unique among the workers that run at once: a consumer's name in its groups, the
+    holder of the SQLite outbox lease."""
+    return f"{socket.gethostname()}-{os.getpid()}"
+
+
+@dataclass(frozen=True, slots=True)
+class WorkerOptions:
+    drain_timeout: float = 5.0  # seconds events in flight get at a stop
+    outbox_poll: float = 0.2
+    outbox_retention: float = 7 * 86_400.0
+    concurrency: int = 16  # events one consumer handles at once
+    max_attempts: int = 5  # failed deliveries before the dead-letter stream
+    claim_idle: float = 60.0  # seconds before a silent consumer's events are taken
+    mail_from: str = "surge@localhost"
+    mail_domain: str = "localhost"  # a buyer's address: <user id>@<mail_domain>
+
+
 class Worker:
     def __init__(
         self,
-        settings: Settings,
-        engine: AsyncEngine,
+        options: WorkerOptions,
+        outbox: Outbox,
         stream: Stream,
-        name: str | None = None,
+        mailbox: MailSender,
+        audit: AuditLog,
+        name: str,
     ) -> None:
-        self.name = name or f"{socket.gethostname()}-{os.getpid()}"
+        self.name = name
         self.stream = stream
-        self.drain_timeout = settings.drain_timeout
+        self.drain_timeout = options.drain_timeout
         self.relay = OutboxRelay(
-            SqlOutbox(engine, self.name),
-            stream,
-            poll=settings.outbox_poll,
-            retention=settings.outbox_retention,
+            outbox, stream, poll=options.outbox_poll, retention=options.outbox_retention
         )
-        self.mailer = Mailer(
-            open_mailbox(settings.smtp_url, settings.data_dir / "mail.mbox"),
-            settings.mail_from,
-            settings.mail_domain,
-        )
-        self.audit = AuditLog(settings.audit_path)
-        retry = RetryPolicy(max_attempts=settings.worker_max_attempts)
+        self.mailer = Mailer(mailbox, options.mail_from, options.mail_domain)
+        self.audit = audit
+        retry = RetryPolicy(max_attempts=options.max_attempts)
         self.consumers = [
             Consumer(
                 group,
                 handler,
                 stream,
                 self.name,
-                concurrency=settings.worker_concurrency,
+                concurrency=options.concurrency,
                 retry=retry,
-                min_idle=settings.worker_claim_idle,
+                min_idle=options.claim_idle,
             )
             for group, handler in (("mail", self.mailer), ("audit", self.audit))
         ]
