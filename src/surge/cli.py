@@ -158,7 +158,7 @@ def _seed(settings: config.Settings, args: argparse.Namespace) -> int:
         print("surge: --orders must be >= 0 and --users >= 1", file=sys.stderr)
         return 2
     db.migrate(settings.database_url)
-    if args.if_empty and asyncio.run(_has_orders(settings.database_url)):
+    if args.if_empty and asyncio.run(db.has_orders(settings.database_url)):
         print("orders already present; nothing seeded")
         return 0
     result = asyncio.run(db.seed(settings.database_url, args.orders, args.users, args.reset))
@@ -167,20 +167,6 @@ def _seed(settings: config.Settings, args: argparse.Namespace) -> int:
         f"{result.sales} sales for {args.users} users in {result.seconds:.2f}s"
     )
     return 0
-
-
-async def _has_orders(url: str) -> bool:
-    import sqlalchemy as sa
-
-    from surge.backends.sql import create_engine
-    from surge.schema import orders
-
-    engine = create_engine(url, pool_size=1)
-    try:
-        async with engine.connect() as conn:
-            return (await conn.execute(sa.select(orders.c.id).limit(1))).first() is not None
-    finally:
-        await engine.dispose()
 
 
 if __name__ == "__main__":

@@ -37,6 +37,16 @@ def _ensure_sqlite_dir(url: str) -> None:
             Path(path).parent.mkdir(parents=True, exist_ok=True)
 
 
+async def has_orders(url: str) -> bool:
+    """True when the database holds at least one order (`surge db seed --if-empty`)."""
+    engine = create_engine(url, pool_size=1)
+    try:
+        async with engine.connect() as conn:
+            return (await conn.execute(sa.select(orders.c.id).limit(1))).first() is not None
+    finally:
+        await engine.dispose()
+
+
 def migrate(url: str) -> None:
     """Brings the schema to the newest revision (idempotent). Call outside an event loop."""
     _ensure_sqlite_dir(url)

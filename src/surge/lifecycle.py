@@ -1,4 +1,4 @@
-"""Process lifecycle: start, serve, and the graceful shutdown of DESIGN section 9.
+"""Process lifecycle: start, serve, and the graceful shutdown of docs/operations.md.
 
 SIGTERM: readiness turns 503 at once while requests are still served (with
 `Connection: close`) for `shutdown_delay`, so load balancers stop sending; then intake

@@ -1,4 +1,4 @@
-"""Graceful shutdown (DESIGN section 9) and the multi-process supervisor."""
+"""Graceful shutdown (docs/operations.md) and the multi-process supervisor."""
 
 from __future__ import annotations
 

@@ -1,1 +1,1 @@
-"""Protection (DESIGN section 7): rate limits, load shedding, deadlines, breakers."""
+"""Protection (docs/protection.md): rate limits, load shedding, deadlines."""
