@@ -17,17 +17,14 @@ accepted before the listener closes.
 from __future__ import annotations
 
 import asyncio
-import fcntl
 import logging
-import socket
-import struct
-import termios
 import time
 from collections import deque
 from random import random
 
 import httptools
 
+from surge.ground.sockets import end, linger, reset
 from surge.ground.web import Request, Response, Upgrade, problem_response
 from surge.http import refusal
 from surge.http.dispatch import _SHUTTING_DOWN, Dispatch
@@ -58,7 +55,6 @@ LINGER = 2.0
 # may be up to this much old, so the sweep's deadlines allow for it (they fire between
 # their limit and a second or two after it, never early).
 TICK = 1.0
-_RESET = struct.pack("ii", 1, 0)  # SO_LINGER on, 0 s: close() sends a reset
 _CONTINUE = b"HTTP/1.1 100 Continue\r\n\r\n"
 
 
@@ -276,7 +272,7 @@ class HttpProtocol(Dispatch, asyncio.Protocol):
                     # ended for cause (a refusal, too many requests): it lingers from this
                     # last answer on, and is reset if the client has not read it by then
                     self._discard = state.now
-                    self._linger()
+                    linger(transport)
                 else:
                     transport.close()
         self._served += 1
@@ -333,7 +329,7 @@ class HttpProtocol(Dispatch, asyncio.Protocol):
             return
         self._write_last(transport, problem_response(status, kind, detail))
         self._drop_input()
-        self._linger()
+        linger(transport)  # (the client's bytes are read and dropped; `sweep` cuts it)
 
     def _write_last(self, transport: asyncio.Transport, response: Response) -> None:
         """An answer to no parsed request (a refusal): a request id of its own, and the
@@ -348,18 +344,6 @@ class HttpProtocol(Dispatch, asyncio.Protocol):
         if not self._discard:
             self._discard = self._state.now or 1.0
         self._resume_reading()
-
-    def _linger(self) -> None:
-        """Ends our half of the connection once the answer is out (FIN) and goes on
-        reading, so the client's unread request does not make the kernel reset the
-        connection before the answer arrives; `sweep` cuts it after LINGER."""
-        transport = self._transport
-        if transport is None:
-            return
-        if transport.can_write_eof():
-            transport.write_eof()
-        else:
-            transport.close()
 
     def _pause_reading(self) -> None:
         if not self._paused_reading and self._transport is not None:
@@ -386,7 +370,7 @@ class HttpProtocol(Dispatch, asyncio.Protocol):
         queued = transport.get_write_buffer_size()
         if self._discard and not queued and not (self._busy or self._queue):
             if now - self._discard > LINGER:
-                _end(transport)  # the refusal is out: the client had its time to read it
+                end(transport)  # the refusal is out: the client had its time to read it
             return
         if queued:
             if not self._stall_since or queued < self._stall_size:
@@ -410,7 +394,7 @@ class HttpProtocol(Dispatch, asyncio.Protocol):
         else:
             limit = limits.keepalive_timeout
         if now - self._idle_since > limit + (TICK if limit else 0.0):
-            _end(transport)
+            end(transport)
 
     def close_if_idle(self) -> None:
         """Closes a keep-alive connection between requests (not a fresh one)."""
@@ -432,37 +416,6 @@ class HttpProtocol(Dispatch, asyncio.Protocol):
         transport = self._transport
         if transport is not None:
             reset(transport)
-
-
-def _end(transport: asyncio.Transport) -> None:
-    """Closes a connection we are done with; resets it instead when the kernel still holds
-    answers the client has not read (it would keep them, in an orphaned socket, for a
-    client that may never read)."""
-    if _unsent(transport):
-        reset(transport)
-    else:
-        transport.close()
-
-
-def _unsent(transport: asyncio.BaseTransport) -> int:
-    """Bytes the kernel holds for the peer, not yet sent (or not acknowledged)."""
-    sock = transport.get_extra_info("socket")
-    try:
-        queued = fcntl.ioctl(sock.fileno(), termios.TIOCOUTQ, b"\0\0\0\0")
-    except (AttributeError, OSError):
-        return 0
-    return int(struct.unpack("i", queued)[0])
-
-
-def reset(transport: asyncio.BaseTransport) -> None:
-    """Aborts `transport` with a TCP reset (SO_LINGER 0), freeing the kernel's buffers."""
-    sock = transport.get_extra_info("socket")
-    if sock is not None:
-        try:
-            sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, _RESET)
-        except OSError:
-            pass
-    transport.abort()  # type: ignore[attr-defined]
 
 
 _TOO_MANY_CONNECTIONS = problem_response(
