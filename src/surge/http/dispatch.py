@@ -11,12 +11,11 @@ import logging
 from collections import deque
 from collections.abc import Awaitable
 
+from surge.ground.admission import Verdict, overloaded
 from surge.ground.web import Problem, Request, Response, Upgrade, problem_response
 from surge.http.router import Handler, HandlerResult
 from surge.http.state import ServerState
 from surge.logs import REQUEST_ID
-from surge.protect.bucket import Verdict
-from surge.protect.shedder import overloaded
 
 log = logging.getLogger("surge.http")
 

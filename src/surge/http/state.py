@@ -14,10 +14,9 @@ from dataclasses import dataclass
 from email.utils import formatdate
 from typing import TYPE_CHECKING
 
+from surge.ground.admission import LoadShedding, RateLimits
 from surge.http.refusal import never_shed
 from surge.http.router import Router
-from surge.protect.ratelimit import RateLimiter
-from surge.protect.shedder import Shedder
 
 if TYPE_CHECKING:
     from surge.http.server import HttpProtocol
@@ -66,8 +65,9 @@ class ServerState:
     def __init__(self, router: Router, observe: Observer, limits: HttpLimits) -> None:
         self.router = router
         self.never_shed = never_shed(router.unlimited_gets())  # see surge.http.refusal
-        self.limiter: RateLimiter | None = None  # per-caller rate limits (surge.protect)
-        self.shedder: Shedder | None = None  # the limit on concurrent work
+        # the protection layer (surge.protect), through the ground floor's interfaces
+        self.limiter: RateLimits | None = None  # per-caller rate limits
+        self.shedder: LoadShedding | None = None  # the limit on concurrent work
         self.observe = observe
         self.access_log = 0.0  # share of requests logged (surge.logs)
         self.limits = limits
