@@ -8,6 +8,7 @@ import logging
 from functools import partial
 
 from surge import logs
+from surge.api import ops
 from surge.auth import Authenticator, load_or_create_secret
 from surge.backends import open_backends
 from surge.backends.redis import RedisCache
@@ -15,7 +16,6 @@ from surge.backends.sql import breaker as sql_breaker
 from surge.catalog import Catalog
 from surge.config import ConfigError, Settings
 from surge.feed import StockFeed
-from surge.http import ops
 from surge.http.router import Router
 from surge.metrics import Metrics
 from surge.orders import OrderQuery

@@ -1,6 +1,6 @@
 """The refusal made before the parser: when every slot of the load shedder is taken, a
-lone GET is answered 503 straight from the bytes read (surge.protect.shedder explains
-why a refusal must cost as little as possible; the 503 is surge.ground.admission's).
+lone GET is answered 503 straight from the bytes read (docs/protection.md explains why
+a refusal must cost as little as possible; the 503 is surge.ground.admission's).
 
 Only a request that cannot be misread qualifies: one complete HTTP/1.1 GET in one read,
 with no header that could announce a body (Content-Length, Transfer-Encoding, Expect:

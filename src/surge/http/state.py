@@ -89,7 +89,7 @@ class ServerState:
     def __init__(self, router: Router, observe: Observer, limits: HttpLimits) -> None:
         self.router = router
         self.never_shed = never_shed(router.unlimited_gets())  # see surge.http.refusal
-        # the protection layer (surge.protect), through the ground floor's interfaces
+        # the protection layer, through the ground floor's interfaces (ground/admission.py)
         self.limiter: RateLimits | None = None  # per-caller rate limits
         self.shedder: LoadShedding | None = None  # the limit on concurrent work
         self.observe = observe

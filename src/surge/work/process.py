@@ -14,9 +14,9 @@ import os
 import signal
 from datetime import UTC, datetime
 
+from surge.api import ops
 from surge.backends.sql import SqlStore, create_engine
 from surge.config import Settings
-from surge.http import ops
 from surge.http.listener import HttpServer, bind_socket
 from surge.http.router import Router
 from surge.http.state import HttpLimits, ServerState
