@@ -1,10 +1,9 @@
 """The HTTP/1.1 engine: an asyncio Protocol on uvloop with httptools (llhttp) parsing.
 
-Why not an ASGI server: measured on the 2-core machine, a constant response reached about
-130,000 req/s through this kind of protocol against 31,000 through uvicorn's ASGI layer
-(docs/decisions.md). The difference is the per-request scope dict, the receive/send
-coroutines and one Task per request. Here a handler may answer synchronously (the order
-query's near-cache hit does), so the common request creates no Task and no coroutine.
+Why not an ASGI server: a constant response reached about 130,000 req/s through this kind
+of protocol against 31,000 through uvicorn's ASGI layer (docs/decisions.md): the
+per-request scope dict, receive/send coroutines and Task. Here a handler may answer
+synchronously (the order query's near-cache hit does): no Task, no coroutine.
 
 What the engine guarantees (docs/security.md): keep-alive and pipelining (answers in
 order), every per-connection buffer bounded in bytes (header block, body, queue of
@@ -231,7 +230,7 @@ class HttpProtocol(asyncio.Protocol):
         if isinstance(result, Upgrade):
             # only the request the parser has just read can switch (see surge.http.upgrade)
             alone = self._feeding and self._keep_alive
-            refused = switch.refusal(request, alone, self._state.closing)
+            refused = switch.refused(request, alone, self._state.closing)
             if refused is not None:
                 self._send(request, refused)
             else:  # the parser reports the upgrade right after this request (data_received)

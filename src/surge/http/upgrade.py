@@ -27,7 +27,7 @@ PIPELINED_UPGRADE = problem_response(
 )
 
 
-def refusal(request: Request, alone: bool, closing: bool) -> Response | None:
+def refused(request: Request, alone: bool, closing: bool) -> Response | None:
     """The answer to a handler's `Upgrade` when its connection cannot switch; None: it
     can. `alone`: `request` is the one the parser has just read, and the connection stays
     open after it; `closing`: the server is shutting down."""
