@@ -15,6 +15,7 @@ import contextlib
 import logging
 from importlib import resources
 
+from surge.api import ops
 from surge.auth import Authenticator, load_or_create_secret
 from surge.backends import (
     BackendOptions,
@@ -29,7 +30,6 @@ from surge.config import ORDER_QUERY, ConfigError, Settings
 from surge.feed import StockFeed
 from surge.ground.interfaces import Store, Stream
 from surge.ground.web import response
-from surge.http import ops
 from surge.http.router import Router
 from surge.http.state import open_files_budget
 from surge.metrics import Metrics, collectors

@@ -68,7 +68,7 @@ pytestmark = pytest.mark.xdist_group("hostile")
 # The shared server's timeouts (seconds): short, so that cuts are quick to observe. The
 # engine sweeps its connections once a second, on a clock ticked once a second, and
 # allows for that clock: a deadline of T seconds cuts between T and T + 2 seconds after
-# the fact, never early (surge.http.server.TICK).
+# the fact, never early (surge.http.state.TICK).
 HEADER_TIMEOUT = 2.0
 KEEPALIVE_TIMEOUT = 2.0
 SEND_TIMEOUT = 2.0
@@ -86,7 +86,7 @@ def _cut_in_time(took: float, deadline: float) -> bool:
 ORIGIN = "http://good.test"
 PROBE_BOUND = 0.2  # seconds: every other client's /healthz within this, throughout
 PER_CLIENT = 256  # SURGE_MAX_CONNECTIONS_PER_CLIENT's default
-LINGER_BOUND = 2.0 + 2 * SWEEP + SLACK  # LINGER (surge.http.server) and the sweep
+LINGER_BOUND = 2.0 + 2 * SWEEP + SLACK  # LINGER (surge.http.state) and the sweep
 
 
 @pytest.fixture(scope="module")

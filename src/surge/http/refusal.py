@@ -1,6 +1,6 @@
 """The refusal made before the parser: when every slot of the load shedder is taken, a
-lone GET is answered 503 straight from the bytes read (surge.protect.shedder explains
-why a refusal must cost as little as possible).
+lone GET is answered 503 straight from the bytes read (docs/protection.md explains why
+a refusal must cost as little as possible; the 503 is surge.ground.admission's).
 
 Only a request that cannot be misread qualifies: one complete HTTP/1.1 GET in one read,
 with no header that could announce a body (Content-Length, Transfer-Encoding, Expect:
@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import random
 
-from surge.protect.shedder import OVERLOADED
+from surge.ground.admission import OVERLOADED
 
 # the two refusals (Retry-After 1 or 2 s); the date and request id go between head and tail
 _PARTS = tuple((head, b"\r\n\r\n" + body) for _, head, body in OVERLOADED)

@@ -22,7 +22,7 @@ Handler = Callable[["Request"], HandlerResult]
 class Route:
     template: str
     methods: dict[str, Handler] = field(default_factory=dict)
-    # method -> rate-limit class (surge.protect.ratelimit); None: never limited
+    # method -> rate-limit class (see surge/ground/admission.py); None: never limited
     classes: dict[str, str | None] = field(default_factory=dict)
     params: tuple[tuple[int, str], ...] = ()  # (segment index, parameter name)
 

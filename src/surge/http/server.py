@@ -1,10 +1,9 @@
 """The HTTP/1.1 engine: an asyncio Protocol on uvloop with httptools (llhttp) parsing.
 
-Why not an ASGI server: measured on the 2-core machine, a constant response reached about
-130,000 req/s through this kind of protocol against 31,000 through uvicorn's ASGI layer
-(docs/decisions.md). The difference is the per-request scope dict, the receive/send
-coroutines and one Task per request. Here a handler may answer synchronously (the order
-query's near-cache hit does), so the common request creates no Task and no coroutine.
+Why not an ASGI server: a constant response reached about 130,000 req/s through this kind
+of protocol against 31,000 through uvicorn's ASGI layer (docs/decisions.md): the
+per-request scope dict, receive/send coroutines and Task. Here a handler may answer
+synchronously (the order query's near-cache hit does): no Task, no coroutine.
 
 What the engine guarantees (docs/security.md): keep-alive and pipelining (answers in
 order), every per-connection buffer bounded in bytes (header block, body, queue of
@@ -17,54 +16,38 @@ accepted before the listener closes.
 from __future__ import annotations
 
 import asyncio
-import fcntl
-import logging
-import socket
-import struct
-import termios
 import time
 from collections import deque
 from random import random
 
 import httptools
 
+from surge.ground.admission import Verdict
+from surge.ground.sockets import end, linger, reset
 from surge.ground.web import Request, Response, Upgrade, problem_response
 from surge.http import refusal
-from surge.http.dispatch import _SHUTTING_DOWN, Dispatch
+from surge.http import upgrade as switch
+from surge.http.answers import CONTINUE, SHUTTING_DOWN, TOO_MANY_CONNECTIONS, closing
+from surge.http.dispatch import after_verdict, complete, dispatch, drive
 from surge.http.reader import Overflow, Refused, RequestReader
 from surge.http.refusal import lone_get
-from surge.http.state import ServerState
-from surge.logs import log_access
-
-log = logging.getLogger("surge.http")
-
-# Pipelined requests waiting behind one being answered: at MAX_PIPELINE reading pauses;
-# one read can still hold more, up to MAX_QUEUED, past which the rest of the read is
-# dropped and the connection ends after answering those queued (a client that pipelines
-# more without reading its answers is not a browser or a proxy).
-MAX_PIPELINE = 16
-MAX_QUEUED = 64
-# Requests one read may have answered on the spot: the rest wait for the next loop turn
-# (one read can carry thousands of small requests; answering them all at once held the
-# loop for seconds and every other client with it).
-PER_READ = 32
-# During shutdown, how long an accepted connection may take to send its first request.
-FIRST_REQUEST_GRACE = 1.0
-# After refusing a request, how long the client's further bytes are read and dropped so
-# that the refusal reaches it (closing with unread input would make the kernel reset the
-# connection and lose the answer).
-LINGER = 2.0
-# The clock the sweep reads (ServerState.now) ticks once a second: a time stamped from it
-# may be up to this much old, so the sweep's deadlines allow for it (they fire between
-# their limit and a second or two after it, never early).
-TICK = 1.0
-_RESET = struct.pack("ii", 1, 0)  # SO_LINGER on, 0 s: close() sends a reset
-_CONTINUE = b"HTTP/1.1 100 Continue\r\n\r\n"
+from surge.http.router import Handler, HandlerResult
+from surge.http.state import (
+    FIRST_REQUEST_GRACE,
+    LINGER,
+    MAX_PIPELINE,
+    MAX_QUEUED,
+    PER_READ,
+    TICK,
+    ServerState,
+)
+from surge.logs import REQUEST_ID, log_access
 
 
-class HttpProtocol(Dispatch, asyncio.Protocol):
+class HttpProtocol(asyncio.Protocol):
     __slots__ = (
         "_budget",
+        "_busy",
         "_counted",
         "_discard",
         "_feeding",
@@ -78,7 +61,9 @@ class HttpProtocol(Dispatch, asyncio.Protocol):
         "_stall_since",
         "_stall_size",
         "_state",
+        "_task",
         "_transport",
+        "_upgrade",
         "client",
     )
 
@@ -112,33 +97,24 @@ class HttpProtocol(Dispatch, asyncio.Protocol):
         peer = transport.get_extra_info("peername")
         self.client = peer[0] if isinstance(peer, tuple) else ""
         state = self._state
-        if not state.admit(self.client):
-            self._refuse_connection()
+        if not state.admit(self.client):  # over a cap: refused, and anything it sent ignored
+            answer = closing(TOO_MANY_CONNECTIONS, state.date_line, state.new_request_id())
+            self._transport.write(answer)  # type: ignore[union-attr]  # (set above)
+            transport.close()
+            self._transport = None
+            self._discard = 1.0
             return
         self._counted = True
         state.connections.add(self)
 
-    def _refuse_connection(self) -> None:
-        transport = self._transport
-        assert transport is not None
-        self._write_last(transport, _TOO_MANY_CONNECTIONS)
-        transport.close()
-        self._transport = None
-        self._discard = 1.0  # anything it sent is ignored
-
     def connection_lost(self, exc: Exception | None) -> None:
-        state = self._state
         self._transport = None
         self._discard = self._discard or 1.0  # (nothing more arrives; nothing is parsed)
         self._reader.close()
         self._queue.clear()
-        if not self._counted:
-            return
-        self._counted = False
-        state.connections.discard(self)
-        state.release(self.client)
-        if state.stopped and not state.connections:
-            state.drained.set()
+        if self._counted:
+            self._counted = False
+            self._state.forget(self)
 
     def eof_received(self) -> bool:
         """The client has sent all it will: answer what it asked (keeping our half open
@@ -160,7 +136,14 @@ class HttpProtocol(Dispatch, asyncio.Protocol):
             and not self._queue
             and lone_get(data, state.never_shed)
         ):
-            self._shed_unparsed()
+            # a lone GET is answered 503 before the parser, the router or anything else
+            # sees it: under overload the cost of a refusal decides how much is left to
+            # serve (a parsed refusal cost about as much as a cached answer). Health,
+            # readiness and metrics are never refused (`refusal.lone_get`).
+            shedder.shed["read"] += 1
+            self._idle_since = state.now
+            if self._transport is not None:
+                self._transport.write(refusal.refusal(state.date_line, state.new_request_id()))
             return
         self._feeding = True
         self._budget = PER_READ
@@ -172,7 +155,7 @@ class HttpProtocol(Dispatch, asyncio.Protocol):
                 self._switch(data[upgrade.args[0] :])
                 return
             # answered already (refused, or not /ws: its answer closes the connection),
-            # or queued behind another request (then refused: see Dispatch._respond)
+            # or queued behind another request (then refused: see _respond)
             self._keep_alive = False
             self._drop_input()
         except Overflow:
@@ -186,17 +169,6 @@ class HttpProtocol(Dispatch, asyncio.Protocol):
             # nothing more is read until it is
             self._pause_reading()
             asyncio.get_running_loop().call_soon(self._serve_queue)
-
-    def _shed_unparsed(self) -> None:
-        """Every slot of the shedder is taken: a lone GET is answered 503 before the
-        parser, the router or anything else sees it. Under overload the cost of a refusal
-        decides how much is left to serve (a parsed refusal cost about as much as a
-        cached answer). Health, readiness and metrics are never refused (`refusal.lone_get`)."""
-        state = self._state
-        state.shedder.shed["read"] += 1  # type: ignore[union-attr]
-        self._idle_since = state.now
-        if self._transport is not None:
-            self._transport.write(refusal.refusal(state.date_line, state.new_request_id()))
 
     def pause_writing(self) -> None:
         self._paused_writing = True
@@ -224,14 +196,60 @@ class HttpProtocol(Dispatch, asyncio.Protocol):
                 if len(queue) >= MAX_QUEUED:
                     raise Overflow
             return
-        self._handle(request)
+        self._respond(request, dispatch(self._state, request, self))
 
     def continue_body(self) -> None:
         if not (self._busy or self._queue) and self._transport is not None:
-            self._transport.write(_CONTINUE)  # its body is wanted: send it (else it waits)
+            self._transport.write(CONTINUE)  # its body is wanted: send it (else it waits)
 
+    # -- from a parsed request to its answer ---------------------------------------------
+    def admitted(
+        self, request: Request, handler: Handler, route_class: str, done: asyncio.Future[Verdict]
+    ) -> None:
+        """The rate limiter's verdict on a request that waited for it (see `dispatch`)."""
+        if done.cancelled() or self._transport is None:  # shutting down, or the client left
+            self._finish(request, SHUTTING_DOWN)  # (no handler runs for nobody)
+            return
+        result = after_verdict(self._state, request, handler, route_class, done.result())
+        if isinstance(result, tuple):
+            self._finish(request, result)
+        else:
+            self._busy = False
+            self._respond(request, result)
+
+    def _respond(self, request: Request, result: HandlerResult | None) -> None:
+        """The answer, whichever form it takes: a tuple made on the spot, an upgrade, a
+        Future, a coroutine run as a Task; None: it waits for the rate limiter's verdict
+        (`admitted`)."""
+        if isinstance(result, tuple):
+            self._send(request, result)
+            return
+        if result is None:
+            self._busy = True
+            return
+        if isinstance(result, Upgrade):
+            # only the request the parser has just read can switch (see surge.http.upgrade)
+            alone = self._feeding and self._keep_alive
+            refused = switch.refused(request, alone, self._state.closing)
+            if refused is not None:
+                self._send(request, refused)
+            else:  # the parser reports the upgrade right after this request (data_received)
+                self._upgrade = (request, result)
+            return
+        self._busy = True
+        finish = self._finish
+        if isinstance(result, asyncio.Future):
+            # A Future (the order query's miss path returns one) needs no Task of its own.
+            result.add_done_callback(lambda done: complete(finish, request, done))
+        else:  # a coroutine: a Task that answers as its last step
+            # the Task copies the context: what its handler logs names the request
+            token = REQUEST_ID.set(request.request_id)
+            self._task = asyncio.ensure_future(drive(request, result, finish))
+            REQUEST_ID.reset(token)
+
+    # -- writing answers ------------------------------------------------------------------
     def _finish(self, request: Request, response: Response) -> None:
-        if response is _SHUTTING_DOWN:
+        if response is SHUTTING_DOWN:
             self._keep_alive = False
         self._busy = False
         self._task = None
@@ -246,7 +264,8 @@ class HttpProtocol(Dispatch, asyncio.Protocol):
             if transport is None or transport.is_closing():
                 queue.clear()
                 return
-            self._handle(queue.popleft())
+            request = queue.popleft()
+            self._respond(request, dispatch(self._state, request, self))
         if not queue and not self._paused_writing and not self._discard:
             self._resume_reading()
 
@@ -276,7 +295,7 @@ class HttpProtocol(Dispatch, asyncio.Protocol):
                     # ended for cause (a refusal, too many requests): it lingers from this
                     # last answer on, and is reset if the client has not read it by then
                     self._discard = state.now
-                    self._linger()
+                    linger(transport)
                 else:
                     transport.close()
         self._served += 1
@@ -300,22 +319,14 @@ class HttpProtocol(Dispatch, asyncio.Protocol):
         transport, state = self._transport, self._state
         if self._counted:
             self._counted = False
-            state.connections.discard(self)
-            state.release(self.client)
-            if state.stopped and not state.connections:
-                state.drained.set()  # it was the last HTTP connection the drain waited for
+            state.forget(self)
         state.observe(request.route, request.method, 101, time.perf_counter() - request.started)
         state.in_flight -= 1
         self._served += 1
-        if transport is None:
-            return
-        transport.write(upgrade.head + b"\r\n")
-        transport.set_protocol(upgrade.protocol)
-        self._transport = None
-        self._reader.close()
-        upgrade.protocol.connection_made(transport)
-        if rest:
-            upgrade.protocol.data_received(rest)
+        if transport is not None:
+            self._transport = None
+            self._reader.close()
+            switch.hand_over(transport, upgrade, rest)
 
     def _reject(self, status: int, kind: str, detail: str) -> None:
         """Answers a request the parser or a limit refused, then ends the connection: the
@@ -331,35 +342,17 @@ class HttpProtocol(Dispatch, asyncio.Protocol):
             # refusal itself cannot go out of turn, so it is not sent)
             self._drop_input()
             return
-        self._write_last(transport, problem_response(status, kind, detail))
-        self._drop_input()
-        self._linger()
-
-    def _write_last(self, transport: asyncio.Transport, response: Response) -> None:
-        """An answer to no parsed request (a refusal): a request id of its own, and the
-        connection ends with it."""
-        _, head, body = response
         state = self._state
-        rid = b"x-request-id: " + state.new_request_id()
-        transport.write(head + state.date_line + rid + b"\r\nconnection: close\r\n\r\n" + body)
+        answer = problem_response(status, kind, detail)
+        transport.write(closing(answer, state.date_line, state.new_request_id()))
+        self._drop_input()
+        linger(transport)  # (the client's bytes are read and dropped; `sweep` cuts it)
 
     def _drop_input(self) -> None:
         """From now on the client's bytes are read and dropped (not parsed)."""
         if not self._discard:
             self._discard = self._state.now or 1.0
         self._resume_reading()
-
-    def _linger(self) -> None:
-        """Ends our half of the connection once the answer is out (FIN) and goes on
-        reading, so the client's unread request does not make the kernel reset the
-        connection before the answer arrives; `sweep` cuts it after LINGER."""
-        transport = self._transport
-        if transport is None:
-            return
-        if transport.can_write_eof():
-            transport.write_eof()
-        else:
-            transport.close()
 
     def _pause_reading(self) -> None:
         if not self._paused_reading and self._transport is not None:
@@ -386,14 +379,16 @@ class HttpProtocol(Dispatch, asyncio.Protocol):
         queued = transport.get_write_buffer_size()
         if self._discard and not queued and not (self._busy or self._queue):
             if now - self._discard > LINGER:
-                _end(transport)  # the refusal is out: the client had its time to read it
+                end(transport)  # the refusal is out: the client had its time to read it
             return
         if queued:
             if not self._stall_since or queued < self._stall_size:
                 self._stall_since = now  # the client read some: it is reading
             self._stall_size = queued
             if now - self._stall_since > limits.send_timeout:
-                self.reset()  # it reads nothing: what it asked for stays unsent
+                # it reads nothing: what it asked for stays unsent (a reset: a plain abort
+                # would leave the kernel sending it, behind a FIN the client never gets)
+                reset(transport)
                 return
         else:
             self._stall_since = 0.0
@@ -410,7 +405,7 @@ class HttpProtocol(Dispatch, asyncio.Protocol):
         else:
             limit = limits.keepalive_timeout
         if now - self._idle_since > limit + (TICK if limit else 0.0):
-            _end(transport)
+            end(transport)
 
     def close_if_idle(self) -> None:
         """Closes a keep-alive connection between requests (not a fresh one)."""
@@ -424,50 +419,3 @@ class HttpProtocol(Dispatch, asyncio.Protocol):
     def abort(self) -> None:
         if self._transport is not None:
             self._transport.abort()
-
-    def reset(self) -> None:
-        """Cuts the connection with a reset: a plain abort would leave the kernel sending
-        what is queued (up to its send buffer, megabytes) to a client that reads nothing,
-        behind a FIN it never gets, for as long as the client keeps its socket."""
-        transport = self._transport
-        if transport is not None:
-            reset(transport)
-
-
-def _end(transport: asyncio.Transport) -> None:
-    """Closes a connection we are done with; resets it instead when the kernel still holds
-    answers the client has not read (it would keep them, in an orphaned socket, for a
-    client that may never read)."""
-    if _unsent(transport):
-        reset(transport)
-    else:
-        transport.close()
-
-
-def _unsent(transport: asyncio.BaseTransport) -> int:
-    """Bytes the kernel holds for the peer, not yet sent (or not acknowledged)."""
-    sock = transport.get_extra_info("socket")
-    try:
-        queued = fcntl.ioctl(sock.fileno(), termios.TIOCOUTQ, b"\0\0\0\0")
-    except (AttributeError, OSError):
-        return 0
-    return int(struct.unpack("i", queued)[0])
-
-
-def reset(transport: asyncio.BaseTransport) -> None:
-    """Aborts `transport` with a TCP reset (SO_LINGER 0), freeing the kernel's buffers."""
-    sock = transport.get_extra_info("socket")
-    if sock is not None:
-        try:
-            sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, _RESET)
-        except OSError:
-            pass
-    transport.abort()  # type: ignore[attr-defined]
-
-
-_TOO_MANY_CONNECTIONS = problem_response(
-    503,
-    "too-many-connections",
-    "this server or this client address holds as many connections as it may",
-    (("retry-after", "1"),),
-)

@@ -1,6 +1,6 @@
 """What every connection of one process shares: the app's router, the clock, the
-request ids, the drain flags, the limits every connection is held to, and the protection
-layer (rate limits, load shedding)."""
+request ids, the drain flags, the limits every connection is held to (settings and fixed
+bounds), and the protection layer (rate limits, load shedding)."""
 
 from __future__ import annotations
 
@@ -14,10 +14,9 @@ from dataclasses import dataclass
 from email.utils import formatdate
 from typing import TYPE_CHECKING
 
+from surge.ground.admission import LoadShedding, RateLimits
 from surge.http.refusal import never_shed
 from surge.http.router import Router
-from surge.protect.ratelimit import RateLimiter
-from surge.protect.shedder import Shedder
 
 if TYPE_CHECKING:
     from surge.http.server import HttpProtocol
@@ -47,6 +46,30 @@ class HttpLimits:
     max_open: int = 100_000
 
 
+# The bounds of every connection that are not settings (surge.http.server).
+#
+# Pipelined requests waiting behind one being answered: at MAX_PIPELINE reading pauses;
+# one read can still hold more, up to MAX_QUEUED, past which the rest of the read is
+# dropped and the connection ends after answering those queued (a client that pipelines
+# more without reading its answers is not a browser or a proxy).
+MAX_PIPELINE = 16
+MAX_QUEUED = 64
+# Requests one read may have answered on the spot: the rest wait for the next loop turn
+# (one read can carry thousands of small requests; answering them all at once held the
+# loop for seconds and every other client with it).
+PER_READ = 32
+# During shutdown, how long an accepted connection may take to send its first request.
+FIRST_REQUEST_GRACE = 1.0
+# After refusing a request, how long the client's further bytes are read and dropped so
+# that the refusal reaches it (closing with unread input would make the kernel reset the
+# connection and lose the answer).
+LINGER = 2.0
+# The clock the sweep reads (ServerState.now) ticks once a second: a time stamped from it
+# may be up to this much old, so the sweep's deadlines allow for it (they fire between
+# their limit and a second or two after it, never early).
+TICK = 1.0
+
+
 RESERVED_FILES = 500  # database and Redis pools, log and data files, the listeners
 
 
@@ -66,8 +89,9 @@ class ServerState:
     def __init__(self, router: Router, observe: Observer, limits: HttpLimits) -> None:
         self.router = router
         self.never_shed = never_shed(router.unlimited_gets())  # see surge.http.refusal
-        self.limiter: RateLimiter | None = None  # per-caller rate limits (surge.protect)
-        self.shedder: Shedder | None = None  # the limit on concurrent work
+        # the protection layer, through the ground floor's interfaces (ground/admission.py)
+        self.limiter: RateLimits | None = None  # per-caller rate limits
+        self.shedder: LoadShedding | None = None  # the limit on concurrent work
         self.observe = observe
         self.access_log = 0.0  # share of requests logged (surge.logs)
         self.limits = limits
@@ -110,6 +134,13 @@ class ServerState:
             self.per_client[key] = held
         else:
             self.per_client.pop(key, None)
+
+    def forget(self, conn: HttpProtocol) -> None:
+        """`conn` no longer counts: closed, or handed to another protocol."""
+        self.connections.discard(conn)
+        self.release(conn.client)
+        if self.stopped and not self.connections:
+            self.drained.set()  # it was the last connection the drain waited for
 
     def _trusted(self, client: str) -> bool:
         try:

@@ -11,7 +11,8 @@ from __future__ import annotations
 import math
 import time
 from dataclasses import dataclass
-from typing import NamedTuple
+
+from surge.ground.admission import Verdict as Verdict  # the engine's type too
 
 
 @dataclass(frozen=True, slots=True)
@@ -31,12 +32,6 @@ class Policy:
     def ttl_ms(self) -> int:
         """How long a bucket must be kept: after that it would be full anyway."""
         return math.ceil(self.burst / self.rate * 1000) + 1000  # per script call, not request
-
-
-class Verdict(NamedTuple):
-    allowed: bool
-    remaining: int  # whole tokens left
-    wait: float  # seconds until the next token (0 when allowed)
 
 
 # the verdicts that pass, made once: creating a NamedTuple per request costs 0.25 us

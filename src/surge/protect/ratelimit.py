@@ -25,8 +25,9 @@ import random
 from collections.abc import Mapping
 from typing import Protocol
 
+from surge.ground.admission import Verdict
 from surge.ground.web import Request, Response, problem_response
-from surge.protect.bucket import Policy, Verdict
+from surge.protect.bucket import Policy
 from surge.protect.clients import Clients
 
 

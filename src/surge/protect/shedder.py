@@ -24,28 +24,14 @@ from __future__ import annotations
 
 import asyncio
 import math
-import random
 import time
 from dataclasses import dataclass
 
-from surge.ground.web import Request, Response, problem_response
+# the 503 of a request shed is the engine's too: it lives on the ground floor
+from surge.ground.admission import overloaded as overloaded
+from surge.ground.web import Request
 
 PROBE = 0.01  # seconds between two looks at the event loop's lag
-
-# Refusals, made once; Retry-After 1 or 2 s at random so refused clients spread out.
-OVERLOADED = tuple(
-    problem_response(
-        503,
-        "overloaded",
-        "the server is at its limit of concurrent work; retry",
-        (("retry-after", str(seconds)),),
-    )
-    for seconds in (1, 2)
-)
-
-
-def overloaded() -> Response:
-    return OVERLOADED[random.getrandbits(1)]
 
 
 @dataclass(frozen=True, slots=True)

@@ -18,7 +18,7 @@ from wsproto.connection import Connection, ConnectionState, ConnectionType
 from wsproto.events import BytesMessage, CloseConnection, Ping, TextMessage
 from wsproto.utilities import LocalProtocolError
 
-from surge.http.server import reset
+from surge.ground.sockets import reset
 from surge.protect.bucket import Bucket
 from surge.realtime import frames, wire
 

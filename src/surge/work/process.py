@@ -14,11 +14,11 @@ import os
 import signal
 from datetime import UTC, datetime
 
+from surge.api import ops
 from surge.app import backend_options, side_worker
 from surge.backends import open_store, open_stream
 from surge.config import Settings
 from surge.ground.interfaces import Probe
-from surge.http import ops
 from surge.http.listener import HttpServer, bind_socket
 from surge.http.router import Router
 from surge.http.state import HttpLimits, ServerState

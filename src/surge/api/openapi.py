@@ -401,7 +401,7 @@ DOCUMENT: dict[str, Any] = {
     },
 }
 
-# Routes never rate-limited (surge.http.ops, surge.app: route_class None).
+# Routes never rate-limited (surge.api.ops, surge.app: route_class None).
 UNLIMITED = ("/healthz", "/readyz", "/metrics", "/openapi.json", "/ws", "/debug/tasks")
 _RATE_LIMITED = {
     **_problem("over the caller's rate limit (docs/protection.md)"),

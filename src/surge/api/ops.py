@@ -8,7 +8,7 @@ import time
 from collections import Counter
 from collections.abc import Callable, Mapping
 
-from surge import openapi
+from surge.api import openapi
 from surge.auth import Authenticator
 from surge.ground.errors import Unavailable
 from surge.ground.interfaces import Probe
