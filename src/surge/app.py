@@ -28,15 +28,15 @@ from surge.backends import (
 from surge.catalog import Catalog
 from surge.config import ORDER_QUERY, ConfigError, Settings
 from surge.feed import StockFeed
+from surge.ground.buckets import Buckets, Policy
 from surge.ground.interfaces import Store, Stream
 from surge.ground.web import response
 from surge.http.router import Router
 from surge.http.state import open_files_budget
 from surge.metrics import Metrics, collectors
 from surge.orders import OrderQuery, OrderQueryOptions, OrderStats
-from surge.protect.bucket import Policy
 from surge.protect.clients import Clients
-from surge.protect.ratelimit import Buckets, RateLimiter
+from surge.protect.ratelimit import RateLimiter
 from surge.protect.shedder import Shedder, ShedSettings
 from surge.purchase import Purchases
 from surge.realtime.endpoint import Endpoint

@@ -28,11 +28,12 @@ from dataclasses import dataclass, field
 import orjson
 
 from surge.auth import Authenticator
+from surge.ground.admission import overloaded
 from surge.ground.interfaces import Bus, Cache, Store
 from surge.ground.orders import Order
 from surge.ground.tasks import Tasks
 from surge.ground.web import Problem, Request, Response, problem_response, response
-from surge.protect.shedder import Shedder, overloaded
+from surge.protect.shedder import Shedder
 
 log = logging.getLogger("surge.orders")
 

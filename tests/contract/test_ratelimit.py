@@ -11,9 +11,11 @@ from collections.abc import AsyncIterator
 
 import pytest
 
+from surge.backends.memory_buckets import LocalBuckets
 from surge.backends.redis import connect
 from surge.backends.redis_limits import RedisBuckets
-from surge.protect.bucket import LocalBuckets, Policy, Verdict
+from surge.ground.admission import Verdict
+from surge.ground.buckets import Policy
 from tests.backends import REDIS, require_service
 
 pytestmark = pytest.mark.anyio

@@ -5,8 +5,10 @@ from __future__ import annotations
 import pytest
 
 from surge.auth import Authenticator, mint
+from surge.backends.memory_buckets import LocalBuckets
+from surge.ground.admission import Verdict
+from surge.ground.buckets import Bucket, Policy
 from surge.ground.web import Request
-from surge.protect.bucket import Bucket, LocalBuckets, Policy, Verdict
 from surge.protect.clients import Clients
 from surge.protect.ratelimit import RateLimiter
 from surge.setting_parsers import parse_networks, parse_policy

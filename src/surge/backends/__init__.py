@@ -24,10 +24,10 @@ from typing import TYPE_CHECKING
 from urllib.parse import urlsplit
 
 from surge.backends.breaker import Breaker
+from surge.backends.memory_buckets import LocalBuckets
+from surge.ground.buckets import Buckets
 from surge.ground.interfaces import Bus, Cache, Gate, MailSender, Outbox, Sales, Store, Stream
 from surge.ground.rooms import Backplane
-from surge.protect.bucket import LocalBuckets
-from surge.protect.ratelimit import Buckets
 
 if TYPE_CHECKING:
     from surge.backends.sql import SqlStore

@@ -19,9 +19,11 @@ from collections.abc import Callable
 
 from redis import asyncio as aioredis
 
+from surge.backends.memory_buckets import LocalBuckets
 from surge.backends.scripts import lua_script
+from surge.ground.admission import Verdict
+from surge.ground.buckets import Policy, passed, refused
 from surge.ground.tasks import Tasks
-from surge.protect.bucket import LocalBuckets, Policy, Verdict, passed, refused
 
 log = logging.getLogger("surge.ratelimit")
 

@@ -23,16 +23,11 @@ import asyncio
 import math
 import random
 from collections.abc import Mapping
-from typing import Protocol
 
 from surge.ground.admission import Verdict
+from surge.ground.buckets import Buckets, Policy
 from surge.ground.web import Request, Response, problem_response
-from surge.protect.bucket import Policy
 from surge.protect.clients import Clients
-
-
-class Buckets(Protocol):
-    def check(self, policy: Policy, caller: str) -> Verdict | asyncio.Future[Verdict]: ...
 
 
 class RateLimiter:

@@ -18,8 +18,8 @@ from wsproto.connection import Connection, ConnectionState, ConnectionType
 from wsproto.events import BytesMessage, CloseConnection, Ping, TextMessage
 from wsproto.utilities import LocalProtocolError
 
+from surge.ground.buckets import Bucket
 from surge.ground.sockets import reset
-from surge.protect.bucket import Bucket
 from surge.realtime import frames, wire
 
 if TYPE_CHECKING:

@@ -18,10 +18,10 @@ from collections.abc import Coroutine
 from dataclasses import dataclass
 from typing import Any
 
+from surge.ground.buckets import Bucket
 from surge.ground.histogram import Histogram
 from surge.ground.rooms import Backplane
 from surge.ground.tasks import Tasks
-from surge.protect.bucket import Bucket
 from surge.realtime import frames, wire
 from surge.realtime.connection import GOING_AWAY, TOO_SLOW, WsConnection
 from surge.realtime.fanout import FanOut
