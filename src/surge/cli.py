@@ -106,7 +106,7 @@ def _serve(settings: config.Settings) -> int:
 def _worker(settings: config.Settings) -> int:
     import uvloop
 
-    from surge.work.process import run_worker
+    from surge.worker_process import run_worker
 
     if not _schema_ready(settings):
         return 2
@@ -126,7 +126,7 @@ def _schema_ready(settings: config.Settings) -> bool:
 
 
 def _dead_letters(settings: config.Settings, args: argparse.Namespace) -> int:
-    from surge.work.process import list_dead_letters, replay_dead_letters
+    from surge.worker_process import list_dead_letters, replay_dead_letters
 
     if args.dead_command == "list":
         for line in asyncio.run(list_dead_letters(settings, max(1, args.limit))):

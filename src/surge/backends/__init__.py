@@ -8,7 +8,7 @@ plus an SQLite file for the stream. A new kind of server (Redis Cluster, say) is
 more entry in `_SHARED`. Drivers are imported only when their scheme is asked for, so the
 embedded default never loads redis-py.
 
-The caller (surge.app, surge.work.process, the tests) passes plain values
+The caller (surge.app, surge.worker_process, the tests) passes plain values
 (`BackendOptions`), not the settings object: the backends know nothing of the rest.
 """
 

@@ -2,7 +2,7 @@
 
 Each part keeps its counters as plain numbers on itself (`OrderQuery.stats`,
 `Purchases.outcomes`, `Hub.stats`...); the functions below, called by the wiring
-(surge.app, surge.work.process), tell the registry where to read them at scrape time.
+(surge.app, surge.worker_process), tell the registry where to read them at scrape time.
 The names and help texts are the metrics' public contract: deploy/prometheus/alerts.yml
 and deploy/grafana/surge.json use them (docs/operations.md lists them).
 """

@@ -1,6 +1,6 @@
 """The side work of one process: the outbox relay and a consumer per group, with metrics.
 
-`surge worker` runs one (surge.work.process); in embedded mode `surge serve` runs one
+`surge worker` runs one (surge.worker_process); in embedded mode `surge serve` runs one
 inside itself (SURGE_INLINE_WORKER). Any number may run at once against the same
 database and stream: see docs/worker.md for the guarantees.
 """
