@@ -32,7 +32,7 @@ from surge.app import App
 from surge.config import Settings
 from surge.http.listener import HttpServer, bind_socket
 from surge.http.state import HttpLimits, ServerState, open_files_budget
-from surge.metrics import Metrics
+from surge.metrics import Metrics, collectors
 
 log = logging.getLogger("surge.lifecycle")
 
@@ -76,22 +76,20 @@ async def serve(
     internal_state = ServerState(app.internal_router, app.metrics.observe_request, internal_limits)
     internal = HttpServer(internal_state, internal_sock)
     await internal.start()
-    state = ServerState(app.router, app.metrics.observe_request, limits)
-    state.limiter = app.limiter
-    state.shedder = app.shedder
-    state.access_log = settings.access_log
-    # one open-files budget for the public, internal and upgraded connections
-    state.others = lambda: len(internal_state.connections) + len(app.hub.connections)
+    state = ServerState(
+        app.router,
+        app.metrics.observe_request,
+        limits,
+        app.limiter,
+        app.shedder,
+        settings.access_log,
+        # one open-files budget for the public, internal and upgraded connections
+        lambda: len(internal_state.connections) + len(app.hub.connections),
+    )
     server = HttpServer(state, sock)
     await server.start()
     tune_gc()
-    app.metrics.gauge("http_in_flight", "Requests being handled", lambda: state.in_flight)
-    app.metrics.gauge("http_connections", "Open HTTP connections", lambda: len(state.connections))
-    app.metrics.counter(
-        "http_connections_refused",
-        "HTTP connections refused at SURGE_MAX_CONNECTIONS or SURGE_MAX_CONNECTIONS_PER_CLIENT",
-        lambda: state.refused_connections + internal_state.refused_connections,
-    )
+    collectors.http_server(app.metrics, state, internal_state)
 
     stop, received = stop_on_signals()
     await stop.wait()

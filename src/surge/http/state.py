@@ -86,20 +86,29 @@ def open_files_budget() -> int:
 class ServerState:
     """Shared by every connection of one process: the app, the clock and the drain flags."""
 
-    def __init__(self, router: Router, observe: Observer, limits: HttpLimits) -> None:
+    def __init__(
+        self,
+        router: Router,
+        observe: Observer,
+        limits: HttpLimits,
+        limiter: RateLimits | None = None,
+        shedder: LoadShedding | None = None,
+        access_log: float = 0.0,
+        others: Callable[[], int] = lambda: 0,
+    ) -> None:
         self.router = router
         self.never_shed = never_shed(router.unlimited_gets())  # see surge.http.refusal
         # the protection layer, through the ground floor's interfaces (ground/admission.py)
-        self.limiter: RateLimits | None = None  # per-caller rate limits
-        self.shedder: LoadShedding | None = None  # the limit on concurrent work
+        self.limiter = limiter  # per-caller rate limits
+        self.shedder = shedder  # the limit on concurrent work
         self.observe = observe
-        self.access_log = 0.0  # share of requests logged (surge.logs)
+        self.access_log = access_log  # share of requests logged (surge.logs)
         self.limits = limits
         self.connections: set[HttpProtocol] = set()
         self.per_client: dict[str, int] = {}  # open connections by peer address
         # connections of this process that are not this listener's (upgraded ones, the
         # other listener's): they share the open-files budget (`HttpLimits.max_open`)
-        self.others: Callable[[], int] = lambda: 0
+        self.others = others
         self.refused_connections = 0  # over max_connections or max_per_client
         self.in_flight = 0
         self.closing = False  # answer with Connection: close (shutdown delay and drain)

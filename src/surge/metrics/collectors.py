@@ -19,6 +19,7 @@ from surge.metrics import Metrics
 
 if TYPE_CHECKING:
     from surge.backends import Backends
+    from surge.http.state import ServerState
     from surge.orders import OrderQuery
     from surge.protect.ratelimit import RateLimiter
     from surge.protect.shedder import Shedder
@@ -178,6 +179,16 @@ def worker(metrics: Metrics, made: Worker) -> None:
         metrics.labelled_counter(
             f"consumer_{field}", doc, "consumer", partial(_per_group, stats, attrgetter(field))
         )
+
+
+def http_server(metrics: Metrics, public: ServerState, internal: ServerState) -> None:
+    metrics.gauge("http_in_flight", "Requests being handled", lambda: public.in_flight)
+    metrics.gauge("http_connections", "Open HTTP connections", lambda: len(public.connections))
+    metrics.counter(
+        "http_connections_refused",
+        "HTTP connections refused at SURGE_MAX_CONNECTIONS or SURGE_MAX_CONNECTIONS_PER_CLIENT",
+        lambda: public.refused_connections + internal.refused_connections,
+    )
 
 
 def log_writer(metrics: Metrics) -> None:
