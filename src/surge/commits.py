@@ -13,9 +13,9 @@ from functools import partial
 
 from surge.ground.interfaces import Gate, Sales
 from surge.ground.purchases import Confirmed, Purchase, Win
+from surge.ground.retry import keep_trying
 from surge.ground.sales import Sale
 from surge.ground.tasks import Tasks
-from surge.retry import keep_trying
 
 log = logging.getLogger("surge.commits")
 

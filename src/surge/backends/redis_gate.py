@@ -30,8 +30,8 @@ from surge.ground.purchases import (
     Reconciled,
     field_of,
 )
+from surge.ground.retry import keep_trying
 from surge.ground.tasks import Tasks
-from surge.retry import keep_trying
 
 log = logging.getLogger("surge.gate")
 

@@ -8,7 +8,7 @@ import logging
 import time
 from collections.abc import Awaitable, Callable
 
-log = logging.getLogger("surge.retry")
+log = logging.getLogger("surge.ground.retry")
 
 
 async def keep_trying(
