@@ -2,7 +2,7 @@
 
 Everything is built here, in dependency order, each part handed what it needs in its
 constructor (nothing is assigned onto an object after it is made); `close` undoes it in
-reverse. Core (surge.orders, surge.purchase, surge.catalog, the hub, the consumers) sees
+reverse. Core (surge.orders, surge.sales.purchase, surge.sales.catalog, the hub, the consumers) sees
 plain values and the ground floor's interfaces, never the settings object or a backend
 module; the backends come from the one factory (surge.backends); the metrics are
 registered in surge.metrics.collectors.
@@ -25,9 +25,7 @@ from surge.backends import (
     open_outbox,
     open_stream,
 )
-from surge.catalog import Catalog
 from surge.config import ORDER_QUERY, ConfigError, Settings
-from surge.feed import StockFeed
 from surge.ground.buckets import Buckets, Policy
 from surge.ground.interfaces import Store, Stream
 from surge.ground.web import response
@@ -38,11 +36,13 @@ from surge.orders import OrderQuery, OrderQueryOptions, OrderStats
 from surge.protect.clients import Clients
 from surge.protect.ratelimit import RateLimiter
 from surge.protect.shedder import Shedder, ShedSettings
-from surge.purchase import Purchases
 from surge.realtime.endpoint import Endpoint
 from surge.realtime.fanout import default_helpers
 from surge.realtime.hub import Hub, Limits
-from surge.sale_cache import SaleConfigs, SoldOutBoard
+from surge.sales.cache import SaleConfigs, SoldOutBoard
+from surge.sales.catalog import Catalog
+from surge.sales.feed import StockFeed
+from surge.sales.purchase import Purchases
 from surge.work.audit import AuditLog
 from surge.work.worker import Worker, WorkerOptions, worker_name
 
@@ -162,7 +162,7 @@ class App:
 
     async def _keep_gates(self, purchases: Purchases) -> None:
         """Reconciles every open sale's gate with the database now, then every
-        SURGE_GATE_RECONCILE_INTERVAL seconds (surge.reconcile)."""
+        SURGE_GATE_RECONCILE_INTERVAL seconds (surge.sales.reconcile)."""
         keeper = purchases.keeper
         interval = self.settings.gate_reconcile_interval
         try:

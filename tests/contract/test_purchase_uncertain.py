@@ -22,13 +22,13 @@ from surge.backends.redis import connect
 from surge.backends.redis_gate import RedisGate
 from surge.backends.sql import create_engine
 from surge.backends.sql_sales import SqlSales
-from surge.feed import StockFeed
 from surge.ground.interfaces import Gate
 from surge.ground.purchases import Purchase, Win
 from surge.ground.sales import NewSale, Sale, fingerprint
 from surge.ground.web import Problem, Request, Response
-from surge.purchase import Purchases
-from surge.sale_cache import SaleConfigs, SoldOutBoard
+from surge.sales.cache import SaleConfigs, SoldOutBoard
+from surge.sales.feed import StockFeed
+from surge.sales.purchase import Purchases
 from tests.backends import Backend
 
 pytestmark = pytest.mark.anyio

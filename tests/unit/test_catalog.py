@@ -1,4 +1,4 @@
-"""POST /sales, GET /sales/{id}, GET /users/me/orders (surge.catalog.Catalog) on the
+"""POST /sales, GET /sales/{id}, GET /users/me/orders (surge.sales.catalog.Catalog) on the
 in-process fakes: MemorySales (tests/fakes.py) and the real MemoryGate and SaleConfigs."""
 
 from __future__ import annotations
@@ -13,10 +13,10 @@ import pytest
 
 from surge.auth import Authenticator, mint
 from surge.backends.memory_gate import MemoryGate
-from surge.catalog import Catalog
 from surge.ground.sales import NewSale, Sale
 from surge.ground.web import Problem, Request, Response
-from surge.sale_cache import SaleConfigs
+from surge.sales.cache import SaleConfigs
+from surge.sales.catalog import Catalog
 from tests.fakes import MemorySales
 
 pytestmark = pytest.mark.anyio

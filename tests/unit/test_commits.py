@@ -9,9 +9,9 @@ from datetime import UTC, datetime, timedelta
 import pytest
 
 from surge.backends.memory_gate import MemoryGate
-from surge.commits import AfterCommit, CommitBatcher
 from surge.ground.purchases import Confirmed, GateState, Purchase, Win
 from surge.ground.sales import NewSale, Sale
+from surge.sales.commits import AfterCommit, CommitBatcher
 from tests.fakes import MemorySales
 
 pytestmark = pytest.mark.anyio

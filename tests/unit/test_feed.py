@@ -7,7 +7,7 @@ from collections.abc import Callable
 
 import pytest
 
-from surge.feed import StockFeed
+from surge.sales.feed import StockFeed
 
 
 class LocalRooms:  # the Rooms interface, in-process: a fake for these tests

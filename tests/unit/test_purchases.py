@@ -1,4 +1,4 @@
-"""POST /sales/{id}/orders (surge.purchase.Purchases) on the in-process fakes: MemorySales
+"""POST /sales/{id}/orders (surge.sales.purchase.Purchases) on the in-process fakes: MemorySales
 (tests/fakes.py, held to SqlSales by tests/contract/test_sales_protocol.py), the real
 MemoryGate, SaleConfigs, SoldOutBoard and StockFeed over an in-process bus and rooms."""
 
@@ -17,12 +17,12 @@ import pytest
 from surge.auth import Authenticator, mint
 from surge.backends.memory import MemoryBus
 from surge.backends.memory_gate import MemoryGate
-from surge.feed import StockFeed
 from surge.ground.purchases import GateState
 from surge.ground.sales import NewSale, Sale, fingerprint
 from surge.ground.web import Problem, Request, Response
-from surge.purchase import Purchases
-from surge.sale_cache import SaleConfigs, SoldOutBoard
+from surge.sales.cache import SaleConfigs, SoldOutBoard
+from surge.sales.feed import StockFeed
+from surge.sales.purchase import Purchases
 from tests.fakes import MemorySales
 
 pytestmark = pytest.mark.anyio

@@ -7,7 +7,7 @@ from typing import Any
 
 import pytest
 
-from surge.sale_cache import SaleConfigs
+from surge.sales.cache import SaleConfigs
 
 pytestmark = pytest.mark.anyio
 

@@ -109,7 +109,7 @@ class SqlSales:
         return None if row is None else _sale(row)
 
     async def open_sales(self, now: datetime) -> list[int]:
-        """Sales not ended yet: the ones whose gates are reconciled (surge.reconcile)."""
+        """Sales not ended yet: the ones whose gates are reconciled (surge.sales.reconcile)."""
         async with connected(self.engine) as conn:
             rows = await conn.execute(sa.select(sales.c.id).where(sales.c.ends_at > _naive(now)))
             return [int(row[0]) for row in rows]
@@ -117,7 +117,7 @@ class SqlSales:
     async def gate_state(self, sale_id: int) -> GateState | None:
         """The gate's view of a sale: its stock left and every order of it, read by ONE
         statement, so both come from one snapshot on every database (an order committed
-        between two reads would be in neither or in one only: surge.reconcile needs both
+        between two reads would be in neither or in one only: surge.sales.reconcile needs both
         to agree)."""
         query = (
             sa.select(

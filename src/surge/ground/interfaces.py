@@ -242,7 +242,7 @@ class Gate(Protocol):
     reservation whose commit may have landed although nobody heard it (the connection was
     lost during the commit, the deadline and its grace passed, or the request died and the
     reservation went stale) gives its stock back but keeps its key, as uncertain ("u"), for
-    `UNCERTAIN_FOR_MS`: a retry of it gets "uncertain", and surge.purchase asks the database:
+    `UNCERTAIN_FOR_MS`: a retry of it gets "uncertain", and surge.sales.purchase asks the database:
     the order's 201 if it committed; else the retry may buy afresh (`retake`: the database's
     unique key would catch a late commit of the first attempt and replay it), and if the gate
     refuses it, the key stays uncertain, since the first commit may still land. Thanks to
@@ -250,7 +250,7 @@ class Gate(Protocol):
     unknown keys need no database query.
 
     `reconcile` installs a sale's state from a snapshot of the database, or brings an existing
-    one in step with it: see surge.reconcile for why that is exact while purchases go on.
+    one in step with it: see surge.sales.reconcile for why that is exact while purchases go on.
     """
 
     async def reconcile(self, state: GateState, stale_ms: int) -> Reconciled:
@@ -319,7 +319,7 @@ class Sales(Protocol):
     async def get_sale(self, sale_id: int) -> Sale | None: ...
 
     async def open_sales(self, now: datetime) -> list[int]:
-        """Sales not ended yet: the ones whose gates are reconciled (surge.reconcile)."""
+        """Sales not ended yet: the ones whose gates are reconciled (surge.sales.reconcile)."""
         ...
 
     async def gate_state(self, sale_id: int) -> GateState | None:

@@ -1,6 +1,6 @@
-"""Purchases as every layer sees them: what the stock gate answers (surge.purchase reads
+"""Purchases as every layer sees them: what the stock gate answers (surge.sales.purchase reads
 it; the gates in surge.backends write it), what the purchase transaction did, and the
-snapshot of a sale the gate is reconciled with (surge.reconcile).
+snapshot of a sale the gate is reconciled with (surge.sales.reconcile).
 
 Outcomes are `Literal`s, so a misspelt comparison is a type error rather than a branch
 that never runs.
@@ -14,7 +14,7 @@ from typing import Literal
 from surge.ground.orders import Order
 
 # What the gate answers (`Gate.reserve`, `Gate.retake`), described in surge.gate's
-# docstring; "gone" is surge.purchase's own: an ended sale whose gate expired.
+# docstring; "gone" is surge.sales.purchase's own: an ended sale whose gate expired.
 GateOutcome = Literal[
     "ok",
     "sold_out",

@@ -23,9 +23,9 @@ if TYPE_CHECKING:
     from surge.orders import OrderQuery
     from surge.protect.ratelimit import RateLimiter
     from surge.protect.shedder import Shedder
-    from surge.purchase import Purchases
     from surge.realtime.hub import Hub
-    from surge.reconcile import GateKeeper
+    from surge.sales.purchase import Purchases
+    from surge.sales.reconcile import GateKeeper
     from surge.work.worker import Worker
 
 

@@ -91,7 +91,7 @@ class Hub:
         await self._backplane.start(self._deliver, self._lost)
         self._heartbeat = asyncio.get_running_loop().create_task(self._beat())
 
-    # -- the Rooms interface (surge.feed): the server publishes -------------------------------
+    # -- the Rooms interface (surge.sales.feed): the server publishes ---------------------------
     async def publish(self, room: str, data: bytes) -> None:
         await self._backplane.publish(room, data, self._keep(room))
         self.stats["published"] += 1

@@ -1,5 +1,5 @@
 -- Installs a sale's gate, or brings it in step with a snapshot of the database taken just
--- before this call (surge.reconcile explains why the arithmetic is exact while purchases
+-- before this call (surge.sales.reconcile explains why the arithmetic is exact while purchases
 -- go on). KEYS as in gate_reserve.lua. ARGV: remaining (the snapshot's), limit, starts_ms,
 -- ends_ms, stale_ms, uncertain_ms, then for every order of the sale in the snapshot:
 -- user|key, user, order id, quantity, fingerprint.

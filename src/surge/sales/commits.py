@@ -128,7 +128,7 @@ class AfterCommit:
 
     A step that fails (Redis down right after the commit) is retried with backoff for up
     to `RETRY_FOR` seconds: until the gate learns the order, a retry of its key would get
-    409 key-in-flight (surge.purchase asks the database then, and the periodic
+    409 key-in-flight (surge.sales.purchase asks the database then, and the periodic
     reconciliation repairs the gate in any case).
     """
 

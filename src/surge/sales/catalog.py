@@ -14,7 +14,7 @@ from surge.ground.sales import Sale, parse_new_sale
 from surge.ground.web import Problem, Request, Response, json_response, response
 from surge.orders import encode_order, parse_id
 from surge.protect.deadlines import within
-from surge.sale_cache import SaleConfigs
+from surge.sales.cache import SaleConfigs
 
 SALE_VIEW_TTL = 0.5  # a sale's public view is rebuilt at most twice a second per process
 PAGE_SIZE = 50
@@ -52,7 +52,7 @@ class Catalog:
         sale = await self._sales.create_sale(new, now)
         with contextlib.suppress(Exception):  # else the first purchase loads it (lazily)
             # (a snapshot as of its creation: a purchase that raced it is counted all the
-            # same, see surge.reconcile)
+            # same, see surge.sales.reconcile)
             await self._gate.reconcile(
                 GateState(
                     sale.id,

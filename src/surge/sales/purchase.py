@@ -4,7 +4,7 @@
    body (400/422), the sale's config from an in-process cache (404, 403 before it opens),
    and the process-wide sold-out board (409): once a sale is sold out every process knows
    it (pub/sub), so the flood of late buyers costs no Redis or database round trip (the
-   board never refuses a key the gate holds: surge.sale_cache).
+   board never refuses a key the gate holds: surge.sales.cache).
 2. The gate (`surge.gate`) decides in one atomic step: ok / sold_out / limit / in_flight /
    done (replay) / mismatch (422).
 3. A reservation is committed by one database transaction (`Sales.purchase`) that
@@ -13,7 +13,7 @@
 
 Idempotency is a durable promise: a key whose purchase committed gets its 201, whatever
 was killed or restarted since. The gate knows every committed key (reconciliation gives
-it back any it lost: surge.reconcile) except those whose commit it has not heard of yet
+it back any it lost: surge.sales.reconcile) except those whose commit it has not heard of yet
 ("in_flight") and those whose commit may have landed unheard ("uncertain"); for those,
 and for a sale whose gate is gone (a day after the end), the database is asked before
 anything is refused.
@@ -29,8 +29,6 @@ from datetime import UTC, datetime
 from typing import TypeVar
 
 from surge.auth import Authenticator
-from surge.commits import AfterCommit, CommitBatcher
-from surge.feed import StockFeed
 from surge.ground.interfaces import Gate, Sales
 from surge.ground.orders import Order
 from surge.ground.purchases import Answer, Confirmed, Purchase, Reconciled, Win
@@ -38,8 +36,10 @@ from surge.ground.sales import Sale, fingerprint, parse_idempotency_key, parse_q
 from surge.ground.web import JSON, Problem, Request, Response, problem_response, response
 from surge.orders import encode_order, parse_id
 from surge.protect.deadlines import within
-from surge.reconcile import GateKeeper
-from surge.sale_cache import SaleConfigs, SoldOutBoard
+from surge.sales.cache import SaleConfigs, SoldOutBoard
+from surge.sales.commits import AfterCommit, CommitBatcher
+from surge.sales.feed import StockFeed
+from surge.sales.reconcile import GateKeeper
 
 log = logging.getLogger("surge.purchase")
 T = TypeVar("T")
@@ -92,7 +92,7 @@ class Purchases:
         self._deadline = deadline
         self._batcher = CommitBatcher(sales)
         self._books = AfterCommit(gate, invalidate)
-        # A gate found missing is rebuilt by reconciling it (surge.reconcile; App runs the
+        # A gate found missing is rebuilt by reconciling it (surge.sales.reconcile; App runs the
         # periodic pass). A reservation is stale once its request has given up: the
         # deadline, the commit's grace of one more, and a margin.
         self.keeper = GateKeeper(sales, gate, 2 * deadline + 2, self.reconciled)
