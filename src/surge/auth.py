@@ -1,11 +1,12 @@
 """Bearer tokens: HS256 JWTs whose `sub` is the user id and `role` may be `admin`.
 
-Verifying a JWT costs about 10 us (base64, JSON, HMAC); the same token arrives on every
-request of a session, so verified tokens are remembered by their exact bytes until they
-expire. Refusals are remembered too, apart (a flood of bad tokens must not push the good
-ones out): a token that failed verification for its signature, format or expiry can never
-pass it later, so a flood of bad tokens costs a dict lookup each, not an HMAC. A token not
-valid *yet* (`nbf`/`iat` ahead of our clock, past the leeway) is not remembered: it will be.
+Verifying a JWT costs a few microseconds (base64, JSON, HMAC: surge.tokens); the same
+token arrives on every request of a session, so verified tokens are remembered by their
+exact bytes until they expire. Refusals are remembered too, apart (a flood of bad tokens
+must not push the good ones out): a token that failed verification for its signature,
+format or expiry can never pass it later, so a flood of bad tokens costs a dict lookup
+each, not an HMAC. A token not valid *yet* (`nbf`/`iat` ahead of our clock, past the
+leeway) is not remembered: it will be.
 
 Both caches are bounded in entries and in bytes (the header bytes are the key), and a
 header longer than MAX_TOKEN_BYTES is refused unread: what a client sends cannot make
@@ -23,11 +24,9 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Generic, TypeVar
 
-import jwt
-
+from surge import tokens
 from surge.ground.web import Problem
 
-ALGORITHM = "HS256"
 # Far above a token of ours (about 200 bytes) or a typical identity provider's (1-2 KB).
 MAX_TOKEN_BYTES = 4096
 _ENTRY_BYTES = 200  # what a cache entry costs besides its key (dict slot, value)
@@ -87,7 +86,7 @@ class Authenticator:
         cache_bytes: int = 32 * 1024 * 1024,
         leeway: float = 0.0,
     ) -> None:
-        self._secret = secret
+        self._key = secret.encode()
         self._leeway = leeway
         self._users: _Cache[User] = _Cache(cache_size, cache_bytes)
         # refusals get an eighth: enough to make a repeated bad token cheap, too little
@@ -125,18 +124,12 @@ class Authenticator:
         if scheme.lower() != b"bearer" or not token:
             raise _Refused("unauthorized", "expected 'Authorization: Bearer <token>'")
         try:
-            claims = jwt.decode(
-                token,
-                self._secret,
-                algorithms=[ALGORITHM],
-                options={"require": ["sub", "exp"]},
-                leeway=self._leeway,
-            )
-        except jwt.ExpiredSignatureError:
-            raise _Refused("token-expired", "token has expired") from None
-        except jwt.ImmatureSignatureError:
-            raise _Refused("unauthorized", "token not valid yet", lasting=False) from None
-        except jwt.PyJWTError:
+            claims = tokens.verify(token, self._key, self._leeway)
+        except tokens.Refused as refused:
+            if refused.kind == "expired":
+                raise _Refused("token-expired", "token has expired") from None
+            if refused.kind == "not-yet-valid":
+                raise _Refused("unauthorized", "token not valid yet", lasting=False) from None
             raise _Refused("unauthorized", "invalid token") from None
         sub = claims["sub"]
         if not isinstance(sub, str) or not 0 < len(sub) <= 64:
@@ -149,7 +142,7 @@ def mint(secret: str, user_id: str, admin: bool = False, ttl: float = 86_400.0) 
     claims: dict[str, object] = {"sub": user_id, "iat": now, "exp": now + int(ttl)}
     if admin:
         claims["role"] = "admin"
-    return jwt.encode(claims, secret, algorithm=ALGORITHM)
+    return tokens.mint(secret.encode(), claims)
 
 
 def load_or_create_secret(path: Path) -> str:

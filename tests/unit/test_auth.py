@@ -7,6 +7,7 @@ import weakref
 import jwt
 import pytest
 
+from surge import tokens
 from surge.auth import MAX_TOKEN_BYTES, Authenticator, load_or_create_secret, mint
 from surge.ground.web import Problem
 
@@ -70,8 +71,8 @@ def test_verified_tokens_are_cached_until_they_expire(monkeypatch: pytest.Monkey
     auth = Authenticator(SECRET)
     header = _bearer(mint(SECRET, "alice", ttl=1))
     calls = []
-    real_decode = jwt.decode
-    monkeypatch.setattr(jwt, "decode", lambda *a, **k: calls.append(1) or real_decode(*a, **k))
+    real_verify = tokens.verify
+    monkeypatch.setattr(tokens, "verify", lambda *a, **k: calls.append(1) or real_verify(*a, **k))
     first = auth.user(header)
     assert auth.user(header) is first
     assert len(calls) == 1
@@ -86,8 +87,8 @@ def test_refusals_are_remembered(monkeypatch: pytest.MonkeyPatch) -> None:
     auth = Authenticator(SECRET)
     header = _bearer(mint("another-secret-0123456789-0123456789", "alice"))
     calls = []
-    real_decode = jwt.decode
-    monkeypatch.setattr(jwt, "decode", lambda *a, **k: calls.append(1) or real_decode(*a, **k))
+    real_verify = tokens.verify
+    monkeypatch.setattr(tokens, "verify", lambda *a, **k: calls.append(1) or real_verify(*a, **k))
     for _ in range(5):
         with pytest.raises(Problem) as caught:
             auth.user(header)
