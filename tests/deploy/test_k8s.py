@@ -334,9 +334,10 @@ def test_autoscaler_on_cpu_and_in_flight_requests() -> None:
     metrics = {m["type"]: m for m in hpa["spec"]["metrics"]}
     assert metrics["Resource"]["resource"]["name"] == "cpu"
     name = metrics["Pods"]["pods"]["metric"]["name"]
-    # The metric the adapter serves is one Surge exports.
-    lifecycle = (ROOT / "src" / "surge" / "lifecycle.py").read_text(encoding="utf-8")
-    assert f'"{name}"' in lifecycle
+    # The metric the adapter serves is one Surge exports (every collector is registered
+    # in surge.metrics.collectors).
+    collectors = (ROOT / "src" / "surge" / "metrics" / "collectors.py").read_text(encoding="utf-8")
+    assert f'"{name}"' in collectors
     pdb = _find([d for _, d in _base_docs()], "PodDisruptionBudget", "surge-server")
     assert pdb["spec"]["maxUnavailable"] < hpa["spec"]["minReplicas"]
 
