@@ -643,6 +643,27 @@ VARIANTS = {
         417,
         "expectation-failed",
     ),
+    # RFC 9112 6.1: HTTP/1.0 has no chunked framing; kept open, the connection would
+    # read what a proxy in front may have taken for the body as the next request
+    "http-1.0-chunked-keep-alive": Variant(
+        b"GET /healthz HTTP/1.0\r\nConnection: keep-alive\r\nTransfer-Encoding: chunked\r\n\r\n"
+        + CHUNKED_END
+        + SMUGGLED,
+        "refused",
+        400,
+        "bad-request",
+    ),
+    "transfer-coding-unknown": Variant(
+        _post(b"Transfer-Encoding: gzip, chunked\r\n", b"5\r\nhello\r\n" + CHUNKED_END),
+        "refused",
+        400,
+        "bad-request",
+    ),
+    "transfer-coding-twice": Variant(
+        _post(b"Transfer-Encoding: chunked\r\nTransfer-Encoding: chunked\r\n", b"0\r\n\r\n"),
+        "refused",
+        400,
+    ),
     "request-id-with-crlf-injection": Variant(
         _request(headers="X-Request-ID: a\r\nSet-Cookie: evil=1\r\n"), "answered", 200
     ),
@@ -772,6 +793,29 @@ def test_expect_100_continue_is_answered_before_the_body(server: Server) -> None
                 f"Content-Length: {len(SALE)}\r\nContent-Type: application/json\r\n",
             )
         )
+        interim = conn.answer(1.0)
+        assert interim is not None and interim.status == 100, interim
+        conn.send(SALE)
+        final = conn.answer(3.0)
+    assert final is not None and final.status == 201, final
+
+
+def test_expect_100_continue_behind_a_pending_answer_comes_after_it(server: Server) -> None:
+    """A request that asks for 100 Continue while the answer before it is still being
+    worked on gets its 100 once that answer is written, not never."""
+    with Conn.open(server, src=source(13)) as conn:
+        headers = f"Authorization: {_admin()}\r\nContent-Type: application/json\r\n"
+        conn.send(
+            _request("POST", "/sales", f"{headers}Content-Length: {len(SALE)}\r\n")
+            + SALE
+            + _request(
+                "POST",
+                "/sales",
+                f"{headers}Expect: 100-continue\r\nContent-Length: {len(SALE)}\r\n",
+            )
+        )
+        first = conn.answer(3.0)
+        assert first is not None and first.status == 201, first
         interim = conn.answer(1.0)
         assert interim is not None and interim.status == 100, interim
         conn.send(SALE)

@@ -90,6 +90,7 @@ class RequestReader:
         "_max_header",
         "_raw",
         "_reads",
+        "_repeated",
         "_state",
         "_url",
         "parser",
@@ -104,6 +105,9 @@ class RequestReader:
         self.parser = httptools.HttpRequestParser(self)
         self._url = b""
         self._headers: dict[bytes, bytes] = {}
+        # fields sent more than once, joined when the head ends: joining as they come
+        # copied the value each time, quadratic in the number of repeats
+        self._repeated: dict[bytes, list[bytes]] | None = None
         self._header_bytes = 0  # request line + fields (+ trailers) of the current request
         self._body: list[bytes] | None = None
         self._body_size = 0
@@ -189,6 +193,7 @@ class RequestReader:
     def on_message_begin(self) -> None:
         self._url = b""
         self._headers = {}
+        self._repeated = None
         self._header_bytes = 0
         self._body = None
         self._body_size = 0
@@ -218,12 +223,23 @@ class RequestReader:
         elif name in _SINGLE:
             raise Refused(400, "duplicate-header", f"{name.decode()} may be sent once")
         else:
-            headers[name] += b", " + value
+            repeated = self._repeated
+            if repeated is None:
+                repeated = self._repeated = {}
+            values = repeated.get(name)
+            if values is None:
+                repeated[name] = [headers[name], value]
+            else:
+                values.append(value)
 
     def on_headers_complete(self) -> None:
         self._in_head = False
         self._head_done = self._state.now
         headers = self._headers
+        if self._repeated is not None:
+            for name, values in self._repeated.items():
+                headers[name] = b", ".join(values)
+            self._repeated = None
         # the common request (a GET with a Host and no body) passes four lookups
         if (
             b"host" in headers
@@ -235,8 +251,19 @@ class RequestReader:
         self._check_head(headers)
 
     def _check_head(self, headers: dict[bytes, bytes]) -> None:
-        if b"host" not in headers and self.parser.get_http_version() != "1.0":
+        version = self.parser.get_http_version()
+        if b"host" not in headers and version != "1.0":
             raise Refused(400, "bad-request", "an HTTP/1.1 request needs a Host field")
+        coding = headers.get(b"transfer-encoding")
+        if coding is not None:
+            if version == "1.0":
+                # RFC 9112 6.1: HTTP/1.0 has no chunked framing; a server must close after
+                # such a request, and a proxy in front may have read it otherwise
+                raise Refused(400, "bad-request", "Transfer-Encoding in an HTTP/1.0 request")
+            if coding.strip().lower() != b"chunked":
+                # a coding we do not know (its body would reach the handler still encoded):
+                # RFC 9112 says 501 SHOULD; bad input gets a 4xx here, as every refusal
+                raise Refused(400, "bad-request", "only Transfer-Encoding: chunked is known")
         length = headers.get(b"content-length")
         if length is not None and int(length) > self._max_body:
             raise Refused(413, "body-too-large", f"body exceeds {self._max_body} bytes")
@@ -250,7 +277,7 @@ class RequestReader:
         if expect is not None:
             if expect.lower() != b"100-continue":
                 raise Refused(417, "expectation-failed", "only Expect: 100-continue is known")
-            if self.parser.get_http_version() != "1.0":  # RFC 9110 10.1.1: ignored in 1.0
+            if version != "1.0":  # RFC 9110 10.1.1: ignored in 1.0
                 self._conn.continue_body()
 
     def on_chunk_header(self) -> None:

@@ -53,6 +53,7 @@ class HttpProtocol(asyncio.Protocol):
         "_feeding",
         "_idle_since",
         "_keep_alive",
+        "_owe_continue",
         "_paused_reading",
         "_paused_writing",
         "_queue",
@@ -76,6 +77,9 @@ class HttpProtocol(asyncio.Protocol):
         self._task: asyncio.Task[None] | None = None  # the Task answering it, if any
         self._upgrade: tuple[Request, Upgrade] | None = None
         self._keep_alive = True  # False once a request ends the connection
+        # the request being read asked for 100 Continue while earlier answers were still
+        # owed: it is sent once they are written (unless its body came anyway)
+        self._owe_continue = False
         self._paused_reading = False
         self._paused_writing = False
         self._feeding = False  # the reader is parsing this connection's bytes right now
@@ -180,6 +184,7 @@ class HttpProtocol(asyncio.Protocol):
 
     # -- from the reader ----------------------------------------------------------------
     def received(self, request: Request) -> None:
+        self._owe_continue = False  # its body came: a 100 Continue now would be a stray 1xx
         if not self._keep_alive:
             # an earlier request closed the connection: what follows it is not served
             # (RFC 9112 9.6)
@@ -199,7 +204,9 @@ class HttpProtocol(asyncio.Protocol):
         self._respond(request, dispatch(self._state, request, self))
 
     def continue_body(self) -> None:
-        if not (self._busy or self._queue) and self._transport is not None:
+        if self._busy or self._queue:
+            self._owe_continue = True  # after the answers before it (`_serve_queue`)
+        elif self._transport is not None:
             self._transport.write(CONTINUE)  # its body is wanted: send it (else it waits)
 
     # -- from a parsed request to its answer ---------------------------------------------
@@ -266,6 +273,10 @@ class HttpProtocol(asyncio.Protocol):
                 return
             request = queue.popleft()
             self._respond(request, dispatch(self._state, request, self))
+        if not queue and not self._busy and self._owe_continue and self._keep_alive:
+            self._owe_continue = False
+            if self._transport is not None and not self._transport.is_closing():
+                self._transport.write(CONTINUE)
         if not queue and not self._paused_writing and not self._discard:
             self._resume_reading()
 
