@@ -132,8 +132,10 @@ class Authenticator:
                 raise _Refused("unauthorized", "token not valid yet", lasting=False) from None
             raise _Refused("unauthorized", "invalid token") from None
         sub = claims["sub"]
-        if not isinstance(sub, str) or not 0 < len(sub) <= 64:
-            raise _Refused("unauthorized", "token subject must be a 1-64 character string")
+        # printable: a user id is stored, logged and echoed (no NUL, line breaks or bidi
+        # controls, which PostgreSQL refuses or a log reader would be fooled by)
+        if not isinstance(sub, str) or not 0 < len(sub) <= 64 or not sub.isprintable():
+            raise _Refused("unauthorized", "token subject must be 1-64 printable characters")
         return User(sub, claims.get("role") == "admin", float(claims["exp"]) + self._leeway)
 
 

@@ -7,15 +7,17 @@ cache miss's CPU. This does only what an HS256 token needs, in this order, refus
 anything it does not understand:
 
 1. three base64url segments (no padding, no other characters);
-2. the header is a JSON object whose `alg` is exactly "HS256" (`typ`, if present, "JWT"),
-   with no `crit` (we implement no extension), read before the signature is checked so a
-   token of another algorithm (`none`, RS256) is never even compared;
+2. the header is a JSON object whose `alg` is exactly "HS256" (`typ`, if present, a JWT
+   type; `kid`, if present, a string), with no `crit` or `b64` (we implement no
+   extension), read before the signature is checked so a token of another algorithm
+   (`none`, RS256) is never even compared;
 3. the signature, HMAC-SHA256 of `header.payload` with the secret, compared in constant
    time (`hmac.compare_digest`);
-4. the claims, a JSON object: `sub` a string, `exp` a number (not a bool; whole seconds),
-   `iat` and `nbf` numbers when present, `aud` absent (no audience is expected, so a token meant
-   for another one is refused), `jti` a string when present; `exp <= now - leeway`
-   is expired, `nbf` or `iat` > now + leeway not valid yet.
+4. the claims, a JSON object: `sub` a string, `exp` a number (not a bool; whole
+   seconds), `iat` and `nbf` numbers when present (not null), `aud` absent (no audience
+   is expected, so a token meant for another one is refused), `jti` a string when
+   present; `exp <= now - leeway` is expired, `nbf` or `iat` > now + leeway not valid
+   yet.
 
 PyJWT stays as the oracle of tests/unit/test_tokens.py: property tests over valid,
 tampered, expired and malformed tokens check this never accepts what PyJWT refuses and
@@ -36,6 +38,8 @@ import orjson
 
 ALGORITHM = "HS256"
 _SEGMENT = re.compile(rb"[A-Za-z0-9_-]+\Z")
+# `typ` values meaning a JWT (RFC 7519 5.1, RFC 9068), compared case-insensitively
+_TYPES = frozenset(("jwt", "at+jwt", "application/jwt", "application/at+jwt"))
 _HEADER = base64.urlsafe_b64encode(b'{"alg":"HS256","typ":"JWT"}').rstrip(b"=")
 
 
@@ -68,10 +72,11 @@ def _object(data: bytes) -> dict[str, Any]:
 
 
 def _seconds(claims: dict[str, Any], name: str) -> int | None:
-    """A NumericDate claim, in whole seconds (truncated, as PyJWT does)."""
-    value = claims.get(name)
-    if value is None:
+    """A NumericDate claim, in whole seconds (truncated, as PyJWT does); None when absent
+    (present but null is refused, as PyJWT does)."""
+    if name not in claims:
         return None
+    value = claims[name]
     if isinstance(value, bool) or not isinstance(value, int | float):
         raise Refused("invalid", f"claim {name} must be a number")
     return int(value)
@@ -86,10 +91,13 @@ def verify(
         raise Refused("invalid", "malformed token")
     header_b64, payload_b64, signature_b64 = parts
     header = _object(_segment(header_b64))
-    if header.get("alg") != ALGORITHM or "crit" in header:
+    if header.get("alg") != ALGORITHM or "crit" in header or "b64" in header:
         raise Refused("invalid", "unsupported token algorithm")
-    if header.get("typ", "JWT") != "JWT":
+    typ = header.get("typ", "JWT")
+    if not isinstance(typ, str) or typ.lower() not in _TYPES:
         raise Refused("invalid", "unsupported token type")
+    if "kid" in header and not isinstance(header["kid"], str):
+        raise Refused("invalid", "malformed token")
     expected = hmac.new(key, header_b64 + b"." + payload_b64, hashlib.sha256).digest()
     if not hmac.compare_digest(expected, _segment(signature_b64)):
         raise Refused("invalid", "bad signature")

@@ -973,6 +973,20 @@ def test_an_upgrade_pipelined_behind_another_request_is_refused(server: Server) 
             id="bad-token",
         ),
         pytest.param(
+            ws_request("/ws?token=", key=WS_KEY, origin=ORIGIN),
+            401,
+            "unauthorized",
+            id="empty-token",
+        ),
+        pytest.param(
+            ws_request(key=WS_KEY, origin=ORIGIN).replace(
+                b"Upgrade: websocket", b"Upgrade: notwebsocket"
+            ),
+            426,
+            "upgrade-required",
+            id="upgrade-to-a-lookalike",
+        ),
+        pytest.param(
             ws_request(key=WS_KEY, origin="http://evil.test"),
             403,
             "origin-not-allowed",

@@ -185,3 +185,16 @@ def test_generated_secret_is_stable_and_private(tmp_path) -> None:  # type: igno
     assert load_or_create_secret(path) == first
     assert len(first) >= 32
     assert path.stat().st_mode & 0o777 == 0o600
+
+
+@pytest.mark.parametrize(
+    "sub", ["", "x" * 65, "a\x00b", "line\r\nbreak", "bidi\u202eevil", "tab\there"]
+)
+def test_a_subject_must_be_1_to_64_printable_characters(sub: str) -> None:
+    with pytest.raises(Problem) as caught:
+        Authenticator(SECRET).user(_bearer(mint(SECRET, sub)))
+    assert caught.value.status == 401 and caught.value.kind == "unauthorized"
+
+
+def test_a_printable_unicode_subject_is_a_user() -> None:
+    assert Authenticator(SECRET).user(_bearer(mint(SECRET, "zoë-42"))).id == "zoë-42"

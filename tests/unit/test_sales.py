@@ -45,6 +45,12 @@ def test_a_valid_sale() -> None:
         (GOOD.replace(b'"name":"Phones"', b'"name":"' + b"x" * 201 + b'"'), 422, "name must be"),
         (GOOD.replace(b"2026-01-01T00:00:00Z", b"2026-01-01T00:00:00"), 422, "time zone"),
         (GOOD.replace(b"2026-01-01T00:00:00Z", b"yesterday"), 422, "RFC 3339"),
+        (GOOD.replace(b"2026-01-01T00:00:00Z", b"0001-01-01T00:00:00+05:00"), 422, "out of range"),
+        (
+            GOOD.replace(b"2026-01-02T00:00:00+02:00", b"9999-12-31T23:59:59-05:00"),
+            422,
+            "out of range",
+        ),
         (GOOD.replace(b"2026-01-01T00:00:00Z", b"2026-01-03T00:00:00Z"), 422, "after starts_at"),
         (GOOD.replace(b"}", b',"per_user_limit":0}'), 422, "per_user_limit"),
         (GOOD.replace(b"}", b',"extra":1}'), 422, "unknown fields: extra"),

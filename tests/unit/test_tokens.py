@@ -142,6 +142,12 @@ def test_not_yet_valid_means_it_for_both(claims: dict[str, Any], claim: str, ahe
         jwt.decode(token, KEY, algorithms=["HS256"])
 
 
+@pytest.mark.parametrize("typ", ["JWT", "jwt", "at+jwt", "application/jwt"])
+def test_jwt_types_are_understood_whatever_their_case(typ: str) -> None:
+    token = _signed({"alg": "HS256", "typ": typ, "kid": "k1"}, {"sub": "u", "exp": int(NOW) + FAR})
+    assert tokens.verify(token, KEY, now=NOW)["sub"] == "u"
+
+
 def test_the_leeway_stretches_both_ends() -> None:
     expired = tokens.mint(KEY, {"sub": "u", "exp": int(NOW) - 20}).encode()
     assert tokens.verify(expired, KEY, leeway=30, now=NOW)["sub"] == "u"
@@ -160,7 +166,10 @@ def test_the_leeway_stretches_both_ends() -> None:
         {"alg": "hs256"},
         {"typ": "JWT"},
         {"alg": "HS256", "typ": "JWE"},
+        {"alg": "HS256", "typ": None},
         {"alg": "HS256", "crit": ["exp"]},
+        {"alg": "HS256", "b64": False},
+        {"alg": "HS256", "kid": 5},
     ],
 )
 def test_only_hs256_is_understood(header: dict[str, Any]) -> None:
@@ -179,6 +188,9 @@ def test_only_hs256_is_understood(header: dict[str, Any]) -> None:
         {"sub": "u", "exp": "tomorrow"},
         {"sub": "u", "exp": True},
         {"sub": "u", "exp": int(NOW) + FAR, "iat": "now"},
+        {"sub": "u", "exp": int(NOW) + FAR, "iat": None},
+        {"sub": "u", "exp": int(NOW) + FAR, "nbf": None},
+        {"sub": "u", "exp": None},
         {"sub": "u", "exp": int(NOW) + FAR, "aud": "someone-else"},
         {"sub": "u", "exp": int(NOW) + FAR, "jti": 5},
         ["sub", "u"],  # not an object

@@ -108,7 +108,10 @@ def _time(value: Any, name: str) -> datetime:
         raise _invalid("invalid-sale", f"{name} must be an RFC 3339 date-time") from None
     if moment.tzinfo is None:
         raise _invalid("invalid-sale", f"{name} needs a time zone (Z or +hh:mm)")
-    return moment.astimezone(UTC).replace(microsecond=0)
+    try:
+        return moment.astimezone(UTC).replace(microsecond=0)
+    except OverflowError:  # 0001-01-01T00:00+05:00 is before the first moment there is
+        raise _invalid("invalid-sale", f"{name} is out of range") from None
 
 
 def parse_new_sale(body: bytes) -> NewSale:

@@ -26,8 +26,8 @@ class Endpoint:
 
     def handle(self, request: Request) -> Response | Upgrade:
         headers = request.headers
-        if b"websocket" not in headers.get(b"upgrade", b"").lower() or b"upgrade" not in (
-            headers.get(b"connection", b"").lower()
+        if b"websocket" not in _tokens(headers.get(b"upgrade")) or b"upgrade" not in _tokens(
+            headers.get(b"connection")
         ):
             raise Problem(
                 426,
@@ -75,9 +75,18 @@ class Endpoint:
     def _user(self, request: Request) -> str | None:
         header = request.headers.get(b"authorization")
         if header is None and "token=" in request.query:
-            tokens = parse_qs(request.query).get("token")
+            # an empty ?token= is a bad token (401), not an anonymous client
+            tokens = parse_qs(request.query, keep_blank_values=True).get("token")
             if tokens:
                 header = b"Bearer " + tokens[0].encode()
         if header is None:
             return None  # anonymous: may subscribe only
         return self._auth.user(header).id
+
+
+def _tokens(value: bytes | None) -> set[bytes]:
+    """The comma-separated tokens of a header field, lower-cased (`Upgrade: websocket`,
+    `Connection: keep-alive, Upgrade`): compared whole, not as substrings."""
+    if not value:
+        return set()
+    return {token.strip().lower() for token in value.split(b",")}
