@@ -46,7 +46,7 @@ from typing import Any
 
 from bench import baseline, common, orders_cold
 from bench.common import HIT_IDS, MAX_WARMUP_RUNS, OUT, ROOT, THREADS, BenchError, Processes, Server
-from bench.report import markdown, targets
+from bench.report import markdown, miss_problems, summary, targets
 from bench.wrk import WrkResult, run_wrk, write_lua, write_tokens, wrk_argv
 
 START, END = "<!-- bench:orders:start -->", "<!-- bench:orders:end -->"
@@ -336,40 +336,6 @@ class Bench:
                     self.runs[-1]["surge_counters"] = counters
                     print(f"  surge counters (this run): {counters}")
 
-    # -- results ------------------------------------------------------------------------------
-    def summary(self, phase: str, connections: int) -> dict[str, Any]:
-        out: dict[str, Any] = {}
-        for server in ("go", "surge"):
-            runs = [
-                r
-                for r in self.runs
-                if r["phase"] == phase and r["server"] == server and r["connections"] == connections
-            ]
-            out[server] = {
-                key: common.median([r[key] for r in runs])
-                for key in ("rps", "ok_rps", "p50_ms", "p99_ms", "non_2xx", "socket_errors")
-            }
-            out[server]["runs"] = len(runs)
-        out["ratio"] = common.ratio(out["surge"]["rps"], out["go"]["rps"])
-        out["ratio_2xx"] = common.ratio(out["surge"]["ok_rps"], out["go"]["ok_rps"])
-        return out
-
-    def miss_problems(self) -> list[str]:
-        problems = []
-        for run in self.runs:
-            if run["phase"] != "miss":
-                continue
-            where = f"{run['server']} round {run['round']}"
-            if run["exhausted"]:
-                problems.append(f"{where}: a wrk thread used up its ids (seed more: --orders)")
-            counters = run.get("surge_counters", {})
-            hits = counters.get("cache_hits_near", 0) + counters.get("cache_hits_shared", 0)
-            if hits:
-                problems.append(f"{where}: Surge counted {hits} cache hits")
-            if counters and counters.get("workers_seen") != SURGE_WORKERS:
-                problems.append(f"{where}: /metrics reached {counters['workers_seen']} workers")
-        return problems
-
 
 def _label(sample: str, name: str) -> str:
     """The value of label `name` in a `metric{a="x",b="y"}` sample key ("" if absent)."""
@@ -400,7 +366,7 @@ def main(argv: list[str] | None = None) -> int:
         with Processes(OUT / "logs" / stamp) as processes:
             bench = Bench(args, processes)
             bench.prepare()
-            cold = orders_cold.Cold(bench)
+            cold = orders_cold.Cold(bench, USERS, TOKEN_TTL)
             cold.prepare()
             bench.start_go()
             bench.start_surge()
@@ -412,18 +378,18 @@ def main(argv: list[str] | None = None) -> int:
     except (BenchError, KeyboardInterrupt, subprocess.SubprocessError) as exc:
         return common.failed("bench.orders", exc)
     command = shlex.join(["python", "-m", "bench.orders", *given])
-    orders_cold.finish(bench, cold, run, command)
+    orders_cold.finish(bench, cold, run, command, (REPORT, HEADER))
     if args.cold_only:
         print(f"done in {run.seconds():.0f} s")
         return 0
     results: dict[str, Any] = {
-        "hit": {str(c): bench.summary("hit", c) for c in args.connections},
+        "hit": {str(c): summary(bench.runs, "hit", c) for c in args.connections},
         "miss": {
-            **bench.summary("miss", args.miss_connections),
+            **summary(bench.runs, "miss", args.miss_connections),
             "connections": args.miss_connections,
         },
     }
-    problems = bench.miss_problems()
+    problems = miss_problems(bench.runs, SURGE_WORKERS)
     report = {
         "date": run.date,
         "command": command,
