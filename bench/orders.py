@@ -16,6 +16,8 @@ checks it, Go ignores it), so both parse the same bytes.
   deleted and Surge (whose near cache lives in its processes) is restarted. A run that
   used up its slice is reported as invalid, as is a Surge run whose counters (scraped
   from /metrics afterwards) show any cache hit.
+- cold start: both servers fresh, both caches empty, ids uniform over every seeded order,
+  each answer timed (good: a 200 within 50 ms); `bench/orders_cold.py` (`--cold-only`).
 
 Why alternation and medians. The machine has 2 cores, shared with other work, and wrk
 runs on the same 2 cores as the server it drives, so one run is noisy (10-20 % from run to
@@ -42,9 +44,9 @@ import time
 from pathlib import Path
 from typing import Any
 
-from bench import baseline, common
+from bench import baseline, common, orders_cold
 from bench.common import HIT_IDS, MAX_WARMUP_RUNS, OUT, ROOT, THREADS, BenchError, Processes, Server
-from bench.report import markdown, targets
+from bench.report import markdown, miss_problems, summary, targets
 from bench.wrk import WrkResult, run_wrk, write_lua, write_tokens, wrk_argv
 
 START, END = "<!-- bench:orders:start -->", "<!-- bench:orders:end -->"
@@ -93,7 +95,9 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument(
         "--quick", action="store_true", help="smoke test: 1 round, 3 s runs, 5 s warm-up"
     )
+    orders_cold.add_arguments(parser)
     args = parser.parse_args(argv)
+    orders_cold.finish_arguments(parser, args)
     quick = args.quick
     args.rounds = args.rounds or (1 if quick else 3)
     args.duration = args.duration or (3.0 if quick else 10.0)
@@ -116,6 +120,7 @@ class Bench:
         self.runs: list[dict[str, Any]] = []
         self.counters: dict[str, Any] = {"miss": []}
         self.surge: Server | None = None
+        self.go: Server | None = None
         self.surge_port = 0
         self.go_port = common.free_port()
         self.scripts: dict[str, Path] = {}
@@ -181,15 +186,22 @@ class Bench:
             f"127.0.0.1:{self.go_port}",
         ]
         argv += ["-dsn", GO_DSN, "-redis", "127.0.0.1:6379"]
-        server = self.processes.start("go", argv, common.clean_env())
-        common.wait_until_ok(server, f"http://127.0.0.1:{self.go_port}/order?id=1")
+        self.stop_server("go")
+        self.go = self.processes.start("go", argv, common.clean_env())
+        common.wait_until_ok(self.go, f"http://127.0.0.1:{self.go_port}/order?id=1")
         self.note(shlex.join(argv))
 
+    def stop_server(self, name: str) -> None:
+        """Stops the Go baseline or Surge, if running (the cold-start runs restart them)."""
+        server = self.go if name == "go" else self.surge
+        if server is not None:
+            code = self.processes.stop(server)
+            if code not in (0, -15):  # -15: Go's default on SIGTERM
+                print(f"  note: {name} exited with {code} on SIGTERM (see {server.log})")
+        self.go, self.surge = (None, self.surge) if name == "go" else (self.go, None)
+
     def start_surge(self) -> None:
-        if self.surge is not None:
-            code = self.processes.stop(self.surge)
-            if code != 0:
-                print(f"  note: surge exited with {code} on SIGTERM (see {self.surge.log})")
+        self.stop_server("surge")
         self.surge, self.surge_port, shown = common.start_surge(
             self.processes, self.surge_env(), SURGE_WORKERS, DATABASE_URL, SURGE_REDIS_URL
         )
@@ -324,40 +336,6 @@ class Bench:
                     self.runs[-1]["surge_counters"] = counters
                     print(f"  surge counters (this run): {counters}")
 
-    # -- results ------------------------------------------------------------------------------
-    def summary(self, phase: str, connections: int) -> dict[str, Any]:
-        out: dict[str, Any] = {}
-        for server in ("go", "surge"):
-            runs = [
-                r
-                for r in self.runs
-                if r["phase"] == phase and r["server"] == server and r["connections"] == connections
-            ]
-            out[server] = {
-                key: common.median([r[key] for r in runs])
-                for key in ("rps", "ok_rps", "p50_ms", "p99_ms", "non_2xx", "socket_errors")
-            }
-            out[server]["runs"] = len(runs)
-        out["ratio"] = common.ratio(out["surge"]["rps"], out["go"]["rps"])
-        out["ratio_2xx"] = common.ratio(out["surge"]["ok_rps"], out["go"]["ok_rps"])
-        return out
-
-    def miss_problems(self) -> list[str]:
-        problems = []
-        for run in self.runs:
-            if run["phase"] != "miss":
-                continue
-            where = f"{run['server']} round {run['round']}"
-            if run["exhausted"]:
-                problems.append(f"{where}: a wrk thread used up its ids (seed more: --orders)")
-            counters = run.get("surge_counters", {})
-            hits = counters.get("cache_hits_near", 0) + counters.get("cache_hits_shared", 0)
-            if hits:
-                problems.append(f"{where}: Surge counted {hits} cache hits")
-            if counters and counters.get("workers_seen") != SURGE_WORKERS:
-                problems.append(f"{where}: /metrics reached {counters['workers_seen']} workers")
-        return problems
-
 
 def _label(sample: str, name: str) -> str:
     """The value of label `name` in a `metric{a="x",b="y"}` sample key ("" if absent)."""
@@ -388,24 +366,33 @@ def main(argv: list[str] | None = None) -> int:
         with Processes(OUT / "logs" / stamp) as processes:
             bench = Bench(args, processes)
             bench.prepare()
+            cold = orders_cold.Cold(bench, USERS, TOKEN_TTL)
+            cold.prepare()
             bench.start_go()
             bench.start_surge()
             bench.preflight()
-            bench.hit_phase()
-            bench.miss_phase()
+            if not args.cold_only:
+                bench.hit_phase()
+                bench.miss_phase()
+            cold.run()
     except (BenchError, KeyboardInterrupt, subprocess.SubprocessError) as exc:
         return common.failed("bench.orders", exc)
+    command = shlex.join(["python", "-m", "bench.orders", *given])
+    orders_cold.finish(bench, cold, run, command, (REPORT, HEADER))
+    if args.cold_only:
+        print(f"done in {run.seconds():.0f} s")
+        return 0
     results: dict[str, Any] = {
-        "hit": {str(c): bench.summary("hit", c) for c in args.connections},
+        "hit": {str(c): summary(bench.runs, "hit", c) for c in args.connections},
         "miss": {
-            **bench.summary("miss", args.miss_connections),
+            **summary(bench.runs, "miss", args.miss_connections),
             "connections": args.miss_connections,
         },
     }
-    problems = bench.miss_problems()
+    problems = miss_problems(bench.runs, SURGE_WORKERS)
     report = {
         "date": run.date,
-        "command": shlex.join(["python", "-m", "bench.orders", *given]),
+        "command": command,
         "seconds": run.seconds(),
         "config": dict(vars(args)),
         "machine": common.machine(),

@@ -12,6 +12,43 @@ if TYPE_CHECKING:
     from bench.orders import Bench
 
 
+def summary(runs: list[dict[str, Any]], phase: str, connections: int) -> dict[str, Any]:
+    """Medians per server of one workload's runs, and the ratios Surge/Go."""
+    out: dict[str, Any] = {}
+    for server in ("go", "surge"):
+        mine = [
+            r
+            for r in runs
+            if r["phase"] == phase and r["server"] == server and r["connections"] == connections
+        ]
+        out[server] = {
+            key: common.median([r[key] for r in mine])
+            for key in ("rps", "ok_rps", "p50_ms", "p99_ms", "non_2xx", "socket_errors")
+        }
+        out[server]["runs"] = len(mine)
+    out["ratio"] = common.ratio(out["surge"]["rps"], out["go"]["rps"])
+    out["ratio_2xx"] = common.ratio(out["surge"]["ok_rps"], out["go"]["ok_rps"])
+    return out
+
+
+def miss_problems(runs: list[dict[str, Any]], workers: int) -> list[str]:
+    """What makes a miss run invalid: ids used up, a cache hit, a worker not seen."""
+    problems = []
+    for run in runs:
+        if run["phase"] != "miss":
+            continue
+        where = f"{run['server']} round {run['round']}"
+        if run["exhausted"]:
+            problems.append(f"{where}: a wrk thread used up its ids (seed more: --orders)")
+        counters = run.get("surge_counters", {})
+        hits = counters.get("cache_hits_near", 0) + counters.get("cache_hits_shared", 0)
+        if hits:
+            problems.append(f"{where}: Surge counted {hits} cache hits")
+        if counters and counters.get("workers_seen") != workers:
+            problems.append(f"{where}: /metrics reached {counters['workers_seen']} workers")
+    return problems
+
+
 def targets(results: dict[str, Any], problems: list[str]) -> list[tuple[str, str, str]]:
     def judged(ok: bool | None) -> str:
         return "not measured" if ok is None else ("met" if ok else "**not met**")

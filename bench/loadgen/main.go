@@ -14,6 +14,11 @@
 //
 // Output: one JSON object on stdout (see `result`); the summary figures leave out the
 // requests due in the first -warmup seconds (the server's limits settling).
+//
+// With -closed it is a closed-loop client instead (bench/orders_cold.py, the cold-start
+// run): each of -conns workers sends its next request as soon as the last is answered,
+// for -duration seconds, and times every answer from when its request was sent. Output:
+// one JSON object (see `closedResult`), answers counted by the second they arrived in.
 package main
 
 import (
@@ -77,6 +82,8 @@ func main() {
 	tokenFile := flag.String("tokens", "", "file: the token of user u on line u")
 	path := flag.String("path", "/orders/%d", "request path, %d is the order id")
 	slo := flag.Float64("slo", 50, "ms: a 2xx this late from its due time is not goodput")
+	closed := flag.Bool("closed", false, "closed loop: -conns workers, each sends its next "+
+		"request when the last is answered; latency from the send (-rate, -warmup unused)")
 	flag.Parse()
 
 	tokens := readTokens(*tokenFile)
@@ -90,6 +97,12 @@ func main() {
 		DisableCompression:  true,
 	}
 	client := &http.Client{Transport: transport, Timeout: *timeout}
+	if *closed {
+		out := runClosed(client, *conns, *seconds, *ids, *users, tokens, *base+*path, *slo)
+		encoded, _ := json.Marshal(out)
+		fmt.Println(string(encoded))
+		return
+	}
 
 	total := int64(*rate * *seconds)
 	jobs := make(chan job, total) // never blocks the schedule: lateness shows as latency
@@ -189,6 +202,110 @@ func summarize(answers []answer, seconds, warmup int, slo float64) result {
 	out.OkP50, out.OkP99 = percentile(ok, 0.50), percentile(ok, 0.99)
 	out.OkMax, out.AllP99 = percentile(ok, 1.0), percentile(all, 0.99)
 	out.PerSecond = perSecond
+	return out
+}
+
+// closedResult: what a closed-loop run saw. Answers are binned by the second (from the
+// start) in which they arrived; those arriving after -duration count only in AfterEnd.
+type closedResult struct {
+	Conns     int            `json:"conns"`
+	Seconds   float64        `json:"seconds"`
+	SLO       float64        `json:"slo_ms"`
+	Sent      int64          `json:"sent"`
+	AfterEnd  int64          `json:"after_end"` // answers (or errors) after the last second
+	Status    map[int]int64  `json:"status"`    // answers within the run, by status code
+	Errors    int64          `json:"errors"`    // transport errors and client timeouts
+	OkP50     float64        `json:"ok_p50_ms"` // latency of the 200s, from their send
+	OkP99     float64        `json:"ok_p99_ms"`
+	AllP99    float64        `json:"all_p99_ms"`
+	PerSecond []closedSecond `json:"per_second"`
+}
+
+type closedSecond struct {
+	Good   int64 `json:"good"` // 200s that arrived within -slo of their send
+	Ok     int64 `json:"ok"`   // every 200
+	S504   int64 `json:"504"`
+	Other  int64 `json:"other"`  // any other status
+	Errors int64 `json:"errors"` // no answer: transport error or client timeout
+}
+
+func runClosed(client *http.Client, conns int, seconds float64, ids, users int,
+	tokens []string, urlFormat string, slo float64) closedResult {
+	n := int(seconds)
+	limit := time.Duration(seconds * float64(time.Second))
+	type tally struct {
+		bins           []closedSecond
+		status         map[int]int64
+		ok, all        []float64
+		sent, afterEnd int64
+	}
+	tallies := make([]tally, conns)
+	start := time.Now()
+	var workers sync.WaitGroup
+	for w := 0; w < conns; w++ {
+		workers.Add(1)
+		go func(t *tally, seed int64) {
+			defer workers.Done()
+			t.bins, t.status = make([]closedSecond, n), map[int]int64{}
+			random := rand.New(rand.NewSource(seed))
+			for {
+				sent := time.Now()
+				if sent.Sub(start) >= limit {
+					return
+				}
+				id := 1 + random.Intn(ids)
+				code, err := get(client, fmt.Sprintf(urlFormat, id), tokens[(id-1)%users])
+				arrived := time.Now()
+				t.sent++
+				second := int(arrived.Sub(start) / time.Second)
+				if second >= n {
+					t.afterEnd++
+					continue
+				}
+				bin := &t.bins[second]
+				if err != nil {
+					bin.Errors++
+					continue
+				}
+				latency := float64(arrived.Sub(sent)) / float64(time.Millisecond)
+				t.status[code]++
+				t.all = append(t.all, latency)
+				switch {
+				case code == 200:
+					bin.Ok++
+					t.ok = append(t.ok, latency)
+					if latency <= slo {
+						bin.Good++
+					}
+				case code == 504:
+					bin.S504++
+				default:
+					bin.Other++
+				}
+			}
+		}(&tallies[w], int64(42+w))
+	}
+	workers.Wait()
+
+	out := closedResult{Conns: conns, Seconds: seconds, SLO: slo, Status: map[int]int64{}}
+	out.PerSecond = make([]closedSecond, n)
+	var ok, all []float64
+	for _, t := range tallies {
+		out.Sent += t.sent
+		out.AfterEnd += t.afterEnd
+		for code, count := range t.status {
+			out.Status[code] += count
+		}
+		for i, b := range t.bins {
+			p := &out.PerSecond[i]
+			p.Good, p.Ok, p.S504 = p.Good+b.Good, p.Ok+b.Ok, p.S504+b.S504
+			p.Other, p.Errors = p.Other+b.Other, p.Errors+b.Errors
+			out.Errors += b.Errors
+		}
+		ok, all = append(ok, t.ok...), append(all, t.all...)
+	}
+	out.OkP50, out.OkP99 = percentile(ok, 0.50), percentile(ok, 0.99)
+	out.AllP99 = percentile(all, 0.99)
 	return out
 }
 
