@@ -10,10 +10,9 @@ The whole path, as a request sees it:
    not a Task: the server completes the response from the future's callback.
 3. `_lookup`, once per event-loop turn for every id that turn asked for: one MGET on
    the shared cache, then one `SELECT ... WHERE id IN (...)` for the ids still missing,
-   with at most `db_pool_size` queries at once. An id whose waiters have all given up
-   is still looked up and fills the caches (up to `MAX_WARMING` such ids; past that
-   they are dropped): under a storm of misses the work done warms the cache instead of
-   being thrown away, so the next request for the id hits.
+   with at most `db_pool_size` queries at once. Ids whose waiters have all given up
+   before their query starts are dropped (the work is cancelled); a query already running
+   completes and fills the caches, so a deadline storm cannot starve them.
 4. `_fill`: the result goes into the near cache at once and into the shared cache in the
    background (`set_soon`, TTL with jitter); a not-found is cached too, briefly.
 """
@@ -46,10 +45,6 @@ UNAVAILABLE = problem_response(
     503, "unavailable", "the order store is unavailable", (("retry-after", "1"),)
 )
 MAX_BATCH = 500
-# Lookups kept after every request waiting for them gave up: they still fill the caches, so
-# the next request for the id hits (a cold cache under load warms instead of staying cold).
-# Beyond this many, an abandoned lookup is skipped.
-MAX_WARMING = 4 * MAX_BATCH
 
 
 # A near-cache entry: (owner, encoded 200, refresh_at, expires); owner None = known absent.
@@ -120,14 +115,13 @@ def encode_order(order: Order) -> bytes:
 class Flight:
     """Every request waiting for one id, and whether its lookup has reached the database."""
 
-    __slots__ = ("live", "order_id", "started", "waiters", "warming")
+    __slots__ = ("live", "order_id", "started", "waiters")
 
     def __init__(self, order_id: int) -> None:
         self.order_id = order_id
         self.waiters: list[tuple[asyncio.Future[Response], str, bool, asyncio.TimerHandle]] = []
         self.live = 0
         self.started = False
-        self.warming = False  # every waiter gave up; looked up for the caches alone
 
 
 @dataclass(frozen=True, slots=True)
@@ -184,7 +178,6 @@ class OrderQuery:
         self._queue: list[Flight] = []
         self._db_slots = asyncio.Semaphore(store.size)
         self._tasks = Tasks()
-        self._warming = 0  # flights looked up for nobody (MAX_WARMING)
 
     async def start(self) -> None:
         self._loop = asyncio.get_running_loop()
@@ -246,12 +239,7 @@ class OrderQuery:
         waiter.set_result(self._deadline_response)
         flight.live -= 1
         if flight.live == 0 and not flight.started and self._flights.get(flight.order_id) is flight:
-            if self._warming < MAX_WARMING:
-                flight.live = 1  # nobody waits, but it is looked up all the same (warming)
-                flight.warming = True
-                self._warming += 1
-            else:
-                del self._flights[flight.order_id]  # too many abandoned: this one is skipped
+            del self._flights[flight.order_id]  # nobody waits: the lookup is skipped
 
     def _dispatch(self) -> None:
         batch, self._queue = self._queue, []
@@ -310,22 +298,17 @@ class OrderQuery:
                 flight, self._fill(flight.order_id, found.get(flight.order_id), fill_shared)
             )
 
-    def _landed(self, flight: Flight) -> None:
+    def _resolve(self, flight: Flight, entry: Entry) -> None:
         if self._flights.get(flight.order_id) is flight:
             del self._flights[flight.order_id]
-        if flight.warming:
-            flight.warming = False
-            self._warming -= 1
-
-    def _resolve(self, flight: Flight, entry: Entry) -> None:
-        self._landed(flight)
         for waiter, user_id, admin, timer in flight.waiters:
             if not waiter.done():
                 timer.cancel()
                 waiter.set_result(_answer(entry, user_id, admin))
 
     def _fail(self, flight: Flight) -> None:
-        self._landed(flight)
+        if self._flights.get(flight.order_id) is flight:
+            del self._flights[flight.order_id]
         for waiter, _, _, timer in flight.waiters:
             if not waiter.done():
                 timer.cancel()
