@@ -25,6 +25,7 @@ from pathlib import Path
 from typing import Generic, TypeVar
 
 from surge import tokens
+from surge.ground.evict import evict_oldest
 from surge.ground.web import Problem
 
 # Far above a token of ours (about 200 bytes) or a typical identity provider's (1-2 KB).
@@ -62,9 +63,8 @@ class _Cache(Generic[V]):
         while entries and (
             len(entries) >= self._max_entries or self._bytes + cost > self._max_bytes
         ):
-            oldest = next(iter(entries))
-            del entries[oldest]
-            self._bytes -= len(oldest) + _ENTRY_BYTES
+            for oldest in evict_oldest(entries, self._max_entries):
+                self._bytes -= len(oldest) + _ENTRY_BYTES
         entries[key] = value
         self._bytes += cost
 

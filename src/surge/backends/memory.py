@@ -6,6 +6,7 @@ import time
 from collections import defaultdict
 from collections.abc import Callable, Sequence
 
+from surge.ground.evict import evict_oldest
 from surge.ground.interfaces import Handler
 
 
@@ -34,7 +35,7 @@ class MemoryCache:
         data = self._data
         data.pop(key, None)
         if len(data) >= self._max:
-            del data[next(iter(data))]
+            evict_oldest(data, self._max)
         data[key] = (value, time.monotonic() + ttl)
 
     async def delete(self, *keys: str) -> None:

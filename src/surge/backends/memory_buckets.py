@@ -7,6 +7,7 @@ import time
 
 from surge.ground.admission import Verdict
 from surge.ground.buckets import Policy, passed, refused
+from surge.ground.evict import evict_oldest
 
 
 class LocalBuckets:
@@ -28,7 +29,7 @@ class LocalBuckets:
         state = buckets.get(caller)  # [tokens, time]
         if state is None:
             if len(buckets) >= self._max:
-                del buckets[next(iter(buckets))]
+                evict_oldest(buckets, self._max)  # (their callers start afresh: full)
             state = buckets[caller] = [float(policy.burst), now]
         elapsed = now - state[1]
         tokens = state[0] + elapsed * policy.rate if elapsed > 0.0 else state[0]
