@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from collections import deque
 from collections.abc import Callable
+from itertools import islice
 
 from surge.ground.rooms import ROOM_SHARE, Deliver, room_message
 
@@ -38,8 +39,9 @@ class LocalBackplane:
     async def publish(self, room: str, data: bytes, keep: int) -> int:
         seq = self._seq.pop(room, 0) + 1  # re-inserted last: dicts keep insertion order
         self._seq[room] = seq
-        if len(self._seq) > self.MAX_ROOMS:
-            self._forget(next(iter(self._seq)))
+        if len(self._seq) > self.MAX_ROOMS:  # the least recently published hundredth
+            for oldest in list(islice(self._seq, max(1, self.MAX_ROOMS // 100))):
+                self._forget(oldest)
         payload = room_message(room, seq, data)
         if keep > 0:
             self._keep(room, seq, payload, keep)

@@ -7,7 +7,9 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
+from itertools import takewhile
 
+from surge.ground.evict import evict_oldest
 from surge.ground.interfaces import Bus, Gate, Sales
 from surge.ground.sales import Sale
 from surge.ground.tasks import shared_task
@@ -56,14 +58,20 @@ class SaleConfigs:
         return sale
 
     def _remember_absent(self, sale_id: int) -> None:
-        """Kept in the order they expire (one TTL for all: insertion order), so those
-        expired are dropped from the front as new ones come; at most MAX either way
-        (every unknown id read once added an entry for good: issue 12 #8)."""
+        """Kept in the order they expire (one TTL for all: insertion order); at most MAX
+        (every unknown id read once added an entry for good: issue 12 #8). Once full,
+        the expired ones are dropped from the front in one pass, and if none had expired,
+        the oldest hundredth (surge.ground.evict: one look at the front per new id
+        walked every slot deleted before it)."""
         absent = self._absent
         now = time.monotonic()
         absent.pop(sale_id, None)  # re-inserted last: its new expiry is the latest
-        while absent and (next(iter(absent.values())) <= now or len(absent) >= self.MAX):
-            del absent[next(iter(absent))]
+        if len(absent) >= self.MAX:
+            expired = list(takewhile(lambda key: absent[key] <= now, absent))
+            for key in expired:
+                del absent[key]
+            if not expired:
+                evict_oldest(absent, self.MAX)
         absent[sale_id] = now + self.ABSENT_TTL
 
 
