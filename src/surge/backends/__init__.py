@@ -64,7 +64,6 @@ class Backends:
     backplane: Backplane
     local_buckets: LocalBuckets
     shared_buckets: Buckets | None
-    shared: bool  # the shared state is a server (Redis), not this process
     breakers: dict[str, Breaker] = field(default_factory=dict)  # dependency -> breaker
     probes: dict[str, Callable[[], Awaitable[None]]] = field(default_factory=dict)
     gauges: dict[str, Callable[[], float]] = field(default_factory=dict)  # pool use
@@ -178,7 +177,6 @@ def _in_process(
         LocalBackplane(options.history_bytes),
         LocalBuckets(),
         None,
-        shared=False,
     )
 
 
@@ -216,7 +214,6 @@ def _redis(
         RedisBackplane(client, bus, options.prefix, options.history_bytes),
         local,
         buckets,
-        shared=True,
         _warm=[lambda: warm(client, options.redis_pool_size)],
     )
     made.breakers["redis"] = client.breaker

@@ -2,5 +2,5 @@
 
 Nothing here imports from the rest of Surge: Core (the order query, sales and purchases,
 the hub, the consumers), the backends, the HTTP engine and the wiring all build on it
-(docs/architecture.md, enforced by tests/unit/test_layers.py).
+(docs/architecture.md; enforced by the import-linter contracts in pyproject.toml).
 """

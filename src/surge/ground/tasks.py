@@ -37,10 +37,6 @@ class Tasks:
             task = shared_task(work)
         else:
             task = asyncio.get_running_loop().create_task(work)
-        return self.hold(task)
-
-    def hold(self, task: asyncio.Task[T]) -> asyncio.Task[T]:
-        """Holds a task started elsewhere until it is done."""
         self._live.add(task)
         task.add_done_callback(self._live.discard)
         return task

@@ -273,7 +273,7 @@ class HttpProtocol(asyncio.Protocol):
                 return
             request = queue.popleft()
             self._respond(request, dispatch(self._state, request, self))
-        if not queue and not self._busy and self._owe_continue and self._keep_alive:
+        if self._owe_continue and not queue and not self._busy and self._keep_alive:
             self._owe_continue = False
             if self._transport is not None and not self._transport.is_closing():
                 self._transport.write(CONTINUE)
