@@ -324,7 +324,7 @@ DOCUMENT: dict[str, Any] = {
                         "in": "query",
                         "required": False,
                         "schema": {"type": "string"},
-                        "description": "a JWT, for clients that cannot set headers",
+                        "description": "a JWT, for clients that cannot set headers (empty: 401)",
                     }
                 ],
                 "responses": {
