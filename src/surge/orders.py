@@ -33,7 +33,7 @@ from surge.ground.evict import evict_oldest
 from surge.ground.interfaces import Bus, Cache, Store
 from surge.ground.orders import Order
 from surge.ground.tasks import Tasks
-from surge.ground.web import Problem, Request, Response, problem_response, response
+from surge.ground.web import Problem, Request, Response, dumps, problem_response, response
 from surge.protect.shedder import Shedder
 
 log = logging.getLogger("surge.orders")
@@ -102,7 +102,7 @@ def parse_id(text: str, what: str = "order") -> int:
 
 
 def encode_order(order: Order) -> bytes:
-    return orjson.dumps(
+    return dumps(
         {
             "id": order.id,
             "sale_id": order.sale_id,

@@ -104,8 +104,17 @@ def response(
     return (status, head, body)
 
 
+def dumps(value: Any) -> bytes:
+    """`orjson.dumps`, copied into a bytes object of its own length. orjson writes into a
+    buffer of at least 4 KB (3.13; 1 KB in 3.11) and hands that allocation back as the
+    bytes object, never shrunk: a 115-byte order kept in the near cache cost 4.1 KB of
+    memory (measured by RSS over 300,000 of them; orjson issue 483). The copy costs about
+    40 ns; anything that may be kept (a cache, a history, a queue) is encoded with this."""
+    return b"".join((orjson.dumps(value), b""))
+
+
 def json_response(status: int, payload: Any, headers: tuple[tuple[str, str], ...] = ()) -> Response:
-    return response(status, orjson.dumps(payload), JSON, headers)
+    return response(status, dumps(payload), JSON, headers)
 
 
 class Problem(Exception):
@@ -131,7 +140,7 @@ class Problem(Exception):
 def problem_response(
     status: int, kind: str, detail: str, headers: tuple[tuple[str, str], ...] = ()
 ) -> Response:
-    body = orjson.dumps(
+    body = dumps(
         {
             "type": f"/problems/{kind}",
             "title": HTTPStatus(status).phrase,

@@ -20,6 +20,8 @@ from typing import Any
 
 import orjson
 
+from surge.ground.web import dumps
+
 CHAT = re.compile(r"chat:[A-Za-z0-9_.\-]{1,64}")
 SALE = re.compile(r"sale:[1-9][0-9]{0,17}")
 
@@ -87,7 +89,7 @@ def parse(payload: str) -> Op:
     if "data" not in message:
         raise WireError("bad-message", "publish needs data", request_id)
     try:
-        data = orjson.dumps(message["data"])
+        data = orjson.dumps(message["data"])  # transient: room_message copies it
     except orjson.JSONEncodeError:  # nested deeper than orjson writes (it reads deeper)
         raise WireError("bad-message", "data is nested too deeply", request_id) from None
     return Publish(room, data, request_id)
@@ -100,11 +102,11 @@ def _valid_id(value: Any) -> bool:
 
 
 def ack(request_id: Any, **extra: Any) -> bytes:
-    return orjson.dumps({"op": "ack", "id": request_id, **extra})
+    return dumps({"op": "ack", "id": request_id, **extra})
 
 
 def error(request_id: Any, code: str, text: str, room: str | None = None) -> bytes:
     answer = {"op": "error", "id": request_id, "code": code, "message": text}
     if room is not None:
         answer["room"] = room
-    return orjson.dumps(answer)
+    return dumps(answer)
