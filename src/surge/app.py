@@ -207,7 +207,7 @@ def backend_options(settings: Settings) -> BackendOptions:
         prefix=settings.redis_prefix,
         db_pool_size=settings.db_pool_size,
         redis_pool_size=settings.redis_pool_size,
-        cache_entries=max(settings.near_cache_size * 4, 100_000),
+        cache_entries=max(settings.near_cache_size * 2, 100_000),
         history_bytes=settings.ws_history_bytes,
         data_dir=settings.data_dir,
         dedup_ttl=settings.dedup_ttl,

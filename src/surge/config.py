@@ -139,7 +139,9 @@ class Settings:
         5.0, parse.non_negative_float, "how long a not-found is cached, seconds"
     )
     near_cache_size: int = setting(
-        100_000, parse.positive_int, "entries in the in-process near cache"
+        500_000,
+        parse.positive_int,
+        "entries in the in-process near cache (about 0.6 KB each: 300 MB per process when full)",
     )
     near_cache_ttl: float = setting(
         300.0,

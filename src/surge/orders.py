@@ -132,7 +132,7 @@ class OrderQueryOptions:
     cache_ttl: float = 600.0  # shared cache, seconds
     cache_jitter: float = 0.1  # +- fraction of the TTL
     negative_ttl: float = 5.0  # a not-found, seconds
-    near_cache_size: int = 100_000
+    near_cache_size: int = 500_000
     near_cache_ttl: float = 300.0
 
 
