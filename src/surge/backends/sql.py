@@ -20,6 +20,7 @@ from sqlalchemy.engine import make_url
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine, create_async_engine
 
 from surge.backends.breaker import Breaker, Guard
+from surge.backends.sql_reads import order_reads
 from surge.ground.errors import count_as_unavailable
 from surge.ground.orders import Order
 from surge.schema import ORDER_COLUMNS, orders
@@ -114,11 +115,14 @@ def database_down(error: BaseException) -> bool:
     wait timeout or a constraint violation means it answered."""
     if isinstance(error, OSError | TimeoutError):
         return True
-    if not isinstance(error, sa.exc.DBAPIError):
+    if isinstance(error, sa.exc.DBAPIError):
+        if error.connection_invalidated:
+            return True
+        orig: BaseException | None = error.orig
+    elif isinstance(error, sa.exc.SQLAlchemyError):
         return False
-    if error.connection_invalidated:
-        return True
-    orig = error.orig
+    else:  # the driver's own error (surge.backends.sql_reads calls the driver directly)
+        orig = error
     code = orig.args[0] if orig is not None and orig.args else None
     if isinstance(code, int) and code in _MYSQL_DOWN:
         return True
@@ -189,18 +193,26 @@ class SqlStore:
     def __init__(self, engine: AsyncEngine, pool_size: int) -> None:
         self.engine = engine
         self._size = pool_size
+        # the order query's reads, on the driver's pool where it has one (sql_reads)
+        self._reads = order_reads(
+            engine.url, pool_size, guard(engine), CONNECT_TIMEOUT, OPERATION_TIMEOUT
+        )
 
     @property
     def in_use(self) -> int:
         pool = self.engine.sync_engine.pool
         checked_out = getattr(pool, "checkedout", None)
-        return int(checked_out()) if checked_out is not None else 0
+        engine = int(checked_out()) if checked_out is not None else 0
+        # two pools of `size`: the busier one is the one that runs out first
+        return max(engine, self._reads.in_use) if self._reads is not None else engine
 
     @property
     def size(self) -> int:
         return self._size
 
     async def get_orders(self, ids: Sequence[int]) -> dict[int, Order]:
+        if self._reads is not None:
+            return await self._reads.get_orders(ids)
         query = _SELECT_ORDERS.where(orders.c.id.in_(list(ids)))
         async with connected(self.engine) as conn:
             rows = (await conn.execute(query)).all()
@@ -217,10 +229,14 @@ class SqlStore:
         async with contextlib.AsyncExitStack() as held:
             for _ in range(self._size):
                 await held.enter_async_context(self.engine.connect())
+        if self._reads is not None:
+            await self._reads.warm()
 
     async def ping(self) -> None:
         async with connected(self.engine) as conn:
             await conn.execute(sa.text("SELECT 1"))
 
     async def close(self) -> None:
+        if self._reads is not None:
+            await self._reads.close()
         await self.engine.dispose()

@@ -1,0 +1,94 @@
+"""The order query's reads on the driver's pool (surge.backends.sql_reads) answer exactly as
+SQLAlchemy does, on every backend kind, and survive a query cut short."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+from collections.abc import AsyncIterator
+from datetime import datetime
+
+import pytest
+import sqlalchemy as sa
+
+from surge import db
+from surge.backends.sql import SqlStore, create_engine, database_down
+from surge.schema import orders
+from tests.backends import Backend
+
+pytestmark = pytest.mark.anyio
+
+ODD_USER = "ünï-😀-\\'\""  # non-ASCII, outside the BMP, and quoting characters
+
+
+@contextlib.asynccontextmanager
+async def _store(backend: Backend) -> AsyncIterator[SqlStore]:
+    store = SqlStore(create_engine(backend.database_url, 3), 3)
+    try:
+        yield store
+    finally:
+        await store.close()
+
+
+async def _seeded(backend: Backend) -> int:
+    """Seeds 40 orders and adds one for ODD_USER; returns its id."""
+    await asyncio.to_thread(db.migrate, backend.database_url)
+    await db.seed(backend.database_url, 40, users=5, reset=True)
+    async with _store(backend) as store, store.engine.begin() as conn:
+        inserted = await conn.execute(
+            sa.insert(orders).values(
+                sale_id=1,
+                user_id=ODD_USER,
+                quantity=2,
+                status="confirmed",
+                created_at=datetime(2026, 12, 3, 18, 30, 5),
+            )
+        )
+        return int(inserted.inserted_primary_key[0])
+
+
+async def test_the_driver_pool_answers_as_sqlalchemy_does(backend: Backend) -> None:
+    odd = await _seeded(backend)
+    ids = [1, 2, 17, 40, odd, odd + 1, 10**12]
+    async with _store(backend) as store:
+        uses_driver = store._reads is not None
+        assert uses_driver == (not backend.database_url.startswith("sqlite"))
+        fast = await store.get_orders(ids)
+        reads, store._reads = store._reads, None  # the same store, through SQLAlchemy
+        slow = await store.get_orders(ids)
+        store._reads = reads  # closed with the store
+    assert fast == slow
+    assert sorted(fast) == [1, 2, 17, 40, odd]
+    assert fast[odd].user_id == ODD_USER
+    assert fast[odd].created_at.isoformat() == "2026-12-03T18:30:05+00:00"
+    assert all(type(order.id) is int and type(order.quantity) is int for order in fast.values())
+
+
+async def test_a_read_cut_short_does_not_poison_the_pool(backend: Backend) -> None:
+    if backend.database_url.startswith("sqlite"):
+        pytest.skip("SQLite reads stay on SQLAlchemy")
+    await _seeded(backend)
+    async with _store(backend) as store:
+        await store.warm()
+        many = list(range(1, 41)) * 200  # a long IN list: still in flight when cut
+        for _ in range(6):  # more cuts than the pool has connections
+            task = asyncio.ensure_future(store.get_orders(many))
+            await asyncio.sleep(0)
+            await asyncio.sleep(0.0005)
+            task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await task
+        answers = await asyncio.gather(*(store.get_orders([1, 2, 3]) for _ in range(10)))
+        assert all(sorted(found) == [1, 2, 3] for found in answers)
+        assert store.in_use == 0
+
+
+async def test_driver_errors_that_mean_the_database_is_gone_open_the_breaker() -> None:
+    import asyncmy.errors
+    import asyncpg
+
+    assert database_down(asyncmy.errors.OperationalError(2013, "Lost connection"))
+    assert database_down(asyncpg.exceptions.ConnectionDoesNotExistError("closed"))
+    assert database_down(asyncpg.exceptions.CannotConnectNowError("starting up"))
+    assert not database_down(asyncmy.errors.ProgrammingError(1064, "syntax"))
+    assert not database_down(asyncpg.exceptions.UniqueViolationError("duplicate"))
