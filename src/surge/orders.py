@@ -9,11 +9,15 @@ The whole path, as a request sees it:
    deadline the future is answered 504 at once. A miss costs one Future and one timer,
    not a Task: the server completes the response from the future's callback.
 3. `_lookup`, once per event-loop turn for every id that turn asked for: one MGET on
-   the shared cache, then one `SELECT ... WHERE id IN (...)` for the ids still missing,
-   with at most `db_pool_size` queries at once. Ids whose waiters have all given up
-   before their query starts are dropped (the work is cancelled); a query already running
-   completes and fills the caches, so a deadline storm cannot starve them.
-4. `_fill`: the result goes into the near cache at once and into the shared cache in the
+   the shared cache. The ids still missing join the database queue.
+4. `_pump`: at most `db_pool_size` queries at once, each one `SELECT ... WHERE id IN
+   (...)` for everything queued when it starts (up to 500 ids). While every connection
+   is busy the queue grows, so batches grow with the load: a one-id query costs about
+   the CPU of a 20-id one, in Python and in the database (docs/decisions.md, 16). Ids
+   whose waiters have all given up before their query starts are dropped (the work is
+   cancelled); a query already running completes and fills the caches, so a deadline
+   storm cannot starve them.
+5. `_fill`: the result goes into the near cache at once and into the shared cache in the
    background (`set_soon`, TTL with jitter); a not-found is cached too, briefly.
 """
 
@@ -117,13 +121,14 @@ def encode_order(order: Order) -> bytes:
 class Flight:
     """Every request waiting for one id, and whether its lookup has reached the database."""
 
-    __slots__ = ("live", "order_id", "started", "waiters")
+    __slots__ = ("fill_shared", "live", "order_id", "started", "waiters")
 
     def __init__(self, order_id: int) -> None:
         self.order_id = order_id
         self.waiters: list[tuple[asyncio.Future[Response], str, bool, asyncio.TimerHandle]] = []
         self.live = 0
         self.started = False
+        self.fill_shared = True  # False once the shared cache failed to answer for it
 
 
 @dataclass(frozen=True, slots=True)
@@ -178,7 +183,9 @@ class OrderQuery:
         self.near = NearCache(options.near_cache_size, options.near_cache_ttl)
         self._flights: dict[int, Flight] = {}
         self._queue: list[Flight] = []
-        self._db_slots = asyncio.Semaphore(store.size)
+        self._db_queue: list[Flight] = []  # missed the shared cache, waiting for a query
+        self._db_size = store.size
+        self._db_busy = 0  # queries running
         self._tasks = Tasks()
 
     async def start(self) -> None:
@@ -188,6 +195,7 @@ class OrderQuery:
         self._bus.on_reconnect(self.near.clear)
 
     async def close(self) -> None:
+        self._db_size = 0  # a query cancelled now starts no other
         await self._tasks.cancel()
 
     # -- the request path ---------------------------------------------------------------------
@@ -266,39 +274,55 @@ class OrderQuery:
         except Exception as exc:  # Redis trouble: degrade to the database, skip the fill
             stats.cache_errors += 1
             log.debug("shared cache read failed: %s", exc)
-            values, fill_shared = [None] * len(batch), False
-        else:
-            fill_shared = True
-        missing = []
+            values = [None] * len(batch)
+            for flight in batch:
+                flight.fill_shared = False
+        missing = 0
         for flight, value in zip(batch, values, strict=True):
             entry = None if value is None else self._entry_from_bytes(flight.order_id, value)
             if entry is None:
-                missing.append(flight)
+                self._db_queue.append(flight)
+                missing += 1
             else:
                 self._resolve(flight, entry)
-        stats.cache_hits["shared"] += len(batch) - len(missing)
-        stats.cache_misses["shared"] += len(missing)
-        if not missing:
-            return
-        async with self._db_slots:
-            missing = [f for f in missing if f.live]  # all waiters gone: cancelled
-            if not missing:
+        stats.cache_hits["shared"] += len(batch) - missing
+        stats.cache_misses["shared"] += missing
+        if missing:
+            self._pump()
+
+    def _pump(self) -> None:
+        """Starts a query for what is queued, while a connection is free."""
+        while self._db_busy < self._db_size and self._db_queue:
+            live = [f for f in self._db_queue if f.live]  # all waiters gone: cancelled
+            batch, self._db_queue = live[:MAX_BATCH], live[MAX_BATCH:]
+            if not batch:
                 return
-            for flight in missing:
+            for flight in batch:
                 flight.started = True
+            self._db_busy += 1
+            self._tasks.spawn(self._query(batch), shared=False)
+
+    async def _query(self, batch: list[Flight]) -> None:
+        try:
             try:
-                found = await self._store.get_orders([f.order_id for f in missing])
+                found = await self._store.get_orders([f.order_id for f in batch])
             except Exception as exc:
                 log.warning("order lookup failed: %s", exc)
-                for flight in missing:
+                for flight in batch:
                     self._fail(flight)
                 return
-        stats.db_queries += 1
-        stats.db_rows += len(found)
-        for flight in missing:
-            self._resolve(
-                flight, self._fill(flight.order_id, found.get(flight.order_id), fill_shared)
-            )
+            self.stats.db_queries += 1
+            self.stats.db_rows += len(found)
+            for flight in batch:
+                order = found.get(flight.order_id)
+                self._resolve(flight, self._fill(flight.order_id, order, flight.fill_shared))
+        except Exception:  # a bug: answer 503 now rather than let waiters run into 504
+            log.exception("order query batch failed")
+            for flight in batch:
+                self._fail(flight)
+        finally:
+            self._db_busy -= 1
+            self._pump()
 
     def _resolve(self, flight: Flight, entry: Entry) -> None:
         if self._flights.get(flight.order_id) is flight:

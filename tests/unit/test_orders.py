@@ -154,6 +154,24 @@ def test_a_cached_order_costs_its_size_not_the_encoders_buffer() -> None:
 
 
 @pytest.mark.anyio
+async def test_ids_missed_while_every_connection_is_busy_share_the_next_query() -> None:
+    store = FakeStore({i: _order(i, "alice") for i in range(1, 6)}, delay=0.05)
+    store.size = 1
+    query, stats = await _make(store, deadline=1.0)
+    first = asyncio.ensure_future(_call(query, _request("1")))
+    await asyncio.sleep(0.01)  # the only connection is busy with id 1 from now on
+    later = []
+    for order_id in "2345":  # one id per event-loop turn: four batches before
+        later.append(asyncio.ensure_future(_call(query, _request(order_id))))
+        await asyncio.sleep(0.001)
+    answers = await asyncio.gather(first, *later)
+    assert [_json(answer)["id"] for answer in answers] == [1, 2, 3, 4, 5]
+    assert store.queries == [[1], [2, 3, 4, 5]]
+    assert stats.db_queries == 2 and stats.db_rows == 5
+    await query.close()
+
+
+@pytest.mark.anyio
 async def test_owner_admin_and_stranger() -> None:
     store = FakeStore({1: _order(1, "alice")})
     query, stats = await _make(store)

@@ -75,7 +75,11 @@ class OrderReads:
 
     async def warm(self) -> None:
         async with self._guard():
-            await self._open()
+            await self._fill(await self._open())
+
+    async def _fill(self, pool: Any) -> None:
+        """Opens every connection of the pool now (see SqlStore.warm)."""
+        raise NotImplementedError
 
     @property
     def in_use(self) -> int:
@@ -132,6 +136,9 @@ class MysqlOrderReads(OrderReads):
     def _in_use(self, pool: Any) -> int:
         return int(pool.size - pool.freesize)
 
+    async def _fill(self, pool: Any) -> None:
+        pass  # minsize is the whole pool: opening it opened them all
+
     async def close(self) -> None:
         if self._pool is not None:
             self._pool.close()
@@ -143,9 +150,11 @@ class PostgresOrderReads(OrderReads):
         import asyncpg
 
         dsn = self._url.set(drivername="postgresql").render_as_string(hide_password=False)
+        # min_size 0: with more, asyncpg keeps reconnecting in the background while the
+        # database is down and logs a traceback each time; `warm` fills the pool instead
         return await asyncpg.create_pool(
             dsn,
-            min_size=self._size,
+            min_size=0,
             max_size=self._size,
             max_inactive_connection_lifetime=RECYCLE,
             timeout=self._connect_timeout,
@@ -159,6 +168,11 @@ class PostgresOrderReads(OrderReads):
 
     def _in_use(self, pool: Any) -> int:
         return int(pool.get_size() - pool.get_idle_size())
+
+    async def _fill(self, pool: Any) -> None:
+        held = [await pool.acquire() for _ in range(self._size)]
+        for conn in held:
+            await pool.release(conn)
 
     async def close(self) -> None:
         if self._pool is not None:
