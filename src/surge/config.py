@@ -107,7 +107,10 @@ class Settings:
         0.0, parse.share, "requests logged: `off`, `all`, or a share such as 0.01 (sampled)"
     )
     db_pool_size: int = setting(
-        10, parse.positive_int, "database connections per process (bounds DB concurrency)"
+        10,
+        parse.positive_int,
+        "database connections per process (bounds DB concurrency); on MariaDB and "
+        "PostgreSQL the order query's reads have a second pool of this size",
     )
     redis_pool_size: int = setting(32, parse.positive_int, "Redis connections per process")
     deadline_ms: int = setting(
