@@ -19,6 +19,7 @@
 // run): each of -conns workers sends its next request as soon as the last is answered,
 // for -duration seconds, and times every answer from when its request was sent. Output:
 // one JSON object (see `closedResult`), answers counted by the second they arrived in.
+// Its connections are raw TCP with a hand-written HTTP/1.1 exchange (raw.go says why).
 package main
 
 import (
@@ -98,7 +99,7 @@ func main() {
 	}
 	client := &http.Client{Transport: transport, Timeout: *timeout}
 	if *closed {
-		out := runClosed(client, *conns, *seconds, *ids, *users, tokens, *base+*path, *slo)
+		out := runClosed(*base, *path, *timeout, *conns, *seconds, *ids, *users, tokens, *slo)
 		encoded, _ := json.Marshal(out)
 		fmt.Println(string(encoded))
 		return
@@ -229,8 +230,8 @@ type closedSecond struct {
 	Errors int64 `json:"errors"` // no answer: transport error or client timeout
 }
 
-func runClosed(client *http.Client, conns int, seconds float64, ids, users int,
-	tokens []string, urlFormat string, slo float64) closedResult {
+func runClosed(base, pathFormat string, timeout time.Duration, conns int, seconds float64,
+	ids, users int, tokens []string, slo float64) closedResult {
 	n := int(seconds)
 	limit := time.Duration(seconds * float64(time.Second))
 	type tally struct {
@@ -248,13 +249,14 @@ func runClosed(client *http.Client, conns int, seconds float64, ids, users int,
 			defer workers.Done()
 			t.bins, t.status = make([]closedSecond, n), map[int]int64{}
 			random := rand.New(rand.NewSource(seed))
+			conn := newRawConn(base, pathFormat, timeout)
 			for {
 				sent := time.Now()
 				if sent.Sub(start) >= limit {
 					return
 				}
 				id := 1 + random.Intn(ids)
-				code, err := get(client, fmt.Sprintf(urlFormat, id), tokens[(id-1)%users])
+				code, err := conn.get(id, tokens[(id-1)%users])
 				arrived := time.Now()
 				t.sent++
 				second := int(arrived.Sub(start) / time.Second)
