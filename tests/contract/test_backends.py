@@ -44,6 +44,24 @@ async def test_cache_get_set_delete_and_ttl(backend: Backend) -> None:
         await cache.ping()
 
 
+async def test_background_fills_over_many_loop_turns_all_land(backend: Backend) -> None:
+    """Fills made while one is being written wait for the next; none is lost, and more
+    than one pipeline's worth (1,000 keys) arrives in order of setting."""
+    async with _opened(backend) as opened:
+        cache = opened.cache
+        keys = [f"fill:{n}" for n in range(2_500)]
+        for start in range(0, len(keys), 250):  # ten event-loop turns of fills
+            for key in keys[start : start + 250]:
+                cache.set_soon(key, key.encode(), ttl=30)
+            await asyncio.sleep(0)
+        for _ in range(200):
+            values = await cache.get_many(keys)
+            if None not in values:
+                break
+            await asyncio.sleep(0.01)
+        assert values == [key.encode() for key in keys]
+
+
 async def test_cache_keys_are_prefixed_apart(backend: Backend) -> None:
     other = Backend(backend.kind, backend.database_url, backend.redis_url, backend.prefix + "x:")
     async with _opened(backend) as first, _opened(other) as second:

@@ -171,6 +171,46 @@ async def test_ids_missed_while_every_connection_is_busy_share_the_next_query() 
     await query.close()
 
 
+class SlowCache(MemoryCache):
+    """Records every read; each takes `delay` seconds."""
+
+    def __init__(self, delay: float) -> None:
+        super().__init__()
+        self.delay = delay
+        self.reads: list[list[str]] = []
+
+    async def get_many(self, keys: Sequence[str]) -> list[bytes | None]:
+        self.reads.append(list(keys))
+        await asyncio.sleep(self.delay)
+        return await super().get_many(keys)
+
+
+@pytest.mark.anyio
+async def test_ids_missed_while_the_shared_cache_reads_share_the_next_read() -> None:
+    store = FakeStore({i: _order(i, "alice") for i in range(1, 6)})
+    cache = SlowCache(delay=0.05)
+    query = OrderQuery(
+        OrderQueryOptions(deadline=1.0),
+        Authenticator(SECRET),
+        cache,
+        store,
+        MemoryBus(),
+        OrderStats(),
+    )
+    await query.start()
+    query._cache_reads = 1  # one read at a time, so the test needs only one in flight
+    first = asyncio.ensure_future(_call(query, _request("1")))
+    await asyncio.sleep(0.01)
+    later = []
+    for order_id in "2345":  # one id per event-loop turn
+        later.append(asyncio.ensure_future(_call(query, _request(order_id))))
+        await asyncio.sleep(0.001)
+    answers = await asyncio.gather(first, *later)
+    assert [_json(answer)["id"] for answer in answers] == [1, 2, 3, 4, 5]
+    assert cache.reads == [["order:1"], ["order:2", "order:3", "order:4", "order:5"]]
+    await query.close()
+
+
 @pytest.mark.anyio
 async def test_owner_admin_and_stranger() -> None:
     store = FakeStore({1: _order(1, "alice")})

@@ -112,6 +112,11 @@ async def warm(client: aioredis.Redis, connections: int) -> None:
             await pool.release(connection)
 
 
+MAX_FILL = 1_000  # keys a fill pipeline carries
+MAX_PENDING_FILLS = 50_000  # keys waiting for one; past it the oldest are dropped (a fill
+# only saves a later lookup, and this bounds the memory a stalled Redis can hold up)
+
+
 class RedisCache:
     def __init__(
         self,
@@ -123,6 +128,7 @@ class RedisCache:
         self._prefix = prefix
         self._on_error = on_error
         self._sets: list[tuple[str, bytes, int]] = []
+        self._filling = False  # a fill pipeline is under way
         self.in_flight = 0  # Redis commands under way (the pool-use gauge)
         self._tasks = Tasks()
 
@@ -140,12 +146,18 @@ class RedisCache:
         await self._client.set(self._prefix + key, value, px=max(1, int(ttl * 1000)))
 
     def set_soon(self, key: str, value: bytes, ttl: float) -> None:
+        """Writes in the background. One pipeline at a time: what is set while one runs
+        goes in the next (a cold start fills thousands of keys a second, and a pipeline
+        costs redis-py about as much for one key as for fifty)."""
         self._sets.append((self._prefix + key, value, max(1, int(ttl * 1000))))
-        if len(self._sets) == 1:
+        if len(self._sets) == 1 and not self._filling:
             asyncio.get_running_loop().call_soon(self._flush_sets)
 
     def _flush_sets(self) -> None:
-        batch, self._sets = self._sets, []
+        if self._filling or not self._sets:
+            return
+        batch, self._sets = self._sets[:MAX_FILL], self._sets[MAX_FILL:]
+        self._filling = True
         self._tasks.spawn(self._pipeline_sets(batch), shared=False)
 
     async def _pipeline_sets(self, batch: list[tuple[str, bytes, int]]) -> None:
@@ -161,6 +173,11 @@ class RedisCache:
             log.warning("cache fill of %d keys failed: %s", len(batch), exc)
         finally:
             self.in_flight -= 1
+            self._filling = False
+            if len(self._sets) > MAX_PENDING_FILLS:  # Redis slower than the fills: drop
+                log.warning("cache fill: %d keys dropped", len(self._sets) - MAX_PENDING_FILLS)
+                del self._sets[: len(self._sets) - MAX_PENDING_FILLS]
+            self._flush_sets()
 
     async def delete(self, *keys: str) -> None:
         if keys:

@@ -8,8 +8,9 @@ The whole path, as a request sees it:
    want one id, it is looked up once) and gets a future plus a deadline timer. Past the
    deadline the future is answered 504 at once. A miss costs one Future and one timer,
    not a Task: the server completes the response from the future's callback.
-3. `_lookup`, once per event-loop turn for every id that turn asked for: one MGET on
-   the shared cache. The ids still missing join the database queue.
+3. `_lookup`: one MGET on the shared cache for every id asked for since the last one,
+   at most `CACHE_READS` at once (ids missed meanwhile wait for the next). The ids still
+   missing join the database queue.
 4. `_pump`: at most `db_pool_size` queries at once, each one `SELECT ... WHERE id IN
    (...)` for everything queued when it starts (up to 500 ids). While every connection
    is busy the queue grows, so batches grow with the load: a one-id query costs about
@@ -33,11 +34,11 @@ import orjson
 
 from surge.auth import Authenticator
 from surge.ground.admission import overloaded
-from surge.ground.evict import evict_oldest
 from surge.ground.interfaces import Bus, Cache, Store
 from surge.ground.orders import Order
 from surge.ground.tasks import Tasks
 from surge.ground.web import Problem, Request, Response, dumps, problem_response, response
+from surge.orders.near import Entry, NearCache
 from surge.protect.shedder import Shedder
 
 log = logging.getLogger("surge.orders")
@@ -50,50 +51,11 @@ UNAVAILABLE = problem_response(
     503, "unavailable", "the order store is unavailable", (("retry-after", "1"),)
 )
 MAX_BATCH = 500
-
-
-# A near-cache entry: (owner, encoded 200, refresh_at, expires); owner None = known absent.
-# A plain tuple so the GC can untrack it (see surge.ground.web).
-Entry = tuple[str | None, Response | None, float, float]
-REFRESH_AT = 0.75  # of the near TTL: a hit on an older entry refreshes it in the background
-
-
-class NearCache:
-    """Bounded in-process cache; oldest-inserted entries leave first when it is full, a
-    hundredth at a time (surge.ground.evict says why)."""
-
-    def __init__(self, max_entries: int, ttl: float) -> None:
-        self.data: dict[int, Entry] = {}
-        self._max = max_entries
-        self.ttl = ttl
-
-    def get(self, key: int, now: float) -> Entry | None:
-        """The live entry for `key` at monotonic time `now`, or None (absent or expired)."""
-        entry = self.data.get(key)
-        if entry is not None and entry[3] < now:
-            del self.data[key]
-            return None
-        return entry
-
-    def put(self, key: int, owner: str | None, found: Response | None, ttl: float) -> Entry:
-        now = time.monotonic()
-        ttl = min(ttl, self.ttl)
-        entry = (owner, found, now + ttl * REFRESH_AT if found else now + ttl, now + ttl)
-        data = self.data
-        data.pop(key, None)
-        if len(data) >= self._max:
-            evict_oldest(data, self._max)
-        data[key] = entry
-        return entry
-
-    def drop(self, key: int) -> None:
-        self.data.pop(key, None)
-
-    def clear(self) -> None:
-        self.data.clear()
-
-    def __len__(self) -> int:
-        return len(self.data)
+# Shared-cache reads (MGETs) under way at once, per process; ids missed meanwhile wait
+# and go together in the next. Each read costs redis-py about as much for one key as
+# for a hundred, and a cold start's loop turns are short: one read a turn was thousands
+# of small MGETs a second.
+CACHE_READS = 4
 
 
 def parse_id(text: str, what: str = "order") -> int:
@@ -182,7 +144,9 @@ class OrderQuery:
         self._negative_ttl = options.negative_ttl
         self.near = NearCache(options.near_cache_size, options.near_cache_ttl)
         self._flights: dict[int, Flight] = {}
-        self._queue: list[Flight] = []
+        self._queue: list[Flight] = []  # near-cache misses waiting for a shared-cache read
+        self._cache_reads = CACHE_READS
+        self._cache_busy = 0  # shared-cache reads under way
         self._db_queue: list[Flight] = []  # missed the shared cache, waiting for a query
         self._db_size = store.size
         self._db_busy = 0  # queries running
@@ -195,7 +159,7 @@ class OrderQuery:
         self._bus.on_reconnect(self.near.clear)
 
     async def close(self) -> None:
-        self._db_size = 0  # a query cancelled now starts no other
+        self._db_size = self._cache_reads = 0  # work cancelled now starts no other
         await self._tasks.cancel()
 
     # -- the request path ---------------------------------------------------------------------
@@ -252,9 +216,10 @@ class OrderQuery:
             del self._flights[flight.order_id]  # nobody waits: the lookup is skipped
 
     def _dispatch(self) -> None:
-        batch, self._queue = self._queue, []
-        for start in range(0, len(batch), MAX_BATCH):
-            self._tasks.spawn(self._guarded(batch[start : start + MAX_BATCH]), shared=False)
+        while self._cache_busy < self._cache_reads and self._queue:
+            batch, self._queue = self._queue[:MAX_BATCH], self._queue[MAX_BATCH:]
+            self._cache_busy += 1
+            self._tasks.spawn(self._guarded(batch), shared=False)
 
     async def _guarded(self, batch: list[Flight]) -> None:
         try:
@@ -263,6 +228,9 @@ class OrderQuery:
             log.exception("order lookup batch failed")
             for flight in batch:
                 self._fail(flight)
+        finally:
+            self._cache_busy -= 1
+            self._dispatch()  # what was asked for meanwhile, in one read
 
     async def _lookup(self, batch: list[Flight]) -> None:
         stats = self.stats
