@@ -19,7 +19,9 @@
 // run): each of -conns workers sends its next request as soon as the last is answered,
 // for -duration seconds, and times every answer from when its request was sent. Output:
 // one JSON object (see `closedResult`), answers counted by the second they arrived in.
-// Its connections are raw TCP with a hand-written HTTP/1.1 exchange (raw.go says why).
+//
+// Either way each worker owns one keep-alive connection, raw TCP with a hand-written
+// HTTP/1.1 exchange (raw.go says why); a connection the server closes is reopened.
 package main
 
 import (
@@ -27,9 +29,7 @@ import (
 	"encoding/json"
 	"flag"
 	"fmt"
-	"io"
 	"math/rand"
-	"net/http"
 	"os"
 	"sort"
 	"sync"
@@ -91,13 +91,6 @@ func main() {
 	if len(tokens) < *users {
 		fail("need %d tokens in %s, found %d", *users, *tokenFile, len(tokens))
 	}
-	transport := &http.Transport{
-		MaxIdleConns:        *conns,
-		MaxIdleConnsPerHost: *conns,
-		MaxConnsPerHost:     *conns,
-		DisableCompression:  true,
-	}
-	client := &http.Client{Transport: transport, Timeout: *timeout}
 	if *closed {
 		out := runClosed(*base, *path, *timeout, *conns, *seconds, *ids, *users, tokens, *slo)
 		encoded, _ := json.Marshal(out)
@@ -118,14 +111,14 @@ func main() {
 		go func() {
 			defer workers.Done()
 			var mine []answer
+			conn := newRawConn(*base, *path, *timeout)
 			for j := range jobs {
 				if time.Since(j.due) > *timeout {
 					atomic.AddInt64(&givenUp, 1)
 					continue
 				}
 				atomic.AddInt64(&sent, 1)
-				url := *base + fmt.Sprintf(*path, j.id)
-				code, err := get(client, url, tokens[(j.id-1)%*users])
+				code, err := conn.get(j.id, tokens[(j.id-1)%*users])
 				if err != nil {
 					code = 0
 				}
@@ -309,21 +302,6 @@ func runClosed(base, pathFormat string, timeout time.Duration, conns int, second
 	out.OkP50, out.OkP99 = percentile(ok, 0.50), percentile(ok, 0.99)
 	out.AllP99 = percentile(all, 0.99)
 	return out
-}
-
-func get(client *http.Client, url string, token string) (int, error) {
-	request, err := http.NewRequest("GET", url, nil)
-	if err != nil {
-		return 0, err
-	}
-	request.Header.Set("Authorization", "Bearer "+token)
-	response, err := client.Do(request)
-	if err != nil {
-		return 0, err
-	}
-	_, err = io.Copy(io.Discard, response.Body) // the whole answer, so the connection is reused
-	response.Body.Close()
-	return response.StatusCode, err
 }
 
 func percentile(values []float64, q float64) float64 {
