@@ -14,10 +14,11 @@ import (
 // net/http's client took about 35 us of CPU a request here (two goroutines and channel
 // hand-offs per connection, a header map, URL parsing): 69 % of a core at 20,000 answers
 // a second, a third of this 2-core machine, so the client rather than the server under
-// test set the pace of the cold-start runs; and the open loop, pinned to one core,
-// could not send the 3x overload's 42,000 requests a second at all. This one writes each request into one reused
-// buffer and reads an answer framed by Content-Length, which is how both servers frame
-// these answers; anything else (chunked, no length) is an error, not a guess.
+// test set the pace of the cold-start runs; and the open loop, pinned to one core, could
+// not send the 3x overload's 42,000 requests a second at all. This one writes each
+// request into one reused buffer and reads an answer framed by Content-Length, which is
+// how both servers frame these answers; anything else (chunked, no length) is an error,
+// not a guess.
 type rawConn struct {
 	addr, host     string
 	prefix, suffix string // the path around its id (the -path format split at %d)
