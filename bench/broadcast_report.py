@@ -8,6 +8,7 @@ from typing import Any
 from bench import common
 
 FANOUT_RATIO = 0.7
+P99_RATIO = 0.7  # Surge's delivery p99 against Go's, same run (issue 16)
 P99_MS = 100.0
 KB_PER_CONN = 15.0
 KEYS = ("p50_ms", "p99_ms", "fanout_median_ms", "fanout_max_ms", "kb_per_conn")
@@ -37,6 +38,14 @@ def summarize(report: dict[str, Any]) -> dict[str, Any]:
                 f"fan-out completion (median), {big} receivers: Surge/Go <= {FANOUT_RATIO}",
                 f"{surge['fanout_median_ms']:.1f} / {go['fanout_median_ms']:.1f} ms = {ratio:.2f}",
                 _judged(ratio <= FANOUT_RATIO),
+            )
+        )
+        p99_ratio = common.ratio(surge["p99_ms"], go["p99_ms"])
+        targets.append(
+            (
+                f"delivery p99, {big} receivers: Surge/Go <= {P99_RATIO} (issue 16)",
+                f"{surge['p99_ms']:.1f} / {go['p99_ms']:.1f} ms = {p99_ratio:.2f}",
+                _judged(p99_ratio <= P99_RATIO),
             )
         )
         targets.append(
