@@ -62,6 +62,17 @@ async def test_background_fills_over_many_loop_turns_all_land(backend: Backend) 
         assert values == [key.encode() for key in keys]
 
 
+async def test_a_delete_also_cancels_a_fill_still_waiting(backend: Backend) -> None:
+    """An order bought after a lookup found nothing: the lookup's fill (not-found) must not
+    land after the purchase's delete and hide the new order."""
+    async with _opened(backend) as opened:
+        cache = opened.cache
+        cache.set_soon("order:new", b"", ttl=30)
+        await cache.delete("order:new")
+        await asyncio.sleep(0.05)
+        assert await cache.get_many(["order:new"]) == [None]
+
+
 async def test_cache_keys_are_prefixed_apart(backend: Backend) -> None:
     other = Backend(backend.kind, backend.database_url, backend.redis_url, backend.prefix + "x:")
     async with _opened(backend) as first, _opened(other) as second:

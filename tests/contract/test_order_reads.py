@@ -82,11 +82,72 @@ async def test_a_read_cut_short_does_not_poison_the_pool(backend: Backend) -> No
         assert store.in_use == 0
 
 
+async def test_no_ids_no_query(backend: Backend) -> None:
+    await _seeded(backend)
+    async with _store(backend) as store:
+        assert await store.get_orders([]) == {}  # MySQL refuses `IN ()`
+
+
+class _ThirdFails:
+    """A driver pool whose third acquire fails (too many connections)."""
+
+    def __init__(self, pool: object) -> None:
+        self.pool = pool
+        self.taken = 0
+
+    async def acquire(self) -> object:
+        self.taken += 1
+        if self.taken == 3:
+            raise ConnectionError("too many connections")
+        return await self.pool.acquire()  # type: ignore[attr-defined]
+
+    def __getattr__(self, name: str) -> object:
+        return getattr(self.pool, name)
+
+
+async def test_a_warm_that_fails_midway_gives_back_what_it_took(backend: Backend) -> None:
+    """The third connection cannot be had: the two taken go back to the pool (they used to
+    stay checked out, and the pool's close then waited for them forever)."""
+    await _seeded(backend)
+    async with _store(backend) as store:
+        reads = store._reads
+        if reads is None:
+            assert backend.database_url.startswith("sqlite")
+            return
+        pool = await reads._open()
+        failing = reads._pool = _ThirdFails(pool)
+        with pytest.raises(ConnectionError):
+            await store.warm()
+        reads._pool = pool
+        assert failing.taken == 3 and reads.in_use == 0
+        assert sorted(await store.get_orders([1, 2])) == [1, 2]
+
+
+def test_urls_with_options_stay_on_sqlalchemy() -> None:
+    from sqlalchemy.engine import make_url
+
+    from surge.backends.breaker import Breaker, Guard
+    from surge.backends.sql_reads import order_reads
+
+    guard = Guard(Breaker("test"), database_down)
+    for url, fast in (
+        ("mysql+asyncmy://root@127.0.0.1/test", True),
+        ("postgresql+asyncpg://postgres@127.0.0.1/test", True),
+        ("mysql+asyncmy://root@127.0.0.1/test?ssl_ca=/ca.pem", False),
+        ("postgresql+asyncpg://postgres@127.0.0.1/test?ssl=require", False),
+        ("sqlite+aiosqlite:///x.db", False),
+    ):
+        assert (order_reads(make_url(url), 2, guard, 1.0, 1.0) is not None) == fast, url
+
+
 async def test_driver_errors_that_mean_the_database_is_gone_open_the_breaker() -> None:
     import asyncmy.errors
     import asyncpg
 
     assert database_down(asyncmy.errors.OperationalError(2013, "Lost connection"))
+    assert database_down(asyncmy.errors.OperationalError(1927, "Connection was killed"))
+    assert database_down(asyncmy.errors.InterfaceError(0, "Not connected"))
+    assert database_down(asyncpg.exceptions.InterfaceError("connection is closed"))
     assert database_down(asyncpg.exceptions.ConnectionDoesNotExistError("closed"))
     assert database_down(asyncpg.exceptions.CannotConnectNowError("starting up"))
     assert not database_down(asyncmy.errors.ProgrammingError(1064, "syntax"))

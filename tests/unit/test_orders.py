@@ -212,6 +212,34 @@ async def test_ids_missed_while_the_shared_cache_reads_share_the_next_read() -> 
 
 
 @pytest.mark.anyio
+async def test_ids_everyone_gave_up_on_are_not_read() -> None:
+    store = FakeStore({i: _order(i, "alice") for i in range(1, 6)})
+    cache = SlowCache(delay=0.2)
+    query = OrderQuery(
+        OrderQueryOptions(deadline=0.05),
+        Authenticator(SECRET),
+        cache,
+        store,
+        MemoryBus(),
+        OrderStats(),
+    )
+    await query.start()
+    query._cache_reads = 1
+    first = asyncio.ensure_future(_call(query, _request("1")))
+    await asyncio.sleep(0.01)
+    gone = [asyncio.ensure_future(_call(query, _request(order_id))) for order_id in "23"]
+    await asyncio.sleep(0.1)  # 2 and 3 are answered 504 while the read of 1 runs
+    assert [answer[0] for answer in await asyncio.gather(*gone)] == [504, 504]
+    query._deadline = 1.0
+    last = asyncio.ensure_future(_call(query, _request("4")))
+    await first
+    await asyncio.sleep(0.3)
+    assert _json(await last)["id"] == 4
+    assert cache.reads == [["order:1"], ["order:4"]]
+    await query.close()
+
+
+@pytest.mark.anyio
 async def test_owner_admin_and_stranger() -> None:
     store = FakeStore({1: _order(1, "alice")})
     query, stats = await _make(store)

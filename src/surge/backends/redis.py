@@ -149,8 +149,12 @@ class RedisCache:
         """Writes in the background. One pipeline at a time: what is set while one runs
         goes in the next (a cold start fills thousands of keys a second, and a pipeline
         costs redis-py about as much for one key as for fifty)."""
-        self._sets.append((self._prefix + key, value, max(1, int(ttl * 1000))))
-        if len(self._sets) == 1 and not self._filling:
+        sets = self._sets
+        if len(sets) >= MAX_PENDING_FILLS:  # Redis slower than the fills: the oldest go
+            del sets[: len(sets) // 10 + 1]
+            log.warning("cache fill: Redis is behind, fills dropped")
+        sets.append((self._prefix + key, value, max(1, int(ttl * 1000))))
+        if len(sets) == 1 and not self._filling:
             asyncio.get_running_loop().call_soon(self._flush_sets)
 
     def _flush_sets(self) -> None:
@@ -174,14 +178,14 @@ class RedisCache:
         finally:
             self.in_flight -= 1
             self._filling = False
-            if len(self._sets) > MAX_PENDING_FILLS:  # Redis slower than the fills: drop
-                log.warning("cache fill: %d keys dropped", len(self._sets) - MAX_PENDING_FILLS)
-                del self._sets[: len(self._sets) - MAX_PENDING_FILLS]
             self._flush_sets()
 
     async def delete(self, *keys: str) -> None:
         if keys:
-            await self._client.delete(*(self._prefix + key for key in keys))
+            full = {self._prefix + key for key in keys}
+            if self._sets:  # a fill still waiting would bring a deleted value back
+                self._sets = [entry for entry in self._sets if entry[0] not in full]
+            await self._client.delete(*full)
 
     async def ping(self) -> None:
         await self._client.ping()

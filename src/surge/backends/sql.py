@@ -106,7 +106,9 @@ async def connected(engine: AsyncEngine) -> AsyncIterator[AsyncConnection]:
 # Driver errors that mean the connection or the server is gone: MySQL client codes (can't
 # connect, server gone away, lost connection...) and PostgreSQL SQLSTATE classes 08
 # (connection exception) and 57P (admin shutdown, crash shutdown, cannot connect now).
-_MYSQL_DOWN = {2002, 2003, 2005, 2006, 2013, 2055}
+# 1927: connection killed (a server shutting down); 2014: commands out of sync (a reply
+# left unread); 2045, 4031: the server closed an idle connection. As SQLAlchemy's dialect.
+_MYSQL_DOWN = {1927, 2002, 2003, 2005, 2006, 2013, 2014, 2045, 2055, 4031}
 _PG_DOWN = ("08", "57P")
 
 
@@ -125,6 +127,10 @@ def database_down(error: BaseException) -> bool:
         orig = error
     code = orig.args[0] if orig is not None and orig.args else None
     if isinstance(code, int) and code in _MYSQL_DOWN:
+        return True
+    if type(orig).__name__ == "InterfaceError" and (
+        code == 0 or "closed" in str(orig)  # asyncmy "Not connected"; asyncpg "... is closed"
+    ):
         return True
     state = getattr(orig, "sqlstate", None)
     return isinstance(state, str) and state.startswith(_PG_DOWN)

@@ -10,10 +10,10 @@ that is two thirds of a core. asyncmy and asyncpg each ship a pool made for this
 write only the glue: the query, the row decoding, and sending failures to the same
 circuit breaker as every other database call (surge.backends.sql.guard).
 
-Only MariaDB/MySQL and PostgreSQL take this path, and only with a URL whose options it
-understands (none, for MySQL); everything else (SQLite, a MySQL URL with `?ssl...`)
-stays on SQLAlchemy. The pool has its own connections (`pool_size` of them, opened on
-first use or by `warm`), in autocommit mode: reads see every committed write at once.
+Only MariaDB/MySQL and PostgreSQL take this path, and only with a URL without options;
+everything else (SQLite, a URL with `?ssl=...` or any other option) stays on SQLAlchemy.
+The pool has its own connections (`pool_size` of them, opened on first use or by `warm`),
+in autocommit mode: reads see every committed write at once.
 """
 
 from __future__ import annotations
@@ -58,6 +58,8 @@ class OrderReads:
         self._opening = asyncio.Lock()
 
     async def get_orders(self, ids: Sequence[int]) -> dict[int, Order]:
+        if not ids:
+            return {}  # `IN ()` is a syntax error on MySQL
         # one guard and one timeout around the whole use, as `connected` does for the engine
         async with self._guard(), asyncio.timeout(self._timeout):
             pool = self._pool or await self._open()
@@ -78,7 +80,17 @@ class OrderReads:
             await self._fill(await self._open())
 
     async def _fill(self, pool: Any) -> None:
-        """Opens every connection of the pool now (see SqlStore.warm)."""
+        """Opens every connection of the pool now (see SqlStore.warm); whatever happens,
+        each connection taken is given back."""
+        held: list[Any] = []
+        try:
+            for _ in range(self._size):
+                held.append(await pool.acquire())
+        finally:
+            for conn in held:
+                await self._release(pool, conn)
+
+    async def _release(self, pool: Any, conn: Any) -> None:
         raise NotImplementedError
 
     @property
@@ -103,8 +115,11 @@ class MysqlOrderReads(OrderReads):
         import asyncmy
 
         url = self._url
+        # minsize 0: asyncmy opens up to minsize connections one after another on first
+        # use, and those opened before a failure (too many connections, the timeout) were
+        # never closed; `warm` fills the pool instead, giving back what it got
         return await asyncmy.create_pool(
-            minsize=self._size,
+            minsize=0,
             maxsize=self._size,
             pool_recycle=RECYCLE,
             autocommit=True,
@@ -136,8 +151,8 @@ class MysqlOrderReads(OrderReads):
     def _in_use(self, pool: Any) -> int:
         return int(pool.size - pool.freesize)
 
-    async def _fill(self, pool: Any) -> None:
-        pass  # minsize is the whole pool: opening it opened them all
+    async def _release(self, pool: Any, conn: Any) -> None:
+        pool.release(conn)
 
     async def close(self) -> None:
         if self._pool is not None:
@@ -169,10 +184,8 @@ class PostgresOrderReads(OrderReads):
     def _in_use(self, pool: Any) -> int:
         return int(pool.get_size() - pool.get_idle_size())
 
-    async def _fill(self, pool: Any) -> None:
-        held = [await pool.acquire() for _ in range(self._size)]
-        for conn in held:
-            await pool.release(conn)
+    async def _release(self, pool: Any, conn: Any) -> None:
+        await pool.release(conn)
 
     async def close(self) -> None:
         if self._pool is not None:
@@ -190,7 +203,9 @@ def order_reads(
 
         count_as_unavailable(asyncmy.errors.Error)
         return MysqlOrderReads(url, size, guard, connect_timeout, timeout)
-    if backend == "postgresql":
+    if backend == "postgresql" and not url.query:
+        # with options (`?ssl=require`...) SQLAlchemy's translation of them is needed:
+        # asyncpg would send the unknown ones to the server as settings, refused
         import asyncpg
 
         count_as_unavailable(asyncpg.PostgresError)

@@ -219,7 +219,12 @@ class OrderQuery:
 
     def _dispatch(self) -> None:
         while self._cache_busy < self._cache_reads and self._queue:
-            batch, self._queue = self._queue[:MAX_BATCH], self._queue[MAX_BATCH:]
+            # flights whose waiters all gave up are dropped here, not carried along: after
+            # a stall the queue holds thousands of them ahead of the live ones
+            live = [f for f in self._queue if f.live]
+            batch, self._queue = live[:MAX_BATCH], live[MAX_BATCH:]
+            if not batch:
+                return
             self._cache_busy += 1
             self._tasks.spawn(self._guarded(batch), shared=False)
 
