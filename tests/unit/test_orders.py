@@ -185,12 +185,12 @@ class SlowCache(MemoryCache):
         return await super().get_many(keys)
 
 
-@pytest.mark.anyio
-async def test_ids_missed_while_the_shared_cache_reads_share_the_next_read() -> None:
+async def _one_read_at_a_time(cache: SlowCache, deadline: float) -> OrderQuery:
+    """An order query on `cache` with one shared-cache read in flight at most, so a test
+    needs only one in flight to see what waits."""
     store = FakeStore({i: _order(i, "alice") for i in range(1, 6)})
-    cache = SlowCache(delay=0.05)
     query = OrderQuery(
-        OrderQueryOptions(deadline=1.0),
+        OrderQueryOptions(deadline=deadline),
         Authenticator(SECRET),
         cache,
         store,
@@ -198,7 +198,14 @@ async def test_ids_missed_while_the_shared_cache_reads_share_the_next_read() -> 
         OrderStats(),
     )
     await query.start()
-    query._cache_reads = 1  # one read at a time, so the test needs only one in flight
+    query._cache_reads = 1
+    return query
+
+
+@pytest.mark.anyio
+async def test_ids_missed_while_the_shared_cache_reads_share_the_next_read() -> None:
+    cache = SlowCache(delay=0.05)
+    query = await _one_read_at_a_time(cache, deadline=1.0)
     first = asyncio.ensure_future(_call(query, _request("1")))
     await asyncio.sleep(0.01)
     later = []
@@ -213,18 +220,8 @@ async def test_ids_missed_while_the_shared_cache_reads_share_the_next_read() -> 
 
 @pytest.mark.anyio
 async def test_ids_everyone_gave_up_on_are_not_read() -> None:
-    store = FakeStore({i: _order(i, "alice") for i in range(1, 6)})
     cache = SlowCache(delay=0.2)
-    query = OrderQuery(
-        OrderQueryOptions(deadline=0.05),
-        Authenticator(SECRET),
-        cache,
-        store,
-        MemoryBus(),
-        OrderStats(),
-    )
-    await query.start()
-    query._cache_reads = 1
+    query = await _one_read_at_a_time(cache, deadline=0.05)
     first = asyncio.ensure_future(_call(query, _request("1")))
     await asyncio.sleep(0.01)
     gone = [asyncio.ensure_future(_call(query, _request(order_id))) for order_id in "23"]
