@@ -237,6 +237,20 @@ async def test_ids_everyone_gave_up_on_are_not_read() -> None:
 
 
 @pytest.mark.anyio
+async def test_closing_answers_every_waiter_at_once() -> None:
+    query = await _one_read_at_a_time(SlowCache(delay=5.0), deadline=10.0)
+    reading = asyncio.ensure_future(_call(query, _request("1")))  # its read never ends
+    await asyncio.sleep(0.01)
+    queued = asyncio.ensure_future(_call(query, _request("2")))  # waits for that read
+    await asyncio.sleep(0.01)
+    started = time.monotonic()
+    await query.close()
+    answers = await asyncio.wait_for(asyncio.gather(reading, queued), 1.0)
+    assert [answer[0] for answer in answers] == [503, 503]
+    assert time.monotonic() - started < 1.0 and not query._flights
+
+
+@pytest.mark.anyio
 async def test_owner_admin_and_stranger() -> None:
     store = FakeStore({1: _order(1, "alice")})
     query, stats = await _make(store)

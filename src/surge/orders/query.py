@@ -163,6 +163,12 @@ class OrderQuery:
     async def close(self) -> None:
         self._db_size = self._cache_reads = 0  # work cancelled now starts no other
         await self._tasks.cancel()
+        # a lookup cancelled before it started never answered its waiters: 503 now,
+        # rather than a 504 at their deadline
+        for flight in list(self._flights.values()):
+            self._fail(flight)
+        self._queue.clear()
+        self._db_queue.clear()
 
     # -- the request path ---------------------------------------------------------------------
     def handle(self, request: Request) -> Response | asyncio.Future[Response]:
