@@ -4,8 +4,8 @@ from __future__ import annotations
 
 from collections import deque
 from collections.abc import Callable
-from itertools import islice
 
+from surge.ground.evict import evict_oldest
 from surge.ground.rooms import ROOM_SHARE, Deliver, room_message
 
 
@@ -40,8 +40,8 @@ class LocalBackplane:
         seq = self._seq.pop(room, 0) + 1  # re-inserted last: dicts keep insertion order
         self._seq[room] = seq
         if len(self._seq) > self.MAX_ROOMS:  # the least recently published hundredth
-            for oldest in list(islice(self._seq, max(1, self.MAX_ROOMS // 100))):
-                self._forget(oldest)
+            for oldest in evict_oldest(self._seq, self.MAX_ROOMS):
+                self._forget_history(oldest)
         payload = room_message(room, seq, data)
         if keep > 0:
             self._keep(room, seq, payload, keep)
@@ -80,8 +80,7 @@ class LocalBackplane:
             del self._kept[room]
             del self._room_bytes[room]
 
-    def _forget(self, room: str) -> None:
-        del self._seq[room]
+    def _forget_history(self, room: str) -> None:
         if self._kept.pop(room, None) is not None:
             self._bytes -= self._room_bytes.pop(room)
 

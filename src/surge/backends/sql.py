@@ -12,7 +12,6 @@ import contextlib
 import logging
 import weakref
 from collections.abc import AsyncIterator, Sequence
-from datetime import UTC
 from typing import Any
 
 import sqlalchemy as sa
@@ -20,7 +19,7 @@ from sqlalchemy.engine import make_url
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine, create_async_engine
 
 from surge.backends.breaker import Breaker, Guard
-from surge.backends.sql_reads import order_reads
+from surge.backends.sql_reads import order_reads, orders_by_id
 from surge.ground.errors import count_as_unavailable
 from surge.ground.orders import Order
 from surge.schema import ORDER_COLUMNS, orders
@@ -222,10 +221,7 @@ class SqlStore:
         query = _SELECT_ORDERS.where(orders.c.id.in_(list(ids)))
         async with connected(self.engine) as conn:
             rows = (await conn.execute(query)).all()
-        return {
-            row[0]: Order(row[0], row[1], row[2], row[3], row[4], row[5].replace(tzinfo=UTC))
-            for row in rows
-        }
+        return orders_by_id(rows)
 
     async def warm(self) -> None:
         """Opens the whole pool now. Connections are otherwise opened on first use, and a

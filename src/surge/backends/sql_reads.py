@@ -19,8 +19,7 @@ in autocommit mode: reads see every committed write at once.
 from __future__ import annotations
 
 import asyncio
-import logging
-from collections.abc import Sequence
+from collections.abc import Iterable, Sequence
 from datetime import UTC
 from typing import Any
 
@@ -29,18 +28,20 @@ import sqlalchemy as sa
 from surge.backends.breaker import Guard
 from surge.ground.errors import count_as_unavailable
 from surge.ground.orders import Order
+from surge.schema import ORDER_COLUMNS
 
-log = logging.getLogger("surge.sql")
-
-# the columns of surge.schema.ORDER_COLUMNS, in order; ids are bound as parameters
-_MYSQL_SELECT = (
-    "SELECT id, sale_id, user_id, quantity, status, created_at FROM orders WHERE id IN ({})"
-)
-_PG_SELECT = (
-    "SELECT id, sale_id, user_id, quantity, status, created_at FROM orders "
-    "WHERE id = ANY($1::bigint[])"
-)
+_COLUMNS = ", ".join(column.name for column in ORDER_COLUMNS)
+_MYSQL_SELECT = f"SELECT {_COLUMNS} FROM orders WHERE id IN ({{}})"  # ids written in
+_PG_SELECT = f"SELECT {_COLUMNS} FROM orders WHERE id = ANY($1::bigint[])"
 RECYCLE = 1800  # seconds, as the engine's pool_recycle (surge.backends.sql.create_engine)
+
+
+def orders_by_id(rows: Iterable[Sequence[Any]]) -> dict[int, Order]:
+    """Rows of ORDER_COLUMNS, from any driver, as orders by id (times are naive UTC)."""
+    return {
+        row[0]: Order(row[0], row[1], row[2], row[3], row[4], row[5].replace(tzinfo=UTC))
+        for row in rows
+    }
 
 
 class OrderReads:
@@ -64,10 +65,7 @@ class OrderReads:
         async with self._guard(), asyncio.timeout(self._timeout):
             pool = self._pool or await self._open()
             rows = await self._fetch(pool, ids)
-        return {
-            row[0]: Order(row[0], row[1], row[2], row[3], row[4], row[5].replace(tzinfo=UTC))
-            for row in rows
-        }
+        return orders_by_id(rows)
 
     async def _open(self) -> Any:
         async with self._opening:

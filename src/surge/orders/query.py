@@ -225,10 +225,7 @@ class OrderQuery:
 
     def _dispatch(self) -> None:
         while self._cache_busy < self._cache_reads and self._queue:
-            # flights whose waiters all gave up are dropped here, not carried along: after
-            # a stall the queue holds thousands of them ahead of the live ones
-            live = [f for f in self._queue if f.live]
-            batch, self._queue = live[:MAX_BATCH], live[MAX_BATCH:]
+            batch, self._queue = _live_batch(self._queue)
             if not batch:
                 return
             self._cache_busy += 1
@@ -274,8 +271,7 @@ class OrderQuery:
     def _pump(self) -> None:
         """Starts a query for what is queued, while a connection is free."""
         while self._db_busy < self._db_size and self._db_queue:
-            live = [f for f in self._db_queue if f.live]  # all waiters gone: cancelled
-            batch, self._db_queue = live[:MAX_BATCH], live[MAX_BATCH:]
+            batch, self._db_queue = _live_batch(self._db_queue)
             if not batch:
                 return
             for flight in batch:
@@ -366,6 +362,14 @@ class OrderQuery:
             return
         for order_id in order_ids:
             self.near.drop(order_id)
+
+
+def _live_batch(queue: list[Flight]) -> tuple[list[Flight], list[Flight]]:
+    """The first MAX_BATCH queued flights someone still waits for, and the rest. Flights
+    whose waiters all gave up are dropped (the work is cancelled), not carried along:
+    after a stall a queue holds thousands of them ahead of the live ones."""
+    live = [flight for flight in queue if flight.live]
+    return live[:MAX_BATCH], live[MAX_BATCH:]
 
 
 def _answer(entry: Entry, user_id: str, admin: bool) -> Response:
