@@ -132,5 +132,5 @@ def markdown(report: dict[str, Any]) -> str:
         for part in report["pair"]["parts"]:
             rows.append(_row(f"Surge, 2 processes on Redis: {part['label']}, N={part['n']}", part))
     lines += [common.markdown_table(head, iter(rows)), ""]
-    lines += ["### Commands", "", "```", *report["commands"], "```"]
+    lines += common.commands_section(report["commands"])
     return "\n".join(lines)

@@ -394,6 +394,11 @@ def markdown_table(head: Sequence[str], rows: Iterator[Sequence[str]]) -> str:
     return "\n".join(lines)
 
 
+def commands_section(commands: Sequence[str]) -> list[str]:
+    """The closing part of every report: the commands the run used, as a code block."""
+    return ["### Commands", "", "```", *commands, "```"]
+
+
 def create_database(name: str, note: Callable[[str], None]) -> None:
     """The MariaDB database every Surge harness points at (kept between runs)."""
     require_tool("mariadb", "the MariaDB client is needed to create the database")

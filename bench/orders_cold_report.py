@@ -200,11 +200,7 @@ def markdown(report: dict[str, Any]) -> str:
             f"`{json.dumps(r.get('surge_counters', {}))}`" for r in runs if "surge" == r["server"]
         ),
         "",
-        "### Commands",
-        "",
-        "```",
-        *report["commands"],
-        "```",
+        *common.commands_section(report["commands"]),
     ]
     return "\n".join(lines)
 

@@ -75,11 +75,7 @@ def markdown(
             ),
         ),
         "",
-        "### Commands",
-        "",
-        "```",
-        *commands,
-        "```",
+        *common.commands_section(commands),
     ]
     return "\n".join(lines)
 

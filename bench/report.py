@@ -147,5 +147,5 @@ def markdown(bench: Bench, report: dict[str, Any]) -> str:
         ]
     if report["miss_problems"]:
         lines += ["Miss notes: " + "; ".join(report["miss_problems"]) + ".", ""]
-    lines += ["### Commands", "", "```", *bench.commands, "```"]
+    lines += common.commands_section(bench.commands)
     return "\n".join(lines)

@@ -291,7 +291,7 @@ def markdown(report: dict[str, Any]) -> str:
             ),
             "",
         ]
-    lines += ["### Commands", "", "```", *report["commands"], "```"]
+    lines += common.commands_section(report["commands"])
     return "\n".join(lines)
 
 
