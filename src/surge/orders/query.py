@@ -165,8 +165,7 @@ class OrderQuery:
         await self._tasks.cancel()
         # a lookup cancelled before it started never answered its waiters: 503 now,
         # rather than a 504 at their deadline
-        for flight in list(self._flights.values()):
-            self._fail(flight)
+        self._fail_all(list(self._flights.values()))
         self._queue.clear()
         self._db_queue.clear()
 
@@ -236,8 +235,7 @@ class OrderQuery:
             await self._lookup(batch)
         except Exception:  # a bug: answer 503 now rather than let waiters run into 504
             log.exception("order lookup batch failed")
-            for flight in batch:
-                self._fail(flight)
+            self._fail_all(batch)
         finally:
             self._cache_busy -= 1
             self._dispatch()  # what was asked for meanwhile, in one read
@@ -285,8 +283,7 @@ class OrderQuery:
                 found = await self._store.get_orders([f.order_id for f in batch])
             except Exception as exc:
                 log.warning("order lookup failed: %s", exc)
-                for flight in batch:
-                    self._fail(flight)
+                self._fail_all(batch)
                 return
             self.stats.db_queries += 1
             self.stats.db_rows += len(found)
@@ -295,8 +292,7 @@ class OrderQuery:
                 self._resolve(flight, self._fill(flight.order_id, order, flight.fill_shared))
         except Exception:  # a bug: answer 503 now rather than let waiters run into 504
             log.exception("order query batch failed")
-            for flight in batch:
-                self._fail(flight)
+            self._fail_all(batch)
         finally:
             self._db_busy -= 1
             self._pump()
@@ -308,6 +304,10 @@ class OrderQuery:
             if not waiter.done():
                 timer.cancel()
                 waiter.set_result(_answer(entry, user_id, admin))
+
+    def _fail_all(self, flights: list[Flight]) -> None:
+        for flight in flights:
+            self._fail(flight)
 
     def _fail(self, flight: Flight) -> None:
         if self._flights.get(flight.order_id) is flight:
