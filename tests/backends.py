@@ -28,7 +28,7 @@ MARIADB = ("127.0.0.1", 3306)
 POSTGRES = ("127.0.0.1", 5432)
 REDIS = ("127.0.0.1", 6379)
 
-KINDS = ("embedded", "mariadb+redis", "postgresql+redis")
+KINDS = ("embedded", "mariadb+redis", "postgresql+redis", "mariadb+redis-cluster")
 
 
 @dataclass(frozen=True)
@@ -83,6 +83,20 @@ async def _pg(statement: str) -> None:
         await conn.close()
 
 
+REDIS_KINDS = ("redis", "redis-cluster")
+
+
+def shared_redis_url(kind: str) -> str:
+    """The machine's Redis (`redis`), or this test process's Redis Cluster
+    (`redis-cluster`: 3 masters, 3 replicas, started on first use)."""
+    if kind == "redis":
+        require_service("Redis", REDIS)
+        return f"redis://{REDIS[0]}:{REDIS[1]}/0"
+    from tests.redis_cluster import shared_cluster
+
+    return shared_cluster().url
+
+
 @contextmanager
 def make_backend(kind: str, tmp_path: Path) -> Iterator[Backend]:
     """A fresh, empty backend of `kind`; dropped afterwards."""
@@ -90,10 +104,9 @@ def make_backend(kind: str, tmp_path: Path) -> Iterator[Backend]:
     if kind == "embedded":
         yield Backend(kind, f"sqlite:///{tmp_path / 'surge.db'}", None, prefix)
         return
-    require_service("Redis", REDIS)
-    redis_url = f"redis://{REDIS[0]}:{REDIS[1]}/0"
+    redis_url = shared_redis_url("redis-cluster" if kind.endswith("-cluster") else "redis")
     name = f"surge_t_{uuid.uuid4().hex[:12]}"
-    if kind == "mariadb+redis":
+    if kind in ("mariadb+redis", "mariadb+redis-cluster"):
         require_service("MariaDB", MARIADB)
         asyncio.run(_mariadb(f"CREATE DATABASE `{name}`"))
         try:
@@ -113,14 +126,14 @@ def make_backend(kind: str, tmp_path: Path) -> Iterator[Backend]:
         raise ValueError(kind)
 
 
-def _free_port() -> int:
+def free_port() -> int:
     with socket.socket() as probe:
         probe.bind(("127.0.0.1", 0))
         port: int = probe.getsockname()[1]
         return port
 
 
-def _wait_listening(port: int, seconds: float, what: str) -> None:
+def wait_listening(port: int, seconds: float, what: str) -> None:
     deadline = time.monotonic() + seconds
     while time.monotonic() < deadline:
         try:
@@ -136,7 +149,7 @@ class OwnRedis:
 
     def __init__(self, directory: Path) -> None:
         self.directory = directory
-        self.port = _free_port()
+        self.port = free_port()
         self.url = f"redis://127.0.0.1:{self.port}/0"
         self.process: subprocess.Popen[bytes] | None = None
 
@@ -158,7 +171,7 @@ class OwnRedis:
             stdout=subprocess.DEVNULL,
             stderr=subprocess.DEVNULL,
         )
-        _wait_listening(self.port, 10, "redis-server")
+        wait_listening(self.port, 10, "redis-server")
 
     def stop(self) -> None:
         if self.process is not None and self.process.poll() is None:
@@ -196,7 +209,7 @@ class OwnPostgres:
 
     def __init__(self) -> None:
         self.directory = Path(tempfile.mkdtemp(prefix="surge-pg-"))
-        self.port = _free_port()
+        self.port = free_port()
         self.url = f"postgresql://postgres@127.0.0.1:{self.port}/postgres"
         self.process: subprocess.Popen[bytes] | None = None
         # PostgreSQL refuses to run as root: as root, run it as the postgres user
@@ -221,7 +234,7 @@ class OwnPostgres:
         self.process = subprocess.Popen(
             [*self._as, *argv], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL
         )
-        _wait_listening(self.port, 30, "postgres")
+        wait_listening(self.port, 30, "postgres")
 
     def stop(self) -> None:
         """An immediate shutdown (SIGQUIT): clients see the server vanish mid-session."""

@@ -14,7 +14,7 @@ from pathlib import Path
 
 import httpx
 
-from tests.backends import _free_port
+from tests.backends import free_port
 
 SECRET = "test-secret-0123456789abcdef-0123456789"
 _LISTENING = re.compile(r"surge listening on http://([\d.]+):(\d+)")
@@ -117,7 +117,7 @@ def work(
     env: Mapping[str, str], tmp_path: Path, *args: str, timeout: float = 30
 ) -> Iterator[Server]:
     """A `surge worker` process; its Server answers /healthz, /readyz and /metrics."""
-    port = _free_port()
+    port = free_port()
     command = ["worker", "--worker-port", str(port), *args]
     with _running(env, tmp_path, "worker", command, timeout, f"http://127.0.0.1:{port}") as worker:
         yield worker

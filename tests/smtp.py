@@ -11,7 +11,7 @@ from typing import Any
 
 from aiosmtpd.controller import Controller
 
-from tests.backends import _free_port
+from tests.backends import free_port
 
 
 class SmtpSink:
@@ -19,7 +19,7 @@ class SmtpSink:
     can be stopped and started again on the same port (an outage)."""
 
     def __init__(self, port: int | None = None, delay: float = 0.0) -> None:
-        self.port = port or _free_port()
+        self.port = port or free_port()
         self.delay = delay
         self.refuse: set[str] = set()  # 550: refused for good
         self.defer: set[str] = set()  # 450: try again later

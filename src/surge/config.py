@@ -22,7 +22,7 @@ from typing import Any, TypeVar
 from surge import setting_parsers as parse
 
 DATABASE_SCHEMES = ("sqlite", "mysql", "mariadb", "postgresql", "postgres")
-REDIS_SCHEMES = ("redis", "rediss")
+REDIS_SCHEMES = ("redis", "rediss", "redis+cluster", "rediss+cluster")
 SMTP_SCHEMES = ("smtp", "smtps")
 INLINE_WORKER = ("auto", "on", "off")
 ENVIRONMENTS = ("development", "production")
@@ -59,7 +59,8 @@ class Settings:
     redis_url: str | None = setting(
         None,
         parse.optional(parse.url(REDIS_SCHEMES)),
-        "`redis://host:port/db`; unset = in-process cache and pub/sub",
+        "`redis://host:port/db`, or a Redis Cluster's seed nodes "
+        "`redis+cluster://host:port[,host:port...]`; unset = in-process cache and pub/sub",
     )
     host: str = setting("127.0.0.1", str, "listen address")
     port: int = setting(8080, parse.port, "listen port (0 = pick a free one)")

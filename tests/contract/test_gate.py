@@ -15,15 +15,14 @@ from surge.backends.redis import connect
 from surge.backends.redis_gate import RedisGate
 from surge.ground.interfaces import Gate
 from surge.ground.purchases import Answer, Confirmed, GateState, StoredOrder
-from tests.backends import REDIS, require_service
+from tests.backends import REDIS_KINDS, shared_redis_url
 
 pytestmark = pytest.mark.anyio
 
 
 @contextlib.asynccontextmanager
-async def _redis_gate() -> AsyncIterator[RedisGate]:
-    require_service("Redis", REDIS)
-    client = connect(f"redis://{REDIS[0]}:{REDIS[1]}/0", pool_size=64)
+async def _redis_gate(kind: str = "redis") -> AsyncIterator[RedisGate]:
+    client = connect(shared_redis_url(kind), pool_size=64)
     prefix = f"surge-test-{uuid.uuid4().hex[:12]}:"
     try:
         yield RedisGate(client, prefix)
@@ -34,12 +33,12 @@ async def _redis_gate() -> AsyncIterator[RedisGate]:
         await client.aclose()
 
 
-@pytest.fixture(params=["memory", "redis"])
+@pytest.fixture(params=["memory", *REDIS_KINDS])
 async def gate(request: pytest.FixtureRequest) -> AsyncIterator[Gate]:
     if request.param == "memory":
         yield MemoryGate()
         return
-    async with _redis_gate() as made:
+    async with _redis_gate(request.param) as made:
         yield made
 
 

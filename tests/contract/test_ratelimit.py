@@ -16,10 +16,9 @@ from surge.backends.redis import connect
 from surge.backends.redis_limits import RedisBuckets
 from surge.ground.admission import Verdict
 from surge.ground.buckets import Policy
-from tests.backends import REDIS, require_service
+from tests.backends import REDIS_KINDS, shared_redis_url
 
 pytestmark = pytest.mark.anyio
-REDIS_URL = f"redis://{REDIS[0]}:{REDIS[1]}/0"
 
 
 async def _verdict(buckets: LocalBuckets | RedisBuckets, policy: Policy, caller: str) -> Verdict:
@@ -27,13 +26,12 @@ async def _verdict(buckets: LocalBuckets | RedisBuckets, policy: Policy, caller:
     return answer if isinstance(answer, Verdict) else await answer
 
 
-@pytest.fixture(params=["local", "redis"])
+@pytest.fixture(params=["local", *REDIS_KINDS])
 async def buckets(request: pytest.FixtureRequest) -> AsyncIterator[LocalBuckets | RedisBuckets]:
     if request.param == "local":
         yield LocalBuckets()
         return
-    require_service("Redis", REDIS)
-    client = connect(REDIS_URL, pool_size=8)
+    client = connect(shared_redis_url(request.param), pool_size=8)
     prefix = f"surge-test-{uuid.uuid4().hex[:12]}:"
     errors: list[Exception] = []
     made = RedisBuckets(client, prefix, LocalBuckets(), errors.append, timeout=2.0)
@@ -76,9 +74,9 @@ async def test_tokens_come_back_at_the_rate(buckets: LocalBuckets | RedisBuckets
     ]
 
 
-def _hammer(prefix: str, count: int, start_at: float) -> int:
+def _hammer(url: str, prefix: str, count: int, start_at: float) -> int:
     async def main() -> int:
-        client = connect(REDIS_URL, pool_size=4)
+        client = connect(url, pool_size=4)
         made = RedisBuckets(client, prefix, LocalBuckets(), lambda exc: None, timeout=5.0)
         try:
             policy = Policy("read", rate=0.01, burst=25)
@@ -94,13 +92,14 @@ def _hammer(prefix: str, count: int, start_at: float) -> int:
     return asyncio.run(main())
 
 
-def test_several_processes_share_one_limit() -> None:
-    require_service("Redis", REDIS)
+@pytest.mark.parametrize("kind", REDIS_KINDS)
+def test_several_processes_share_one_limit(kind: str) -> None:
+    url = shared_redis_url(kind)
     prefix = f"surge-test-{uuid.uuid4().hex[:12]}:"
     context = multiprocessing.get_context("spawn")
     start_at = time.time() + 3  # after every process has started and connected
     with concurrent.futures.ProcessPoolExecutor(4, mp_context=context) as pool:
-        results = [pool.submit(_hammer, prefix, 30, start_at) for _ in range(4)]
+        results = [pool.submit(_hammer, url, prefix, 30, start_at) for _ in range(4)]
         allowed = [r.result(timeout=60) for r in results]
     assert sum(allowed) == 25  # 120 attempts from 4 processes at a limit of 25
 

@@ -11,14 +11,14 @@ import pytest
 
 from surge.ground.events import Event
 from surge.ground.interfaces import Stream
-from tests.backends import REDIS, require_service
+from tests.backends import REDIS_KINDS, shared_redis_url
 
 pytestmark = pytest.mark.anyio
 
 GROUPS = ("mail", "audit")
 
 
-@pytest.fixture(params=["sqlite", "redis"])
+@pytest.fixture(params=["sqlite", *REDIS_KINDS])
 async def stream(request: pytest.FixtureRequest, tmp_path: Path) -> AsyncIterator[Stream]:
     made: Stream
     if request.param == "sqlite":
@@ -29,11 +29,10 @@ async def stream(request: pytest.FixtureRequest, tmp_path: Path) -> AsyncIterato
         yield made
         await made.close()
         return
-    require_service("Redis", REDIS)
     from surge.backends.redis import connect
     from surge.backends.redis_stream import RedisStream
 
-    client = connect(f"redis://{REDIS[0]}:{REDIS[1]}/0", 4, command_timeout=3.0)
+    client = connect(shared_redis_url(request.param), 4, command_timeout=3.0)
     prefix = f"surge-test-{uuid.uuid4().hex[:12]}:"
     made = RedisStream(client, prefix, dedup_ttl=60)
     await made.prepare(GROUPS)
@@ -167,14 +166,14 @@ async def test_a_malformed_dead_letter_id_is_not_found(stream: Stream) -> None:
     assert await stream.replay(["not-an-id", "12a", ""]) == 0
 
 
-async def test_lost_groups_are_made_again_on_first_use(tmp_path: Path) -> None:
+@pytest.mark.parametrize("kind", REDIS_KINDS)
+async def test_lost_groups_are_made_again_on_first_use(kind: str) -> None:
     """Redis restarted without persistence (or the key was flushed or evicted) while the
     relay kept publishing: the consumers make the groups again and miss nothing."""
-    require_service("Redis", REDIS)
     from surge.backends.redis import connect
     from surge.backends.redis_stream import RedisStream
 
-    client = connect(f"redis://{REDIS[0]}:{REDIS[1]}/0", 4, command_timeout=3.0)
+    client = connect(shared_redis_url(kind), 4, command_timeout=3.0)
     stream = RedisStream(client, f"surge-test-{uuid.uuid4().hex[:12]}:", dedup_ttl=60)
     try:
         await stream.prepare(GROUPS)
@@ -190,12 +189,12 @@ async def test_lost_groups_are_made_again_on_first_use(tmp_path: Path) -> None:
         await client.aclose()
 
 
-async def test_a_stopping_consumer_is_forgotten_only_when_it_holds_nothing() -> None:
-    require_service("Redis", REDIS)
+@pytest.mark.parametrize("kind", REDIS_KINDS)
+async def test_a_stopping_consumer_is_forgotten_only_when_it_holds_nothing(kind: str) -> None:
     from surge.backends.redis import connect
     from surge.backends.redis_stream import RedisStream
 
-    client = connect(f"redis://{REDIS[0]}:{REDIS[1]}/0", 4, command_timeout=3.0)
+    client = connect(shared_redis_url(kind), 4, command_timeout=3.0)
     stream = RedisStream(client, f"surge-test-{uuid.uuid4().hex[:12]}:", dedup_ttl=60)
     try:
         await stream.prepare(GROUPS)

@@ -19,7 +19,7 @@ from pathlib import Path
 import httpx
 import pytest
 
-from tests.backends import Backend, _free_port, make_backend, unavailable
+from tests.backends import Backend, free_port, make_backend, unavailable
 from tests.server import SECRET
 from tests.system.conftest import bearer
 
@@ -113,7 +113,7 @@ def test_the_image_migrates_serves_and_drains(backend: Backend, tmp_path: Path) 
             timeout=120,
         )
         assert seed.returncode == 0, seed.stderr
-        port, internal = _free_port(), _free_port()
+        port, internal = free_port(), free_port()
         log = tmp_path / "image-serve.log"
         with open(log, "wb") as sink:
             server = subprocess.Popen(

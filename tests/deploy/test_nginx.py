@@ -21,7 +21,7 @@ from pathlib import Path
 import httpx
 import pytest
 
-from tests.backends import Backend, _free_port, _wait_listening, make_backend, unavailable
+from tests.backends import Backend, free_port, make_backend, unavailable, wait_listening
 from tests.load import Hammer, hammer
 from tests.server import Server, base_env, run_cli, serve
 from tests.system.conftest import bearer
@@ -69,7 +69,7 @@ def _running_nginx(directory: Path, listen: int, upstreams: list[int]) -> Iterat
     assert checked.returncode == 0, checked.stderr
     process = subprocess.Popen(argv, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     try:
-        _wait_listening(listen, 10, "nginx")
+        wait_listening(listen, 10, "nginx")
         yield f"http://127.0.0.1:{listen}"
     finally:
         process.terminate()
@@ -102,8 +102,8 @@ def test_rolling_restart_behind_nginx_loses_no_request(backend: Backend, tmp_pat
     env = _env(backend, tmp_path)
     run_cli(env, "db", "migrate")
     run_cli(env, "db", "seed", "--orders", "200", "--users", str(USERS))
-    ports = [_free_port(), _free_port()]
-    listen = _free_port()
+    ports = [free_port(), free_port()]
+    listen = free_port()
     with ExitStack() as stack:
         servers: list[Server] = [
             stack.enter_context(serve(env, tmp_path, "--port", str(port))) for port in ports
@@ -151,7 +151,7 @@ def test_rolling_restart_behind_nginx_loses_no_request(backend: Backend, tmp_pat
 def test_websocket_handshake_through_nginx(backend: Backend, tmp_path: Path) -> None:
     env = _env(backend, tmp_path)
     run_cli(env, "db", "migrate")
-    port, listen = _free_port(), _free_port()
+    port, listen = free_port(), free_port()
     with serve(env, tmp_path, "--port", str(port)), _running_nginx(tmp_path, listen, [port, port]):
         with socket.create_connection(("127.0.0.1", listen), timeout=5) as sock:
             token = bearer("alice")["Authorization"].removeprefix("Bearer ")
@@ -238,7 +238,7 @@ def test_websocket_clients_resume_across_a_rolling_restart(
     order."""
     env = _env(backend, tmp_path)
     run_cli(env, "db", "migrate")
-    ports, listen = [_free_port(), _free_port()], _free_port()
+    ports, listen = [free_port(), free_port()], free_port()
     room = "chat:rollout"
     with ExitStack() as stack:
         servers = [stack.enter_context(serve(env, tmp_path, "--port", str(p))) for p in ports]

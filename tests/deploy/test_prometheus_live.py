@@ -19,7 +19,7 @@ import pytest
 import yaml
 from websockets.sync.client import connect
 
-from tests.backends import Backend, _free_port, _wait_listening, make_backend, unavailable
+from tests.backends import Backend, free_port, make_backend, unavailable, wait_listening
 from tests.deploy.dashboard_picture import render
 from tests.deploy.test_grafana import expressions, substitute
 from tests.deploy.test_prometheus import ALERTS, metric_names, rules
@@ -49,7 +49,7 @@ def prometheus(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
         run_cli(env, "db", "migrate")
         run_cli(env, "db", "seed", "--orders", "50", "--users", str(USERS))
         with serve(env, directory) as server, work(env, directory) as worker:
-            port = _free_port()
+            port = free_port()
             config = {
                 "global": {"scrape_interval": "1s", "evaluation_interval": "1s"},
                 "rule_files": [str(ALERTS)],
@@ -76,7 +76,7 @@ def prometheus(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
                 stderr=subprocess.DEVNULL,
             )
             try:
-                _wait_listening(port, 30, "prometheus")
+                wait_listening(port, 30, "prometheus")
                 _traffic(server, backend, seconds=12)
                 yield f"http://127.0.0.1:{port}"
             finally:

@@ -14,8 +14,8 @@ from pathlib import Path
 
 import httpx
 import pytest
-from redis import asyncio as aioredis
 
+from surge.backends.redis import connect
 from surge.backends.redis_gate import RedisGate
 from surge.backends.sql import create_engine
 from surge.backends.sql_sales import SqlSales
@@ -25,7 +25,7 @@ from tests.server import Server, _children, base_env, run_cli, serve
 from tests.system.conftest import bearer
 from tests.system.test_flash_sale import _create_sale, _db_orders, _sale_body
 
-REAL = ("mariadb+redis", "postgresql+redis")
+REAL = ("mariadb+redis", "postgresql+redis", "mariadb+redis-cluster")
 
 
 def _buy(server: Server, sale_id: int, user: str, key: str, quantity: int = 1) -> httpx.Response:
@@ -135,7 +135,7 @@ async def _commit_behind_the_gate(
 ) -> None:
     """What a process does before it dies: reserve in the gate, and (with `commit`)
     commit the order; the bookkeeping that follows never happens."""
-    client = aioredis.Redis.from_url(backend.redis_url or "")
+    client = connect(backend.redis_url or "", 4)
     engine = create_engine(backend.database_url, pool_size=1)
     try:
         gate = RedisGate(client, backend.prefix)

@@ -3,9 +3,10 @@
 Two URLs decide everything. The database URL gives the store, the sales and the outbox
 (SQLite, MariaDB/MySQL, PostgreSQL: all through SQLAlchemy). The shared-state URL gives the
 cache, the bus, the stock gate, the room backplane, the shared rate-limit buckets and the
-event stream: Redis for `redis://` and `rediss://`, and without one, the in-process kinds
-plus an SQLite file for the stream. A new kind of server (Redis Cluster, say) is one
-more entry in `_SHARED`. Drivers are imported only when their scheme is asked for, so the
+event stream: Redis for `redis://` and `rediss://`, the same classes on a Redis Cluster
+for `redis+cluster://` (pub/sub there on shard channels), and without one, the in-process
+kinds plus an SQLite file for the stream. A new kind of server is one more entry in
+`_SHARED`. Drivers are imported only when their scheme is asked for, so the
 embedded default never loads redis-py.
 
 The caller (surge.app, surge.worker_process, the tests) passes plain values
@@ -187,7 +188,8 @@ def _redis(
     on_cache_error: ErrorHook | None,
 ) -> Backends:
     from surge.backends.redis import RedisBus, RedisCache, connect, warm
-    from surge.backends.redis_backplane import RedisBackplane
+    from surge.backends.redis_backplane import CLUSTER_SHARDS, RedisBackplane
+    from surge.backends.redis_cluster import GuardedRedisCluster, ShardedBus
     from surge.backends.redis_gate import RedisGate
     from surge.backends.redis_limits import RedisBuckets
     from surge.backends.sql_sales import SqlSales
@@ -197,7 +199,11 @@ def _redis(
     client = connect(url, options.redis_pool_size)
     stack.push_async_callback(client.aclose)
     cache = RedisCache(client, options.prefix, on_cache_error)
-    bus = RedisBus(client, options.prefix)
+    bus: Bus
+    if isinstance(client, GuardedRedisCluster):
+        cluster, bus = True, ShardedBus(client, options.prefix)
+    else:
+        cluster, bus = False, RedisBus(client, options.prefix)
     stack.push_async_callback(cache.close)
     stack.push_async_callback(bus.close)
     local = LocalBuckets()
@@ -211,7 +217,9 @@ def _redis(
         cache,
         bus,
         RedisGate(client, options.prefix),
-        RedisBackplane(client, bus, options.prefix, options.history_bytes),
+        RedisBackplane(
+            client, bus, options.prefix, options.history_bytes, CLUSTER_SHARDS if cluster else None
+        ),
         local,
         buckets,
         _warm=[lambda: warm(client, options.redis_pool_size)],

@@ -16,13 +16,15 @@ from typing import Any, cast
 
 from redis import asyncio as aioredis
 from redis.asyncio.client import Pipeline, PubSub
+from redis.asyncio.cluster import RedisCluster
 from redis.asyncio.retry import Retry
 from redis.backoff import NoBackoff
+from redis.exceptions import ClusterDownError, MaxConnectionsError, RedisError, SlotNotCoveredError
 from redis.exceptions import ConnectionError as RedisConnectionError
-from redis.exceptions import RedisError
 from redis.exceptions import TimeoutError as RedisTimeoutError
 
 from surge.backends.breaker import Breaker, Guard
+from surge.backends.redis_cluster import GuardedRedisCluster, connect_cluster, is_cluster
 from surge.ground.errors import count_as_unavailable
 from surge.ground.interfaces import Handler
 from surge.ground.tasks import Tasks
@@ -34,10 +36,16 @@ count_as_unavailable(RedisError)
 
 def redis_down(error: BaseException) -> bool:
     """Whether `error` means Redis is down or unreachable (a script error or WRONGTYPE
-    means it answered). A pool with no free connection is our own load, not Redis."""
+    means it answered). A pool with no free connection is our own load, not Redis. On a
+    cluster, a slot without a master (mid-failover) is down too."""
+    if isinstance(error, MaxConnectionsError):
+        return False
     if isinstance(error, RedisConnectionError):
         return str(error) != "No connection available."
-    return isinstance(error, RedisTimeoutError | OSError | TimeoutError)
+    return isinstance(
+        error,
+        RedisTimeoutError | OSError | TimeoutError | ClusterDownError | SlotNotCoveredError,
+    )
 
 
 class GuardedRedis(aioredis.Redis):
@@ -69,16 +77,22 @@ class _GuardedPipeline(Pipeline):
             return await super().execute(raise_on_error)
 
 
-def connect(
-    url: str, pool_size: int, timeout: float = 2.0, command_timeout: float = 0.5
-) -> GuardedRedis:
+# What `connect` gives: one server, or a cluster (the commands Surge uses are the same)
+Client = GuardedRedis | GuardedRedisCluster
+
+
+def connect(url: str, pool_size: int, timeout: float = 2.0, command_timeout: float = 0.5) -> Client:
     """A client whose pool waits (up to `timeout`) for a free connection instead of
     failing, and gives up on a connect or a reply after `command_timeout`: Redis answers
     in well under a millisecond, so past that it is down or unreachable and the breaker
     counts it. Half a second: with less, a loop lagging under load times out replies
     Redis did send (the timeout runs on the loop's clock), and a reservation the gate made
     but whose answer was lost stays taken (seen at 250 ms under the parallel test suite);
-    with 1 s, a purchase making three calls to a hung Redis outlived its 2 s deadline."""
+    with 1 s, a purchase making three calls to a hung Redis outlived its 2 s deadline.
+    A `redis+cluster://` URL gives the cluster client (surge.backends.redis_cluster), with
+    `pool_size` connections per node."""
+    if is_cluster(url):
+        return connect_cluster(url, pool_size, command_timeout, redis_down)
     pool = aioredis.BlockingConnectionPool.from_url(
         url,
         max_connections=pool_size,
@@ -99,9 +113,14 @@ def connect(
     return client
 
 
-async def warm(client: aioredis.Redis, connections: int) -> None:
+async def warm(client: Client, connections: int) -> None:
     """Opens `connections` pooled connections now rather than in a storm's first burst
-    (see SqlStore.warm)."""
+    (see SqlStore.warm). A cluster client reads the cluster's map and opens one
+    connection to each master."""
+    if isinstance(client, RedisCluster):
+        await client.initialize()
+        await client.ping(target_nodes=RedisCluster.PRIMARIES)
+        return
     pool = client.connection_pool
     held = []
     try:
@@ -120,11 +139,13 @@ MAX_PENDING_FILLS = 50_000  # keys waiting for one; past it the oldest are dropp
 class RedisCache:
     def __init__(
         self,
-        client: aioredis.Redis,
+        client: Client,
         prefix: str,
         on_error: Callable[[Exception], None] | None = None,
     ) -> None:
         self._client = client
+        # a cluster's MGET takes keys of one slot only: there it is split per slot
+        self._mget = client.mget_nonatomic if isinstance(client, RedisCluster) else client.mget
         self._prefix = prefix
         self._on_error = on_error
         self._sets: list[tuple[str, bytes, int]] = []
@@ -137,7 +158,7 @@ class RedisCache:
             return []
         self.in_flight += 1
         try:
-            values = await self._client.mget([self._prefix + k for k in keys])
+            values = await self._mget([self._prefix + k for k in keys])
         finally:
             self.in_flight -= 1
         return values  # type: ignore[return-value]  # bytes: decode_responses is off

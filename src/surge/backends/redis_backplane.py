@@ -1,24 +1,42 @@
 """The Redis backplane: one Lua script numbers, keeps and publishes a room's message
-atomically, so numbers, history and delivery order agree across processes and pods."""
+atomically, so numbers, history and delivery order agree across processes and pods.
+
+On one Redis server every process subscribes to one channel, `rt`. On a Redis Cluster
+(`shards`) the rooms are spread over `shards` groups, each with its own hash slot: a
+room's number, history and shard channel share the group's hash tag `{rt:N}`, so the
+script that numbers a message also SPUBLISHes it on the node that keeps the room, and
+every process subscribes to each group's channel (one connection per node). A room's
+messages stay on one shard, in order; different rooms spread over the cluster.
+"""
 
 from __future__ import annotations
 
+import zlib
 from collections.abc import Callable
 
 import orjson
-from redis import asyncio as aioredis
 
+from surge.backends.redis import Client
 from surge.backends.scripts import lua_script
 from surge.ground.interfaces import Bus
 from surge.ground.rooms import ROOM_SHARE, Deliver
 
 CHANNEL = "rt"
 TTL_MS = 86_400_000  # a room's number and history outlive its last message by a day
+# Room groups on a cluster: enough that the groups spread evenly over a cluster's masters
+# (64 slots picked at random over 3 masters: each gets 21 +- 4), few enough that a
+# process's 64 subscriptions cost nothing
+CLUSTER_SHARDS = 64
 
 
 class RedisBackplane:
     def __init__(
-        self, client: aioredis.Redis, bus: Bus, prefix: str, max_bytes: int = 16 * 1024 * 1024
+        self,
+        client: Client,
+        bus: Bus,
+        prefix: str,
+        max_bytes: int = 16 * 1024 * 1024,
+        shards: int | None = None,
     ) -> None:
         self._client = client
         # per room, as the in-process backplane (Redis's memory is bounded by its own
@@ -26,10 +44,20 @@ class RedisBackplane:
         self._room_bytes = max_bytes // ROOM_SHARE
         self._bus = bus
         self._prefix = prefix
+        self._shards = shards
         self._script = client.register_script(lua_script("room_publish.lua"))
 
+    def _channel(self, room: str) -> str:
+        """The channel (without the prefix the bus adds) that carries `room`."""
+        if self._shards is None:
+            return CHANNEL
+        return f"{{rt:{zlib.crc32(room.encode()) % self._shards}}}"
+
     def _keys(self, room: str) -> list[str]:
-        tag = f"{self._prefix}{{rt:{room}}}"  # one Redis Cluster slot per room
+        if self._shards is None:
+            tag = f"{self._prefix}{{rt:{room}}}"  # one slot per room
+        else:
+            tag = f"{self._prefix}{self._channel(room)}:{room}"  # its group's slot
         return [f"{tag}:seq", f"{tag}:history", f"{tag}:history-bytes"]
 
     async def start(self, deliver: Deliver, lost: Callable[[], None]) -> None:
@@ -37,12 +65,25 @@ class RedisBackplane:
             room, seq, payload = message.split(b"\n", 2)
             deliver(room.decode(), int(seq), payload)
 
-        await self._bus.subscribe(CHANNEL, on_message)
+        channels = (
+            [CHANNEL] if self._shards is None else [f"{{rt:{n}}}" for n in range(self._shards)]
+        )
+        for channel in channels:
+            await self._bus.subscribe(channel, on_message)
         self._bus.on_reconnect(lost)  # pub/sub keeps nothing for a subscriber that was away
 
     async def publish(self, room: str, data: bytes, keep: int) -> int:
-        channel = self._prefix + CHANNEL  # RedisBus prefixes its channels the same way
-        args: list[bytes | str | int] = [room, data, keep, channel, TTL_MS, self._room_bytes]
+        channel = self._prefix + self._channel(room)  # the bus prefixes its channels so
+        command = "PUBLISH" if self._shards is None else "SPUBLISH"
+        args: list[bytes | str | int] = [
+            room,
+            data,
+            keep,
+            channel,
+            TTL_MS,
+            self._room_bytes,
+            command,
+        ]
         seq = await self._script(keys=self._keys(room), args=args)
         return int(seq)
 

@@ -19,8 +19,7 @@ import uuid
 from collections.abc import Sequence
 from functools import partial
 
-from redis import asyncio as aioredis
-
+from surge.backends.redis import Client
 from surge.backends.scripts import lua_script
 from surge.ground.purchases import (
     UNCERTAIN_FOR_MS,
@@ -43,7 +42,7 @@ class RedisGate:
     MAX_BATCH = 256  # attempts per script call: Redis runs a call of this size in ~1 ms
     UNDO_FOR = 60.0  # seconds a failed call's reservations are retried to be given back
 
-    def __init__(self, client: aioredis.Redis, prefix: str) -> None:
+    def __init__(self, client: Client, prefix: str) -> None:
         self._client = client
         self._prefix = prefix
         self._waiting: dict[int, list[_Attempt]] = {}  # sale -> attempts of this loop turn

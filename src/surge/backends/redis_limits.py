@@ -17,9 +17,8 @@ import asyncio
 import logging
 from collections.abc import Callable
 
-from redis import asyncio as aioredis
-
 from surge.backends.memory_buckets import LocalBuckets
+from surge.backends.redis import Client
 from surge.backends.scripts import lua_script
 from surge.ground.admission import Verdict
 from surge.ground.buckets import Policy, passed, refused
@@ -35,7 +34,7 @@ class RedisBuckets:
 
     def __init__(
         self,
-        client: aioredis.Redis,
+        client: Client,
         prefix: str,
         fallback: LocalBuckets,
         on_error: Callable[[Exception], None],

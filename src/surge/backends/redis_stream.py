@@ -17,9 +17,9 @@ import time
 from collections.abc import Awaitable, Callable, Sequence
 from typing import Any, TypeVar
 
-from redis.asyncio import Redis
 from redis.exceptions import ResponseError
 
+from surge.backends.redis import Client
 from surge.ground.events import DeadLetter, Delivery, Event
 
 # XCLAIM ... IDLE: "delivered this long ago", so any consumer may claim the entry at once
@@ -31,7 +31,7 @@ log = logging.getLogger("surge.stream")
 
 
 class RedisStream:
-    def __init__(self, client: Redis, prefix: str, dedup_ttl: float) -> None:
+    def __init__(self, client: Client, prefix: str, dedup_ttl: float) -> None:
         self._redis = client
         tag = "{" + prefix + "events}"
         self.key = tag

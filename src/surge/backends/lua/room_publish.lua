@@ -1,5 +1,6 @@
 -- KEYS[1] the room's number, KEYS[2] its history (a list of finished messages), KEYS[3]
--- the history's size in bytes. ARGV: room, data (JSON), keep, channel, ttl ms, max bytes.
+-- the history's size in bytes. ARGV: room, data (JSON), keep, channel, ttl ms, max bytes,
+-- the publish command (PUBLISH; SPUBLISH on a cluster, where the channel shares the keys' slot).
 -- The history keeps the last `keep` messages, and fewer when they would pass max bytes.
 local seq = redis.call('INCR', KEYS[1])
 local payload = '{"op":"message","room":"' .. ARGV[1] .. '","seq":' .. seq
@@ -22,5 +23,5 @@ if keep > 0 and #payload <= cap then
   redis.call('PEXPIRE', KEYS[3], ARGV[5])
 end
 redis.call('PEXPIRE', KEYS[1], ARGV[5])
-redis.call('PUBLISH', ARGV[4], ARGV[1] .. '\n' .. seq .. '\n' .. payload)
+redis.call(ARGV[7], ARGV[4], ARGV[1] .. '\n' .. seq .. '\n' .. payload)
 return seq
