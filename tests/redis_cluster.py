@@ -44,6 +44,7 @@ class OwnRedisCluster:
         create += ["--cluster-replicas", "1", "--cluster-yes"]
         subprocess.run(create, check=True, capture_output=True, timeout=60)
         self.wait_ok()
+        self.wait_synced()
 
     def _start_node(self, port: int) -> None:
         node_dir = self.directory / str(port)
@@ -51,7 +52,10 @@ class OwnRedisCluster:
         argv = ["redis-server", "--port", str(port), "--bind", "127.0.0.1"]
         argv += ["--cluster-enabled", "yes", "--cluster-config-file", "nodes.conf"]
         argv += ["--cluster-node-timeout", str(NODE_TIMEOUT_MS), "--dir", str(node_dir)]
-        argv += ["--save", "", "--appendonly", "no"]
+        # a replica's first sync at once (Redis waits 5 s for more replicas by default):
+        # a replica that never synced does not take over when its master dies
+        argv += ["--repl-diskless-sync-delay", "0"]
+        argv += ["--save", "", "--appendonly", "no", "--logfile", str(node_dir / "log.txt")]
         self.processes[port] = subprocess.Popen(
             argv, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL
         )
@@ -72,6 +76,32 @@ class OwnRedisCluster:
                 return
             time.sleep(0.1)
         raise RuntimeError("the Redis Cluster did not reach cluster_state:ok")
+
+    def wait_synced(self, seconds: float = 30.0) -> None:
+        """Until every replica holds its master's data (only such a replica can take over)."""
+        deadline = time.monotonic() + seconds
+        while time.monotonic() < deadline:
+            roles = [self.cli(port, "info", "replication") for port in self.ports]
+            replicas = [info for info in roles if "role:slave" in info]
+            if len(replicas) == len(self.ports) // 2 and all(
+                "master_link_status:up" in info for info in replicas
+            ):
+                return
+            time.sleep(0.1)
+        raise RuntimeError("the Redis Cluster's replicas did not sync")
+
+    def wait_failed_over(self, dead: int, seconds: float = 30.0) -> None:
+        """Until a replica has taken the dead master's slots and the cluster is ok."""
+        deadline = time.monotonic() + seconds
+        while time.monotonic() < deadline:
+            live = next(port for port in self.ports if port != dead)
+            view = self.cli(live, "cluster", "nodes")
+            dead_line = next(line for line in view.splitlines() if f":{dead}@" in line)
+            if "fail" in dead_line.split()[2] and len(dead_line.split()) <= 8:
+                self.wait_ok(seconds)
+                return  # marked failed, and it serves no slot any more
+            time.sleep(0.1)
+        raise RuntimeError(f"no replica took over from {dead}")
 
     def master_of(self, key: str) -> int:
         """The port of the master that serves `key`'s slot now."""
