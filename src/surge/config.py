@@ -58,7 +58,7 @@ class Settings:
     )
     redis_url: str | None = setting(
         None,
-        parse.optional(parse.url(REDIS_SCHEMES)),
+        parse.optional(parse.redis_url(REDIS_SCHEMES)),
         "`redis://host:port/db`, or a Redis Cluster's seed nodes "
         "`redis+cluster://host:port[,host:port...]`; unset = in-process cache and pub/sub",
     )

@@ -12,6 +12,8 @@ from collections.abc import Callable
 from typing import Any
 from urllib.parse import urlsplit
 
+from surge.ground.redis_urls import is_cluster, parse_cluster_url
+
 METHODS = ("GET", "HEAD", "POST", "PUT", "PATCH", "DELETE")
 
 Network = ipaddress.IPv4Network | ipaddress.IPv6Network
@@ -175,6 +177,20 @@ def url(schemes: tuple[str, ...]) -> Callable[[str], str]:
         scheme = urlsplit(text).scheme.lower()
         if scheme not in schemes:
             raise ValueError(f"unknown scheme {scheme or '(none)'!r}; valid: {', '.join(schemes)}")
+        return text
+
+    return parse
+
+
+def redis_url(schemes: tuple[str, ...]) -> Callable[[str], str]:
+    """A Redis URL of one of `schemes`; a cluster's list of seed nodes is read whole, so a
+    mistake in it stops the start, not the first request."""
+    check_scheme = url(schemes)
+
+    def parse(text: str) -> str:
+        check_scheme(text)
+        if is_cluster(text):
+            parse_cluster_url(text)
         return text
 
     return parse

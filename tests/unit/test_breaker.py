@@ -6,6 +6,12 @@ import asyncio
 
 import pytest
 import sqlalchemy as sa
+from redis.exceptions import (
+    ClusterDownError,
+    MaxConnectionsError,
+    SlotNotCoveredError,
+    TryAgainError,
+)
 from redis.exceptions import ConnectionError as RedisConnectionError
 
 from surge.backends.breaker import CLOSED, HALF_OPEN, OPEN, Breaker, Guard
@@ -149,3 +155,9 @@ def test_redis_errors_are_classified() -> None:
     assert redis_down(RedisConnectionError("Connection refused"))
     assert not redis_down(RedisConnectionError("No connection available."))  # our own load
     assert redis_down(TimeoutError())
+    # a Redis Cluster: a slot without a master is down; a full per-node pool is our load,
+    # a MOVED or TRYAGAIN is the cluster answering
+    assert redis_down(ClusterDownError("CLUSTERDOWN The cluster is down"))
+    assert redis_down(SlotNotCoveredError("slot 12 is not covered"))
+    assert not redis_down(MaxConnectionsError("Too many connections"))
+    assert not redis_down(TryAgainError("TRYAGAIN"))

@@ -83,7 +83,14 @@ def test_config_imports_nothing_else_from_surge() -> None:
         "print(*sorted(m for m in sys.modules if 'surge' in m))"
     )
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
-    assert out.stdout.split() == ["surge", "surge.config", "surge.setting_parsers"]
+    # (the ground floor's reader of Redis URLs, pure: it imports nothing either)
+    assert out.stdout.split() == [
+        "surge",
+        "surge.config",
+        "surge.ground",
+        "surge.ground.redis_urls",
+        "surge.setting_parsers",
+    ]
 
 
 def test_every_field_has_a_flag_and_env_name() -> None:

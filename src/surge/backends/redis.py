@@ -24,9 +24,10 @@ from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import TimeoutError as RedisTimeoutError
 
 from surge.backends.breaker import Breaker, Guard
-from surge.backends.redis_cluster import GuardedRedisCluster, connect_cluster, is_cluster
+from surge.backends.redis_cluster import GuardedRedisCluster, connect_cluster
 from surge.ground.errors import count_as_unavailable
 from surge.ground.interfaces import Handler
+from surge.ground.redis_urls import is_cluster
 from surge.ground.tasks import Tasks
 
 log = logging.getLogger("surge.redis")

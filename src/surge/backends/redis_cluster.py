@@ -25,7 +25,6 @@ from collections import defaultdict
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
-from urllib.parse import unquote, urlsplit
 
 from redis import asyncio as aioredis
 from redis.asyncio.client import PubSub
@@ -37,51 +36,12 @@ from redis.exceptions import RedisClusterException, RedisError
 from surge.backends.breaker import Breaker, Guard
 from surge.ground.errors import count_as_unavailable
 from surge.ground.interfaces import Handler
+from surge.ground.redis_urls import ClusterAddress, parse_cluster_url
 
 log = logging.getLogger("surge.redis")
 # a slot with no master (mid-failover) escapes as RedisClusterException, which is not a
 # RedisError: a 503 like any Redis failure, not a 500
 count_as_unavailable(RedisClusterException)
-
-SCHEMES = ("redis+cluster", "rediss+cluster")
-
-
-def is_cluster(url: str) -> bool:
-    return urlsplit(url).scheme.lower() in SCHEMES
-
-
-@dataclass(frozen=True, slots=True)
-class ClusterAddress:
-    nodes: tuple[tuple[str, int], ...]
-    username: str | None = None
-    password: str | None = None
-    tls: bool = False
-
-    def client_options(self) -> dict[str, Any]:
-        """What a connection to one node needs besides its address."""
-        return {"username": self.username, "password": self.password, "ssl": self.tls}
-
-
-def parse_cluster_url(url: str) -> ClusterAddress:
-    """`redis+cluster://[user:password@]host:port[,host:port...]`; a ValueError that
-    says what is wrong otherwise (urlsplit cannot read a list of hosts)."""
-    parts = urlsplit(url)
-    if parts.scheme.lower() not in SCHEMES:
-        raise ValueError(f"not a Redis Cluster URL: {parts.scheme}://")
-    if parts.path not in ("", "/") or parts.query:
-        raise ValueError("a Redis Cluster URL has no database number or options")
-    userinfo, _, hosts = parts.netloc.rpartition("@")
-    username = password = None
-    if userinfo:
-        user, _, secret = userinfo.partition(":")
-        username, password = unquote(user) or None, unquote(secret) or None
-    nodes = []
-    for item in hosts.split(","):
-        host, _, port = item.strip().rpartition(":")
-        if not host or not port.isdigit() or not 0 < int(port) < 65536:
-            raise ValueError(f"a seed node is HOST:PORT, not {item.strip()!r}")
-        nodes.append((host.strip("[]"), int(port)))
-    return ClusterAddress(tuple(nodes), username, password, parts.scheme.lower() == SCHEMES[1])
 
 
 class GuardedRedisCluster(RedisCluster):
