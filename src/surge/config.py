@@ -208,7 +208,11 @@ class Settings:
         "HTTP connections per client address and process (trusted proxies exempt); more "
         "are answered 503 and closed",
     )
-    redis_prefix: str = setting("surge:", str, "prefix of every Redis key and channel Surge uses")
+    redis_prefix: str = setting(
+        "surge:",
+        parse.redis_prefix,
+        "prefix of every Redis key and channel Surge uses (no `{` or `}`)",
+    )
     # 0: see http.state.open_files_budget
     ws_max_connections: int = setting(
         0,

@@ -196,5 +196,13 @@ def redis_url(schemes: tuple[str, ...]) -> Callable[[str], str]:
     return parse
 
 
+def redis_prefix(text: str) -> str:
+    """Surge's keys carry hash tags of their own (`{sale:ID}`, docs/scaling.md): a brace
+    in the prefix would become the tag, and a Redis Cluster would refuse the scripts."""
+    if "{" in text or "}" in text:
+        raise ValueError("must not contain { or }")
+    return text
+
+
 def optional(parse: Callable[[str], Any]) -> Callable[[str], Any]:
     return lambda text: parse(text) if text.strip() else None

@@ -43,6 +43,8 @@ def test_settings_take_a_cluster_url_and_refuse_a_broken_one() -> None:
     assert settings.redis_url == "redis+cluster://127.0.0.1:7000"
     with pytest.raises(config.ConfigError, match="HOST:PORT"):
         config.load({"SURGE_REDIS_URL": "redis+cluster://127.0.0.1"})
+    with pytest.raises(config.ConfigError, match="must not contain"):
+        config.load({"SURGE_REDIS_PREFIX": "app{1}:"})  # it would be the hash tag
 
 
 class _NoScripts:
