@@ -203,6 +203,8 @@ class App:
 def backend_options(settings: Settings) -> BackendOptions:
     return BackendOptions(
         database_url=settings.database_url,
+        replica_urls=settings.database_replica_url,
+        replica_max_lag=settings.database_replica_max_lag,
         redis_url=settings.redis_url,
         prefix=settings.redis_prefix,
         db_pool_size=settings.db_pool_size,

@@ -56,6 +56,17 @@ class Settings:
         parse.url(DATABASE_SCHEMES),
         "`sqlite:///PATH` (default: surge.db in the data dir), `mysql://`, `postgresql://`",
     )
+    database_replica_url: tuple[str, ...] = setting(
+        (),
+        parse.url_list(DATABASE_SCHEMES),
+        "read replicas of the database, comma-separated URLs of the same kind: order-query "
+        "misses and later pages of a buyer's orders read there (docs/scaling.md)",
+    )
+    database_replica_max_lag: float = setting(
+        5.0,
+        parse.positive_float,
+        "seconds a replica may be behind the primary and still serve reads",
+    )
     redis_url: str | None = setting(
         None,
         parse.optional(parse.redis_url(REDIS_SCHEMES)),
@@ -463,8 +474,20 @@ def _check(settings: Settings) -> None:
         raise ConfigError("SURGE_MAX_CONNECTIONS_PER_CLIENT must not exceed SURGE_MAX_CONNECTIONS")
     if settings.internal_port and settings.internal_port == settings.port:
         raise ConfigError("SURGE_INTERNAL_PORT must differ from SURGE_PORT")
+    primary = settings.database_url.partition(":")[0].partition("+")[0]
+    for replica in settings.database_replica_url:
+        kind = replica.partition(":")[0].partition("+")[0]
+        if kind == "sqlite" or _family(kind) != _family(primary):
+            raise ConfigError(
+                f"SURGE_DATABASE_REPLICA_URL: a replica of a {primary} database must be one "
+                f"too, not {kind}"
+            )
     if settings.jwt_secret is not None and len(settings.jwt_secret) < 32:
         raise ConfigError("SURGE_JWT_SECRET must be at least 32 characters (RFC 7518 3.2)")
+
+
+def _family(scheme: str) -> str:
+    return {"mariadb": "mysql", "postgres": "postgresql"}.get(scheme, scheme)
 
 
 def check_secret(settings: Settings) -> None:

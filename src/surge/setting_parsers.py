@@ -182,6 +182,12 @@ def url(schemes: tuple[str, ...]) -> Callable[[str], str]:
     return parse
 
 
+def url_list(schemes: tuple[str, ...]) -> Callable[[str], tuple[str, ...]]:
+    """Comma-separated URLs, each of one of `schemes`; empty = none."""
+    one = url(schemes)
+    return lambda text: tuple(one(item.strip()) for item in text.split(",") if item.strip())
+
+
 def redis_url(schemes: tuple[str, ...]) -> Callable[[str], str]:
     """A Redis URL of one of `schemes`; a cluster's list of seed nodes is read whole, so a
     mistake in it stops the start, not the first request."""

@@ -32,6 +32,7 @@ from surge.ground.rooms import Backplane
 
 if TYPE_CHECKING:
     from surge.backends.sql import SqlStore
+    from surge.backends.sql_replicas import ReplicaSet
 
 log = logging.getLogger("surge.backends")
 
@@ -42,6 +43,8 @@ ErrorHook = Callable[[Exception], None]
 class BackendOptions:
     database_url: str
     redis_url: str | None = None  # None: in-process shared state (one process)
+    replica_urls: tuple[str, ...] = ()  # the database's read replicas (sql_replicas)
+    replica_max_lag: float = 5.0  # seconds behind the primary a replica may serve
     prefix: str = "surge:"  # of every Redis key and channel
     db_pool_size: int = 10
     redis_pool_size: int = 32
@@ -66,6 +69,7 @@ class Backends:
     local_buckets: LocalBuckets
     shared_buckets: Buckets | None
     breakers: dict[str, Breaker] = field(default_factory=dict)  # dependency -> breaker
+    replicas: ReplicaSet | None = None  # the database's read replicas, if any
     probes: dict[str, Callable[[], Awaitable[None]]] = field(default_factory=dict)
     gauges: dict[str, Callable[[], float]] = field(default_factory=dict)  # pool use
     _warm: list[Callable[[], Awaitable[None]]] = field(default_factory=list)
@@ -99,9 +103,34 @@ async def open_backends(
     made = opener(options, store, stack, on_cache_error)
     made.breakers["database"] = breaker(store.engine)
     made.probes["database"] = store.ping
+    if options.replica_urls:
+        _add_replicas(made, store, options, stack)
     made.gauges["db_pool_in_use"] = lambda: float(store.in_use)
     made.gauges["db_pool_size"] = lambda: float(store.size)
     return made
+
+
+def _add_replicas(
+    made: Backends, store: SqlStore, options: BackendOptions, stack: contextlib.AsyncExitStack
+) -> None:
+    """Order-query misses and later pages of a buyer's orders read on the replicas; each
+    has its own breaker, and readiness says `degraded` while one is down or behind."""
+    from surge.backends.sql_replicas import ReplicaSet, open_replica
+    from surge.backends.sql_sales import SqlSales
+
+    replicas = ReplicaSet(
+        [open_replica(url, options.db_pool_size) for url in options.replica_urls],
+        options.replica_max_lag,
+    )
+    stack.push_async_callback(replicas.close)
+    store.replicas = replicas
+    assert isinstance(made.sales, SqlSales)
+    made.sales.replicas = replicas
+    made.replicas = replicas
+    for replica in replicas.replicas:
+        made.breakers[f"replica {replica.name}"] = replica.guard.breaker
+    made.probes["database_replicas"] = replicas.check
+    replicas.start()
 
 
 def open_store(

@@ -20,6 +20,7 @@ from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine, create_async_en
 
 from surge.backends.breaker import Breaker, Guard
 from surge.backends.sql_reads import order_reads, orders_by_id
+from surge.backends.sql_replicas import ReplicaSet
 from surge.ground.errors import count_as_unavailable
 from surge.ground.orders import Order
 from surge.schema import ORDER_COLUMNS, orders
@@ -138,11 +139,12 @@ def database_down(error: BaseException) -> bool:
 _guards: weakref.WeakKeyDictionary[AsyncEngine, Guard] = weakref.WeakKeyDictionary()
 
 
-def guard(engine: AsyncEngine) -> Guard:
-    """The circuit breaker around every use of `engine` through `connected`."""
+def guard(engine: AsyncEngine, breaker: Breaker | None = None) -> Guard:
+    """The circuit breaker around every use of `engine` through `connected` (`breaker`,
+    on the first call for the engine: a replica's has a name of its own)."""
     found = _guards.get(engine)
     if found is None:
-        found = _guards[engine] = Guard(Breaker("database"), database_down)
+        found = _guards[engine] = Guard(breaker or Breaker("database"), database_down)
     return found
 
 
@@ -202,6 +204,7 @@ class SqlStore:
         self._reads = order_reads(
             engine.url, pool_size, guard(engine), CONNECT_TIMEOUT, OPERATION_TIMEOUT
         )
+        self.replicas: ReplicaSet | None = None  # set by the factory when there are some
 
     @property
     def in_use(self) -> int:
@@ -216,6 +219,11 @@ class SqlStore:
         return self._size
 
     async def get_orders(self, ids: Sequence[int]) -> dict[int, Order]:
+        if self.replicas is not None:
+            return await self.replicas.get_orders(ids, self._get_orders)
+        return await self._get_orders(ids)
+
+    async def _get_orders(self, ids: Sequence[int]) -> dict[int, Order]:
         if self._reads is not None:
             return await self._reads.get_orders(ids)
         query = _SELECT_ORDERS.where(orders.c.id.in_(list(ids)))

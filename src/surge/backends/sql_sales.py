@@ -18,6 +18,7 @@ from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 
 from surge.backends.sql import connected, mark_ended
 from surge.backends.sql_batch import Refused, commit_batch
+from surge.backends.sql_replicas import ReplicaSet
 from surge.ground.orders import Order
 from surge.ground.purchases import GateState, Purchase, PurchaseOutcome, StoredOrder, Win
 from surge.ground.sales import NewSale, Sale
@@ -76,6 +77,7 @@ _ORDER_COLUMNS = ORDER_COLUMNS
 class SqlSales:
     def __init__(self, engine: AsyncEngine) -> None:
         self.engine = engine
+        self.replicas: ReplicaSet | None = None  # set by the factory when there are some
 
     async def create_sale(self, new: NewSale, now: datetime) -> Sale:
         async with connected(self.engine) as conn, conn.begin():
@@ -157,6 +159,11 @@ class SqlSales:
         )
 
     async def user_orders(self, user_id: str, before: int | None, limit: int) -> list[Order]:
+        if self.replicas is not None:
+            return await self.replicas.user_orders(user_id, before, limit, self._user_orders)
+        return await self._user_orders(user_id, before, limit)
+
+    async def _user_orders(self, user_id: str, before: int | None, limit: int) -> list[Order]:
         query = sa.select(*_ORDER_COLUMNS).where(orders.c.user_id == user_id)
         if before is not None:
             query = query.where(orders.c.id < before)

@@ -96,6 +96,28 @@ def backends(metrics: Metrics, made: Backends) -> None:
     }
     for name, read in made.gauges.items():
         metrics.gauge(name, docs[name], read)
+    replicas = made.replicas
+    if replicas is not None:
+        metrics.labelled_gauge(
+            "db_replica_lag_seconds",
+            "Seconds a read replica is behind the primary at its last probe (-1: down or "
+            "not replicating)",
+            "replica",
+            replicas.lags,
+        )
+        metrics.labelled_counter(
+            "db_replica_reads",
+            "Reads a replica answered",
+            "replica",
+            lambda: {r.name: r.reads for r in replicas.replicas},
+        )
+        metrics.labelled_counter(
+            "db_replica_fallbacks",
+            "Replica reads the primary served instead, by reason (no-replica usable, "
+            "replica-failed, not-on-replica: ids the replica lacked, confirmed on the primary)",
+            "reason",
+            lambda: replicas.fallbacks,
+        )
 
 
 def rate_limits(metrics: Metrics, limiter: RateLimiter, made: Backends) -> None:

@@ -1,0 +1,213 @@
+"""Database read replicas: reads that a moment's staleness cannot hurt, spread over
+replicas, with the primary behind them.
+
+`SURGE_DATABASE_REPLICA_URL` names one or more replicas (comma-separated URLs of the same
+kind as the primary's). What reads them:
+
+- **Order-query misses** (`get_orders`). An id the replica does not have is asked of the
+  primary in the same call: an order just bought (its buyer reads it right after the 201)
+  may not have reached the replica yet, and orders never change once committed, so
+  "found on the replica" is as good as "found on the primary", and "not found" is not
+  believed until the primary says so.
+- **Pages after the first of a buyer's orders** (`user_orders` with a cursor). The first
+  page, where a purchase just made shows, is read on the primary.
+
+Everything else (purchases, idempotency replays, the admin's reads, reconciliation) stays
+on the primary.
+
+Each replica has its own circuit breaker and is probed every `PROBE_EVERY` seconds for
+its lag behind the primary. A replica that is down, not replicating, or more than
+`max_lag` seconds behind is skipped until a probe finds it well again; with none usable,
+the primary serves. A read that fails on a replica is retried on the primary at once.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections.abc import Awaitable, Callable, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+import sqlalchemy as sa
+from sqlalchemy.ext.asyncio import AsyncEngine
+
+from surge.backends.breaker import Breaker, Guard
+from surge.ground.orders import Order
+
+log = logging.getLogger("surge.replicas")
+
+PROBE_EVERY = 1.0  # seconds between lag probes
+DOWN = -1.0  # the lag gauge of a replica that is down or not replicating
+
+# Seconds the replica's last applied change is behind the primary, or NULL when it is not
+# replicating. PostgreSQL: nothing left to replay means caught up, however old the last
+# replayed transaction (an idle primary sends nothing new).
+_PG_LAG = sa.text(
+    "SELECT CASE WHEN NOT pg_is_in_recovery() THEN NULL"
+    " WHEN pg_last_wal_receive_lsn() = pg_last_wal_replay_lsn() THEN 0"
+    " ELSE EXTRACT(EPOCH FROM now() - pg_last_xact_replay_timestamp()) END"
+)
+
+
+@dataclass(slots=True)
+class Replica:
+    name: str  # host:port, for the metrics and the logs
+    engine: AsyncEngine
+    guard: Guard
+    get_orders: Callable[[Sequence[int]], Awaitable[dict[int, Order]]]
+    user_orders: Callable[[str, int | None, int], Awaitable[list[Order]]]
+    close: Callable[[], Awaitable[None]]
+    lag: float = DOWN  # seconds, from the last probe
+    reads: int = 0
+
+
+@dataclass(slots=True)
+class ReplicaSet:
+    replicas: list[Replica]
+    max_lag: float
+    fallbacks: dict[str, int] = field(default_factory=dict)  # why the primary served
+    _turn: int = 0
+    _prober: asyncio.Task[None] | None = None
+
+    def usable(self) -> Replica | None:
+        """The next replica in turn that is up, replicating and not too far behind."""
+        count = len(self.replicas)
+        for step in range(count):
+            replica = self.replicas[(self._turn + step) % count]
+            if 0 <= replica.lag <= self.max_lag and not replica.guard.breaker.is_open:
+                self._turn = (self._turn + step + 1) % count
+                return replica
+        return None
+
+    def _fell_back(self, why: str) -> None:
+        self.fallbacks[why] = self.fallbacks.get(why, 0) + 1
+
+    async def get_orders(
+        self, ids: Sequence[int], primary: Callable[[Sequence[int]], Awaitable[dict[int, Order]]]
+    ) -> dict[int, Order]:
+        replica = self.usable()
+        if replica is None:
+            self._fell_back("no-replica")
+            return await primary(ids)
+        try:
+            found = await replica.get_orders(ids)
+        except Exception as exc:
+            log.warning("replica %s failed a read (%s): the primary answers", replica.name, exc)
+            self._fell_back("replica-failed")
+            return await primary(ids)
+        replica.reads += 1
+        missing = [i for i in ids if i not in found]
+        if missing:  # perhaps too new for the replica: only the primary may say "no such order"
+            self._fell_back("not-on-replica")
+            found.update(await primary(missing))
+        return found
+
+    async def user_orders(
+        self,
+        user_id: str,
+        before: int | None,
+        limit: int,
+        primary: Callable[[str, int | None, int], Awaitable[list[Order]]],
+    ) -> list[Order]:
+        replica = self.usable() if before is not None else None  # the first page: primary
+        if replica is None:
+            return await primary(user_id, before, limit)
+        try:
+            found = await replica.user_orders(user_id, before, limit)
+        except Exception as exc:
+            log.warning("replica %s failed a read (%s): the primary answers", replica.name, exc)
+            self._fell_back("replica-failed")
+            return await primary(user_id, before, limit)
+        replica.reads += 1
+        return found
+
+    def start(self) -> None:
+        if self._prober is None:
+            self._prober = asyncio.get_running_loop().create_task(
+                self._probe_forever(), name="replica-prober"
+            )
+
+    async def _probe_forever(self) -> None:
+        while True:
+            await asyncio.gather(*(self._probe(replica) for replica in self.replicas))
+            await asyncio.sleep(PROBE_EVERY)
+
+    async def _probe(self, replica: Replica) -> None:
+        before = replica.lag
+        try:
+            async with replica.guard(), asyncio.timeout(PROBE_EVERY):
+                lag = await measure_lag(replica.engine)
+        except Exception as exc:
+            lag = None
+            if before != DOWN:
+                log.warning(
+                    "replica %s unreachable (%s): the primary serves its reads", replica.name, exc
+                )
+        replica.lag = DOWN if lag is None else lag
+        if before <= self.max_lag < replica.lag or (before >= 0 and lag is None):
+            log.warning("replica %s is %s", replica.name, _state(replica.lag))
+        elif (
+            before != replica.lag
+            and (before < 0 or before > self.max_lag)
+            and 0 <= replica.lag <= self.max_lag
+        ):
+            log.warning("replica %s serves reads again (%.1f s behind)", replica.name, replica.lag)
+
+    async def check(self) -> None:
+        """Readiness: every replica usable, else an error naming those that are not (the
+        process is `degraded`: the primary serves their reads)."""
+        unwell = [
+            f"{r.name} {_state(r.lag)}"
+            for r in self.replicas
+            if not 0 <= r.lag <= self.max_lag or r.guard.breaker.is_open
+        ]
+        if unwell:
+            raise ReplicaUnwell("; ".join(unwell))
+
+    def lags(self) -> dict[str, float]:
+        return {replica.name: replica.lag for replica in self.replicas}
+
+    async def close(self) -> None:
+        if self._prober is not None:
+            self._prober.cancel()
+            await asyncio.gather(self._prober, return_exceptions=True)
+        for replica in self.replicas:
+            await replica.close()
+
+
+class ReplicaUnwell(Exception):
+    pass
+
+
+def _state(lag: float) -> str:
+    return "down or not replicating" if lag < 0 else f"{lag:.1f} s behind"
+
+
+async def measure_lag(engine: AsyncEngine) -> float | None:
+    """Seconds the replica is behind its primary (0: caught up), or None if it does not
+    replicate (stopped, broken, or not a replica at all)."""
+    async with engine.connect() as conn:
+        if engine.url.get_backend_name() == "postgresql":
+            value = (await conn.execute(_PG_LAG)).scalar()
+            return None if value is None else max(0.0, float(value))
+        row = (await conn.execute(sa.text("SHOW SLAVE STATUS"))).mappings().first()
+    if row is None:
+        return None
+    if row.get("Slave_IO_Running") != "Yes" or row.get("Slave_SQL_Running") != "Yes":
+        return None
+    behind: Any = row.get("Seconds_Behind_Master")
+    return None if behind is None else float(behind)
+
+
+def open_replica(url: str, pool_size: int) -> Replica:
+    """One replica: an engine and a driver pool of `pool_size` each, as the primary's,
+    behind a circuit breaker of its own (`replica HOST:PORT`)."""
+    from surge.backends.sql import SqlStore, create_engine, guard
+    from surge.backends.sql_sales import SqlSales
+
+    engine = create_engine(url, pool_size)
+    name = f"{engine.url.host}:{engine.url.port or ''}".rstrip(":")
+    own = guard(engine, Breaker(f"replica {name}"))
+    store = SqlStore(engine, pool_size)
+    return Replica(name, engine, own, store.get_orders, SqlSales(engine).user_orders, store.close)

@@ -1,0 +1,124 @@
+"""Read replicas on real replication (MariaDB GTID, PostgreSQL streaming): reads go to the
+replica, what it lacks to the primary, and a replica behind, stopped or killed is skipped
+and comes back by itself."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import time
+from collections.abc import AsyncIterator, Iterator
+
+import pytest
+
+from surge import db
+from surge.backends import BackendOptions, Backends, open_backends
+from surge.backends.sql_replicas import ReplicaSet, ReplicaUnwell
+from tests.replication import Replication, replication
+
+pytestmark = pytest.mark.anyio
+MAX_LAG = 1.0
+
+
+@pytest.fixture(scope="module", params=["mariadb", "postgresql"])
+def replicated(request: pytest.FixtureRequest) -> Iterator[Replication]:
+    with replication(request.param) as made:
+        db.migrate(made.primary_url)
+        asyncio.run(db.seed(made.primary_url, 50, users=5, reset=True))
+        yield made
+
+
+@contextlib.asynccontextmanager
+async def _opened(replicated: Replication) -> AsyncIterator[tuple[Backends, ReplicaSet]]:
+    options = BackendOptions(
+        replicated.primary_url,
+        replica_urls=(replicated.replica_url,),
+        replica_max_lag=MAX_LAG,
+        db_pool_size=2,
+    )
+    async with contextlib.AsyncExitStack() as stack:
+        made = await open_backends(options, stack)
+        assert made.replicas is not None
+        await _until(lambda: made.replicas.usable() is not None)  # type: ignore[union-attr]
+        yield made, made.replicas
+
+
+async def _until(done: object, seconds: float = 20.0) -> None:
+    deadline = time.monotonic() + seconds
+    while not done() and time.monotonic() < deadline:  # type: ignore[operator]  # noqa: ASYNC110
+        await asyncio.sleep(0.05)
+
+
+async def _new_order(replicated: Replication) -> int:
+    """One more order, on the primary; its id."""
+    result = await db.seed(replicated.primary_url, 1, users=5)
+    return result.first_order_id
+
+
+async def test_reads_on_the_replica_and_what_it_lacks_on_the_primary(
+    replicated: Replication,
+) -> None:
+    async with _opened(replicated) as (made, replicas):
+        (replica,) = replicas.replicas
+        found = await made.store.get_orders([1, 2, 50])
+        assert sorted(found) == [1, 2, 50]
+        assert replica.reads == 1 and replicas.fallbacks == {}
+
+        replicated.pause()  # the replica stops applying changes: what is bought now...
+        try:
+            new = await _new_order(replicated)
+            owner = (await made.store.get_orders([new]))[new].user_id  # ...the primary has
+            assert replicas.fallbacks == {"not-on-replica": 1}
+            assert (await made.store.get_orders([10**9])) == {}  # "no such order": primary's
+            assert replicas.fallbacks == {"not-on-replica": 2}
+            # a buyer's first page, where the purchase shows, is the primary's
+            first = await made.sales.user_orders(owner, None, 3)
+            assert first[0].id == new
+            reads = replica.reads
+            later = await made.sales.user_orders(owner, first[-1].id, 3)  # a later page
+            assert replica.reads == reads + 1 and all(o.id < first[-1].id for o in later)
+        finally:
+            replicated.resume()
+
+
+async def test_a_replica_behind_or_stopped_is_skipped_and_readiness_says_so(
+    replicated: Replication,
+) -> None:
+    async with _opened(replicated) as (made, replicas):
+        await replicas.check()  # well: readiness ok
+        replicated.pause()
+        try:
+            # MariaDB: a stopped replica does not replicate (down); PostgreSQL: replay paused
+            # while the primary writes, the replica falls behind past MAX_LAG
+            for _ in range(3):
+                await _new_order(replicated)
+                await asyncio.sleep(0.6)
+            await _until(lambda: replicas.usable() is None)
+            assert replicas.usable() is None
+            with pytest.raises(ReplicaUnwell):
+                await replicas.check()
+            found = await made.store.get_orders([1, 2])
+            assert sorted(found) == [1, 2] and replicas.fallbacks.get("no-replica", 0) >= 1
+        finally:
+            replicated.resume()
+        await _until(lambda: replicas.usable() is not None)
+        await replicas.check()  # back by itself
+
+
+async def test_a_replica_killed_costs_no_read_and_comes_back(replicated: Replication) -> None:
+    async with _opened(replicated) as (made, replicas):
+        (replica,) = replicas.replicas
+        replicated.kill_replica()
+        try:
+            for _ in range(5):  # at once and on: the primary answers
+                assert sorted(await made.store.get_orders([1, 2])) == [1, 2]
+            assert replicas.fallbacks.keys() & {"replica-failed", "no-replica"}
+            await _until(lambda: replica.lag < 0)
+            with pytest.raises(ReplicaUnwell):
+                await replicas.check()
+        finally:
+            replicated.start_replica()
+        await _until(lambda: replicas.usable() is not None, 30)
+        reads = replica.reads
+        assert sorted(await made.store.get_orders([1, 2])) == [1, 2]
+        assert replica.reads == reads + 1
