@@ -8,72 +8,25 @@ from __future__ import annotations
 
 import asyncio
 import json
-import re
-import shutil
 import socket
-import subprocess
 import threading
 import time
 from collections.abc import Iterator
-from contextlib import ExitStack, contextmanager
+from contextlib import ExitStack
 from pathlib import Path
 
 import httpx
 import pytest
 
-from tests.backends import Backend, free_port, make_backend, unavailable, wait_listening
+from tests.backends import Backend, free_port, make_backend
 from tests.load import Hammer, hammer
+from tests.nginx import running_nginx
 from tests.server import Server, base_env, run_cli, serve
 from tests.system.conftest import bearer
 
 pytestmark = pytest.mark.slow
 
-CONF = Path(__file__).parents[2] / "deploy" / "nginx" / "surge.conf"
 USERS = 20
-
-
-def _nginx() -> str:
-    found = shutil.which("nginx") or (
-        "/usr/sbin/nginx" if Path("/usr/sbin/nginx").exists() else None
-    )
-    if found is None:
-        message = "nginx is not installed (scripts/install-system-deps.sh installs it)"
-        unavailable(message)
-    return found
-
-
-def _render(listen: int, upstreams: list[int]) -> str:
-    """The shipped file, with this test's ports in place of the example ones."""
-    text = CONF.read_text()
-    servers = "".join(f"    server 127.0.0.1:{port} max_fails=0;\n" for port in upstreams)
-    text, count = re.subn(r"(?m)^    server 127\.0\.0\.1:\d+ max_fails=0;\n", "", text)
-    assert count == 2, "the example upstream block changed: update this test"
-    text = text.replace("    least_conn;\n", "    least_conn;\n" + servers)
-    return text.replace("listen 80;", f"listen 127.0.0.1:{listen};")
-
-
-@contextmanager
-def _running_nginx(directory: Path, listen: int, upstreams: list[int]) -> Iterator[str]:
-    binary = _nginx()
-    (directory / "surge.conf").write_text(_render(listen, upstreams))
-    (directory / "nginx.conf").write_text(
-        "daemon off;\nworker_processes 1;\npid nginx.pid;\nerror_log error.log warn;\n"
-        "user root;\nevents { worker_connections 1024; }\n"
-        "http {\n  access_log off;\n  client_body_temp_path tmp-body;\n"
-        "  proxy_temp_path tmp-proxy;\n  fastcgi_temp_path tmp-fcgi;\n"
-        "  uwsgi_temp_path tmp-uwsgi;\n  scgi_temp_path tmp-scgi;\n"
-        "  include surge.conf;\n}\n"
-    )
-    argv = [binary, "-p", str(directory), "-c", str(directory / "nginx.conf")]
-    checked = subprocess.run([*argv, "-t"], capture_output=True, text=True, timeout=30)
-    assert checked.returncode == 0, checked.stderr
-    process = subprocess.Popen(argv, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    try:
-        wait_listening(listen, 10, "nginx")
-        yield f"http://127.0.0.1:{listen}"
-    finally:
-        process.terminate()
-        process.wait(timeout=10)
 
 
 def _env(backend: Backend, directory: Path) -> dict[str, str]:
@@ -108,7 +61,9 @@ def test_rolling_restart_behind_nginx_loses_no_request(backend: Backend, tmp_pat
         servers: list[Server] = [
             stack.enter_context(serve(env, tmp_path, "--port", str(port))) for port in ports
         ]
-        base = stack.enter_context(_running_nginx(tmp_path, listen, ports))
+        base = stack.enter_context(
+            running_nginx(tmp_path, listen, [f"127.0.0.1:{p}" for p in ports])
+        )
         first = httpx.get(f"{base}/orders/1", headers=bearer("user1"), timeout=5)
         assert first.status_code == 200, first.text
         assert httpx.get(f"{base}/debug/tasks", timeout=5).status_code == 404
@@ -152,7 +107,10 @@ def test_websocket_handshake_through_nginx(backend: Backend, tmp_path: Path) -> 
     env = _env(backend, tmp_path)
     run_cli(env, "db", "migrate")
     port, listen = free_port(), free_port()
-    with serve(env, tmp_path, "--port", str(port)), _running_nginx(tmp_path, listen, [port, port]):
+    with (
+        serve(env, tmp_path, "--port", str(port)),
+        running_nginx(tmp_path, listen, [f"127.0.0.1:{port}"] * 2),
+    ):
         with socket.create_connection(("127.0.0.1", listen), timeout=5) as sock:
             token = bearer("alice")["Authorization"].removeprefix("Bearer ")
             sock.sendall(
@@ -242,7 +200,7 @@ def test_websocket_clients_resume_across_a_rolling_restart(
     room = "chat:rollout"
     with ExitStack() as stack:
         servers = [stack.enter_context(serve(env, tmp_path, "--port", str(p))) for p in ports]
-        stack.enter_context(_running_nginx(tmp_path, listen, ports))
+        stack.enter_context(running_nginx(tmp_path, listen, [f"127.0.0.1:{p}" for p in ports]))
         url = f"ws://127.0.0.1:{listen}/ws?token={bearer('viewer')['Authorization'][7:]}"
         publisher_url = f"ws://127.0.0.1:{listen}/ws?token={bearer('author')['Authorization'][7:]}"
         subscribers = [_Subscriber(url, room) for _ in range(6)]
