@@ -4,7 +4,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: run test install tools image lint typecheck bench bench-orders bench-sale bench-broadcast bench-overload chaos clean
+.PHONY: run test install tools image lint typecheck bench bench-orders bench-sale bench-broadcast bench-overload bench-cluster chaos clean
 
 $(STAMP): pyproject.toml setup.py src/surge/realtime/_sendmany.c constraints.txt scripts/install-system-deps.sh
 	bash scripts/install-system-deps.sh
@@ -52,7 +52,7 @@ typecheck: $(STAMP)
 	$(BIN)/mypy
 
 ## Benchmarks (write BENCHMARKS.md); minutes, not part of `test`.
-bench: bench-orders bench-sale bench-broadcast bench-overload
+bench: bench-orders bench-sale bench-broadcast bench-overload bench-cluster
 
 bench-orders: $(STAMP)
 	bash scripts/ensure-services.sh
@@ -72,6 +72,12 @@ bench-overload: $(STAMP)
 bench-sale: $(STAMP)
 	bash scripts/ensure-services.sh
 	$(BIN)/python -m bench.sale
+
+## Three nodes behind nginx on a Redis Cluster and a MariaDB primary + replica: a node
+## SIGKILLed mid-sale, a room across the nodes (bench/cluster.py).
+bench-cluster: $(STAMP)
+	bash scripts/ensure-services.sh
+	$(BIN)/python -m bench.cluster
 
 ## The container image (deploy/Dockerfile) as localhost/surge:latest, on a Debian base made
 ## here when no registry is reachable (deploy/build-image.sh); prints its size in bytes.

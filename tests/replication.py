@@ -23,6 +23,10 @@ class Replication:
     primary_url: str
     replica_url: str
 
+    def sql(self, name: str, statement: str) -> str:
+        """`statement` run on `primary` or `replica` by the command-line client."""
+        raise NotImplementedError
+
     def pause(self) -> None:
         """The replica stops applying the primary's changes (it stays up)."""
         raise NotImplementedError

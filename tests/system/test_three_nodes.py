@@ -34,8 +34,7 @@ def test_three_nodes_sell_exactly_the_stock_through_a_node_kill(tmp_path: Path) 
             storming = asyncio.create_task(buy(run.base, sale, users, 60, connections=48))
             await asyncio.sleep(0.5)
             await asyncio.to_thread(run.kill_node, 1)
-            answers, _ = await storming
-            return list(answers)
+            return list((await storming).answers)
 
         answers = asyncio.run(storm_and_kill())
         statuses = Counter(a.status_code for a in answers)  # type: ignore[attr-defined]
