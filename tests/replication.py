@@ -23,9 +23,20 @@ class Replication:
     primary_url: str
     replica_url: str
 
+    ports: dict[str, int]
+
+    def client(self, name: str) -> list[str]:
+        """The command-line client's argv for `primary` or `replica`, but the statement."""
+        raise NotImplementedError
+
     def sql(self, name: str, statement: str) -> str:
         """`statement` run on `primary` or `replica` by the command-line client."""
-        raise NotImplementedError
+        done = subprocess.run(
+            [*self.client(name), statement], capture_output=True, text=True, timeout=30
+        )
+        if done.returncode:
+            raise RuntimeError(f"{name}: {statement}: {done.stderr}")
+        return done.stdout
 
     def pause(self) -> None:
         """The replica stops applying the primary's changes (it stays up)."""
@@ -92,16 +103,8 @@ class MariadbReplication(Replication):
         )
         wait_listening(self.ports[name], 60, f"mariadbd ({name})")
 
-    def sql(self, name: str, statement: str) -> str:
-        done = subprocess.run(
-            ["mariadb", "-h127.0.0.1", f"-P{self.ports[name]}", "-uroot", "-N", "-e", statement],
-            capture_output=True,
-            text=True,
-            timeout=30,
-        )
-        if done.returncode:
-            raise RuntimeError(f"{name}: {statement}: {done.stderr}")
-        return done.stdout
+    def client(self, name: str) -> list[str]:
+        return ["mariadb", "-h127.0.0.1", f"-P{self.ports[name]}", "-uroot", "-N", "-e"]
 
     def wait_caught_up(self, seconds: float = 30.0) -> None:
         deadline = time.monotonic() + seconds
@@ -179,16 +182,8 @@ class PostgresReplication(Replication):
         )
         wait_listening(self.ports[name], 60, f"postgres ({name})")
 
-    def sql(self, name: str, statement: str) -> str:
-        done = subprocess.run(
-            ["psql", "-h127.0.0.1", f"-p{self.ports[name]}", "-Upostgres", "-At", "-c", statement],
-            capture_output=True,
-            text=True,
-            timeout=30,
-        )
-        if done.returncode:
-            raise RuntimeError(f"{name}: {statement}: {done.stderr}")
-        return done.stdout
+    def client(self, name: str) -> list[str]:
+        return ["psql", "-h127.0.0.1", f"-p{self.ports[name]}", "-Upostgres", "-At", "-c"]
 
     def pause(self) -> None:
         self.sql("replica", "SELECT pg_wal_replay_pause()")

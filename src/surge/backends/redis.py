@@ -24,7 +24,7 @@ from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import TimeoutError as RedisTimeoutError
 
 from surge.backends.breaker import Breaker, Guard
-from surge.backends.redis_cluster import GuardedRedisCluster, connect_cluster
+from surge.backends.redis_cluster import GuardedRedisCluster, call_hooks, connect_cluster
 from surge.ground.errors import count_as_unavailable
 from surge.ground.interfaces import Handler
 from surge.ground.redis_urls import is_cluster
@@ -275,11 +275,7 @@ class RedisBus:
 
     def _reconnected(self, _connection: object) -> None:
         log.warning("pub/sub reconnected; messages sent meanwhile may be lost")
-        for hook in list(self._hooks):
-            try:
-                hook()
-            except Exception:
-                log.exception("reconnect hook failed")
+        call_hooks(self._hooks)
 
     async def _read(self) -> None:
         strip = len(self._prefix)

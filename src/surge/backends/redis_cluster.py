@@ -97,6 +97,16 @@ def connect_cluster(
     return client
 
 
+def call_hooks(hooks: list[Callable[[], None]]) -> None:
+    """A bus's reconnect hooks (messages may have been missed), each on its own: one that
+    fails is logged and the others still run."""
+    for hook in list(hooks):
+        try:
+            hook()
+        except Exception:
+            log.exception("reconnect hook failed")
+
+
 @dataclass(slots=True)
 class _Link:
     """The subscriber connection to one node, and the task that reads it."""
@@ -223,11 +233,7 @@ class ShardedBus:
 
     def _reconnected(self) -> None:
         log.warning("pub/sub resubscribed; messages sent meanwhile may be lost")
-        for hook in list(self._hooks):
-            try:
-                hook()
-            except Exception:
-                log.exception("reconnect hook failed")
+        call_hooks(self._hooks)
 
     async def _close_links(self) -> None:
         links, self._links = list(self._links.values()), {}
