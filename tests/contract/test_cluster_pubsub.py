@@ -18,7 +18,9 @@ pytestmark = pytest.mark.anyio
 @contextlib.asynccontextmanager
 async def _process(backend: Backend) -> AsyncIterator[Backends]:
     """What one Surge process opens."""
-    options = BackendOptions(backend.database_url, backend.redis_url, backend.prefix)
+    options = BackendOptions(
+        backend.database_url, redis_url=backend.redis_url, prefix=backend.prefix
+    )
     async with contextlib.AsyncExitStack() as stack:
         yield await open_backends(options, stack)
 

@@ -43,8 +43,6 @@ ErrorHook = Callable[[Exception], None]
 class BackendOptions:
     database_url: str
     redis_url: str | None = None  # None: in-process shared state (one process)
-    replica_urls: tuple[str, ...] = ()  # the database's read replicas (sql_replicas)
-    replica_max_lag: float = 5.0  # seconds behind the primary a replica may serve
     prefix: str = "surge:"  # of every Redis key and channel
     db_pool_size: int = 10
     redis_pool_size: int = 32
@@ -53,6 +51,8 @@ class BackendOptions:
     data_dir: Path = Path("surge-data")  # the embedded event stream's file
     dedup_ttl: float = 7 * 86_400.0  # how long the stream remembers a handled event
     stream_pool_size: int = 40  # the stream's own Redis connections (blocking reads)
+    replica_urls: tuple[str, ...] = ()  # the database's read replicas (sql_replicas)
+    replica_max_lag: float = 5.0  # seconds behind the primary a replica may serve
 
 
 @dataclass(slots=True)
