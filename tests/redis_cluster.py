@@ -30,6 +30,7 @@ class OwnRedisCluster:
         self.directory = directory
         self.ports = [_node_port() for _ in range(2 * masters)]
         self.processes: dict[int, subprocess.Popen[bytes]] = {}
+        self.frozen: set[int] = set()
 
     @property
     def url(self) -> str:
@@ -71,7 +72,11 @@ class OwnRedisCluster:
         """Until every live node sees every slot served (after creation, or a failover)."""
         deadline = time.monotonic() + seconds
         while time.monotonic() < deadline:
-            live = [port for port, p in self.processes.items() if p.poll() is None]
+            live = [
+                port
+                for port, p in self.processes.items()
+                if p.poll() is None and port not in self.frozen
+            ]
             if all("cluster_state:ok" in self.cli(port, "cluster", "info") for port in live):
                 return
             time.sleep(0.1)
@@ -123,7 +128,20 @@ class OwnRedisCluster:
         process.send_signal(signal.SIGKILL)
         process.wait(timeout=10)
 
+    def freeze(self, port: int) -> None:
+        """SIGSTOP: the node keeps its connections open and never answers (a frozen VM, a
+        partition)."""
+        self.processes[port].send_signal(signal.SIGSTOP)
+        self.frozen.add(port)
+
+    def thaw(self, port: int) -> None:
+        self.processes[port].send_signal(signal.SIGCONT)
+        self.frozen.discard(port)
+
     def stop(self) -> None:
+        for process in self.processes.values():
+            if process.poll() is None:
+                process.send_signal(signal.SIGCONT)  # a frozen node would not die of SIGKILL late
         for process in self.processes.values():
             if process.poll() is None:
                 process.kill()

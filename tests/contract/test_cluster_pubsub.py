@@ -9,8 +9,11 @@ from collections.abc import AsyncIterator, Callable
 import pytest
 
 from surge.backends import BackendOptions, Backends, open_backends
+from surge.backends.redis import connect
+from surge.backends.redis_sharded_bus import ShardedBus
+from surge.ground.interfaces import Bus
 from tests.backends import Backend
-from tests.redis_cluster import shared_cluster
+from tests.redis_cluster import own_cluster, shared_cluster
 
 pytestmark = pytest.mark.anyio
 
@@ -92,3 +95,78 @@ async def test_a_room_is_numbered_kept_and_delivered_on_one_shard(backend: Backe
             kept, latest = await second.backplane.history(room)
             assert latest == 3 and [seq for seq, _ in kept] == [1, 2, 3]
         assert len(shards) > 1  # and the rooms spread over the masters
+
+
+async def _heard(bus: Bus, channel: str, got: list[bytes], seconds: float = 15.0) -> bool:
+    """Publishes until the subscriber hears one (its subscription may be under repair)."""
+    deadline = asyncio.get_running_loop().time() + seconds
+    while asyncio.get_running_loop().time() < deadline:
+        with contextlib.suppress(Exception):  # the publisher may meet the failover too
+            await bus.publish(channel, b"ping")
+        await _until(lambda: bool(got), 0.3)
+        if got:
+            return True
+    return False
+
+
+@ON_A_CLUSTER
+async def test_a_dropped_subscriber_connection_is_noticed_and_resubscribed(
+    backend: Backend,
+) -> None:
+    """redis-py would reconnect and resubscribe a pub/sub connection by itself, silently:
+    what was published meanwhile lost and nobody told. The bus must notice and say so."""
+    async with _process(backend) as opened:
+        got: list[bytes] = []
+        lost: list[int] = []
+        await opened.bus.subscribe("drop", got.append)
+        opened.bus.on_reconnect(lambda: lost.append(1))
+        cluster = shared_cluster()
+        for port in cluster.ports:  # every subscriber connection of every process
+            cluster.cli(port, "client", "kill", "type", "pubsub")
+        await _until(lambda: bool(lost), 10)
+        assert lost  # told: messages may have been missed
+        assert await _heard(opened.bus, "drop", got)
+
+
+async def test_a_frozen_master_is_given_up_after_its_failover() -> None:
+    """A master that stops answering without closing its connections (SIGSTOP): once its
+    replica has taken over, the bus must subscribe there and say messages were lost."""
+    with own_cluster() as cluster:
+        async with contextlib.AsyncExitStack() as stack:
+            client = connect(cluster.url, 8)
+            stack.push_async_callback(client.aclose)
+            bus = ShardedBus(client, "frozen:")
+            stack.push_async_callback(bus.close)
+            got: list[bytes] = []
+            lost: list[int] = []
+            await bus.subscribe("news", got.append)
+            bus.on_reconnect(lambda: lost.append(1))
+            assert await _heard(bus, "news", got)
+            victim = cluster.master_of("frozen:news")
+            cluster.freeze(victim)
+            try:
+                await asyncio.to_thread(cluster.wait_failed_over, victim)
+                got.clear()
+                assert await _heard(bus, "news", got, 20)  # delivered by the new master
+                assert lost
+            finally:
+                cluster.thaw(victim)
+
+
+@ON_A_CLUSTER
+async def test_closing_while_the_links_are_remade_leaves_nothing_behind(
+    backend: Backend,
+) -> None:
+    for turns in range(1, 8):
+        client = connect(backend.redis_url or "", 8)
+        bus = ShardedBus(client, backend.prefix)
+        await bus.subscribe("a", lambda _m: None)
+        await bus.subscribe("b", lambda _m: None)
+        bus._broken = True  # as a failed link does
+        bus._wake.set()
+        for _ in range(turns):
+            await asyncio.sleep(0)
+        await bus.close()
+        await client.aclose()
+        alive = [t for t in asyncio.all_tasks() if t.get_name().startswith("redis-shard-")]
+        assert alive == [] and bus._links == {}

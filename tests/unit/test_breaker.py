@@ -9,6 +9,7 @@ import sqlalchemy as sa
 from redis.exceptions import (
     ClusterDownError,
     MaxConnectionsError,
+    RedisClusterException,
     SlotNotCoveredError,
     TryAgainError,
 )
@@ -161,3 +162,5 @@ def test_redis_errors_are_classified() -> None:
     assert redis_down(SlotNotCoveredError("slot 12 is not covered"))
     assert not redis_down(MaxConnectionsError("Too many connections"))
     assert not redis_down(TryAgainError("TRYAGAIN"))
+    assert redis_down(RedisClusterException("Redis Cluster cannot be connected. Please ..."))
+    assert not redis_down(RedisClusterException("keys in request don't hash to the same slot"))

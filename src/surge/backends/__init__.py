@@ -218,9 +218,10 @@ def _redis(
 ) -> Backends:
     from surge.backends.redis import RedisBus, RedisCache, connect, warm
     from surge.backends.redis_backplane import CLUSTER_SHARDS, RedisBackplane
-    from surge.backends.redis_cluster import GuardedRedisCluster, ShardedBus
+    from surge.backends.redis_cluster import GuardedRedisCluster
     from surge.backends.redis_gate import RedisGate
     from surge.backends.redis_limits import RedisBuckets
+    from surge.backends.redis_sharded_bus import ShardedBus
     from surge.backends.sql_sales import SqlSales
 
     url = options.redis_url

@@ -19,12 +19,19 @@ from redis.asyncio.client import Pipeline, PubSub
 from redis.asyncio.cluster import RedisCluster
 from redis.asyncio.retry import Retry
 from redis.backoff import NoBackoff
-from redis.exceptions import ClusterDownError, MaxConnectionsError, RedisError, SlotNotCoveredError
+from redis.exceptions import (
+    ClusterDownError,
+    MaxConnectionsError,
+    RedisClusterException,
+    RedisError,
+    SlotNotCoveredError,
+)
 from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import TimeoutError as RedisTimeoutError
 
 from surge.backends.breaker import Breaker, Guard
-from surge.backends.redis_cluster import GuardedRedisCluster, call_hooks, connect_cluster
+from surge.backends.redis_cluster import GuardedRedisCluster, connect_cluster
+from surge.backends.redis_sharded_bus import call_hooks
 from surge.ground.errors import count_as_unavailable
 from surge.ground.interfaces import Handler
 from surge.ground.redis_urls import is_cluster
@@ -41,6 +48,9 @@ def redis_down(error: BaseException) -> bool:
     cluster, a slot without a master (mid-failover) is down too."""
     if isinstance(error, MaxConnectionsError):
         return False
+    if isinstance(error, RedisClusterException) and not isinstance(error, SlotNotCoveredError):
+        # no node of the cluster answered; any other (client-side misuse) is a bug of ours
+        return str(error).startswith("Redis Cluster cannot be connected")
     if isinstance(error, RedisConnectionError):
         return str(error) != "No connection available."
     return isinstance(
