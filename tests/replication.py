@@ -45,6 +45,13 @@ class Replication:
     def resume(self) -> None:
         raise NotImplementedError
 
+    def cut(self) -> None:
+        """The replica loses its link to the primary (it stays up, its data as it was)."""
+        raise NotImplementedError
+
+    def mend(self) -> None:
+        raise NotImplementedError
+
     def kill_replica(self) -> None:
         raise NotImplementedError
 
@@ -121,6 +128,12 @@ class MariadbReplication(Replication):
     def resume(self) -> None:
         self.sql("replica", "START SLAVE")
 
+    def cut(self) -> None:
+        self.sql("replica", "STOP SLAVE IO_THREAD")
+
+    def mend(self) -> None:
+        self.sql("replica", "START SLAVE IO_THREAD")
+
     def kill_replica(self) -> None:
         self.processes["replica"].send_signal(signal.SIGKILL)
         self.processes["replica"].wait(timeout=30)
@@ -190,6 +203,19 @@ class PostgresReplication(Replication):
 
     def resume(self) -> None:
         self.sql("replica", "SELECT pg_wal_replay_resume()")
+
+    def _conninfo(self, port: int) -> None:
+        self.sql(
+            "replica",
+            f"ALTER SYSTEM SET primary_conninfo = 'host=127.0.0.1 port={port} user=postgres'",
+        )
+        self.sql("replica", "SELECT pg_reload_conf()")
+
+    def cut(self) -> None:
+        self._conninfo(1)  # nothing listens there: the WAL receiver stops streaming
+
+    def mend(self) -> None:
+        self._conninfo(self.ports["primary"])
 
     def _postmaster(self, name: str) -> int:
         return int((self.directory / name / "postmaster.pid").read_text().split()[0])

@@ -474,9 +474,9 @@ def _check(settings: Settings) -> None:
         raise ConfigError("SURGE_MAX_CONNECTIONS_PER_CLIENT must not exceed SURGE_MAX_CONNECTIONS")
     if settings.internal_port and settings.internal_port == settings.port:
         raise ConfigError("SURGE_INTERNAL_PORT must differ from SURGE_PORT")
-    primary = settings.database_url.partition(":")[0].partition("+")[0]
+    primary = settings.database_url.partition(":")[0].partition("+")[0].lower()
     for replica in settings.database_replica_url:
-        kind = replica.partition(":")[0].partition("+")[0]
+        kind = replica.partition(":")[0].partition("+")[0].lower()
         if kind == "sqlite" or _family(kind) != _family(primary):
             raise ConfigError(
                 f"SURGE_DATABASE_REPLICA_URL: a replica of a {primary} database must be one "

@@ -105,6 +105,23 @@ async def test_a_replica_behind_or_stopped_is_skipped_and_readiness_says_so(
         await replicas.check()  # back by itself
 
 
+async def test_a_replica_cut_off_from_its_primary_is_not_used(replicated: Replication) -> None:
+    """Its positions look caught up (it applied all it received), but it no longer
+    receives: PostgreSQL's replay and receive positions agree, MariaDB's SQL thread runs."""
+    async with _opened(replicated) as (_, replicas):
+        replicated.cut()
+        try:
+            await _new_order(replicated)
+            await _until(lambda: replicas.usable() is None)
+            assert replicas.usable() is None
+            with pytest.raises(ReplicaUnwell):
+                await replicas.check()
+        finally:
+            replicated.mend()
+        await _until(lambda: replicas.usable() is not None, 30)
+        await replicas.check()
+
+
 async def test_a_replica_killed_costs_no_read_and_comes_back(replicated: Replication) -> None:
     async with _opened(replicated) as (made, replicas):
         (replica,) = replicas.replicas

@@ -19,6 +19,7 @@ def test_seed_nodes_credentials_and_tls_are_read() -> None:
         (("::1", 7000),), "app", "s@cret", True
     )
     assert is_cluster("redis+cluster://h:1") and not is_cluster("redis://h:1/0")
+    assert parse_cluster_url("redis+cluster://h:1/0").nodes == (("h", 1),)
 
 
 @pytest.mark.parametrize(
@@ -28,7 +29,8 @@ def test_seed_nodes_credentials_and_tls_are_read() -> None:
         "redis+cluster://h:0",
         "redis+cluster://h:70000",
         "redis+cluster://h:1,,h:2",
-        "redis+cluster://h:1/2",  # a cluster has no database numbers
+        "redis+cluster://h:1/2",  # a cluster has database 0 only
+        "redis+cluster://h:1#x",
         "redis+cluster://h:1?timeout=3",
         "redis://h:1",
     ],

@@ -43,8 +43,15 @@ DOWN = -1.0  # the lag gauge of a replica that is down or not replicating
 # Seconds the replica's last applied change is behind the primary, or NULL when it is not
 # replicating. PostgreSQL: nothing left to replay means caught up, however old the last
 # replayed transaction (an idle primary sends nothing new).
+# A standby whose WAL receiver is not streaming (primary unreachable, broken conninfo)
+# does not replicate, however caught up its positions look (reading pg_stat_wal_receiver
+# needs pg_monitor). A primary that falls silent without closing the connection is noticed
+# by the receiver after wal_receiver_timeout (60 s by default). The age of the receiver's
+# last message cannot bound the lag: an idle primary sends a keepalive only every 30 s.
 _PG_LAG = sa.text(
     "SELECT CASE WHEN NOT pg_is_in_recovery() THEN NULL"
+    " WHEN NOT EXISTS (SELECT 1 FROM pg_stat_wal_receiver WHERE status = 'streaming')"
+    " THEN NULL"
     " WHEN pg_last_wal_receive_lsn() = pg_last_wal_replay_lsn() THEN 0"
     " ELSE EXTRACT(EPOCH FROM now() - pg_last_xact_replay_timestamp()) END"
 )
@@ -60,12 +67,17 @@ class Replica:
     close: Callable[[], Awaitable[None]]
     lag: float = DOWN  # seconds, from the last probe
     reads: int = 0
+    probed: bool = False  # a probe has answered or failed once
 
 
 @dataclass(slots=True)
 class ReplicaSet:
     replicas: list[Replica]
     max_lag: float
+    # a read a replica has not answered in this long is the primary's (a frozen replica
+    # would otherwise hold it for the engine's 5 s operation timeout); the probe then
+    # finds the replica unwell within a second or two
+    read_timeout: float = 0.5
     fallbacks: dict[str, int] = field(default_factory=dict)  # why the primary served
     _turn: int = 0
     _prober: asyncio.Task[None] | None = None
@@ -83,6 +95,13 @@ class ReplicaSet:
     def _fell_back(self, why: str) -> None:
         self.fallbacks[why] = self.fallbacks.get(why, 0) + 1
 
+    def _failed(self, replica: Replica, exc: Exception) -> None:
+        """A read the replica failed: the primary answers. Logged once per 1,000 (a replica
+        that answers every read with an error would otherwise flood the log in a storm)."""
+        self._fell_back("replica-failed")
+        if self.fallbacks["replica-failed"] % 1000 == 1:
+            log.warning("replica %s failed a read (%r): the primary answers", replica.name, exc)
+
     async def get_orders(
         self, ids: Sequence[int], primary: Callable[[Sequence[int]], Awaitable[dict[int, Order]]]
     ) -> dict[int, Order]:
@@ -91,10 +110,10 @@ class ReplicaSet:
             self._fell_back("no-replica")
             return await primary(ids)
         try:
-            found = await replica.get_orders(ids)
+            async with asyncio.timeout(self.read_timeout):
+                found = await replica.get_orders(ids)
         except Exception as exc:
-            log.warning("replica %s failed a read (%s): the primary answers", replica.name, exc)
-            self._fell_back("replica-failed")
+            self._failed(replica, exc)
             return await primary(ids)
         replica.reads += 1
         missing = [i for i in ids if i not in found]
@@ -114,10 +133,10 @@ class ReplicaSet:
         if replica is None:
             return await primary(user_id, before, limit)
         try:
-            found = await replica.user_orders(user_id, before, limit)
+            async with asyncio.timeout(self.read_timeout):
+                found = await replica.user_orders(user_id, before, limit)
         except Exception as exc:
-            log.warning("replica %s failed a read (%s): the primary answers", replica.name, exc)
-            self._fell_back("replica-failed")
+            self._failed(replica, exc)
             return await primary(user_id, before, limit)
         replica.reads += 1
         return found
@@ -134,25 +153,22 @@ class ReplicaSet:
             await asyncio.sleep(PROBE_EVERY)
 
     async def _probe(self, replica: Replica) -> None:
-        before = replica.lag
+        was_usable = replica.probed and 0 <= replica.lag <= self.max_lag
         try:
             async with replica.guard(), asyncio.timeout(PROBE_EVERY):
                 lag = await measure_lag(replica.engine)
+            error = "not replicating" if lag is None else ""
         except Exception as exc:
-            lag = None
-            if before != DOWN:
-                log.warning(
-                    "replica %s unreachable (%s): the primary serves its reads", replica.name, exc
-                )
+            lag, error = None, f"unreachable ({exc!r})"
+        first = not replica.probed
+        replica.probed = True
         replica.lag = DOWN if lag is None else lag
-        if before <= self.max_lag < replica.lag or (before >= 0 and lag is None):
-            log.warning("replica %s is %s", replica.name, _state(replica.lag))
-        elif (
-            before != replica.lag
-            and (before < 0 or before > self.max_lag)
-            and 0 <= replica.lag <= self.max_lag
-        ):
-            log.warning("replica %s serves reads again (%.1f s behind)", replica.name, replica.lag)
+        usable = 0 <= replica.lag <= self.max_lag
+        if usable and (first or not was_usable):
+            log.warning("replica %s serves reads (%.1f s behind)", replica.name, replica.lag)
+        elif not usable and (first or was_usable):
+            why = error or f"{replica.lag:.1f} s behind, over {self.max_lag} s"
+            log.warning("replica %s: %s; the primary serves its reads", replica.name, why)
 
     async def check(self) -> None:
         """Readiness: every replica usable, else an error naming those that are not (the
@@ -173,7 +189,10 @@ class ReplicaSet:
             self._prober.cancel()
             await asyncio.gather(self._prober, return_exceptions=True)
         for replica in self.replicas:
-            await replica.close()
+            try:
+                await replica.close()
+            except Exception as exc:  # the others are closed all the same
+                log.warning("closing replica %s: %r", replica.name, exc)
 
 
 class ReplicaUnwell(Exception):
@@ -191,12 +210,19 @@ async def measure_lag(engine: AsyncEngine) -> float | None:
         if engine.url.get_backend_name() == "postgresql":
             value = (await conn.execute(_PG_LAG)).scalar()
             return None if value is None else max(0.0, float(value))
-        row = (await conn.execute(sa.text("SHOW SLAVE STATUS"))).mappings().first()
+        # MariaDB 10.5+ and MySQL 8.0.22+ know SHOW REPLICA STATUS (MySQL 8.4 knows only
+        # it); MySQL renamed the columns (Replica_*, *_Source), MariaDB kept Slave_*
+        try:
+            row = (await conn.execute(sa.text("SHOW REPLICA STATUS"))).mappings().first()
+        except sa.exc.DBAPIError:
+            row = (await conn.execute(sa.text("SHOW SLAVE STATUS"))).mappings().first()
     if row is None:
         return None
-    if row.get("Slave_IO_Running") != "Yes" or row.get("Slave_SQL_Running") != "Yes":
+    columns = dict(row)
+    running = [columns.get(f"{w}_{t}_Running") for w in ("Slave", "Replica") for t in ("IO", "SQL")]
+    if running.count("Yes") < 2:
         return None
-    behind: Any = row.get("Seconds_Behind_Master")
+    behind: Any = columns.get("Seconds_Behind_Master", columns.get("Seconds_Behind_Source"))
     return None if behind is None else float(behind)
 
 

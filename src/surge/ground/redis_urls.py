@@ -37,8 +37,8 @@ def parse_cluster_url(url: str) -> ClusterAddress:
     parts = urlsplit(url)
     if parts.scheme.lower() not in SCHEMES:
         raise ValueError(f"not a Redis Cluster URL: {parts.scheme}://")
-    if parts.path not in ("", "/") or parts.query:
-        raise ValueError("a Redis Cluster URL has no database number or options")
+    if parts.path not in ("", "/", "/0") or parts.query or parts.fragment:
+        raise ValueError("a Redis Cluster URL has no database number (but 0) and takes no options")
     userinfo, _, hosts = parts.netloc.rpartition("@")
     username = password = None
     if userinfo:
