@@ -39,9 +39,10 @@ from surge.protect.shedder import Shedder, ShedSettings
 from surge.realtime.endpoint import Endpoint
 from surge.realtime.fanout import default_helpers
 from surge.realtime.hub import Hub, Limits
+from surge.realtime.publish_api import RoomPublisher
 from surge.sales.cache import SaleConfigs, SoldOutBoard
 from surge.sales.catalog import Catalog
-from surge.sales.feed import StockFeed
+from surge.sales.feed import StockFeed, UserEvents
 from surge.sales.purchase import Purchases
 from surge.work.audit import AuditLog
 from surge.work.worker import Worker, WorkerOptions, worker_name
@@ -108,6 +109,10 @@ class App:
         # for a verdict from Redis
         endpoint = Endpoint(self.hub, self.auth, settings.ws_origins)
         self.router.add("GET", "/ws", endpoint.handle, None)
+        rooms = RoomPublisher(
+            self.auth, self.hub, settings.route_deadline("POST /rooms/{room}/messages")
+        )
+        self.router.add("POST", "/rooms/{room}/messages", rooms.handle)
         page = response(200, DEMO_PAGE, HTML, (("cache-control", "no-cache"),))
         self.router.add("GET", "/demo", lambda _request: page)
         self.feed = StockFeed(self.hub)
@@ -148,6 +153,7 @@ class App:
             self.feed,
             settings.route_deadline("POST /sales/{id}/orders"),
             self.orders.invalidate,
+            UserEvents(self.hub),
         )
         stack.push_async_callback(purchases.close)  # its bookkeeping, before Redis closes
         collectors.purchases(self.metrics, purchases, purchases.keeper)

@@ -1,4 +1,6 @@
-"""Bearer tokens: HS256 JWTs whose `sub` is the user id and `role` may be `admin`.
+"""Bearer tokens: HS256 JWTs whose `sub` is the user id and `role` may be `admin`, or
+`service` (an application's backend: it may publish into rooms, POST /rooms/{room}/messages,
+and nothing an admin may do besides).
 
 Verifying a JWT costs a few microseconds (base64, JSON, HMAC: surge.tokens); the same
 token arrives on every request of a session, so verified tokens are remembered by their
@@ -39,6 +41,7 @@ class User:
     id: str
     admin: bool
     expires: float  # its token's exp plus the leeway
+    service: bool = False  # role `service`: publishes into rooms from a backend
 
 
 V = TypeVar("V")
@@ -136,14 +139,18 @@ class Authenticator:
         # controls, which PostgreSQL refuses or a log reader would be fooled by)
         if not isinstance(sub, str) or not 0 < len(sub) <= 64 or not sub.isprintable():
             raise _Refused("unauthorized", "token subject must be 1-64 printable characters")
-        return User(sub, claims.get("role") == "admin", float(claims["exp"]) + self._leeway)
+        role = claims.get("role")
+        expires = float(claims["exp"]) + self._leeway
+        return User(sub, role == "admin", expires, role == "service")
 
 
-def mint(secret: str, user_id: str, admin: bool = False, ttl: float = 86_400.0) -> str:
+def mint(
+    secret: str, user_id: str, admin: bool = False, ttl: float = 86_400.0, role: str = ""
+) -> str:
     now = int(time.time())
     claims: dict[str, object] = {"sub": user_id, "iat": now, "exp": now + int(ttl)}
-    if admin:
-        claims["role"] = "admin"
+    if admin or role:
+        claims["role"] = "admin" if admin else role
     return tokens.mint(secret.encode(), claims)
 
 

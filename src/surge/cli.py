@@ -58,7 +58,13 @@ def _parser() -> argparse.ArgumentParser:
         "token", parents=[settings_flags], help="print a bearer token for USER"
     )
     token.add_argument("user", metavar="USER")
-    token.add_argument("--admin", action="store_true", help="with the admin role")
+    roles = token.add_mutually_exclusive_group()
+    roles.add_argument("--admin", action="store_true", help="with the admin role")
+    roles.add_argument(
+        "--service",
+        action="store_true",
+        help="with the service role: publishes into rooms (POST /rooms/{room}/messages)",
+    )
     token.add_argument("--ttl", type=float, default=86_400.0, help="lifetime in seconds")
     return parser
 
@@ -81,7 +87,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     if args.command == "serve":
         return _serve(settings)
     if args.command == "token":
-        return _token(settings, args.user, args.admin, args.ttl)
+        return _token(settings, args.user, args.admin, args.ttl, args.service)
     if args.command == "worker":
         return _worker(settings)
     if args.command == "dead-letters":
@@ -140,14 +146,16 @@ def _dead_letters(settings: config.Settings, args: argparse.Namespace) -> int:
     return 0 if args.all or replayed == len(args.ids) else 1
 
 
-def _token(settings: config.Settings, user: str, admin: bool, ttl: float) -> int:
+def _token(
+    settings: config.Settings, user: str, admin: bool, ttl: float, service: bool = False
+) -> int:
     from surge.auth import load_or_create_secret, mint
 
     if not 0 < len(user) <= 64:
         print("surge: USER must be 1-64 characters", file=sys.stderr)
         return 2
     secret = settings.jwt_secret or load_or_create_secret(settings.secret_path)
-    print(mint(secret, user, admin=admin, ttl=ttl))
+    print(mint(secret, user, admin=admin, ttl=ttl, role="service" if service else ""))
     return 0
 
 

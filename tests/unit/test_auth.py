@@ -23,7 +23,11 @@ def test_valid_token_gives_the_user_and_role() -> None:
     user = auth.user(_bearer(mint(SECRET, "alice")))
     assert (user.id, user.admin) == ("alice", False)
     admin = auth.user(_bearer(mint(SECRET, "root", admin=True)))
-    assert admin.admin
+    assert admin.admin and not admin.service
+    service = auth.user(_bearer(mint(SECRET, "backend", role="service")))
+    assert (service.service, service.admin, user.service) == (True, False, False)
+    other = auth.user(_bearer(mint(SECRET, "x", role="superuser")))  # unknown: no role at all
+    assert not (other.admin or other.service)
 
 
 @pytest.mark.parametrize(

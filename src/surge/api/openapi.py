@@ -25,7 +25,8 @@ PROBLEM_TYPES = {
     "key-reused": "the Idempotency-Key was used with another request",
     "unauthorized": "missing, malformed or invalid bearer token",
     "token-expired": "the bearer token has expired",
-    "forbidden": "the token lacks the admin role",
+    "forbidden": "the token lacks the role the route needs (admin; service to publish)",
+    "bad-room": "the room is not chat:NAME, sale:ID or user:ID",
     "order-not-found": "no such order, or it belongs to someone else",
     "not-found": "no such route",
     "method-not-allowed": "the route exists, the method does not",
@@ -104,6 +105,15 @@ DOCUMENT: dict[str, Any] = {
     "components": {
         "securitySchemes": {"bearer": {"type": "http", "scheme": "bearer", "bearerFormat": "JWT"}},
         "schemas": {
+            "Published": {
+                "type": "object",
+                "required": ["room", "seq"],
+                "additionalProperties": False,
+                "properties": {
+                    "room": {"type": "string"},
+                    "seq": {"type": "integer", "minimum": 1},
+                },
+            },
             "Order": {
                 "type": "object",
                 "required": ["id", "sale_id", "user_id", "quantity", "status", "created_at"],
@@ -287,6 +297,35 @@ DOCUMENT: dict[str, Any] = {
                     "200": _json("a page", "OrderList"),
                     "400": _problem("bad cursor or limit"),
                     "401": _problem("missing or invalid token"),
+                },
+            }
+        },
+        "/rooms/{room}/messages": {
+            "post": {
+                "summary": "Publish into a room from a backend: the message's sequence number",
+                "description": "Role `service` or `admin`. The body is the message's data "
+                "(any JSON value, at most SURGE_WS_MAX_MESSAGE bytes); every subscriber gets "
+                '`{"op":"message","room":R,"seq":N,"data":BODY}` (docs/realtime.md). Rooms '
+                "`chat:NAME` and `user:ID`; `sale:ID` is the server's (403).",
+                "security": _BEARER,
+                "parameters": [
+                    {
+                        "name": "room",
+                        "in": "path",
+                        "required": True,
+                        "schema": {"type": "string", "pattern": "^(chat|user):[A-Za-z0-9_.@-]+$"},
+                    }
+                ],
+                "requestBody": {
+                    "required": True,
+                    "content": {"application/json": {"schema": {}}},
+                },
+                "responses": {
+                    "201": _json("published", "Published"),
+                    "400": _problem("bad room, or the body is not JSON"),
+                    "401": _problem("missing or invalid token"),
+                    "403": _problem("not a service or admin token, or a sale room"),
+                    "413": _problem("larger than SURGE_WS_MAX_MESSAGE"),
                 },
             }
         },

@@ -13,10 +13,23 @@ meanwhile; its clients resume from the history (`since`), docs/realtime.md.
 
 from __future__ import annotations
 
+import re
 from collections.abc import Callable
 from typing import Protocol
 
 Deliver = Callable[[str, int, bytes], None]
+# A user's own room, `user:ID`: only that user (or an admin) may subscribe, the server and
+# backends publish. Room names are written into messages unescaped (`room_message`), so a
+# user id with other characters than these has no room.
+USER_ROOM = re.compile(r"user:[A-Za-z0-9_.@\-]{1,64}")
+
+
+def user_room(user_id: str) -> str | None:
+    """The room of `user_id`, or None if its id cannot name one."""
+    room = "user:" + user_id
+    return room if USER_ROOM.fullmatch(room) else None
+
+
 ROOM_SHARE = 16  # a room's history may hold this fraction of the whole history budget
 
 

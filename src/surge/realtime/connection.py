@@ -56,6 +56,7 @@ class WsConnection(asyncio.Protocol):
         "_pings",
         "_publishes",
         "_ws",
+        "admin",
         "closing",
         "fd",
         "last_seen",
@@ -64,9 +65,10 @@ class WsConnection(asyncio.Protocol):
         "user",
     )
 
-    def __init__(self, hub: Hub, user: str | None) -> None:
+    def __init__(self, hub: Hub, user: str | None, admin: bool = False) -> None:
         self._hub = hub
         self.user = user  # None: anonymous (may only subscribe)
+        self.admin = admin  # may subscribe to any user's room
         self.rooms: set[str] = set()
         self.transport: asyncio.Transport | None = None
         self._ws = Connection(ConnectionType.SERVER)

@@ -11,7 +11,7 @@ from __future__ import annotations
 
 from urllib.parse import parse_qs
 
-from surge.auth import Authenticator
+from surge.auth import Authenticator, User
 from surge.ground.web import Problem, Request, Response, Upgrade
 from surge.realtime import frames
 from surge.realtime.connection import WsConnection
@@ -48,7 +48,8 @@ class Endpoint:
         origin = headers.get(b"origin")
         if self._origins and (origin is None or origin.lower() not in self._origins):
             raise Problem(403, "origin-not-allowed", "this Origin may not open /ws")
-        user = self._user(request)
+        who = self._user(request)
+        user = None if who is None else who.id
         if user is not None and not self._hub.user_has_room(user):
             self._hub.stats["refused"] += 1
             raise Problem(
@@ -70,9 +71,9 @@ class Endpoint:
             b"HTTP/1.1 101 Switching Protocols\r\nupgrade: websocket\r\nconnection: Upgrade\r\n"
             b"sec-websocket-accept: " + frames.accept_key(key) + b"\r\n"
         )
-        return Upgrade(head, WsConnection(self._hub, user))
+        return Upgrade(head, WsConnection(self._hub, user, who is not None and who.admin))
 
-    def _user(self, request: Request) -> str | None:
+    def _user(self, request: Request) -> User | None:
         header = request.headers.get(b"authorization")
         if header is None and "token=" in request.query:
             # an empty ?token= is a bad token (401), not an anonymous client
@@ -81,7 +82,7 @@ class Endpoint:
                 header = b"Bearer " + tokens[0].encode()
         if header is None:
             return None  # anonymous: may subscribe only
-        return self._auth.user(header).id
+        return self._auth.user(header)
 
 
 def _tokens(value: bytes | None) -> set[bytes]:

@@ -92,9 +92,11 @@ class Hub:
         self._heartbeat = asyncio.get_running_loop().create_task(self._beat())
 
     # -- the Rooms interface (surge.sales.feed): the server publishes ---------------------------
-    async def publish(self, room: str, data: bytes) -> None:
-        await self._backplane.publish(room, data, self._keep(room))
+    async def publish(self, room: str, data: bytes) -> int:
+        """Publishes `data` (JSON) into `room` from the server; its sequence number."""
+        seq = await self._backplane.publish(room, data, self._keep(room))
         self.stats["published"] += 1
+        return seq
 
     def _keep(self, room: str) -> int:
         return SALE_KEEP if room.startswith("sale:") else self.limits.history
@@ -159,6 +161,10 @@ class Hub:
         if room in conn.rooms:
             conn.reply(wire.ack(op.request_id, room=room))
             return
+        if room.startswith("user:") and not (conn.admin or conn.user == room[5:]):
+            raise wire.WireError(
+                "forbidden", "a user's room is that user's (or an admin's)", op.request_id
+            )
         if len(conn.rooms) >= self.limits.max_rooms:
             raise wire.WireError(
                 "too-many-rooms", f"at most {self.limits.max_rooms} rooms", op.request_id

@@ -4,6 +4,8 @@ Client -> server:
   {"op":"subscribe","room":"chat:lobby","id":1}            optional "since": SEQ to resume
   {"op":"unsubscribe","room":"chat:lobby","id":2}
   {"op":"publish","room":"chat:lobby","data":{...},"id":3}  needs a token; chat rooms only
+Rooms: chat:NAME, sale:ID (the server's stock feed), user:ID (one user's own events: only
+that user, or an admin, may subscribe; published by the server).
 Server -> client:
   {"op":"message","room":R,"seq":N,"data":D}
   {"op":"ack","id":X,...}                                   subscribe/publish: "room", "seq"
@@ -20,10 +22,18 @@ from typing import Any
 
 import orjson
 
+from surge.ground.rooms import USER_ROOM
 from surge.ground.web import dumps
 
 CHAT = re.compile(r"chat:[A-Za-z0-9_.\-]{1,64}")
 SALE = re.compile(r"sale:[1-9][0-9]{0,17}")
+ROOM_RULE = "room must be chat:NAME (A-Z a-z 0-9 _ . -, up to 64), sale:ID or user:ID"
+
+
+def valid_room(room: object) -> bool:
+    return isinstance(room, str) and bool(
+        CHAT.fullmatch(room) or SALE.fullmatch(room) or USER_ROOM.fullmatch(room)
+    )
 
 
 class WireError(Exception):
@@ -73,12 +83,9 @@ def parse(payload: str) -> Op:
     room = message.get("room")
     if op not in ("subscribe", "unsubscribe", "publish"):
         raise WireError("bad-op", "op must be subscribe, unsubscribe or publish", request_id)
-    if not isinstance(room, str) or not (CHAT.fullmatch(room) or SALE.fullmatch(room)):
-        raise WireError(
-            "bad-room",
-            "room must be chat:NAME (A-Z a-z 0-9 _ . -, up to 64) or sale:ID",
-            request_id,
-        )
+    if not valid_room(room):
+        raise WireError("bad-room", ROOM_RULE, request_id)
+    assert isinstance(room, str)
     if op == "subscribe":
         since = message.get("since")
         if since is not None and (type(since) is not int or since < 0):

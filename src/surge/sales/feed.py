@@ -14,14 +14,18 @@ from typing import Protocol
 
 import orjson
 
+from surge.ground.orders import Order
+from surge.ground.rooms import user_room
 from surge.ground.tasks import Tasks
+from surge.orders import encode_order
 
 log = logging.getLogger("surge.feed")
 
 
 class Rooms(Protocol):
-    async def publish(self, room: str, data: bytes) -> None:
-        """Sends `data` (an encoded JSON message) to every subscriber of `room`."""
+    async def publish(self, room: str, data: bytes) -> int:
+        """Sends `data` (an encoded JSON message) to every subscriber of `room`; the
+        message's sequence number in the room."""
         ...
 
 
@@ -58,3 +62,29 @@ class StockFeed:
             self._timer.cancel()
             self._flush()
         await self._tasks.finish()
+
+
+class UserEvents:
+    """A buyer's own events go to their room, `user:{id}` (only they, or an admin, may
+    subscribe): `order-confirmed` with the order, once it committed. In the background:
+    a publish never delays or fails the purchase's answer, and one that fails is logged
+    (the order stands; the room is a notification, `GET /users/me/orders` the record)."""
+
+    def __init__(self, rooms: Rooms) -> None:
+        self._rooms = rooms
+        self._tasks = Tasks()
+
+    def order_confirmed(self, order: Order) -> None:
+        room = user_room(order.user_id)
+        if room is not None:
+            data = b'{"event":"order-confirmed","order":' + encode_order(order) + b"}"
+            self._tasks.spawn(self._send(room, data))
+
+    async def _send(self, room: str, data: bytes) -> None:
+        try:
+            await self._rooms.publish(room, data)
+        except Exception as exc:
+            log.warning("%s: event not published: %s", room, exc)
+
+    async def close(self) -> None:
+        await self._tasks.finish(1.0)

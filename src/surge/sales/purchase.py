@@ -38,7 +38,7 @@ from surge.orders import encode_order, parse_id
 from surge.protect.deadlines import within
 from surge.sales.cache import SaleConfigs, SoldOutBoard
 from surge.sales.commits import AfterCommit, CommitBatcher
-from surge.sales.feed import StockFeed
+from surge.sales.feed import StockFeed, UserEvents
 from surge.sales.reconcile import GateKeeper
 
 log = logging.getLogger("surge.purchase")
@@ -81,6 +81,7 @@ class Purchases:
         feed: StockFeed,
         deadline: float,
         invalidate: Callable[..., Awaitable[None]],
+        events: UserEvents | None = None,
     ) -> None:
         self._auth = auth
         self._sales = sales
@@ -92,6 +93,7 @@ class Purchases:
         self._deadline = deadline
         self._batcher = CommitBatcher(sales)
         self._books = AfterCommit(gate, invalidate)
+        self._events = events  # the buyer's own room hears of the order
         # A gate found missing is rebuilt by reconciling it (surge.sales.reconcile; App runs the
         # periodic pass). A reservation is stale once its request has given up: the
         # deadline, the commit's grace of one more, and a margin.
@@ -99,6 +101,8 @@ class Purchases:
 
     async def close(self) -> None:
         await self._books.close()
+        if self._events is not None:
+            await self._events.close()
 
     def handle(self, request: Request) -> Response | Awaitable[Response]:
         try:
@@ -245,6 +249,8 @@ class Purchases:
             # Committed: from here on nothing may turn the 201 into an error or delay it.
             # The bookkeeping is done in the background (see AfterCommit).
             self._books.committed(sale.id, _confirmed(done.order, key, wanted))
+            if self._events is not None:
+                self._events.order_confirmed(done.order)
             return created(done.order)
         await self._release(sale.id, user_id, key, quantity)
         if done.outcome == "duplicate" and done.order is not None:

@@ -1,0 +1,129 @@
+"""Server-side publish and users' own rooms (issue 18): a backend publishes into a room
+over HTTP with a `service` token; `user:ID` rooms are their user's (or an admin's); a
+purchase tells its buyer's room."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+from collections.abc import Iterator
+from typing import Any
+
+import httpx
+import pytest
+
+from surge.auth import mint
+from tests import ws
+from tests.server import SECRET, Server
+from tests.system.conftest import bearer
+from tests.system.test_flash_sale import _sale_body
+
+pytestmark = pytest.mark.slow
+
+
+@pytest.fixture(scope="module")
+def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Server]:
+    with ws.embedded(tmp_path_factory.mktemp("rooms")) as running:
+        yield running
+
+
+def _service() -> dict[str, str]:
+    return {"Authorization": f"Bearer {mint(SECRET, 'backend', role='service')}"}
+
+
+def _post(server: Server, room: str, body: bytes, headers: dict[str, str]) -> httpx.Response:
+    return httpx.post(
+        f"{server.url}/rooms/{room}/messages",
+        content=body,
+        headers={**headers, "Content-Type": "application/json"},
+        timeout=10,
+    )
+
+
+def test_a_backend_publishes_and_subscribers_get_it(server: Server) -> None:
+    async def run() -> tuple[dict[str, Any], list[httpx.Response]]:
+        async with ws.client(server) as listener:
+            assert (await ws.op(listener, op="subscribe", room="chat:news", id=1))["op"] == "ack"
+            first = await asyncio.to_thread(_post, server, "chat:news", b'{"x": 1}', _service())
+            second = await asyncio.to_thread(
+                _post, server, "chat%3Anews", b'"two"', bearer("root", admin=True)
+            )
+            got = [await ws.receive(listener), await ws.receive(listener)]
+            return {"got": got}, [first, second]
+
+    seen, answers = asyncio.run(run())
+    assert [a.status_code for a in answers] == [201, 201], [a.text for a in answers]
+    seqs = [a.json()["seq"] for a in answers]
+    assert answers[0].json() == {"room": "chat:news", "seq": seqs[0]} and seqs[1] == seqs[0] + 1
+    assert seen["got"] == [
+        {"op": "message", "room": "chat:news", "seq": seqs[0], "data": {"x": 1}},
+        {"op": "message", "room": "chat:news", "seq": seqs[1], "data": "two"},
+    ]
+
+
+@pytest.mark.parametrize(
+    ("room", "body", "headers", "status", "kind"),
+    [
+        ("chat:news", b"{}", {}, 401, "unauthorized"),
+        ("chat:news", b"{}", bearer("someone"), 403, "forbidden"),  # a user, not a service
+        ("sale:1", b"{}", _service(), 403, "forbidden"),  # the server's stock feed
+        ("lobby", b"{}", _service(), 400, "bad-room"),
+        ("chat:a%20b", b"{}", _service(), 400, "bad-room"),
+        ("chat:news", b"{not json", _service(), 400, "bad-json"),
+        ("chat:news", b"[" * 2000 + b"]" * 2000, _service(), 400, "bad-json"),
+        ("chat:news", b'"' + b"x" * 70_000 + b'"', _service(), 413, "body-too-large"),
+    ],
+)
+def test_bad_publishes_are_problems(
+    server: Server, room: str, body: bytes, headers: dict[str, str], status: int, kind: str
+) -> None:
+    answer = _post(server, room, body, headers)
+    assert answer.status_code == status, answer.text
+    assert answer.headers["content-type"] == "application/problem+json"
+    assert answer.json()["type"] == f"/problems/{kind}"
+
+
+def test_a_users_room_is_theirs_or_an_admins(server: Server) -> None:
+    async def answer(user: str | None, admin: bool = False) -> dict[str, Any]:
+        url = f"{ws.ws_url(server)}"
+        if user is not None:
+            url += f"?token={mint(SECRET, user, admin=admin)}"
+        async with ws.connect(url, open_timeout=5) as client:
+            return await ws.op(client, op="subscribe", room="user:alice", id=1)
+
+    async def run() -> list[dict[str, Any]]:
+        return [
+            await answer("alice"),
+            await answer("bob"),
+            await answer(None),
+            await answer("root", admin=True),
+        ]
+
+    own, other, anonymous, admin = asyncio.run(run())
+    assert own["op"] == "ack" and admin["op"] == "ack"
+    assert other["op"] == "error" and other["code"] == "forbidden"
+    assert anonymous["op"] == "error" and anonymous["code"] == "forbidden"
+
+
+def test_a_purchase_tells_its_buyers_room(server: Server) -> None:
+    sale = httpx.post(
+        f"{server.url}/sales", json=_sale_body(5), headers=bearer("root", admin=True), timeout=10
+    )
+    assert sale.status_code == 201, sale.text
+
+    async def run() -> tuple[httpx.Response, dict[str, Any]]:
+        async with ws.client(server, "carol") as mine:
+            assert (await ws.op(mine, op="subscribe", room="user:carol", id=1))["op"] == "ack"
+            bought = await asyncio.to_thread(
+                httpx.post,
+                f"{server.url}/sales/{sale.json()['id']}/orders",
+                json={"quantity": 1},
+                headers={**bearer("carol"), "Idempotency-Key": "k1"},
+                timeout=10,
+            )
+            return bought, await ws.receive(mine)
+
+    bought, event = asyncio.run(run())
+    assert bought.status_code == 201, bought.text
+    assert event["op"] == "message" and event["room"] == "user:carol"
+    assert event["data"] == {"event": "order-confirmed", "order": json.loads(bought.content)}
