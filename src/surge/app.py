@@ -39,7 +39,7 @@ from surge.protect.shedder import Shedder, ShedSettings
 from surge.realtime.endpoint import Endpoint
 from surge.realtime.fanout import default_helpers
 from surge.realtime.hub import Hub, Limits
-from surge.realtime.publish_api import RoomPublisher
+from surge.realtime.rooms_api import RoomsApi
 from surge.sales.cache import SaleConfigs, SoldOutBoard
 from surge.sales.catalog import Catalog
 from surge.sales.feed import StockFeed, UserEvents
@@ -109,10 +109,11 @@ class App:
         # for a verdict from Redis
         endpoint = Endpoint(self.hub, self.auth, settings.ws_origins)
         self.router.add("GET", "/ws", endpoint.handle, None)
-        rooms = RoomPublisher(
+        rooms = RoomsApi(
             self.auth, self.hub, settings.route_deadline("POST /rooms/{room}/messages")
         )
-        self.router.add("POST", "/rooms/{room}/messages", rooms.handle)
+        self.router.add("POST", "/rooms/{room}/messages", rooms.publish)
+        self.router.add("GET", "/rooms/{room}", rooms.presence)
         page = response(200, DEMO_PAGE, HTML, (("cache-control", "no-cache"),))
         self.router.add("GET", "/demo", lambda _request: page)
         self.feed = StockFeed(self.hub)

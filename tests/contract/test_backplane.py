@@ -56,3 +56,18 @@ async def test_history_keeps_the_last_messages_within_a_room_s_bytes(backend: Ba
         assert await plane.publish("chat:bounded", too_big, keep=100) == 16
         kept, _ = await plane.history("chat:bounded")
         assert [seq for seq, _ in kept] == [13, 14, 15]
+
+
+async def test_presence_counts_the_other_processes(backend: Backend) -> None:
+    """Each process shares its subscribers per room; `others` sums the other processes'
+    (one process alone: nobody else)."""
+    async with _backplane(backend) as first, _backplane(backend) as second:
+        await first.share_counts({"chat:here": 3, "user:alice": 1})
+        await second.share_counts({"chat:here": 2})
+        if backend.redis_url is None:
+            assert await second.others("chat:here") == 0
+            return
+        assert await second.others("chat:here") == 3 and await first.others("chat:here") == 2
+        assert await second.others("user:alice") == 1 and await first.others("chat:none") == 0
+        await first.share_counts({"chat:here": 0})  # its last subscriber left
+        assert await second.others("chat:here") == 0

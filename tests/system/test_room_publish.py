@@ -5,8 +5,10 @@ purchase tells its buyer's room."""
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 from collections.abc import Iterator
+from pathlib import Path
 from typing import Any
 
 import httpx
@@ -14,7 +16,8 @@ import pytest
 
 from surge.auth import mint
 from tests import ws
-from tests.server import SECRET, Server
+from tests.backends import make_backend
+from tests.server import SECRET, Server, base_env, run_cli, serve
 from tests.system.conftest import bearer
 from tests.system.test_flash_sale import _sale_body
 
@@ -127,3 +130,59 @@ def test_a_purchase_tells_its_buyers_room(server: Server) -> None:
     assert bought.status_code == 201, bought.text
     assert event["op"] == "message" and event["room"] == "user:carol"
     assert event["data"] == {"event": "order-confirmed", "order": json.loads(bought.content)}
+
+
+def test_presence_counts_a_rooms_subscribers(server: Server) -> None:
+    async def run() -> list[httpx.Response]:
+        async with ws.client(server) as one, ws.client(server, "dave") as two:
+            for client in (one, two):
+                assert (await ws.op(client, op="subscribe", room="chat:here", id=1))["op"] == "ack"
+            assert (await ws.op(two, op="subscribe", room="user:dave", id=2))["op"] == "ack"
+
+            def ask(room: str, headers: dict[str, str]) -> httpx.Response:
+                return httpx.get(f"{server.url}/rooms/{room}", headers=headers, timeout=10)
+
+            return [
+                await asyncio.to_thread(ask, "chat:here", {}),
+                await asyncio.to_thread(ask, "chat:empty", {}),
+                await asyncio.to_thread(ask, "user:dave", bearer("dave")),
+                await asyncio.to_thread(ask, "user:dave", bearer("eve")),
+                await asyncio.to_thread(ask, "user:dave", {}),
+                await asyncio.to_thread(ask, "nowhere", {}),
+            ]
+
+    here, empty, mine, other, anonymous, bad = asyncio.run(run())
+    assert here.json() == {"room": "chat:here", "subscribers": 2}
+    assert empty.json() == {"room": "chat:empty", "subscribers": 0}
+    assert mine.json() == {"room": "user:dave", "subscribers": 1}
+    assert (other.status_code, anonymous.status_code, bad.status_code) == (403, 401, 400)
+
+
+def test_presence_adds_up_across_processes(tmp_path: Path) -> None:
+    """2 workers on Redis: a room's subscribers land on either; each worker shares its
+    count every 5 s, so any worker soon answers the total."""
+    with make_backend("mariadb+redis", tmp_path) as backend:
+        env = base_env(tmp_path, backend.env())
+        run_cli(env, "db", "migrate")
+        with serve(env, tmp_path, "--workers", "2") as running:
+
+            async def run() -> list[int]:
+                async with contextlib.AsyncExitStack() as stack:
+                    for _ in range(6):
+                        client = await stack.enter_async_context(ws.client(running))
+                        reply = await ws.op(client, op="subscribe", room="chat:crowd", id=1)
+                        assert reply["op"] == "ack"
+                    seen = []
+                    for _ in range(30):  # two reports, at most, and a margin
+                        answer = await asyncio.to_thread(
+                            httpx.get, f"{running.url}/rooms/chat:crowd", timeout=10
+                        )
+                        seen.append(answer.json()["subscribers"])
+                        if seen[-3:] == [6, 6, 6]:
+                            break
+                        await asyncio.sleep(0.5)
+                    return seen
+
+            seen = asyncio.run(run())
+            assert seen[-3:] == [6, 6, 6], seen
+            assert running.metric("ws_connections") == 6

@@ -105,6 +105,15 @@ DOCUMENT: dict[str, Any] = {
     "components": {
         "securitySchemes": {"bearer": {"type": "http", "scheme": "bearer", "bearerFormat": "JWT"}},
         "schemas": {
+            "Presence": {
+                "type": "object",
+                "required": ["room", "subscribers"],
+                "additionalProperties": False,
+                "properties": {
+                    "room": {"type": "string"},
+                    "subscribers": {"type": "integer", "minimum": 0},
+                },
+            },
             "Published": {
                 "type": "object",
                 "required": ["room", "seq"],
@@ -297,6 +306,27 @@ DOCUMENT: dict[str, Any] = {
                     "200": _json("a page", "OrderList"),
                     "400": _problem("bad cursor or limit"),
                     "401": _problem("missing or invalid token"),
+                },
+            }
+        },
+        "/rooms/{room}": {
+            "get": {
+                "summary": "How many subscribers a room has, across processes",
+                "description": "This process's count now, the others' as of their last "
+                "report (every 5 s). A `user:ID` room: that user, an admin or a service only.",
+                "parameters": [
+                    {
+                        "name": "room",
+                        "in": "path",
+                        "required": True,
+                        "schema": {"type": "string"},
+                    }
+                ],
+                "responses": {
+                    "200": _json("the count", "Presence"),
+                    "400": _problem("bad room"),
+                    "401": _problem("a user's room asked without a token"),
+                    "403": _problem("someone else's user room"),
                 },
             }
         },

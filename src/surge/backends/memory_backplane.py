@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from collections import deque
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 
 from surge.ground.evict import evict_oldest
 from surge.ground.rooms import ROOM_SHARE, Deliver, room_message
@@ -35,6 +35,12 @@ class LocalBackplane:
 
     async def start(self, deliver: Deliver, lost: Callable[[], None]) -> None:
         self._deliver = deliver  # nothing to lose in one process: `lost` is never called
+
+    async def share_counts(self, counts: Mapping[str, int]) -> None:
+        """One process: nobody else to tell."""
+
+    async def others(self, room: str) -> int:
+        return 0
 
     async def publish(self, room: str, data: bytes, keep: int) -> int:
         seq = self._seq.pop(room, 0) + 1  # re-inserted last: dicts keep insertion order

@@ -7,12 +7,21 @@ room's number, history and shard channel share the group's hash tag `{rt:N}`, so
 script that numbers a message also SPUBLISHes it on the node that keeps the room, and
 every process subscribes to each group's channel (one connection per node). A room's
 messages stay on one shard, in order; different rooms spread over the cluster.
+
+Presence: each process writes its subscriber count per room into the room's hash
+`...:presence` (field: the process, value: "count:ms"), every few seconds for the rooms
+it has (surge.realtime.hub), each hash kept `PRESENCE_TTL_MS`; a reader sums the other
+processes' fresh fields. The cost is one HSET per room with subscribers per process per
+period, and one HGETALL per question.
 """
 
 from __future__ import annotations
 
+import time
+import uuid
 import zlib
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
+from typing import cast
 
 import orjson
 
@@ -27,6 +36,8 @@ TTL_MS = 86_400_000  # a room's number and history outlive its last message by a
 # (64 slots picked at random over 3 masters: each gets 21 +- 4), few enough that a
 # process's 64 subscriptions cost nothing
 CLUSTER_SHARDS = 64
+PRESENCE_TTL_MS = 30_000  # a presence hash outlives its last report by this much
+PRESENCE_FRESH_MS = 15_000  # a process's count older than this is a dead process's
 
 
 class RedisBackplane:
@@ -45,6 +56,7 @@ class RedisBackplane:
         self._bus = bus
         self._prefix = prefix
         self._shards = shards
+        self._process = uuid.uuid4().hex[:16]  # this process's field in presence hashes
         self._script = client.register_script(lua_script("room_publish.lua"))
 
     def _channel(self, room: str) -> str:
@@ -86,6 +98,34 @@ class RedisBackplane:
         ]
         seq = await self._script(keys=self._keys(room), args=args)
         return int(seq)
+
+    async def share_counts(self, counts: Mapping[str, int]) -> None:
+        if not counts:
+            return
+        now = int(time.time() * 1000)
+        async with self._client.pipeline(transaction=False) as pipe:
+            for room, count in counts.items():
+                key = self._presence_key(room)
+                if count:
+                    pipe.hset(key, self._process, f"{count}:{now}")
+                    pipe.pexpire(key, PRESENCE_TTL_MS)
+                else:
+                    pipe.hdel(key, self._process)
+            await pipe.execute()
+
+    async def others(self, room: str) -> int:
+        # bytes: the clients never decode responses
+        fields = cast(dict[bytes, bytes], await self._client.hgetall(self._presence_key(room)))
+        fresh = int(time.time() * 1000) - PRESENCE_FRESH_MS
+        total = 0
+        for process, value in fields.items():
+            count, _, at = value.partition(b":")
+            if process.decode() != self._process and int(at) >= fresh:
+                total += int(count)
+        return total
+
+    def _presence_key(self, room: str) -> str:
+        return self._keys(room)[0].removesuffix(":seq") + ":presence"
 
     async def history(self, room: str) -> tuple[list[tuple[int, bytes]], int]:
         seq_key, history_key, _ = self._keys(room)

@@ -14,7 +14,7 @@ meanwhile; its clients resume from the history (`since`), docs/realtime.md.
 from __future__ import annotations
 
 import re
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from typing import Protocol
 
 Deliver = Callable[[str, int, bytes], None]
@@ -53,4 +53,12 @@ class Backplane(Protocol):
 
     async def history(self, room: str) -> tuple[list[tuple[int, bytes]], int]:
         """The kept messages (oldest first, with their numbers) and the latest number."""
+        ...
+
+    async def share_counts(self, counts: Mapping[str, int]) -> None:
+        """This process's subscribers per room (0: none any more), for `others`."""
+        ...
+
+    async def others(self, room: str) -> int:
+        """The subscribers of `room` in the other processes, as they last shared them."""
         ...

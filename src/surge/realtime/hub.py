@@ -45,6 +45,7 @@ class Limits:
 
 
 SALE_KEEP = 1  # a sale room keeps its latest state: a new subscriber gets it at once
+PRESENCE_EVERY = 5  # seconds between this process's reports of its rooms' subscribers
 
 
 class _Joining:
@@ -86,6 +87,7 @@ class Hub:
         self._tasks = Tasks()
         self._heartbeat: asyncio.Task[None] | None = None
         self._all_gone: asyncio.Event | None = None  # set up by close()
+        self._shared_counts: dict[str, int] = {}  # what the last presence report said
 
     async def start(self) -> None:
         await self._backplane.start(self._deliver, self._lost)
@@ -349,12 +351,37 @@ class Hub:
                 conn.reply(notice)
 
     # -- heartbeat and shutdown ---------------------------------------------------------------
+    def count(self, room: str) -> int:
+        """This process's subscribers of `room` (those catching up included)."""
+        return len(self.rooms.get(room, ())) + len(self._joining.get(room, ()))
+
+    async def subscribers(self, room: str) -> int:
+        """Across processes: this one's now, the others' as of their last report."""
+        return self.count(room) + await self._backplane.others(room)
+
+    async def _share_counts(self) -> None:
+        """Every room with subscribers here, and those that lost their last one since the
+        previous report (0); bounded by the rooms, not the connections."""
+        counts = {room: self.count(room) for room in {*self.rooms, *self._joining}}
+        gone = {room: 0 for room in self._shared_counts if room not in counts}
+        try:
+            await self._backplane.share_counts({**counts, **gone})
+        except Exception as exc:  # Redis down: presence is stale meanwhile, nothing else
+            log.warning("presence not shared: %s", exc)
+            return
+        self._shared_counts = counts
+
     async def _beat(self) -> None:
         interval, timeout = self.limits.ping_interval, self.limits.ping_timeout
         ticks = 0
+        seconds = 0.0
         while True:
             await asyncio.sleep(min(1.0, interval))
             self.now = time.monotonic()
+            seconds += min(1.0, interval)
+            if seconds >= PRESENCE_EVERY:
+                seconds = 0.0
+                self._spawn(self._share_counts())
             ticks += 1
             if ticks * min(1.0, interval) < interval:
                 continue
