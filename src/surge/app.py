@@ -45,6 +45,7 @@ from surge.sales.catalog import Catalog
 from surge.sales.feed import StockFeed, UserEvents
 from surge.sales.purchase import Purchases
 from surge.work.audit import AuditLog
+from surge.work.mail import Notify
 from surge.work.worker import Worker, WorkerOptions, worker_name
 
 log = logging.getLogger("surge.app")
@@ -128,7 +129,7 @@ class App:
 
         if settings.runs_inline_worker:
             stream = await open_stream(backend_options(settings), stack)
-            self.worker = side_worker(settings, backends.store, stream)
+            self.worker = side_worker(settings, backends.store, stream, self.hub.publish)
             collectors.worker(metrics, self.worker)
             await self.worker.start()
             stack.push_async_callback(self.worker.stop)  # first to stop, before the pools
@@ -226,8 +227,11 @@ def backend_options(settings: Settings) -> BackendOptions:
     )
 
 
-def side_worker(settings: Settings, store: Store, stream: Stream) -> Worker:
-    """The outbox relay and the consumers (mail, audit) of one process."""
+def side_worker(
+    settings: Settings, store: Store, stream: Stream, notify: Notify | None = None
+) -> Worker:
+    """The outbox relay and the consumers (mail, audit) of one process; `notify`
+    publishes into rooms (the buyer's `mail-sent`)."""
     name = worker_name()
     options = WorkerOptions(
         drain_timeout=settings.drain_timeout,
@@ -241,7 +245,7 @@ def side_worker(settings: Settings, store: Store, stream: Stream) -> Worker:
     )
     mailbox = open_mailbox(settings.smtp_url, settings.data_dir / "mail.mbox")
     audit = AuditLog(settings.audit_path)
-    return Worker(options, open_outbox(store, name), stream, mailbox, audit, name)
+    return Worker(options, open_outbox(store, name), stream, mailbox, audit, name, notify)
 
 
 def order_query_options(settings: Settings) -> OrderQueryOptions:

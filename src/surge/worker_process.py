@@ -16,7 +16,7 @@ from datetime import UTC, datetime
 
 from surge.api import ops
 from surge.app import backend_options, side_worker
-from surge.backends import open_store, open_stream
+from surge.backends import open_room_publisher, open_store, open_stream
 from surge.config import Settings
 from surge.ground.interfaces import Probe
 from surge.http.listener import HttpServer, bind_socket
@@ -38,7 +38,8 @@ async def run_worker(settings: Settings) -> int:
         options = backend_options(settings)
         store = open_store(options, stack, pool_size=4)
         stream = await open_stream(options, stack)
-        worker = side_worker(settings, store, stream)
+        notify = open_room_publisher(options, stack, settings.ws_history)
+        worker = side_worker(settings, store, stream, notify)
         collectors.worker(metrics, worker)
         server = None
         if settings.worker_port:

@@ -17,7 +17,7 @@ import pytest
 from surge.auth import mint
 from tests import ws
 from tests.backends import make_backend
-from tests.server import SECRET, Server, base_env, run_cli, serve
+from tests.server import SECRET, Server, base_env, run_cli, serve, work
 from tests.system.conftest import bearer
 from tests.system.test_flash_sale import _sale_body
 
@@ -124,12 +124,16 @@ def test_a_purchase_tells_its_buyers_room(server: Server) -> None:
                 headers={**bearer("carol"), "Idempotency-Key": "k1"},
                 timeout=10,
             )
-            return bought, await ws.receive(mine)
+            return bought, [await ws.receive(mine), await ws.receive(mine, within=15)]
 
-    bought, event = asyncio.run(run())
+    bought, (confirmed, mailed) = asyncio.run(run())
     assert bought.status_code == 201, bought.text
-    assert event["op"] == "message" and event["room"] == "user:carol"
-    assert event["data"] == {"event": "order-confirmed", "order": json.loads(bought.content)}
+    order = json.loads(bought.content)
+    assert confirmed["op"] == "message" and confirmed["room"] == "user:carol"
+    assert confirmed["data"] == {"event": "order-confirmed", "order": order}
+    # then the inline worker's mail, and its word in the same room
+    assert mailed["data"] == {"event": "mail-sent", "order_id": order["id"]}
+    assert mailed["seq"] == confirmed["seq"] + 1
 
 
 def test_presence_counts_a_rooms_subscribers(server: Server) -> None:
@@ -185,4 +189,31 @@ def test_presence_adds_up_across_processes(tmp_path: Path) -> None:
 
             seen = asyncio.run(run())
             assert seen[-3:] == [6, 6, 6], seen
-            assert running.metric("ws_connections") == 6
+
+            # `surge worker` (a process without a hub) tells the buyer's room of the mail
+            with work(env, tmp_path):
+                sale = httpx.post(
+                    f"{running.url}/sales",
+                    json=_sale_body(5),
+                    headers=bearer("root", admin=True),
+                    timeout=10,
+                ).json()["id"]
+
+                async def buy() -> tuple[httpx.Response, list[dict[str, Any]]]:
+                    async with ws.client(running, "frank") as mine:
+                        reply = await ws.op(mine, op="subscribe", room="user:frank", id=1)
+                        assert reply["op"] == "ack"
+                        bought = await asyncio.to_thread(
+                            httpx.post,
+                            f"{running.url}/sales/{sale}/orders",
+                            json={"quantity": 1},
+                            headers={**bearer("frank"), "Idempotency-Key": "k"},
+                            timeout=10,
+                        )
+                        events = [await ws.receive(mine, within=15) for _ in range(2)]
+                        return bought, events
+
+                bought, events = asyncio.run(buy())
+                assert bought.status_code == 201, bought.text
+                assert [e["data"]["event"] for e in events] == ["order-confirmed", "mail-sent"]
+                assert events[1]["data"]["order_id"] == bought.json()["id"]

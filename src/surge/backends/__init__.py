@@ -164,6 +164,25 @@ async def open_stream(options: BackendOptions, stack: contextlib.AsyncExitStack)
     return stream
 
 
+def open_room_publisher(
+    options: BackendOptions, stack: contextlib.AsyncExitStack, keep: int
+) -> Callable[[str, bytes], Awaitable[int]] | None:
+    """Publishing into the hub's rooms from a process that has no hub (`surge worker`):
+    the same numbering, history (`keep` messages) and delivery as a hub's publish. None
+    without Redis (then the worker runs inside `surge serve`, beside its hub)."""
+    if options.redis_url is None:
+        return None
+    from surge.backends.redis import connect
+    from surge.backends.redis_backplane import CLUSTER_SHARDS, RedisBackplane
+    from surge.backends.redis_cluster import GuardedRedisCluster
+
+    client = connect(options.redis_url, 4)
+    stack.push_async_callback(client.aclose)
+    shards = CLUSTER_SHARDS if isinstance(client, GuardedRedisCluster) else None
+    plane = RedisBackplane(client, None, options.prefix, options.history_bytes, shards)
+    return lambda room, data: plane.publish(room, data, keep)
+
+
 def open_outbox(store: Store, name: str) -> Outbox:
     """The outbox of the store's database, relayed by the worker called `name`."""
     from surge.backends.sql import SqlStore

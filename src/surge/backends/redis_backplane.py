@@ -44,7 +44,7 @@ class RedisBackplane:
     def __init__(
         self,
         client: Client,
-        bus: Bus,
+        bus: Bus | None,  # None: a publisher only (`surge worker`), never started
         prefix: str,
         max_bytes: int = 16 * 1024 * 1024,
         shards: int | None = None,
@@ -77,6 +77,7 @@ class RedisBackplane:
             room, seq, payload = message.split(b"\n", 2)
             deliver(room.decode(), int(seq), payload)
 
+        assert self._bus is not None, "a publisher-only backplane is not started"
         channels = (
             [CHANNEL] if self._shards is None else [f"{{rt:{n}}}" for n in range(self._shards)]
         )

@@ -12,6 +12,8 @@ mail, as is a payload that cannot be composed.
 
 from __future__ import annotations
 
+import logging
+from collections.abc import Awaitable, Callable
 from email.headerregistry import Address
 from email.message import EmailMessage
 from email.utils import formatdate
@@ -20,8 +22,12 @@ import orjson
 
 from surge.ground.events import Event
 from surge.ground.interfaces import MailSender
+from surge.ground.rooms import user_room
 
 TOPIC = "order.confirmed"
+log = logging.getLogger("surge.mail")
+# publishes into a room: (room, data as JSON) -> the message's number
+Notify = Callable[[str, bytes], Awaitable[int]]
 
 
 def compose(event: Event, sender: str, domain: str) -> EmailMessage:
@@ -43,17 +49,36 @@ def compose(event: Event, sender: str, domain: str) -> EmailMessage:
 
 class Mailer:
     """The `mail` consumer's handler: composes each order's mail and hands it to the
-    sender (`sender` is the From address)."""
+    sender (`sender` is the From address). With `notify`, the buyer's room
+    (`user:ID`, docs/realtime.md) then hears `{"event": "mail-sent", "order_id": N}`: best
+    effort, after the mail went (a failure is logged; the mail is not sent again for it)."""
 
-    def __init__(self, mailbox: MailSender, sender: str, domain: str) -> None:
+    def __init__(
+        self, mailbox: MailSender, sender: str, domain: str, notify: Notify | None = None
+    ) -> None:
         self._mailbox = mailbox
         self._sender = sender
         self._domain = domain
+        self._notify = notify
 
     async def __call__(self, event: Event) -> None:
         if event.topic != TOPIC:
             return
-        await self._mailbox.send(compose(event, self._sender, self._domain))
+        message = compose(event, self._sender, self._domain)
+        await self._mailbox.send(message)
+        if self._notify is not None:
+            await self._tell(event)
+
+    async def _tell(self, event: Event) -> None:
+        order = orjson.loads(event.payload)
+        room = user_room(str(order["user_id"]))
+        if room is None:
+            return
+        data = b'{"event":"mail-sent","order_id":%d}' % int(order["order_id"])
+        try:
+            await self._notify(room, data)  # type: ignore[misc]
+        except Exception as exc:
+            log.warning("%s: mail-sent not published: %s", room, exc)
 
     async def close(self) -> None:
         await self._mailbox.close()

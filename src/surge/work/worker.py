@@ -16,7 +16,7 @@ from dataclasses import dataclass
 from surge.ground.interfaces import MailSender, Outbox, Stream
 from surge.work.audit import AuditLog
 from surge.work.consumer import Consumer, RetryPolicy
-from surge.work.mail import Mailer
+from surge.work.mail import Mailer, Notify
 from surge.work.relay import OutboxRelay
 
 log = logging.getLogger("surge.worker")
@@ -51,6 +51,7 @@ class Worker:
         mailbox: MailSender,
         audit: AuditLog,
         name: str,
+        notify: Notify | None = None,
     ) -> None:
         self.name = name
         self.stream = stream
@@ -58,7 +59,7 @@ class Worker:
         self.relay = OutboxRelay(
             outbox, stream, poll=options.outbox_poll, retention=options.outbox_retention
         )
-        self.mailer = Mailer(mailbox, options.mail_from, options.mail_domain)
+        self.mailer = Mailer(mailbox, options.mail_from, options.mail_domain, notify)
         self.audit = audit
         retry = RetryPolicy(max_attempts=options.max_attempts)
         self.consumers = [
