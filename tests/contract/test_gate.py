@@ -253,6 +253,37 @@ async def test_a_call_whose_answer_was_lost_gives_back_only_what_it_reserved(
     assert (await gate.reserve(21, "u0", "k", 1, "f")).outcome == "ok"  # u0's key is free
 
 
+async def test_an_abandoned_reservation_is_given_back_through_a_failing_release(
+    redis_gate: RedisGate,
+) -> None:
+    """A caller gave up while its reservation was being made, and the release that gives
+    it back fails once (a timeout under load): it is retried, not left for the
+    reconciliation (seen in CI on the Redis Cluster, the machine loaded)."""
+    gate = redis_gate
+    await _load(gate, _state(23, stock=1))
+    real, failures = gate._release, [1]
+
+    async def flaky(*args: object, **kwargs: object) -> object:
+        if failures:
+            failures.pop()
+            raise TimeoutError("Timeout reading from socket")
+        return await real(*args, **kwargs)
+
+    gate._release = flaky  # type: ignore[assignment]
+    attempt = asyncio.ensure_future(gate.reserve(23, "gone", "k", 1, "f"))
+    for _ in range(3):  # sent, and cancelled while Redis decides
+        await asyncio.sleep(0)
+    attempt.cancel()
+    await asyncio.gather(attempt, return_exceptions=True)
+    for _ in range(500):
+        if await gate.remaining(23) == 1 and not failures:
+            break
+        await asyncio.sleep(0.01)
+    gate._release = real  # type: ignore[method-assign]
+    assert not failures  # the release was tried, failed, and ...
+    assert await gate.remaining(23) == 1  # ... retried: the stock is back
+
+
 async def test_the_same_call_run_twice_reserves_once(redis_gate: RedisGate) -> None:
     """redis-py resends a command once on a new connection when the old one died; if
     Redis had run it, the second run must not turn the reservation into 'in_flight'."""

@@ -129,7 +129,7 @@ class RedisGate:
             elif outcome == "ok":
                 abandoned.append((user_id, key, quantity))
         for user_id, key, quantity in abandoned:
-            await self._abandoned(sale_id, user_id, key, quantity)
+            await self._abandoned(sale_id, user_id, key, quantity, call)
 
     async def _undo(self, sale_id: int, call: str, attempts: list[_Attempt]) -> None:
         """Releases what the failed `call` may have reserved (only that: the token keeps
@@ -149,11 +149,22 @@ class RedisGate:
             if not released:
                 return
 
-    async def _abandoned(self, sale_id: int, user_id: str, key: str, quantity: int) -> None:
-        try:
-            await self.release(sale_id, user_id, key, quantity)
-        except Exception as exc:  # the reconciliation frees it once stale (docs/sales.md)
-            log.warning("sale %d: an abandoned reservation was not released: %s", sale_id, exc)
+    async def _abandoned(
+        self, sale_id: int, user_id: str, key: str, quantity: int, call: str = ""
+    ) -> None:
+        """Gives back a reservation made for a caller that gave up, retrying while Redis
+        fails (a timeout under load, a failover) for up to UNDO_FOR seconds; then the
+        reconciliation frees it once stale (docs/sales.md). A retried release is harmless
+        (gate_release.lua); with the call's token it cannot take another call's."""
+        await keep_trying(
+            partial(
+                self._release,
+                keys=self._keys(sale_id),
+                args=[user_id, field_of(user_id, key), quantity, call, 0, ""],
+            ),
+            f"sale {sale_id}: giving back an abandoned reservation",
+            self.UNDO_FOR,
+        )
 
     async def confirm(self, sale_id: int, orders: Sequence[Confirmed]) -> None:
         if orders:
