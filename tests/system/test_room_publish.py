@@ -13,6 +13,7 @@ from typing import Any
 
 import httpx
 import pytest
+from websockets.exceptions import ConnectionClosed
 
 from surge.auth import mint
 from tests import ws
@@ -72,9 +73,18 @@ def test_a_backend_publishes_and_subscribers_get_it(server: Server) -> None:
         ("sale:1", b"{}", _service(), 403, "forbidden"),  # the server's stock feed
         ("lobby", b"{}", _service(), 400, "bad-room"),
         ("chat:a%20b", b"{}", _service(), 400, "bad-room"),
+        ("user%253Aalice", b"{}", _service(), 400, "bad-room"),  # decoded once, not twice
         ("chat:news", b"{not json", _service(), 400, "bad-json"),
         ("chat:news", b"[" * 2000 + b"]" * 2000, _service(), 400, "bad-json"),
         ("chat:news", b'"' + b"x" * 70_000 + b'"', _service(), 413, "body-too-large"),
+        # under the limit as sent, 3.8 times over once re-encoded (1e15: 1000000000000000.0)
+        (
+            "chat:news",
+            b"[" + b",".join([b"1e15"] * 13_000) + b"]",
+            _service(),
+            413,
+            "body-too-large",
+        ),
     ],
 )
 def test_bad_publishes_are_problems(
@@ -217,3 +227,21 @@ def test_presence_adds_up_across_processes(tmp_path: Path) -> None:
                 assert bought.status_code == 201, bought.text
                 assert [e["data"]["event"] for e in events] == ["order-confirmed", "mail-sent"]
                 assert events[1]["data"]["order_id"] == bought.json()["id"]
+
+
+def test_a_websocket_is_closed_when_its_token_expires(server: Server) -> None:
+    """The token granted the user's room: when it expires, the connection ends (4001)."""
+
+    async def run() -> tuple[dict[str, Any], int | None]:
+        # exp 28 s ago: within the 30 s leeway for 2 s more (the leeway counts too)
+        token = mint(SECRET, "gina", ttl=-28)
+        url = f"{ws.ws_url(server)}?token={token}"
+        async with ws.connect(url, open_timeout=5) as client:
+            assert (await ws.op(client, op="subscribe", room="user:gina", id=1))["op"] == "ack"
+            with pytest.raises(ConnectionClosed):
+                while True:
+                    await asyncio.wait_for(client.recv(), 10)
+            return {}, client.close_code
+
+    _, code = asyncio.run(run())
+    assert code == 4001

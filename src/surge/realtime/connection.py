@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import math
 import time
 from typing import TYPE_CHECKING
 
@@ -31,6 +32,7 @@ log = logging.getLogger("surge.realtime")
 GOING_AWAY = 1001  # shutdown: reconnect elsewhere
 TOO_BIG = 1009  # a message over the size limit
 TOO_SLOW = 4008  # the client did not read fast enough: its outgoing buffer overflowed
+EXPIRED = 4001  # the connection's token expired: reconnect with a fresh one
 POLICY = 1008  # the client broke a rule of ours (too many pings)
 # Pings a client may send a second, and in a burst. Each is answered (the last of a read
 # only: RFC 6455 5.5.3 allows it), so without a bound a ping flood makes us write as
@@ -58,6 +60,7 @@ class WsConnection(asyncio.Protocol):
         "_ws",
         "admin",
         "closing",
+        "expires",
         "fd",
         "last_seen",
         "rooms",
@@ -65,10 +68,15 @@ class WsConnection(asyncio.Protocol):
         "user",
     )
 
-    def __init__(self, hub: Hub, user: str | None, admin: bool = False) -> None:
+    def __init__(
+        self, hub: Hub, user: str | None, admin: bool = False, expires: float = math.inf
+    ) -> None:
         self._hub = hub
         self.user = user  # None: anonymous (may only subscribe)
         self.admin = admin  # may subscribe to any user's room
+        # its token's exp (and leeway), epoch seconds: past it the connection is closed
+        # (EXPIRED): what the token granted (a user's room, publishing) ends with it
+        self.expires = expires
         self.rooms: set[str] = set()
         self.transport: asyncio.Transport | None = None
         self._ws = Connection(ConnectionType.SERVER)

@@ -71,7 +71,9 @@ class Endpoint:
             b"HTTP/1.1 101 Switching Protocols\r\nupgrade: websocket\r\nconnection: Upgrade\r\n"
             b"sec-websocket-accept: " + frames.accept_key(key) + b"\r\n"
         )
-        return Upgrade(head, WsConnection(self._hub, user, who is not None and who.admin))
+        if who is None:
+            return Upgrade(head, WsConnection(self._hub, None))
+        return Upgrade(head, WsConnection(self._hub, who.id, who.admin, who.expires))
 
     def _user(self, request: Request) -> User | None:
         header = request.headers.get(b"authorization")

@@ -23,7 +23,7 @@ from surge.ground.histogram import Histogram
 from surge.ground.rooms import Backplane
 from surge.ground.tasks import Tasks
 from surge.realtime import frames, wire
-from surge.realtime.connection import GOING_AWAY, TOO_SLOW, WsConnection
+from surge.realtime.connection import EXPIRED, GOING_AWAY, TOO_SLOW, WsConnection
 from surge.realtime.fanout import FanOut
 
 log = logging.getLogger("surge.realtime")
@@ -148,6 +148,9 @@ class Hub:
 
     # -- ops ----------------------------------------------------------------------------------
     def handle(self, conn: WsConnection, op: wire.Op) -> None:
+        if conn.expires < time.time():  # its token expired since the last check
+            conn.close(EXPIRED, "token expired: reconnect with a fresh one")
+            return
         if isinstance(op, wire.Subscribe):
             self._subscribe(conn, op)
         elif isinstance(op, wire.Unsubscribe):
@@ -258,7 +261,9 @@ class Hub:
             raise wire.WireError("unauthorized", "publishing needs a token", op.request_id)
         if not op.room.startswith("chat:"):
             raise wire.WireError(
-                "forbidden", "sale rooms are published by the server only", op.request_id
+                "forbidden",
+                "clients publish into chat rooms only (sale and user rooms are the server's)",
+                op.request_id,
             )
         if not conn.allow_publish():
             raise wire.WireError(
@@ -371,6 +376,13 @@ class Hub:
             return
         self._shared_counts = counts
 
+    def _close_expired(self) -> None:
+        """Connections whose token expired are closed within a second: a user's room and
+        publishing were granted by the token, not by the connection."""
+        now = time.time()
+        for conn in [c for c in self.connections if c.expires < now]:
+            conn.close(EXPIRED, "token expired: reconnect with a fresh one")
+
     async def _beat(self) -> None:
         interval, timeout = self.limits.ping_interval, self.limits.ping_timeout
         ticks = 0
@@ -379,6 +391,7 @@ class Hub:
             await asyncio.sleep(min(1.0, interval))
             self.now = time.monotonic()
             seconds += min(1.0, interval)
+            self._close_expired()
             if seconds >= PRESENCE_EVERY:
                 seconds = 0.0
                 self._spawn(self._share_counts())
