@@ -41,6 +41,8 @@ def base_env(data_dir: Path, extra: Mapping[str, str] | None = None) -> dict[str
             # every test client is on 127.0.0.1: floods of 1,000 connections are tests of
             # other things (test_hostile sets the per-address cap it tests)
             "SURGE_MAX_CONNECTIONS_PER_CLIENT": "10000",
+            # no gRPC listener unless a test asks for one on a free port (tests/grpc_client.py)
+            "SURGE_GRPC_PORT": "0",
         }
     )
     env.update(extra or {})

@@ -84,6 +84,16 @@ class Settings:
         "port of the internal listener: /metrics, /debug/tasks, /healthz, /readyz "
         "(0 = pick a free one); never expose it publicly",
     )
+    grpc_port: int = setting(
+        50051,
+        parse.port,
+        "port of the gRPC API (proto/surge/v1/surge.proto) on SURGE_HOST; 0 = no gRPC",
+    )
+    grpc_max_calls: int = setting(
+        10_000,
+        parse.positive_int,
+        "gRPC calls in progress per process, WatchSale streams included (more: RESOURCE_EXHAUSTED)",
+    )
     workers: int = setting(1, parse.positive_int, "server processes; more than 1 requires Redis")
     jwt_secret: str | None = setting(
         None,
@@ -474,6 +484,8 @@ def _check(settings: Settings) -> None:
         raise ConfigError("SURGE_MAX_CONNECTIONS_PER_CLIENT must not exceed SURGE_MAX_CONNECTIONS")
     if settings.internal_port and settings.internal_port == settings.port:
         raise ConfigError("SURGE_INTERNAL_PORT must differ from SURGE_PORT")
+    if settings.grpc_port and settings.grpc_port in (settings.port, settings.internal_port):
+        raise ConfigError("SURGE_GRPC_PORT must differ from SURGE_PORT and SURGE_INTERNAL_PORT")
     primary = settings.database_url.partition(":")[0].partition("+")[0].lower()
     for replica in settings.database_replica_url:
         kind = replica.partition(":")[0].partition("+")[0].lower()

@@ -24,6 +24,7 @@ import socket
 import tempfile
 import time
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import uvloop
 
@@ -33,6 +34,9 @@ from surge.config import Settings
 from surge.http.listener import HttpServer, bind_socket
 from surge.http.state import HttpLimits, ServerState, open_files_budget
 from surge.metrics import Metrics, collectors
+
+if TYPE_CHECKING:
+    from surge.rpc.server import GrpcServer
 
 log = logging.getLogger("surge.lifecycle")
 
@@ -88,6 +92,7 @@ async def serve(
     )
     server = HttpServer(state, sock)
     await server.start()
+    rpc = await start_grpc(settings, app) if settings.grpc_port else None
     tune_gc()
     collectors.http_server(app.metrics, state, internal_state)
 
@@ -96,10 +101,15 @@ async def serve(
     log.info("pid %d: %s received: draining", os.getpid(), signal.Signals(received[0]).name)
     app.draining = True  # readiness -> 503
     state.closing = True  # answers carry Connection: close
+    if rpc is not None:
+        await rpc.drain()  # gRPC health -> NOT_SERVING
     if received[0] == signal.SIGTERM and settings.shutdown_delay > 0:
         await asyncio.sleep(settings.shutdown_delay)
     await server.stop_intake()
+    rpc_stopped = None if rpc is None else asyncio.create_task(rpc.stop(settings.drain_timeout))
     finished = await server.drain(settings.drain_timeout)
+    if rpc_stopped is not None:
+        await rpc_stopped
     if not finished:
         log.warning("drain timeout: %d requests cut off", state.in_flight)
     await internal.stop_intake()  # probes and scrapes are answered until the API is done
@@ -107,6 +117,28 @@ async def serve(
     await app.close()
     log.info("pid %d: stopped", os.getpid())
     return 0
+
+
+async def start_grpc(settings: Settings, app: App) -> GrpcServer:
+    """The gRPC face on SURGE_GRPC_PORT, calling the routes of `app` (surge.rpc)."""
+    from surge.rpc.bridge import Bridge  # grpc is loaded only where it serves: not
+    from surge.rpc.server import GrpcLimits, GrpcServer, GrpcStats  # in the supervisor
+
+    stats = GrpcStats()
+    bridge = Bridge(app.router, app.limiter, app.shedder, stats.observe)
+    limits = GrpcLimits(
+        host=settings.host,
+        port=settings.grpc_port,
+        max_calls=settings.grpc_max_calls,
+        max_message=settings.max_body_bytes,
+        max_metadata=settings.max_header_bytes,
+        max_connections=settings.max_connections,
+        handshake_timeout=settings.header_timeout,
+    )
+    rpc = GrpcServer(bridge, app.hub.watch, limits)
+    await rpc.start()
+    collectors.grpc(app.metrics, stats)
+    return rpc
 
 
 def http_limits(settings: Settings) -> HttpLimits:
@@ -168,6 +200,13 @@ def run(settings: Settings) -> int:
         settings.database_url.split(":", 1)[0],
         "redis" if settings.redis_url else "in-process",
     )
+    if settings.grpc_port:
+        if not _port_free(settings.host, settings.grpc_port):
+            # the workers bind it with SO_REUSEPORT, which would share it silently with
+            # another server's: it must be free before they start
+            log.error("SURGE_GRPC_PORT %d on %s is in use", settings.grpc_port, settings.host)
+            return 2
+        log.info("gRPC API on %s:%d", settings.host, settings.grpc_port)
     if settings.workers == 1:
         return run_process(settings, (sock, internal))
     return Supervisor(settings, (sock, internal)).run()
@@ -244,6 +283,18 @@ class Supervisor:
             sock.close()
         shutil.rmtree(self.share_dir, ignore_errors=True)
         return 1 if failed else 0
+
+
+def _port_free(host: str, port: int) -> bool:
+    """Nothing listens on `port` (bound without SO_REUSEPORT, so any listener refuses it)."""
+    probe = socket.socket(socket.AF_INET6 if ":" in host else socket.AF_INET)
+    try:
+        probe.bind((host, port))
+    except OSError:
+        return False
+    finally:
+        probe.close()
+    return True
 
 
 def _die_with_parent() -> None:

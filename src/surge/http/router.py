@@ -85,6 +85,10 @@ class Router:
                 return candidate, params
         return None
 
+    def route(self, template: str) -> Route:
+        """The route of `template` (another face calls its handlers: surge.rpc)."""
+        return self._routes[template]
+
     def methods_of(self, template: str) -> list[str]:
         route = self._routes.get(template)
         return list(route.methods) if route is not None else []

@@ -24,6 +24,7 @@ if TYPE_CHECKING:
     from surge.protect.ratelimit import RateLimiter
     from surge.protect.shedder import Shedder
     from surge.realtime.hub import Hub
+    from surge.rpc.server import GrpcStats
     from surge.sales.purchase import Purchases
     from surge.sales.reconcile import GateKeeper
     from surge.work.worker import Worker
@@ -153,6 +154,19 @@ _HUB_COUNTERS = {
     "heartbeat_timeouts": "Clients dropped for not answering pings",
     "refused": "WebSocket upgrades refused at a connection limit (process 503, user 429)",
 }
+
+
+def grpc(metrics: Metrics, stats: GrpcStats) -> None:
+    metrics.labelled_counter(
+        "grpc_calls", "gRPC calls answered, by method", "rpc", lambda: stats.calls
+    )
+    metrics.labelled_counter(
+        "grpc_refusals",
+        "gRPC calls answered with an error status, by the HTTP status behind it",
+        "status",
+        lambda: stats.refusals,
+    )
+    metrics.histogram("grpc_call_seconds", "Time to answer a unary gRPC call", stats.seconds)
 
 
 def hub(metrics: Metrics, made: Hub) -> None:

@@ -14,7 +14,7 @@ import asyncio
 import contextlib
 import logging
 import time
-from collections.abc import Coroutine
+from collections.abc import Callable, Coroutine
 from dataclasses import dataclass
 from typing import Any
 
@@ -88,6 +88,8 @@ class Hub:
         self._heartbeat: asyncio.Task[None] | None = None
         self._all_gone: asyncio.Event | None = None  # set up by close()
         self._shared_counts: dict[str, int] = {}  # what the last presence report said
+        # in-process listeners of a room (the gRPC face's WatchSale streams)
+        self._watchers: dict[str, set[Callable[[bytes], None]]] = {}
 
     async def start(self) -> None:
         await self._backplane.start(self._deliver, self._lost)
@@ -99,6 +101,20 @@ class Hub:
         seq = await self._backplane.publish(room, data, self._keep(room))
         self.stats["published"] += 1
         return seq
+
+    def watch(self, room: str, listener: Callable[[bytes], None]) -> Callable[[], None]:
+        """`listener` hears every message of `room` (the bytes a client would get), from
+        this process or another, until the function returned is called. It runs in the
+        fan-out: it must be quick and must not raise."""
+        watchers = self._watchers.setdefault(room, set())
+        watchers.add(listener)
+
+        def stop() -> None:
+            watchers.discard(listener)
+            if not watchers and self._watchers.get(room) is watchers:
+                del self._watchers[room]
+
+        return stop
 
     def _keep(self, room: str) -> int:
         return SALE_KEEP if room.startswith("sale:") else self.limits.history
@@ -301,6 +317,10 @@ class Hub:
 
     # -- fan-out ---
     def _deliver(self, room: str, seq: int, payload: bytes) -> None:
+        watchers = self._watchers.get(room)
+        if watchers:
+            for listener in tuple(watchers):
+                listener(payload)
         members = self.rooms.get(room)
         joining = self._joining.get(room)
         if not members and not joining:
