@@ -23,6 +23,9 @@ from surge.http.dispatch import call, failed, shed
 from surge.http.router import Router
 
 Observe = Callable[[str, int, float], None]  # rpc name, HTTP status, seconds
+# grpc cancels a call whose client went away or whose deadline passed before the answer:
+# counted as nginx counts a client that closed its request, not as a server error
+CANCELLED = 499
 
 
 class Bridge:
@@ -60,6 +63,9 @@ class Bridge:
         try:
             answer = await self._answer(request, template, time_left)
             return answer
+        except asyncio.CancelledError:
+            answer = (CANCELLED, b"", b"")
+            raise
         finally:
             elapsed = time.perf_counter() - request.started
             if request.slot and self._shedder is not None:  # its work is done
