@@ -38,7 +38,8 @@ from surge.protect.ratelimit import RateLimiter
 from surge.protect.shedder import Shedder, ShedSettings
 from surge.realtime.endpoint import Endpoint
 from surge.realtime.fanout import default_helpers
-from surge.realtime.hub import Hub, Limits
+from surge.realtime.hub import Hub
+from surge.realtime.limits import Limits
 from surge.realtime.rooms_api import RoomsApi
 from surge.sales.cache import SaleConfigs, SoldOutBoard
 from surge.sales.catalog import Catalog

@@ -15,7 +15,6 @@ import contextlib
 import logging
 import time
 from collections.abc import Callable, Coroutine
-from dataclasses import dataclass
 from typing import Any
 
 from surge.ground.buckets import Bucket
@@ -25,27 +24,13 @@ from surge.ground.tasks import Tasks
 from surge.realtime import frames, wire
 from surge.realtime.connection import EXPIRED, GOING_AWAY, TOO_SLOW, WsConnection
 from surge.realtime.fanout import FanOut
+from surge.realtime.limits import Limits
+from surge.realtime.presence import PRESENCE_EVERY, Presence
 
 log = logging.getLogger("surge.realtime")
 
 
-@dataclass(frozen=True, slots=True)
-class Limits:
-    max_connections: int = 10_000
-    max_message: int = 65_536  # bytes of one client message
-    max_rooms: int = 50  # rooms per connection
-    publish_rate: int = 50  # publishes a second per connection (and burst)
-    send_buffer: int = 1_048_576  # queued outgoing bytes before a client is too slow
-    ping_interval: float = 20.0  # seconds between pings
-    ping_timeout: float = 10.0  # a peer silent this long after a ping is dropped
-    history: int = 100  # messages kept per chat room for resume
-    max_per_user: int = 16  # connections of one user (token) in this process
-    publish_bytes: int = 65_536  # bytes a user may publish a second (burst: 4 s worth)
-    fanout_threads: int = 1  # helper threads writing a fan-out beside the event loop
-
-
 SALE_KEEP = 1  # a sale room keeps its latest state: a new subscriber gets it at once
-PRESENCE_EVERY = 5  # seconds between this process's reports of its rooms' subscribers
 
 
 class _Joining:
@@ -87,7 +72,7 @@ class Hub:
         self._tasks = Tasks()
         self._heartbeat: asyncio.Task[None] | None = None
         self._all_gone: asyncio.Event | None = None  # set up by close()
-        self._shared_counts: dict[str, int] = {}  # what the last presence report said
+        self._presence = Presence(backplane, self.count, lambda: {*self.rooms, *self._joining})
         # in-process listeners of a room (the gRPC face's WatchSale streams)
         self._watchers: dict[str, set[Callable[[bytes], None]]] = {}
 
@@ -375,7 +360,7 @@ class Hub:
             for conn in list(members):
                 conn.reply(notice)
 
-    # -- heartbeat and shutdown ---------------------------------------------------------------
+    # -- presence, heartbeat and shutdown ------------------------------------------------------
     def count(self, room: str) -> int:
         """This process's subscribers of `room` (those catching up included)."""
         return len(self.rooms.get(room, ())) + len(self._joining.get(room, ()))
@@ -383,18 +368,6 @@ class Hub:
     async def subscribers(self, room: str) -> int:
         """Across processes: this one's now, the others' as of their last report."""
         return self.count(room) + await self._backplane.others(room)
-
-    async def _share_counts(self) -> None:
-        """Every room with subscribers here, and those that lost their last one since the
-        previous report (0); bounded by the rooms, not the connections."""
-        counts = {room: self.count(room) for room in {*self.rooms, *self._joining}}
-        gone = {room: 0 for room in self._shared_counts if room not in counts}
-        try:
-            await self._backplane.share_counts({**counts, **gone})
-        except Exception as exc:  # Redis down: presence is stale meanwhile, nothing else
-            log.warning("presence not shared: %s", exc)
-            return
-        self._shared_counts = counts
 
     def _close_expired(self) -> None:
         """Connections whose token expired are closed within a second: a user's room and
@@ -414,7 +387,7 @@ class Hub:
             self._close_expired()
             if seconds >= PRESENCE_EVERY:
                 seconds = 0.0
-                self._spawn(self._share_counts())
+                self._spawn(self._presence.share())
             ticks += 1
             if ticks * min(1.0, interval) < interval:
                 continue
