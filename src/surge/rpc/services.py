@@ -21,6 +21,9 @@ from surge.v1 import surge_pb2 as pb
 from surge.v1 import surge_pb2_grpc as pb_grpc
 
 T = TypeVar("T")
+# GET /sales/{id}'s view is rebuilt at most every 0.5 s (surge.sales.catalog.SALE_VIEW_TTL);
+# a WatchSale reads it again this long after it started listening
+VIEW_AGE = 0.6
 Listener = Callable[[bytes], None]
 Watch = Callable[[str, Listener], Callable[[], None]]  # room, listener -> stop watching
 
@@ -33,6 +36,10 @@ def _peer_host(peer: str) -> str:
     if kind == "ipv4":
         return rest.rpartition(":")[0]
     return kind
+
+
+def _state(sale: pb.Sale) -> pb.SaleState:
+    return pb.SaleState(sale_id=sale.id, remaining=sale.remaining, state=sale.state)
 
 
 class Calls:
@@ -167,12 +174,6 @@ class Sales(pb_grpc.SalesServicer):
     async def WatchSale(
         self, request: pb.WatchSaleRequest, context: grpc.aio.ServicerContext
     ) -> AsyncIterator[pb.SaleState]:
-        params = {"id": str(request.id)}
-        answer = await self._calls.http(context, "WatchSale", "GET", "/sales/{id}", params)
-        sale = await self._calls.reply(context, answer, 200, convert.sale)
-        yield pb.SaleState(sale_id=sale.id, remaining=sale.remaining, state=sale.state)
-        if sale.state == "ended":
-            return
         # coalescing: a state is a whole snapshot, so a slow reader needs only the newest
         latest: list[pb.SaleState] = []
         changed = asyncio.Event()
@@ -181,44 +182,76 @@ class Sales(pb_grpc.SalesServicer):
             try:
                 data = orjson.loads(payload)["data"]
                 state = pb.SaleState(
-                    sale_id=sale.id, remaining=int(data["remaining"]), state=str(data["state"])
+                    sale_id=request.id, remaining=int(data["remaining"]), state=str(data["state"])
                 )
             except (orjson.JSONDecodeError, KeyError, TypeError, ValueError):
                 return  # not a stock update (nothing else is published there)
             latest[:] = [state]
             changed.set()
 
-        stop = self._watch(f"sale:{sale.id}", heard)
+        # listening before the first read: no change can fall between the two
+        stop = self._watch(f"sale:{request.id}", heard)
         closing = asyncio.ensure_future(self._calls.closing.wait())
-        # (no `yield` inside asyncio.timeout: its cancellation would land in grpc's write)
-        ends_at = time.monotonic() + sale.ends_at.ToDatetime().timestamp() - time.time()
-        remaining = sale.remaining
         try:
+            sale = await self._view(context, request.id)
+            sent = _state(sale)
+            yield sent
+            if sale.state == "ended":
+                return
+            # the view may be up to VIEW_AGE old: one built after we listened, unless a
+            # change came first (it is newer), says what changed just before
+            recheck_at: float | None = time.monotonic() + VIEW_AGE
+            ends_at = time.monotonic() + sale.ends_at.ToDatetime().timestamp() - time.time()
+            # (no `yield` inside asyncio.timeout: its cancellation would land in grpc's write)
             while True:
+                wake_at = ends_at if recheck_at is None else min(ends_at, recheck_at)
                 news = asyncio.ensure_future(changed.wait())
                 await asyncio.wait(
                     (news, closing),
-                    timeout=max(0.0, ends_at - time.monotonic()),
+                    timeout=max(0.0, wake_at - time.monotonic()),
                     return_when=asyncio.FIRST_COMPLETED,
                 )
-                if not news.done():
-                    news.cancel()
-                    if closing.done():
-                        await self._calls.refuse(
-                            context,
-                            grpc.StatusCode.UNAVAILABLE,
-                            "shutting-down",
-                            "the server is shutting down: watch again",
-                        )
-                    yield pb.SaleState(sale_id=sale.id, remaining=remaining, state="ended")
-                    return
-                changed.clear()
-                state = latest.pop()
-                remaining = state.remaining
-                yield state
+                if news.done():
+                    changed.clear()
+                    recheck_at = None
+                    sent = latest.pop()
+                    yield sent
+                    continue
+                news.cancel()
+                if closing.done():
+                    await self._calls.refuse(
+                        context,
+                        grpc.StatusCode.UNAVAILABLE,
+                        "shutting-down",
+                        "the server is shutting down: watch again",
+                    )
+                if recheck_at is not None and time.monotonic() < ends_at:
+                    recheck_at = None
+                    params = {"id": str(request.id)}
+                    answer = await self._calls.http(
+                        context, "WatchSale", "GET", "/sales/{id}", params
+                    )
+                    try:  # a refusal now (rate-limited, shed) costs only the recheck
+                        again = convert.sale(convert.json_of(answer, 200))
+                    except convert.Refusal:
+                        continue
+                    now = pb.SaleState(
+                        sale_id=again.id, remaining=again.remaining, state=again.state
+                    )
+                    if now != sent and not changed.is_set():
+                        sent = now
+                        yield sent
+                    continue
+                yield pb.SaleState(sale_id=sale.id, remaining=sent.remaining, state="ended")
+                return
         finally:
             stop()
             closing.cancel()
+
+    async def _view(self, context: grpc.aio.ServicerContext, sale_id: int) -> pb.Sale:
+        params = {"id": str(sale_id)}
+        answer = await self._calls.http(context, "WatchSale", "GET", "/sales/{id}", params)
+        return await self._calls.reply(context, answer, 200, convert.sale)
 
 
 class Rooms(pb_grpc.RoomsServicer):
