@@ -49,6 +49,7 @@ CHECKOV = ROOT / ".venv" / "tools" / "checkov" / "bin" / "checkov"
 INTERNAL_PORT = 9181
 WORKER_PORT = 9180
 PUBLIC_PORT = 8080
+GRPC_PORT = 50051
 
 Doc = dict[str, Any]
 
@@ -257,6 +258,7 @@ def test_listener_ports_match_the_configmap() -> None:
     assert int(data["SURGE_PORT"]) == PUBLIC_PORT
     assert int(data["SURGE_INTERNAL_PORT"]) == INTERNAL_PORT
     assert int(data["SURGE_WORKER_PORT"]) == WORKER_PORT
+    assert int(data["SURGE_GRPC_PORT"]) == GRPC_PORT
     assert data["SURGE_HOST"] == data["SURGE_INTERNAL_HOST"] == "0.0.0.0"
     assert data["SURGE_WORKERS"] == "1"
     # Every key is a real setting (a typo would be silently ignored by Surge).
@@ -311,6 +313,20 @@ def test_public_service_does_not_expose_the_internal_listener() -> None:
         if INTERNAL_PORT in targets:
             assert other["spec"].get("clusterIP") == "None"
             assert other["spec"].get("type", "ClusterIP") == "ClusterIP"
+
+
+def test_grpc_service_is_headless_and_reaches_the_grpc_port() -> None:
+    """gRPC clients keep one connection: a virtual IP would pin each to one pod."""
+    service = _find([d for _, d in _base_docs()], "Service", "surge-grpc")
+    server = _container("Deployment", "surge-server")
+    assert service["spec"]["clusterIP"] == "None"
+    (entry,) = service["spec"]["ports"]
+    assert _port(server, entry["targetPort"]) == GRPC_PORT
+    assert entry["appProtocol"] == "grpc"
+    policy = _find([d for _, d in _base_docs()], "NetworkPolicy", "surge-server-ingress")
+    assert any(
+        GRPC_PORT in {p["port"] for p in rule["ports"]} for rule in policy["spec"]["ingress"]
+    )
 
 
 def test_network_policy_keeps_metrics_to_monitoring() -> None:
