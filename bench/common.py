@@ -127,9 +127,13 @@ LOOPBACK_CLIENTS = {"SURGE_MAX_CONNECTIONS_PER_CLIENT": "10000"}
 
 def clean_env(extra: Mapping[str, str] | None = None) -> dict[str, str]:
     """This process's environment without any inherited SURGE_* setting, plus the
-    loopback clients' allowance and `extra`."""
+    loopback clients' allowance, no gRPC, and `extra`."""
     env = {k: v for k, v in os.environ.items() if not k.startswith("SURGE_")}
     env.update(LOOPBACK_CLIENTS)
+    # no gRPC listener unless a harness measures it (make bench-grpc): the HTTP numbers
+    # stay comparable with earlier runs, and servers started one after another never
+    # meet on the default port
+    env["SURGE_GRPC_PORT"] = "0"
     env.update(extra or {})
     return env
 

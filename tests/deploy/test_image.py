@@ -16,8 +16,10 @@ from collections.abc import Iterator
 from contextlib import ExitStack, contextmanager
 from pathlib import Path
 
+import grpc
 import httpx
 import pytest
+from grpc_health.v1 import health_pb2, health_pb2_grpc
 
 from tests.backends import Backend, free_port, make_backend, unavailable
 from tests.server import SECRET
@@ -113,12 +115,20 @@ def test_the_image_migrates_serves_and_drains(backend: Backend, tmp_path: Path) 
             timeout=120,
         )
         assert seed.returncode == 0, seed.stderr
-        port, internal = free_port(), free_port()
+        port, internal, grpc_port = free_port(), free_port(), free_port()
         log = tmp_path / "image-serve.log"
         with open(log, "wb") as sink:
             server = subprocess.Popen(
                 _in_image(
-                    root, env, "serve", "--port", str(port), "--internal-port", str(internal)
+                    root,
+                    env,
+                    "serve",
+                    "--port",
+                    str(port),
+                    "--internal-port",
+                    str(internal),
+                    "--grpc-port",
+                    str(grpc_port),
                 ),
                 stdout=sink,
                 stderr=subprocess.STDOUT,
@@ -142,6 +152,10 @@ def test_the_image_migrates_serves_and_drains(backend: Backend, tmp_path: Path) 
             )
             assert order.status_code == 200, order.text
             assert order.json()["id"] == 1
+            with grpc.insecure_channel(f"127.0.0.1:{grpc_port}") as channel:  # grpcio's C core
+                health = health_pb2_grpc.HealthStub(channel)
+                answer = health.Check(health_pb2.HealthCheckRequest(service=""), timeout=10)
+                assert answer.status == health_pb2.HealthCheckResponse.SERVING
             server.send_signal(signal.SIGTERM)  # what the platform sends the image's PID 1
             assert server.wait(timeout=15) == 0, log.read_text()
         finally:
