@@ -204,7 +204,11 @@ def run(settings: Settings) -> int:
         if not _port_free(settings.host, settings.grpc_port):
             # the workers bind it with SO_REUSEPORT, which would share it silently with
             # another server's: it must be free before they start
-            log.error("SURGE_GRPC_PORT %d on %s is in use", settings.grpc_port, settings.host)
+            log.error(
+                "SURGE_GRPC_PORT %d on %s is in use (another port, or 0 for no gRPC)",
+                settings.grpc_port,
+                settings.host,
+            )
             return 2
         log.info("gRPC API on %s:%d", settings.host, settings.grpc_port)
     if settings.workers == 1:
