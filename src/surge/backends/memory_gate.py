@@ -13,6 +13,7 @@ from surge.ground.purchases import (
     Confirmed,
     GateState,
     Reconciled,
+    StoredOrder,
     field_of,
     user_of,
 )
@@ -20,7 +21,7 @@ from surge.ground.purchases import (
 
 @dataclass(frozen=True, slots=True)
 class _Key:
-    kind: str  # p(ending), d(one), u(ncertain): see the module's docstring
+    kind: str  # p(ending), d(one), u(ncertain), r(eturned): see Gate's docstring
     fingerprint: str
     order_id: int
     quantity: int
@@ -50,15 +51,27 @@ class MemoryGate:
     async def reconcile(self, state: GateState, stale_ms: int) -> Reconciled:
         old = self._sales.get(state.sale_id)
         keys = {
-            field_of(o.user_id, o.key): _Key("d", o.fingerprint, o.order_id, o.quantity, 0)
+            field_of(o.user_id, o.key): _Key(
+                "r" if o.returned else "d", o.fingerprint, o.order_id, o.quantity, 0
+            )
             for o in state.orders
         }
         bought: dict[str, int] = {}
         for o in state.orders:
-            bought[o.user_id] = bought.get(o.user_id, 0) + o.quantity
+            if not o.returned:
+                bought[o.user_id] = bought.get(o.user_id, 0) + o.quantity
         remaining, dropped, now_ms = state.remaining, 0, _now_ms()
         for field, entry in (old.keys if old else {}).items():
-            if field in keys:  # committed by the snapshot: counted in its remaining
+            stored = keys.get(field)
+            if stored is not None:  # committed by the snapshot: counted in its remaining
+                if stored.kind == "d" and entry.kind == "r":  # returned after the snapshot
+                    keys[field] = entry
+                    remaining += entry.quantity
+                    user = user_of(field)
+                    bought[user] = bought.get(user, 0) - entry.quantity
+                continue
+            if entry.kind == "r":  # a return the snapshot predates: its order too
+                keys[field] = entry
                 continue
             user = user_of(field)
             age = now_ms - entry.since_ms
@@ -72,6 +85,7 @@ class MemoryGate:
             remaining -= entry.quantity
             bought[user] = bought.get(user, 0) + entry.quantity
         remaining = max(0, remaining)
+        bought = {user: count for user, count in bought.items() if count > 0}
         self._sales[state.sale_id] = _Sale(
             remaining, state.per_user_limit, state.starts_ms, state.ends_ms, bought, keys
         )
@@ -88,7 +102,7 @@ class MemoryGate:
         if prior is not None:
             if prior.fingerprint != fingerprint:
                 return Answer("mismatch", sale.remaining)
-            if prior.kind == "d":
+            if prior.kind in ("d", "r"):
                 return Answer("done", sale.remaining, prior.order_id)
             if prior.kind == "u":
                 return Answer("uncertain", sale.remaining)
@@ -109,9 +123,10 @@ class MemoryGate:
         sale = self._sales.get(sale_id)
         if sale is not None:
             for o in orders:
-                sale.keys[field_of(o.user_id, o.key)] = _Key(
-                    "d", o.fingerprint, o.order_id, o.quantity, 0
-                )
+                field = field_of(o.user_id, o.key)
+                prior = sale.keys.get(field)
+                if prior is None or prior.kind != "r":  # returned before it was confirmed
+                    sale.keys[field] = _Key("d", o.fingerprint, o.order_id, o.quantity, 0)
 
     async def release(
         self,
@@ -135,12 +150,28 @@ class MemoryGate:
             else:
                 del sale.keys[field]
             sale.remaining += quantity
-            left = sale.bought.get(user_id, 0) - quantity
-            if left > 0:
-                sale.bought[user_id] = left
-            else:
-                sale.bought.pop(user_id, None)
+            self._unbuy(sale, user_id, quantity)
         return sale.remaining
+
+    async def give_back(self, sale_id: int, order: StoredOrder) -> int:
+        sale = self._sales.get(sale_id)
+        if sale is None:
+            return -1
+        field = field_of(order.user_id, order.key)
+        prior = sale.keys.get(field)
+        sale.keys[field] = _Key("r", order.fingerprint, order.order_id, order.quantity, 0)
+        if prior is not None and prior.kind in ("d", "p"):  # its units were counted
+            sale.remaining += order.quantity
+            self._unbuy(sale, order.user_id, order.quantity)
+        return sale.remaining
+
+    @staticmethod
+    def _unbuy(sale: _Sale, user_id: str, quantity: int) -> None:
+        left = sale.bought.get(user_id, 0) - quantity
+        if left > 0:
+            sale.bought[user_id] = left
+        else:
+            sale.bought.pop(user_id, None)
 
     async def retake(
         self, sale_id: int, user_id: str, key: str, quantity: int, fingerprint: str

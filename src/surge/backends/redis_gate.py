@@ -27,6 +27,7 @@ from surge.ground.purchases import (
     Confirmed,
     GateState,
     Reconciled,
+    StoredOrder,
     field_of,
 )
 from surge.ground.retry import keep_trying
@@ -53,6 +54,7 @@ class RedisGate:
         self._sold_out = client.register_script(lua_script("gate_sold_out.lua"))
         self._confirm = client.register_script(lua_script("gate_confirm.lua"))
         self._retake = client.register_script(lua_script("gate_retake.lua"))
+        self._return = client.register_script(lua_script("gate_return.lua"))
 
     def _keys(self, sale_id: int) -> list[str]:
         tag = f"{self._prefix}{{sale:{sale_id}}}"
@@ -68,7 +70,9 @@ class RedisGate:
             UNCERTAIN_FOR_MS,
         ]
         for o in state.orders:
-            args += [field_of(o.user_id, o.key), o.user_id, o.order_id, o.quantity, o.fingerprint]
+            field = field_of(o.user_id, o.key)
+            kind = "r" if o.returned else "d"
+            args += [field, o.user_id, o.order_id, o.quantity, o.fingerprint, kind]
         before, after, dropped = await self._reconcile(keys=self._keys(state.sale_id), args=args)
         return Reconciled(None if before < 0 else int(before), int(after), int(dropped))
 
@@ -188,6 +192,12 @@ class RedisGate:
             args=[user_id, field_of(user_id, key), quantity, "", int(uncertain), fingerprint],
         )
         return int(left)
+
+    async def give_back(self, sale_id: int, order: StoredOrder) -> int:
+        field = field_of(order.user_id, order.key)
+        args: list[str | int] = [order.user_id, field, order.order_id, order.quantity]
+        args.append(order.fingerprint)
+        return int(await self._return(keys=self._keys(sale_id), args=args))
 
     async def retake(
         self, sale_id: int, user_id: str, key: str, quantity: int, fingerprint: str

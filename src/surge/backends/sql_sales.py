@@ -19,7 +19,7 @@ from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 from surge.backends.sql import connected, mark_ended
 from surge.backends.sql_batch import Refused, commit_batch
 from surge.backends.sql_replicas import ReplicaSet
-from surge.ground.orders import Order
+from surge.ground.orders import RETURNED, Order
 from surge.ground.purchases import GateState, Purchase, PurchaseOutcome, StoredOrder, Win
 from surge.ground.sales import NewSale, Sale
 from surge.schema import ORDER_COLUMNS, orders, outbox, sale_buyers, sales
@@ -129,6 +129,7 @@ class SqlSales:
                 orders.c.idempotency_key,
                 orders.c.quantity,
                 orders.c.request_hash,
+                orders.c.status,
             )
             .select_from(sales.outerjoin(orders, orders.c.sale_id == sales.c.id))
             .where(sales.c.id == sale_id)
@@ -145,6 +146,7 @@ class SqlSales:
                 int(m["order_id"]),
                 int(m["quantity"]),
                 m["request_hash"] or "",
+                m["status"] in RETURNED,
             )
             for m in (row._mapping for row in rows)
             if m["order_id"] is not None and m["idempotency_key"] is not None

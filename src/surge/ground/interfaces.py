@@ -20,6 +20,7 @@ from surge.ground.purchases import (
     GateState,
     Purchase,
     Reconciled,
+    StoredOrder,
     Win,
 )
 from surge.ground.sales import NewSale, Sale
@@ -238,7 +239,9 @@ class Gate(Protocol):
     with another request), "uncertain" (see below), "not_live", "unknown" (the gate holds no
     state for the sale: load it from the database and try again).
 
-    A key is pending ("p") from its reservation until the gate learns its order ("d"). A
+    A key is pending ("p") from its reservation until the gate learns its order ("d"); an
+    order cancelled or expired gives its units back and its key becomes returned ("r":
+    it replays the order, holds no stock, and never becomes anything else). A
     reservation whose commit may have landed although nobody heard it (the connection was
     lost during the commit, the deadline and its grace passed, or the request died and the
     reservation went stale) gives its stock back but keeps its key, as uncertain ("u"), for
@@ -281,6 +284,13 @@ class Gate(Protocol):
     ) -> int:
         """Gives a reservation back (its commit failed; with `uncertain`, maybe not: the
         key stays, or is written, as uncertain); returns the remaining stock."""
+        ...
+
+    async def give_back(self, sale_id: int, order: StoredOrder) -> int:
+        """The database cancelled or expired `order`: its units go back on sale, once (a
+        repeated call, or one for a key that held no stock, changes no count); its key
+        becomes returned. Returns the remaining stock (-1: the gate holds nothing for the
+        sale; the next reconciliation installs it from the database)."""
         ...
 
     async def retake(

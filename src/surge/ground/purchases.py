@@ -55,13 +55,16 @@ class Confirmed:
 
 @dataclass(frozen=True, slots=True)
 class StoredOrder:
-    """An order of the sale as the database committed it, as far as the gate cares."""
+    """An order of the sale as the database committed it, as far as the gate cares.
+    `returned`: it was cancelled or expired, its units back on sale; its key still
+    replays it but holds no stock."""
 
     user_id: str
     key: str
     order_id: int
     quantity: int
     fingerprint: str
+    returned: bool = False
 
 
 @dataclass(frozen=True, slots=True)

@@ -2,7 +2,8 @@
 -- before this call (surge.sales.reconcile explains why the arithmetic is exact while purchases
 -- go on). KEYS as in gate_reserve.lua. ARGV: remaining (the snapshot's), limit, starts_ms,
 -- ends_ms, stale_ms, uncertain_ms, then for every order of the sale in the snapshot:
--- user|key, user, order id, quantity, fingerprint.
+-- user|key, user, order id, quantity, fingerprint, kind ('d' active, 'r' returned: its units
+-- are back in the snapshot's remaining, gate_return.lua).
 -- A pending key older than stale_ms gives its stock back and becomes uncertain ("u": its
 -- commit may still land; a retry of it asks the database), forgotten after uncertain_ms
 -- (surge/gate.py).
@@ -18,18 +19,29 @@ local stale = tonumber(ARGV[5])
 local uncertain = tonumber(ARGV[6])
 local stored = {}  -- user|key -> the entry a committed order has
 local bought = {}  -- user -> quantity held or reserved
-for i = 7, #ARGV, 5 do
-  stored[ARGV[i]] = 'd|' .. ARGV[i + 4] .. '|' .. ARGV[i + 2] .. '|' .. ARGV[i + 3]
-  bought[ARGV[i + 1]] = (bought[ARGV[i + 1]] or 0) + tonumber(ARGV[i + 3])
+for i = 7, #ARGV, 6 do
+  stored[ARGV[i]] = ARGV[i + 5] .. '|' .. ARGV[i + 4] .. '|' .. ARGV[i + 2] .. '|' .. ARGV[i + 3]
+  if ARGV[i + 5] == 'd' then
+    bought[ARGV[i + 1]] = (bought[ARGV[i + 1]] or 0) + tonumber(ARGV[i + 3])
+  end
 end
 local dropped = 0
 local entries = redis.call('HGETALL', KEYS[3])
 for j = 1, #entries, 2 do
   local field, value = entries[j], entries[j + 1]
   local want = stored[field]
-  if want then  -- committed by the snapshot: counted in its remaining
+  if want and string.sub(want, 1, 1) == 'd' and string.sub(value, 1, 1) == 'r' then
+    -- returned after the snapshot (a return is never undone): its units are back
+    local quantity = tonumber(string.match(value, '^r|[^|]*|[^|]*|([^|]*)')) or 0
+    local user = string.match(field, '^(.*)|[^|]*$')
+    remaining = remaining + quantity
+    bought[user] = (bought[user] or 0) - quantity
+    stored[field] = nil
+  elseif want then  -- committed by the snapshot: counted in its remaining
     if value ~= want then redis.call('HSET', KEYS[3], field, want) end
     stored[field] = nil
+  elseif string.sub(value, 1, 1) == 'r' then
+    -- committed and returned after the snapshot: nothing to count either way
   else
     local parts = {}
     for part in string.gmatch(value, '[^|]+') do parts[#parts + 1] = part end
@@ -62,7 +74,7 @@ end
 if remaining < 0 then remaining = 0 end
 redis.call('DEL', KEYS[2])
 for user, count in pairs(bought) do
-  redis.call('HSET', KEYS[2], user, count)
+  if count > 0 then redis.call('HSET', KEYS[2], user, count) end
 end
 redis.call('HSET', KEYS[1], 'remaining', remaining, 'limit', ARGV[2], 'starts_ms', ARGV[3],
            'ends_ms', ARGV[4])

@@ -5,6 +5,7 @@
 -- KEYS[3] {sale:ID}:keys    hash: user|key -> "p|fingerprint|call|quantity|ms" (pending since
 --                           ms), "d|fingerprint|order|quantity" (committed) or
 --                           "u|fingerprint|call|quantity|ms" (uncertain: gate_reconcile.lua)
+--                           or "r|fingerprint|order|quantity" (returned: gate_return.lua)
 -- ARGV: call (a token unique to this call), then user, user|key, quantity, fingerprint;
 -- then the same four for the next attempt...
 -- A pending reservation remembers the call that made it: if the same call runs twice (a
@@ -38,7 +39,7 @@ local function decide(user, field, quantity, fingerprint)
     if known ~= fingerprint then
       return 'mismatch', 0
     end
-    if kind == 'd' then
+    if kind == 'd' or kind == 'r' then
       return 'done', tonumber(third)
     end
     if kind == 'u' then
