@@ -206,7 +206,7 @@ class MemorySales:
         self._bought[sale.id, user_id] = bought + quantity
         self._last_order += 1
         created = now.astimezone(UTC).replace(microsecond=0)  # what every database keeps
-        order = Order(self._last_order, sale.id, user_id, quantity, "confirmed", created)
+        order = Order(self._last_order, sale.id, user_id, quantity, "paid", created)
         self._orders[order.id] = _Stored(order, key, request_hash)
         self._by_key[user_id, key] = order.id
         return Purchase("committed", order, request_hash)

@@ -19,7 +19,7 @@ from alembic.script import ScriptDirectory
 from surge.backends.sql import create_engine
 from surge.schema import orders, outbox, sale_buyers, sales
 
-STATUSES = ("confirmed", "paid", "shipped", "delivered", "cancelled")
+STATUSES = ("paid", "paid", "shipped", "delivered", "cancelled")
 SEED_CHUNK = 1000
 
 

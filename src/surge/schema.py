@@ -46,7 +46,14 @@ orders = sa.Table(
     # one order per user and key, enforced here, not only by the gate.
     sa.Column("idempotency_key", sa.String(64), nullable=True),
     sa.Column("request_hash", sa.String(64), nullable=True),
+    # The payment window (docs/sales.md): a pending order must be paid by `pay_by`; when
+    # it was paid, cancelled or expired; the payment's own idempotency key and reference.
+    sa.Column("pay_by", sa.DateTime, nullable=True),
+    sa.Column("closed_at", sa.DateTime, nullable=True),
+    sa.Column("pay_key", sa.String(64), nullable=True),
+    sa.Column("payment_ref", sa.String(128), nullable=True),
     sa.Index("ix_orders_user_id_id", "user_id", "id"),
+    sa.Index("ix_orders_status_pay_by", "status", "pay_by"),  # the expiry sweep
     sa.Index("ix_orders_sale_id", "sale_id"),
     sa.Index("ux_orders_user_id_idempotency_key", "user_id", "idempotency_key", unique=True),
 )

@@ -12,7 +12,7 @@ import sqlalchemy as sa
 
 from surge import db
 from surge.backends.sql import create_engine
-from surge.backends.sql_batch import Refused, commit_batch
+from surge.backends.sql_batch import NewOrders, Refused, commit_batch
 from surge.backends.sql_sales import SqlSales
 from surge.ground.purchases import Purchase, Win
 from surge.ground.sales import NewSale
@@ -114,7 +114,10 @@ async def test_one_round_trip_batch_all_or_nothing(backend: Backend) -> None:
     try:
         now = datetime.now(UTC).replace(microsecond=0)
         sale = await sales_store.create_sale(_new(stock=4, limit=2), now)
-        naive = now.replace(tzinfo=None)
+        # pending, to be paid within a minute (issue 19)
+        naive = NewOrders(
+            now.replace(tzinfo=None), "pending", now.replace(tzinfo=None) + timedelta(minutes=1)
+        )
         wins = [Win("a", 2, "k", "h1"), Win("b", 1, "k", "h2")]
         ids = await commit_batch(engine, sale.id, wins, naive)  # type: ignore[arg-type]
         assert set(ids) == {"a", "b"}
@@ -123,6 +126,13 @@ async def test_one_round_trip_batch_all_or_nothing(backend: Backend) -> None:
             (ids["a"], "a", 2),
             (ids["b"], "b", 1),
         }
+        async with engine.connect() as conn:  # type: ignore[attr-defined]
+            kept = (
+                await conn.execute(
+                    sa.select(orders.c.status, orders.c.pay_by).where(orders.c.sale_id == sale.id)
+                )
+            ).all()
+        assert [tuple(row) for row in kept] == [("pending", naive.pay_by)] * 2
         assert await _counts(engine, sale.id) == (1, 2, 2, 2)
         async with engine.connect() as conn:  # type: ignore[attr-defined]
             events = [

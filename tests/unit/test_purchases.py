@@ -164,7 +164,7 @@ async def test_a_purchase_is_created_and_its_key_replays_the_same_bytes(shop: Sh
     assert status == 201
     order = orjson.loads(body)
     assert (order["sale_id"], order["user_id"], order["quantity"]) == (sale.id, "alice", 1)
-    assert order["status"] == "confirmed"
+    assert order["status"] == "paid"
     assert f"location: /orders/{order['id']}\r\n".encode() in head
     stored = await shop.sales.order_by_key("alice", "k1")
     assert stored is not None and stored[0].id == order["id"]

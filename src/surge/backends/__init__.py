@@ -27,7 +27,17 @@ from urllib.parse import urlsplit
 from surge.backends.breaker import Breaker
 from surge.backends.memory_buckets import LocalBuckets
 from surge.ground.buckets import Buckets
-from surge.ground.interfaces import Bus, Cache, Gate, MailSender, Outbox, Sales, Store, Stream
+from surge.ground.interfaces import (
+    Bus,
+    Cache,
+    Gate,
+    MailSender,
+    OrderStates,
+    Outbox,
+    Sales,
+    Store,
+    Stream,
+)
 from surge.ground.rooms import Backplane
 
 if TYPE_CHECKING:
@@ -53,6 +63,7 @@ class BackendOptions:
     stream_pool_size: int = 40  # the stream's own Redis connections (blocking reads)
     replica_urls: tuple[str, ...] = ()  # the database's read replicas (sql_replicas)
     replica_max_lag: float = 5.0  # seconds behind the primary a replica may serve
+    pay_window: float = 0.0  # seconds a new order has to be paid in (0: paid at purchase)
 
 
 @dataclass(slots=True)
@@ -68,6 +79,7 @@ class Backends:
     backplane: Backplane
     local_buckets: LocalBuckets
     shared_buckets: Buckets | None
+    order_states: OrderStates | None = None  # set by the factory (an order's life)
     breakers: dict[str, Breaker] = field(default_factory=dict)  # dependency -> breaker
     replicas: ReplicaSet | None = None  # the database's read replicas, if any
     probes: dict[str, Callable[[], Awaitable[None]]] = field(default_factory=dict)
@@ -95,12 +107,14 @@ async def open_backends(
 ) -> Backends:
     """Builds every kind a server process uses; `stack` closes them in reverse order."""
     from surge.backends.sql import breaker
+    from surge.backends.sql_order_states import SqlOrderStates
 
     store = open_store(options, stack)
     opener = _SHARED.get(scheme_of(options.redis_url))
     if opener is None:
         raise ValueError(f"no backend for {scheme_of(options.redis_url)}:// URLs")
     made = opener(options, store, stack, on_cache_error)
+    made.order_states = SqlOrderStates(store.engine)
     made.breakers["database"] = breaker(store.engine)
     made.probes["database"] = store.ping
     if options.replica_urls:
@@ -219,7 +233,7 @@ def _in_process(
     stack.push_async_callback(bus.close)
     return Backends(
         store,
-        SqlSales(store.engine),
+        SqlSales(store.engine, options.pay_window),
         cache,
         bus,
         MemoryGate(),
@@ -262,7 +276,7 @@ def _redis(
     stack.push_async_callback(buckets.close)
     made = Backends(
         store,
-        SqlSales(store.engine),
+        SqlSales(store.engine, options.pay_window),
         cache,
         bus,
         RedisGate(client, options.prefix),

@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import json
 from collections.abc import Sequence
+from dataclasses import dataclass
 from datetime import datetime
 from typing import Any, Protocol
 
@@ -48,35 +49,45 @@ class Refused(Exception):
     enough stock, a deadlock): none of it was committed; commit the winners one by one."""
 
 
+@dataclass(frozen=True, slots=True)
+class NewOrders:
+    """What every order of a batch is made with: `created` and `pay_by` naive UTC, to the
+    second, as every database keeps them (`pay_by` None: paid at once)."""
+
+    created: datetime
+    status: str
+    pay_by: datetime | None
+
+
 async def commit_batch(
-    engine: AsyncEngine, sale_id: int, wins: Sequence[Winner], created: datetime
+    engine: AsyncEngine, sale_id: int, wins: Sequence[Winner], new: NewOrders
 ) -> dict[str, int]:
-    """Commits every winner (distinct users) or none; returns user id -> order id.
-    `created` is naive UTC, to the second, as every database keeps it."""
+    """Commits every winner (distinct users) or none; returns user id -> order id."""
     total = sum(w.quantity for w in wins)
     dialect = engine.dialect.name
     if dialect == "mysql":
-        return await _mysql(engine, sale_id, wins, total, created)
+        return await _mysql(engine, sale_id, wins, total, new)
     if dialect == "postgresql":
-        return await _postgresql(engine, sale_id, wins, total, created)
-    return await _statements(engine, sale_id, wins, total, created)
+        return await _postgresql(engine, sale_id, wins, total, new)
+    return await _statements(engine, sale_id, wins, total, new)
 
 
 # -- MariaDB / MySQL -----------------------------------------------------------------------
-_CALL = "CALL surge_purchase_batch(%s, %s, %s, %s)"
+_CALL = "CALL surge_purchase_batch(%s, %s, %s, %s, %s, %s)"
 # not enough stock (the procedure's SIGNAL), duplicate key, deadlock, lock wait timeout
 _MYSQL_REFUSALS = {1644, 1062, 1213, 1205}
 
 
 async def _mysql(
-    engine: AsyncEngine, sale_id: int, wins: Sequence[Winner], total: int, created: datetime
+    engine: AsyncEngine, sale_id: int, wins: Sequence[Winner], total: int, new: NewOrders
 ) -> dict[str, int]:
     payload = json.dumps([[w.user_id, w.quantity, w.key, w.request_hash] for w in wins])
     async with connected(engine) as conn:
         driver: Any = (await conn.get_raw_connection()).driver_connection
         try:
             async with driver.cursor() as cursor:
-                await cursor.execute(_CALL, (sale_id, total, created, payload))
+                args = (sale_id, total, new.created, payload, new.status, new.pay_by)
+                await cursor.execute(_CALL, args)
                 row = await cursor.fetchone()
                 while await cursor.nextset():  # the CALL's own status: a failed COMMIT
                     pass
@@ -104,8 +115,8 @@ WITH w AS (
   SELECT $1, user_id, quantity FROM w WHERE EXISTS (SELECT 1 FROM s)
 ), o AS (
   INSERT INTO orders
-    (sale_id, user_id, quantity, status, created_at, idempotency_key, request_hash)
-  SELECT $1, user_id, quantity, 'confirmed', $7, idem, fp FROM w WHERE EXISTS (SELECT 1 FROM s)
+    (sale_id, user_id, quantity, status, created_at, pay_by, idempotency_key, request_hash)
+  SELECT $1, user_id, quantity, $8, $7, $9, idem, fp FROM w WHERE EXISTS (SELECT 1 FROM s)
   RETURNING id, sale_id, user_id, quantity
 ), x AS (
   INSERT INTO outbox (topic, created_at, payload)
@@ -120,7 +131,7 @@ _PG_REFUSALS = ("23505", "40P01", "40001", "55P03")
 
 
 async def _postgresql(
-    engine: AsyncEngine, sale_id: int, wins: Sequence[Winner], total: int, created: datetime
+    engine: AsyncEngine, sale_id: int, wins: Sequence[Winner], total: int, new: NewOrders
 ) -> dict[str, int]:
     async with connected(engine) as conn:
         driver: Any = (await conn.get_raw_connection()).driver_connection
@@ -133,7 +144,9 @@ async def _postgresql(
                 [w.key for w in wins],
                 [w.request_hash for w in wins],
                 total,
-                created,
+                new.created,
+                new.status,
+                new.pay_by,
             )
         except Exception as exc:
             if getattr(exc, "sqlstate", None) in _PG_REFUSALS:
@@ -153,7 +166,7 @@ async def _discard(conn: AsyncConnection) -> None:
 
 # -- SQLite (and any other database): the plain statements -------------------------------
 async def _statements(
-    engine: AsyncEngine, sale_id: int, wins: Sequence[Winner], total: int, created: datetime
+    engine: AsyncEngine, sale_id: int, wins: Sequence[Winner], total: int, new: NewOrders
 ) -> dict[str, int]:
     try:
         async with connected(engine) as conn, conn.begin():
@@ -170,8 +183,9 @@ async def _statements(
                             "sale_id": sale_id,
                             "user_id": w.user_id,
                             "quantity": w.quantity,
-                            "status": "confirmed",
-                            "created_at": created,
+                            "status": new.status,
+                            "created_at": new.created,
+                            "pay_by": new.pay_by,
                             "idempotency_key": w.key,
                             "request_hash": w.request_hash,
                         }
@@ -185,7 +199,7 @@ async def _statements(
                 [
                     {
                         "topic": "order.confirmed",
-                        "created_at": created,
+                        "created_at": new.created,
                         "payload": json.dumps(
                             {
                                 "order_id": ids[w.user_id],

@@ -10,16 +10,17 @@ from __future__ import annotations
 
 import json
 import logging
-from datetime import UTC, datetime
+import math
+from datetime import UTC, datetime, timedelta
 from typing import Any
 
 import sqlalchemy as sa
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 
 from surge.backends.sql import connected, mark_ended
-from surge.backends.sql_batch import Refused, commit_batch
+from surge.backends.sql_batch import NewOrders, Refused, commit_batch
 from surge.backends.sql_replicas import ReplicaSet
-from surge.ground.orders import RETURNED, Order
+from surge.ground.orders import PAID, PENDING, RETURNED, Order
 from surge.ground.purchases import GateState, Purchase, PurchaseOutcome, StoredOrder, Win
 from surge.ground.sales import NewSale, Sale
 from surge.schema import ORDER_COLUMNS, orders, outbox, sale_buyers, sales
@@ -75,9 +76,18 @@ _ORDER_COLUMNS = ORDER_COLUMNS
 
 
 class SqlSales:
-    def __init__(self, engine: AsyncEngine) -> None:
+    def __init__(self, engine: AsyncEngine, pay_window: float = 0.0) -> None:
         self.engine = engine
         self.replicas: ReplicaSet | None = None  # set by the factory when there are some
+        # seconds a new order has to be paid in (0: a purchase is paid at once)
+        self.pay_window = pay_window
+
+    def _new_orders(self, created: datetime) -> NewOrders:
+        """`created` aware UTC to the second; the batch's columns, naive as stored."""
+        if self.pay_window <= 0:
+            return NewOrders(_naive(created), PAID, None)
+        pay_by = created + timedelta(seconds=math.ceil(self.pay_window))
+        return NewOrders(_naive(created), PENDING, _naive(pay_by))
 
     async def create_sale(self, new: NewSale, now: datetime) -> Sale:
         async with connected(self.engine) as conn, conn.begin():
@@ -206,14 +216,15 @@ class SqlSales:
             and all(w.quantity <= sale.per_user_limit for w in wins)
         ):
             try:
-                ids = await commit_batch(self.engine, sale.id, wins, _naive(created))
+                new = self._new_orders(created)
+                ids = await commit_batch(self.engine, sale.id, wins, new)
             except Refused as refused:
                 log.info("batch of %d fell back to single commits: %s", len(wins), refused)
             else:
                 return [
                     Purchase(
                         "committed",
-                        Order(ids[w.user_id], sale.id, w.user_id, w.quantity, "confirmed", created),
+                        Order(ids[w.user_id], sale.id, w.user_id, w.quantity, new.status, created),
                         w.request_hash,
                     )
                     for w in wins
@@ -241,9 +252,10 @@ class SqlSales:
                             conn, sale, user_id, quantity, key, request_hash, created
                         )
                     mark_ended(conn.info)
+                status = self._new_orders(created).status
                 return Purchase(
                     "committed",
-                    Order(order_id, sale.id, user_id, quantity, "confirmed", created),
+                    Order(order_id, sale.id, user_id, quantity, status, created),
                     request_hash,
                 )
             except _Abort as abort:
@@ -297,13 +309,15 @@ class SqlSales:
             await conn.execute(
                 sa.insert(sale_buyers).values(sale_id=sale.id, user_id=user_id, bought=quantity)
             )
+        new = self._new_orders(created)
         result = await conn.execute(
             sa.insert(orders).values(
                 sale_id=sale.id,
                 user_id=user_id,
                 quantity=quantity,
-                status="confirmed",
-                created_at=_naive(created),
+                status=new.status,
+                created_at=new.created,
+                pay_by=new.pay_by,
                 idempotency_key=key,
                 request_hash=request_hash,
             )

@@ -13,7 +13,7 @@ from email.message import EmailMessage
 from typing import Protocol
 
 from surge.ground.events import DeadLetter, Delivery, Event
-from surge.ground.orders import Order
+from surge.ground.orders import Order, OrderState, Transition
 from surge.ground.purchases import (
     Answer,
     Confirmed,
@@ -24,6 +24,36 @@ from surge.ground.purchases import (
     Win,
 )
 from surge.ground.sales import NewSale, Sale
+
+
+class OrderStates(Protocol):
+    """An order's life after its purchase (docs/sales.md): pending -> paid | cancelled |
+    expired. Every transition is one conditional update in one transaction, so exactly
+    one of any racing calls makes it; a cancellation or an expiry gives the order's units
+    back to the sale and frees them from the buyer's limit in the same transaction, and
+    each writes an outbox event (order.paid, order.cancelled, order.expired).
+    Times are aware UTC; the database keeps them to the second."""
+
+    async def get(self, order_id: int) -> OrderState | None: ...
+
+    async def pay(
+        self, order_id: int, user_id: str, pay_key: str, payment_ref: str, now: datetime
+    ) -> Transition:
+        """The owner pays a pending order before its pay_by."""
+        ...
+
+    async def cancel(self, order_id: int, user_id: str | None, now: datetime) -> Transition:
+        """The owner (`user_id`) cancels a pending order; an admin (None) a pending or a
+        paid one."""
+        ...
+
+    async def expire(self, order_id: int, now: datetime) -> Transition:
+        """A pending order whose pay_by has passed."""
+        ...
+
+    async def due(self, now: datetime, limit: int) -> list[int]:
+        """Pending orders whose pay_by has passed, the oldest deadline first."""
+        ...
 
 
 class Cache(Protocol):

@@ -23,3 +23,27 @@ class Order:
     quantity: int
     status: str
     created_at: datetime
+
+
+@dataclass(frozen=True, slots=True)
+class OrderState:
+    """An order with what its lifecycle needs: the purchase's key and fingerprint (the
+    gate's entry for it), the payment deadline, and how it left `pending`."""
+
+    order: Order
+    key: str
+    fingerprint: str
+    pay_by: datetime | None  # None: paid at purchase (no payment window)
+    closed_at: datetime | None  # when it was paid, cancelled or expired
+    pay_key: str | None  # the payment's Idempotency-Key
+    payment_ref: str | None
+
+
+@dataclass(frozen=True, slots=True)
+class Transition:
+    """What a transition did: `changed`, this call moved the order (exactly one call
+    does); otherwise the order was not in a state it could leave, and `state` says where
+    it is. `state` None: no such order."""
+
+    state: OrderState | None
+    changed: bool = False

@@ -1,0 +1,196 @@
+"""An order's life after its purchase, in the database: the `OrderStates` of
+surge.ground.interfaces on SQLite, MariaDB/MySQL and PostgreSQL.
+
+Each transition is a conditional UPDATE of the order's row (`WHERE status = 'pending'
+AND ...`): whichever of two racing calls (a payment and the expiry sweep, two sweeps,
+a cancellation and a payment) updates it first holds the row; the other matches nothing
+and changes nothing. A cancellation or an expiry gives the units back in the same
+transaction: `sale_buyers` first, `sales.remaining` last (the purchase's order: the
+sale's row is the one every buyer needs, its lock is held the shortest), so
+`remaining = stock - quantities of pending and paid orders` holds at every commit.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+from collections.abc import Sequence
+from datetime import UTC, datetime
+from typing import Any
+
+import sqlalchemy as sa
+from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
+
+from surge.backends.sql import connected
+from surge.ground.orders import (
+    CANCELLED,
+    EXPIRED,
+    PAID,
+    PENDING,
+    Order,
+    OrderState,
+    Transition,
+)
+from surge.schema import ORDER_COLUMNS, orders, outbox, sale_buyers, sales
+
+log = logging.getLogger("surge.orders")
+
+ATTEMPTS = 3  # a deadlock or lock wait timeout is retried (nothing of it was committed)
+_DEADLOCKS = ("deadlock", "lock wait timeout", "database is locked", "40p01", "40001")
+
+
+def _naive(moment: datetime) -> datetime:
+    return moment.astimezone(UTC).replace(tzinfo=None, microsecond=0)
+
+
+def _aware(moment: datetime | None) -> datetime | None:
+    return None if moment is None else moment.replace(tzinfo=UTC)
+
+
+def _state(row: Any) -> OrderState:
+    m = row._mapping
+    created = m["created_at"].replace(tzinfo=UTC)
+    order = Order(m["id"], m["sale_id"], m["user_id"], m["quantity"], m["status"], created)
+    return OrderState(
+        order,
+        m["idempotency_key"] or "",
+        m["request_hash"] or "",
+        _aware(m["pay_by"]),
+        _aware(m["closed_at"]),
+        m["pay_key"],
+        m["payment_ref"],
+    )
+
+
+_STATE_COLUMNS = (
+    *ORDER_COLUMNS,
+    orders.c.idempotency_key,
+    orders.c.request_hash,
+    orders.c.pay_by,
+    orders.c.closed_at,
+    orders.c.pay_key,
+    orders.c.payment_ref,
+)
+
+
+class SqlOrderStates:
+    def __init__(self, engine: AsyncEngine) -> None:
+        self.engine = engine
+
+    async def get(self, order_id: int) -> OrderState | None:
+        async with connected(self.engine) as conn:
+            row = (
+                await conn.execute(sa.select(*_STATE_COLUMNS).where(orders.c.id == order_id))
+            ).first()
+        return None if row is None else _state(row)
+
+    async def due(self, now: datetime, limit: int) -> list[int]:
+        query = (
+            sa.select(orders.c.id)
+            .where(orders.c.status == PENDING, orders.c.pay_by <= _naive(now))
+            .order_by(orders.c.pay_by, orders.c.id)
+            .limit(limit)
+        )
+        async with connected(self.engine) as conn:
+            return [int(row[0]) for row in (await conn.execute(query)).all()]
+
+    async def pay(
+        self, order_id: int, user_id: str, pay_key: str, payment_ref: str, now: datetime
+    ) -> Transition:
+        at = _naive(now)
+        where = (
+            orders.c.id == order_id,
+            orders.c.user_id == user_id,
+            orders.c.status == PENDING,
+            orders.c.pay_by > at,
+        )
+        values = {"status": PAID, "closed_at": at, "pay_key": pay_key, "payment_ref": payment_ref}
+        return await self._transition(order_id, where, values, returns=False, now=at)
+
+    async def cancel(self, order_id: int, user_id: str | None, now: datetime) -> Transition:
+        at = _naive(now)
+        where: tuple[Any, ...]
+        if user_id is None:  # an admin: before or after payment
+            where = (orders.c.id == order_id, orders.c.status.in_((PENDING, PAID)))
+        else:
+            where = (orders.c.id == order_id, orders.c.user_id == user_id)
+            where += (orders.c.status == PENDING,)
+        return await self._transition(
+            order_id, where, {"status": CANCELLED, "closed_at": at}, returns=True, now=at
+        )
+
+    async def expire(self, order_id: int, now: datetime) -> Transition:
+        at = _naive(now)
+        where = (orders.c.id == order_id, orders.c.status == PENDING, orders.c.pay_by <= at)
+        return await self._transition(
+            order_id, where, {"status": EXPIRED, "closed_at": at}, returns=True, now=at
+        )
+
+    async def _transition(
+        self,
+        order_id: int,
+        where: Sequence[Any],
+        values: dict[str, Any],
+        returns: bool,
+        now: datetime,
+    ) -> Transition:
+        for attempt in range(1, ATTEMPTS + 1):
+            try:
+                async with connected(self.engine) as conn, conn.begin():
+                    changed = await conn.execute(sa.update(orders).where(*where).values(**values))
+                    if changed.rowcount != 1:
+                        row = (
+                            await conn.execute(
+                                sa.select(*_STATE_COLUMNS).where(orders.c.id == order_id)
+                            )
+                        ).first()
+                        return Transition(None if row is None else _state(row))
+                    row = (
+                        await conn.execute(
+                            sa.select(*_STATE_COLUMNS).where(orders.c.id == order_id)
+                        )
+                    ).one()
+                    state = _state(row)
+                    await _record(conn, state, now)
+                    if returns:
+                        await _give_back(conn, state)
+                return Transition(state, changed=True)
+            except sa.exc.OperationalError as exc:
+                text = str(exc.orig).lower()
+                if attempt == ATTEMPTS or not any(sign in text for sign in _DEADLOCKS):
+                    raise
+                log.info("order %d: transition retried after %s", order_id, type(exc.orig).__name__)
+        raise AssertionError("unreachable")
+
+
+async def _record(conn: AsyncConnection, state: OrderState, now: datetime) -> None:
+    """The transition's outbox event, in its transaction (surge.work: mail, audit)."""
+    order = state.order
+    payload: dict[str, Any] = {
+        "order_id": order.id,
+        "sale_id": order.sale_id,
+        "user_id": order.user_id,
+        "quantity": order.quantity,
+    }
+    if state.payment_ref is not None and order.status == PAID:
+        payload["payment_ref"] = state.payment_ref
+    await conn.execute(
+        sa.insert(outbox).values(
+            topic=f"order.{order.status}", created_at=now, payload=json.dumps(payload)
+        )
+    )
+
+
+async def _give_back(conn: AsyncConnection, state: OrderState) -> None:
+    """The order's units back to its sale, and off its buyer's count; the sale's row last."""
+    order = state.order
+    await conn.execute(
+        sa.update(sale_buyers)
+        .where(sale_buyers.c.sale_id == order.sale_id, sale_buyers.c.user_id == order.user_id)
+        .values(bought=sale_buyers.c.bought - order.quantity)
+    )
+    await conn.execute(
+        sa.update(sales)
+        .where(sales.c.id == order.sale_id)
+        .values(remaining=sales.c.remaining + order.quantity)
+    )
