@@ -43,7 +43,9 @@ from surge.realtime.limits import Limits
 from surge.realtime.rooms_api import RoomsApi
 from surge.sales.cache import SaleConfigs, SoldOutBoard
 from surge.sales.catalog import Catalog
+from surge.sales.expiry import ExpirySweep
 from surge.sales.feed import StockFeed, UserEvents
+from surge.sales.payments import OrderLifecycle
 from surge.sales.purchase import Purchases
 from surge.work.audit import AuditLog
 from surge.work.mail import Notify
@@ -52,7 +54,15 @@ from surge.work.worker import Worker, WorkerOptions, worker_name
 log = logging.getLogger("surge.app")
 # the routes that answer 504 past a deadline (the probes, /metrics and /ws have none)
 _DEADLINED = frozenset(
-    ("/orders/{id}", "/sales", "/sales/{id}", "/sales/{id}/orders", "/users/me/orders")
+    (
+        "/orders/{id}",
+        "/orders/{id}/pay",
+        "/orders/{id}/cancel",
+        "/sales",
+        "/sales/{id}",
+        "/sales/{id}/orders",
+        "/users/me/orders",
+    )
 )
 HTML = b"text/html; charset=utf-8"
 # a page to watch a sale's stock and chat from a browser (docs/realtime.md)
@@ -168,6 +178,27 @@ class App:
         self.router.add("GET", "/sales/{id}", catalog.view)
         self.router.add("POST", "/sales/{id}/orders", purchases.handle)
         self.router.add("GET", "/users/me/orders", catalog.my_orders)
+        self._payments(backends)
+
+    def _payments(self, backends: Backends) -> None:
+        """An order after its purchase: payment, cancellation, expiry (docs/sales.md)."""
+        assert backends.order_states is not None
+        lifecycle = OrderLifecycle(
+            self.auth,
+            backends.order_states,
+            backends.gate,
+            self.sold_out,
+            self.feed,
+            self.orders.invalidate,
+            UserEvents(self.hub),
+            self.settings.route_deadline,
+        )
+        self.router.add("POST", "/orders/{id}/pay", lifecycle.pay)
+        self.router.add("POST", "/orders/{id}/cancel", lifecycle.cancel)
+        sweep = ExpirySweep(backends.order_states, lifecycle.moved)
+        collectors.payments(self.metrics, lifecycle, sweep)
+        task = asyncio.create_task(sweep.run(), name="order-expiry")
+        self._stack.push_async_callback(_cancel, task)
 
     async def _keep_gates(self, purchases: Purchases) -> None:
         """Reconciles every open sale's gate with the database now, then every
@@ -222,6 +253,7 @@ def backend_options(settings: Settings) -> BackendOptions:
         history_bytes=settings.ws_history_bytes,
         data_dir=settings.data_dir,
         dedup_ttl=settings.dedup_ttl,
+        pay_window=settings.pay_window,
         # a connection for each event in flight in either group, the two blocking reads,
         # the relay and the gauges
         stream_pool_size=2 * settings.worker_concurrency + 8,

@@ -143,6 +143,12 @@ class Settings:
         parse.positive_int,
         "deadline of purchases and the sale routes, milliseconds (then 504)",
     )
+    pay_window: float = setting(
+        900.0,
+        parse.non_negative_float,
+        "seconds a buyer has to pay for an order (POST /orders/{id}/pay); an unpaid order "
+        "then expires and its units go back on sale; 0 = orders are paid at purchase",
+    )
     gate_reconcile_interval: float = setting(
         5.0,
         parse.non_negative_float,

@@ -6,6 +6,7 @@ from typing import Any
 
 import orjson
 
+from surge.api.openapi_orders import order_paths
 from surge.api.openapi_schemas import PROBLEM_TYPES, SCHEMAS
 
 # Served on the internal listener only (SURGE_INTERNAL_PORT; docs/security.md).
@@ -304,6 +305,8 @@ DOCUMENT: dict[str, Any] = {
         },
     },
 }
+
+DOCUMENT["paths"].update(order_paths(_problem, _json, _BEARER, _ID))
 
 # Routes never rate-limited (surge.api.ops, surge.app: route_class None).
 UNLIMITED = ("/healthz", "/readyz", "/metrics", "/openapi.json", "/ws", "/debug/tasks")

@@ -25,6 +25,8 @@ if TYPE_CHECKING:
     from surge.protect.shedder import Shedder
     from surge.realtime.hub import Hub
     from surge.rpc.server import GrpcStats
+    from surge.sales.expiry import ExpirySweep
+    from surge.sales.payments import OrderLifecycle
     from surge.sales.purchase import Purchases
     from surge.sales.reconcile import GateKeeper
     from surge.work.worker import Worker
@@ -63,6 +65,20 @@ def purchases(metrics: Metrics, made: Purchases, keeper: GateKeeper) -> None:
         ("gate_stale_reservations", "Stale reservations given back", "dropped"),
     ):
         metrics.counter(name, doc, partial(_read, keeper, attribute))
+
+
+def payments(metrics: Metrics, made: OrderLifecycle, sweep: ExpirySweep) -> None:
+    metrics.labelled_counter(
+        "order_transitions",
+        "Orders moved by this process, by the state they moved to (paid, cancelled, expired)",
+        "to",
+        lambda: made.transitions,
+    )
+    metrics.counter(
+        "order_expiry_failures",
+        "Expiry sweeps that failed (the database down)",
+        partial(_read, sweep, "failures"),
+    )
 
 
 def route_deadlines(metrics: Metrics, deadlines: Mapping[str, float]) -> None:

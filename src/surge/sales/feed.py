@@ -66,7 +66,8 @@ class StockFeed:
 
 class UserEvents:
     """A buyer's own events go to their room, `user:{id}` (only they, or an admin, may
-    subscribe): `order-confirmed` with the order, once it committed. In the background:
+    subscribe): `order-confirmed` with the order, once it committed, then each change of
+    its state (`order-paid`, `order-cancelled`, `order-expired`). In the background:
     a publish never delays or fails the purchase's answer, and one that fails is logged
     (the order stands; the room is a notification, `GET /users/me/orders` the record)."""
 
@@ -75,9 +76,14 @@ class UserEvents:
         self._tasks = Tasks()
 
     def order_confirmed(self, order: Order) -> None:
+        self.order_event("order-confirmed", order)
+
+    def order_event(self, event: str, order: Order) -> None:
+        """`event` (order-confirmed, order-paid, order-cancelled, order-expired) with the
+        order as GET /orders/{id} gives it, to its buyer's room."""
         room = user_room(order.user_id)
         if room is not None:
-            data = b'{"event":"order-confirmed","order":' + encode_order(order) + b"}"
+            data = b'{"event":"%s","order":' % event.encode() + encode_order(order) + b"}"
             self._tasks.spawn(self._send(room, data))
 
     async def _send(self, room: str, data: bytes) -> None:
