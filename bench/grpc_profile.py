@@ -1,6 +1,11 @@
 """Where a Surge worker's time goes under gRPC and under HTTP GetOrder load: py-spy
-samples of one worker (its Python threads), and the CPU time of each of its threads
-(`top -H`'s view, which also shows grpc's native threads that py-spy cannot name)."""
+samples (`--native`: C frames too) of one worker's event-loop thread, and the CPU time of
+each of the worker's threads (`top -H`'s view, which also shows grpc's native threads).
+
+grpc's Cython core (cygrpc) ships without symbols, so its frames are named by their
+library only; the samples are therefore also sorted into where the loop thread was:
+waiting in epoll (idle), in Surge's code (anything below a frame of src/surge), in
+grpc's core (a cygrpc frame, no Surge frame), or elsewhere (the event loop, asyncio)."""
 
 from __future__ import annotations
 
@@ -37,7 +42,7 @@ def profile_faces(bench: GrpcBench, connections: int, seconds: float) -> dict[st
             load = wrk_argv(url, bench.scripts["hit-surge"], connections, seconds + 4, THREADS)
         out = OUT / f"grpc-profile-{face}.speedscope.json"
         spy = [str(PY_SPY), "record", "-d", f"{seconds:g}", "-p", str(worker)]
-        spy += ["-f", "speedscope", "-o", str(out)]
+        spy += ["--native", "-f", "speedscope", "-o", str(out)]
         shown = shlex.join([".venv/bin/py-spy", *spy[1:]]).replace(str(worker), "WORKER_PID")
         bench.note(shown.replace(str(ROOT) + "/", "") + f"  # under {face} load")
         with subprocess.Popen(load, cwd=ROOT, stdout=subprocess.DEVNULL) as client:
@@ -56,13 +61,17 @@ def profile_faces(bench: GrpcBench, connections: int, seconds: float) -> dict[st
 
 
 def top_functions(path: Path) -> dict[str, Any]:
-    """Self and inclusive shares of the samples, by function, over every thread."""
+    """Shares of the loop thread's samples: by function on top of the stack (self), by
+    function anywhere on it (inclusive), and by where (`where`)."""
     data = json.loads(path.read_text())
     frames = data["shared"]["frames"]
     own: Counter[str] = Counter()
     total: Counter[str] = Counter()
-    samples = 0
+    where: Counter[str] = Counter()
+    samples = 0.0
     for profile in data["profiles"]:
+        if "MainThread" not in profile["name"]:
+            continue
         for stack, weight in zip(profile["samples"], profile["weights"], strict=True):
             if not stack:
                 continue
@@ -71,16 +80,34 @@ def top_functions(path: Path) -> dict[str, Any]:
             own[names[-1]] += weight
             for name in set(names):
                 total[name] += weight
-    share = max(1, samples)
+            where[_where(names)] += weight
+    share = max(1e-9, samples)
     return {
-        "samples": samples,
+        "samples": round(samples, 2),  # seconds: py-spy weighs each sample by its interval
         "self": [(n, c / share) for n, c in own.most_common(TOP)],
         "inclusive": [(n, c / share) for n, c in total.most_common(3 * TOP)],
+        "where": {k: round(v / share, 3) for k, v in where.most_common()},
     }
+
+
+def _where(names: list[str]) -> str:
+    """The owner of the innermost frame that has one (the entry point's frames have none)."""
+    if names[-1].startswith(("epoll_wait ", "epoll_pwait ")):
+        return "idle (epoll)"
+    for name in reversed(names):
+        if "(surge/" in name and "(surge/cli.py" not in name and "(surge/lifecycle" not in name:
+            return "Surge's code"
+        if "cygrpc" in name:
+            return "grpc core"
+        if "uvloop" in name or "(asyncio/" in name or "_asynciomodule" in name:
+            return "event loop"
+    return "other"
 
 
 def _name(frame: dict[str, Any]) -> str:
     file = str(frame.get("file", ""))
+    if str(frame["name"]).startswith("0x"):  # a library without symbols
+        return f"[{Path(file).name.split('.')[0] or '?'}]"
     for marker in ("site-packages/", "/src/", "python3.11/"):
         if marker in file:
             file = file.split(marker, 1)[1]

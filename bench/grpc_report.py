@@ -118,17 +118,19 @@ def _profile(profiles: dict[str, Any], c: int) -> list[str]:
     lines = [
         f"### One worker profiled (py-spy, shared layout, c={c})",
         "",
-        "Share of py-spy's samples of the worker's Python threads with the function on top "
-        "of the stack (self), and the worker's threads by CPU seconds over the same window "
-        "(grpc's native threads included).",
+        "Shares of py-spy's samples (`--native`) of the worker's event-loop thread: where "
+        "it was, and the functions on top of its stack (self; `[cygrpc]` is grpc's core, "
+        "which has no symbols); and the worker's threads by CPU seconds over the same "
+        "window (grpc's native threads included).",
         "",
     ]
     for face, found in profiles.items():
         label = "gRPC" if face == "grpc" else "HTTP"
         threads = ", ".join(f"{name} {secs:.2f} s" for name, secs in found["threads"].items())
+        where = ", ".join(f"{k} {v:.0%}" for k, v in found["where"].items())
         lines += [
-            f"**Under {label} load** ({found['samples']} samples in {found['seconds']:g} s; "
-            f"threads: {threads or 'none'}):",
+            f"**Under {label} load** (loop thread sampled {found['samples']:.2f} s of "
+            f"{found['seconds']:g} s; threads: {threads or 'none'}). Where: {where}.",
             "",
             common.markdown_table(
                 ["self", "function"],
