@@ -186,10 +186,12 @@ class GrpcBench(orders.Bench):
         print(f"warm-up: every id through both caches (orders.py's), >= {self.args.warmup:g} s")
         for server in ("go", "surge"):
             self.warm_up(server)
+        # a few DEADLINE_EXCEEDED are the order query's own deadline under queueing (the
+        # rounds count them); more than orders.py's warm-up allows means something is wrong
         out = self.run_target("grpc", max(self.args.connections), 3.0)
-        if out["error_count"]:
+        if out["error_count"] > orders.WARM_ERRORS * max(1, out["requests"]):
             common.fail(f"gRPC GetOrder failed in the check run: {out['errors']}")
-        print(f"  grpc check run: {out['ok_rps']:.0f} OK/s, no errors")
+        print(f"  grpc check run: {out['ok_rps']:.0f} OK/s, errors {out['errors']}")
 
 
 def _layout_text(layout: str) -> str:
