@@ -4,7 +4,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: run test install tools image lint typecheck proto bench bench-orders bench-sale bench-broadcast bench-overload bench-cluster chaos clean
+.PHONY: run test install tools image lint typecheck proto bench bench-orders bench-sale bench-broadcast bench-overload bench-cluster bench-grpc chaos clean
 
 $(STAMP): pyproject.toml setup.py src/surge/realtime/_sendmany.c constraints.txt scripts/install-system-deps.sh
 	bash scripts/install-system-deps.sh
@@ -58,7 +58,7 @@ proto: $(STAMP)
 		--grpc_python_out=src proto/surge/v1/surge.proto
 
 ## Benchmarks (write BENCHMARKS.md); minutes, not part of `test`.
-bench: bench-orders bench-sale bench-broadcast bench-overload bench-cluster
+bench: bench-orders bench-sale bench-broadcast bench-overload bench-cluster bench-grpc
 
 bench-orders: $(STAMP)
 	bash scripts/ensure-services.sh
@@ -84,6 +84,12 @@ bench-sale: $(STAMP)
 bench-cluster: $(STAMP)
 	bash scripts/ensure-services.sh
 	$(BIN)/python -m bench.cluster
+
+## GetOrder cache hits over gRPC against HTTP and the Go baseline (issue 18); installs
+## the gRPC client's Go toolchain on demand (scripts/install-system-deps.sh grpc-bench).
+bench-grpc: $(STAMP)
+	bash scripts/ensure-services.sh
+	$(BIN)/python -m bench.grpc_orders
 
 ## The container image (deploy/Dockerfile) as localhost/surge:latest, on a Debian base made
 ## here when no registry is reachable (deploy/build-image.sh); prints its size in bytes.
