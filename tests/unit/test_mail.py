@@ -24,9 +24,11 @@ from tests.smtp import SmtpSink, smtp_sink
 pytestmark = pytest.mark.anyio
 
 
-def order_event(order_id: int, user: str = "alice", body: str = "") -> Event:
+def order_event(
+    order_id: int, user: str = "alice", body: str = "", topic: str = "order.confirmed"
+) -> Event:
     payload = {"order_id": order_id, "sale_id": 3, "user_id": user, "quantity": 2}
-    return Event(f"{order_id}.1795000000", "order.confirmed", orjson.dumps(payload), 1.795e9)
+    return Event(f"{order_id}.1795000000", topic, orjson.dumps(payload), 1.795e9)
 
 
 async def test_mails_go_over_smtp_on_one_reused_connection() -> None:
@@ -37,9 +39,17 @@ async def test_mails_go_over_smtp_on_one_reused_connection() -> None:
         for i in range(3):
             await mailer(order_event(i + 1))
         await mailer(Event("9.1", "sale.created", b"{}", 1.0))  # not a mail
+        await mailer(Event("9.2", "order.cancelled", b"{}", 1.0))  # nor this (issue 19)
+        await mailer(order_event(1, topic="order.paid"))
+        await mailer(order_event(2, topic="order.expired"))
         await mailer.close()
         got = sink.messages()
-    assert [m["Subject"] for m in got] == [f"Order {i} confirmed" for i in (1, 2, 3)]
+    assert [m["Subject"] for m in got] == [
+        *(f"Order {i} confirmed" for i in (1, 2, 3)),
+        "Order 1 paid",
+        "Order 2 expired",
+    ]
+    assert "went back on sale" in got[-1].get_payload()
     first = got[0]
     assert (first["From"], first["To"]) == ("shop@example.com", "alice@example.com")
     assert first["Message-ID"] == "<event-1.1795000000@example.com>"

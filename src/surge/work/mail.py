@@ -1,4 +1,5 @@
-"""The order-confirmation mail: one per `order.confirmed` event.
+"""The order mails: one per `order.confirmed` event (the purchase), `order.paid` and
+`order.expired` (issue 19: the payment received, the unpaid order given up).
 
 Composed here and handed to a `MailSender` (backends/mail.py: SMTP, or the mbox file
 when no SMTP server is configured). The Message-ID is made of the event id, so a
@@ -25,6 +26,21 @@ from surge.ground.interfaces import MailSender
 from surge.ground.rooms import user_room
 
 TOPIC = "order.confirmed"
+# topic -> (subject, first line): `{id}`, `{quantity}`, `{sale}` filled in
+MAILS = {
+    TOPIC: (
+        "Order {id} confirmed",
+        "Your order {id} is confirmed: {quantity} item(s) of sale {sale}.",
+    ),
+    "order.paid": (
+        "Order {id} paid",
+        "We received the payment for order {id} ({quantity} item(s) of sale {sale}).",
+    ),
+    "order.expired": (
+        "Order {id} expired",
+        "Order {id} was not paid in time: its {quantity} item(s) of sale {sale} went back on sale.",
+    ),
+}
 log = logging.getLogger("surge.mail")
 # publishes into a room: (room, data as JSON) -> the message's number
 Notify = Callable[[str, bytes], Awaitable[int]]
@@ -36,19 +52,18 @@ def compose(event: Event, sender: str, domain: str) -> EmailMessage:
     message = EmailMessage()
     message["From"] = sender
     message["To"] = Address(username=str(order["user_id"]), domain=domain)
-    message["Subject"] = f"Order {order_id} confirmed"
+    subject, line = MAILS[event.topic]
+    fields = {"id": order_id, "quantity": int(order["quantity"]), "sale": int(order["sale_id"])}
+    message["Subject"] = subject.format(**fields)
     message["Date"] = formatdate(event.created, usegmt=True)
     message["Message-ID"] = f"<event-{event.id}@{domain}>"
     message["X-Surge-Event"] = event.id
-    message.set_content(
-        f"Your order {order_id} is confirmed: {int(order['quantity'])} item(s) "
-        f"of sale {int(order['sale_id'])}.\n"
-    )
+    message.set_content(line.format(**fields) + "\n")
     return message
 
 
 class Mailer:
-    """The `mail` consumer's handler: composes each order's mail and hands it to the
+    """The `mail` consumer's handler: composes each order mail and hands it to the
     sender (`sender` is the From address). With `notify`, the buyer's room
     (`user:ID`, docs/realtime.md) then hears `{"event": "mail-sent", "order_id": N}`: best
     effort, after the mail went (a failure is logged; the mail is not sent again for it)."""
@@ -62,11 +77,11 @@ class Mailer:
         self._notify = notify
 
     async def __call__(self, event: Event) -> None:
-        if event.topic != TOPIC:
+        if event.topic not in MAILS:
             return
         message = compose(event, self._sender, self._domain)
         await self._mailbox.send(message)
-        if self._notify is not None:
+        if self._notify is not None and event.topic == TOPIC:
             await self._tell(event)
 
     async def _tell(self, event: Event) -> None:
