@@ -44,6 +44,7 @@ from surge.realtime.rooms_api import RoomsApi
 from surge.sales.cache import SaleConfigs, SoldOutBoard
 from surge.sales.catalog import Catalog
 from surge.sales.feed import StockFeed, UserEvents
+from surge.sales.listing import SaleList
 from surge.sales.purchase import Purchases
 from surge.work.audit import AuditLog
 from surge.work.mail import Notify
@@ -165,6 +166,8 @@ class App:
             self.auth, backends.sales, backends.gate, configs, settings.route_deadline
         )
         self.router.add("POST", "/sales", catalog.create)
+        listing = SaleList(backends.sales, backends.gate, settings.route_deadline("GET /sales"))
+        self.router.add("GET", "/sales", listing.handle)
         self.router.add("GET", "/sales/{id}", catalog.view)
         self.router.add("POST", "/sales/{id}/orders", purchases.handle)
         self.router.add("GET", "/users/me/orders", catalog.my_orders)
