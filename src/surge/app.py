@@ -56,7 +56,7 @@ _DEADLINED = frozenset(
     ("/orders/{id}", "/sales", "/sales/{id}", "/sales/{id}/orders", "/users/me/orders")
 )
 HTML = b"text/html; charset=utf-8"
-# a page to watch a sale's stock and chat from a browser (docs/realtime.md)
+# the showcase page: open sales with live stock, buying, order events, chat (docs/realtime.md)
 DEMO_PAGE = (resources.files("surge.realtime") / "demo.html").read_bytes()
 
 

@@ -263,9 +263,11 @@ DOCUMENT: dict[str, Any] = {
         },
         "/demo": {
             "get": {
-                "summary": "A page to watch a sale's live stock and chat, in a browser",
-                "description": "Controls can be preset from the URL: "
-                "`?sale=ID&room=chat:NAME&token=JWT&say=TEXT`.",
+                "summary": "The showcase page: the open sales with live stock, buying, "
+                "the buyer's order events, chat",
+                "description": "Built on GET /sales, POST /sales/{id}/orders and /ws; no "
+                "build step, nothing fetched from elsewhere. Presets from the URL: "
+                "`?token=JWT&room=chat:NAME&say=TEXT&sale=ID` (a sale not on the list).",
                 "responses": {
                     "200": {
                         "description": "the page",
