@@ -109,6 +109,14 @@ class MemorySales:
     async def open_sales(self, now: datetime) -> list[int]:
         return [i for i, row in self._rows.items() if row.sale.ends_at > now]
 
+    async def sales_page(self, now: datetime, before: int | None, limit: int) -> list[Sale]:
+        found = []
+        for sale_id in sorted(self._rows, reverse=True):
+            sale = await self.get_sale(sale_id)
+            if sale is not None and sale.ends_at > now and (before is None or sale_id < before):
+                found.append(sale)
+        return found[:limit]
+
     async def gate_state(self, sale_id: int) -> GateState | None:
         row = self._rows.get(sale_id)
         if row is None:

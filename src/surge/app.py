@@ -45,6 +45,7 @@ from surge.sales.cache import SaleConfigs, SoldOutBoard
 from surge.sales.catalog import Catalog
 from surge.sales.expiry import ExpirySweep
 from surge.sales.feed import StockFeed, UserEvents
+from surge.sales.listing import SaleList
 from surge.sales.payments import OrderLifecycle
 from surge.sales.purchase import Purchases
 from surge.work.audit import AuditLog
@@ -65,7 +66,7 @@ _DEADLINED = frozenset(
     )
 )
 HTML = b"text/html; charset=utf-8"
-# a page to watch a sale's stock and chat from a browser (docs/realtime.md)
+# the showcase page: open sales with live stock, buying, order events, chat (docs/realtime.md)
 DEMO_PAGE = (resources.files("surge.realtime") / "demo.html").read_bytes()
 
 
@@ -175,6 +176,8 @@ class App:
             self.auth, backends.sales, backends.gate, configs, settings.route_deadline
         )
         self.router.add("POST", "/sales", catalog.create)
+        listing = SaleList(backends.sales, backends.gate, settings.route_deadline("GET /sales"))
+        self.router.add("GET", "/sales", listing.handle)
         self.router.add("GET", "/sales/{id}", catalog.view)
         self.router.add("POST", "/sales/{id}/orders", purchases.handle)
         self.router.add("GET", "/users/me/orders", catalog.my_orders)

@@ -187,3 +187,21 @@ async def test_user_orders_page_newest_first(sales_store: Sales) -> None:
     assert sorted(o.id for o in await sales_store.sale_orders(sale.id)) == sorted(
         [*ids, *(o.id for o in await sales_store.user_orders("bob", None, 50))]
     )
+
+
+async def test_sales_page_lists_sales_not_ended_newest_first(sales_store: Sales) -> None:
+    live = await sales_store.create_sale(_new(5), _now())
+    await sales_store.create_sale(_new(1, starts_in=-1200, ends_in=-600), _now())  # ended
+    upcoming = await sales_store.create_sale(_new(2, starts_in=600, ends_in=7200), _now())
+    sold = await sales_store.create_sale(_new(1), _now())
+    assert (await _buy(sales_store, sold, "alice", "k")).outcome == "committed"
+    now = _now()
+    page = await sales_store.sales_page(now, None, 10)
+    assert [s.id for s in page] == [sold.id, upcoming.id, live.id]
+    assert page[0].remaining == 0  # the row as it is now, not as created
+    assert page[1] == upcoming and page[2] == live
+    assert await sales_store.sales_page(now, None, 2) == page[:2]
+    assert await sales_store.sales_page(now, page[1].id, 2) == page[2:]
+    assert await sales_store.sales_page(now, live.id, 2) == []
+    later = now + timedelta(seconds=4000)  # only the upcoming one has not ended by then
+    assert [s.id for s in await sales_store.sales_page(later, None, 10)] == [upcoming.id]

@@ -89,6 +89,11 @@ def test_sale_routes_match_the_document(embedded_server: Server, document: dict[
     with embedded_server.client() as client:
         _check(document, "/sales/{id}", client.get(live_sale))
         _check(document, "/sales/{id}", client.get("/sales/999"))
+        listed = client.get("/sales?limit=1")
+        assert [s["id"] for s in listed.json()["items"]] == [11]  # the seed's open one
+        _check(document, "/sales", listed)
+        _check(document, "/sales", client.get("/sales?limit=101"))
+        _check(document, "/sales", client.get("/sales?cursor=x"))
         _check(
             document,
             "/users/me/orders",

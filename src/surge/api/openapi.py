@@ -57,6 +57,25 @@ DOCUMENT: dict[str, Any] = {
     },
     "paths": {
         "/sales": {
+            "get": {
+                "summary": "The sales not ended yet, newest first; pass `next` as `cursor`",
+                "description": "Anyone. Upcoming, live and sold-out sales, each with its live "
+                "`remaining` and `state` as GET /sales/{id} gives them; each page is cached "
+                "for 1 s per process.",
+                "parameters": [
+                    {"name": "cursor", "in": "query", "schema": {"type": "string"}},
+                    {
+                        "name": "limit",
+                        "in": "query",
+                        "schema": {"type": "integer", "minimum": 1, "maximum": 100, "default": 20},
+                    },
+                ],
+                "responses": {
+                    "200": _json("a page", "SaleList"),
+                    "400": _problem("bad cursor or limit"),
+                    "504": _problem("deadline exceeded"),
+                },
+            },
             "post": {
                 "summary": "Create a sale (admin); it may be created already live",
                 "security": _BEARER,
@@ -73,7 +92,7 @@ DOCUMENT: dict[str, Any] = {
                     "403": _problem("not an admin (checked before the body)"),
                     "422": _problem("invalid field"),
                 },
-            }
+            },
         },
         "/sales/{id}": {
             "get": {
@@ -245,9 +264,11 @@ DOCUMENT: dict[str, Any] = {
         },
         "/demo": {
             "get": {
-                "summary": "A page to watch a sale's live stock and chat, in a browser",
-                "description": "Controls can be preset from the URL: "
-                "`?sale=ID&room=chat:NAME&token=JWT&say=TEXT`.",
+                "summary": "The showcase page: the open sales with live stock, buying, "
+                "the buyer's order events, chat",
+                "description": "Built on GET /sales, POST /sales/{id}/orders and /ws; no "
+                "build step, nothing fetched from elsewhere. Presets from the URL: "
+                "`?token=JWT&room=chat:NAME&say=TEXT&sale=ID` (a sale not on the list).",
                 "responses": {
                     "200": {
                         "description": "the page",

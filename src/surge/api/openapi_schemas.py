@@ -201,6 +201,15 @@ SCHEMAS: dict[str, Any] = {
             "next": {"type": ["string", "null"]},
         },
     },
+    "SaleList": {
+        "type": "object",
+        "required": ["items", "next"],
+        "additionalProperties": False,
+        "properties": {
+            "items": {"type": "array", "items": {"$ref": "#/components/schemas/Sale"}},
+            "next": {"type": ["string", "null"]},
+        },
+    },
     "Tasks": {
         "type": "object",
         "required": ["total", "by_coroutine"],

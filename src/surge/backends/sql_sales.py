@@ -126,6 +126,16 @@ class SqlSales:
             rows = await conn.execute(sa.select(sales.c.id).where(sales.c.ends_at > _naive(now)))
             return [int(row[0]) for row in rows]
 
+    async def sales_page(self, now: datetime, before: int | None, limit: int) -> list[Sale]:
+        """Sales not ended yet, newest first: walks the primary key backwards, so a page
+        costs its rows plus the ended sales it skips (GET /sales caches each page 1 s)."""
+        query = sa.select(*_SALE_COLUMNS).where(sales.c.ends_at > _naive(now))
+        if before is not None:
+            query = query.where(sales.c.id < before)
+        query = query.order_by(sales.c.id.desc()).limit(limit)
+        async with connected(self.engine) as conn:
+            return [_sale(row) for row in (await conn.execute(query)).all()]
+
     async def gate_state(self, sale_id: int) -> GateState | None:
         """The gate's view of a sale: its stock left and every order of it, read by ONE
         statement, so both come from one snapshot on every database (an order committed

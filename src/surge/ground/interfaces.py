@@ -362,6 +362,11 @@ class Sales(Protocol):
         """Sales not ended yet: the ones whose gates are reconciled (surge.sales.reconcile)."""
         ...
 
+    async def sales_page(self, now: datetime, before: int | None, limit: int) -> list[Sale]:
+        """Sales not ended at `now` (upcoming, live or sold out), newest first, with ids
+        below `before`: one page of GET /sales."""
+        ...
+
     async def gate_state(self, sale_id: int) -> GateState | None:
         """A sale's stock left and every order of it, from ONE snapshot."""
         ...
