@@ -139,3 +139,35 @@ async def test_a_replica_killed_costs_no_read_and_comes_back(replicated: Replica
         reads = replica.reads
         assert sorted(await made.store.get_orders([1, 2])) == [1, 2]
         assert replica.reads == reads + 1
+
+
+async def test_an_order_written_lately_is_read_on_the_primary(replicated: Replication) -> None:
+    """Orders change after their purchase (paid, cancelled, expired: issue 19): for a
+    moment after a write the replica may still have the old state, so those ids are the
+    primary's for max_lag + 1 s; other ids stay on the replica."""
+    import sqlalchemy as sa
+
+    from surge.backends.sql import create_engine
+    from surge.schema import orders
+
+    async with _opened(replicated) as (made, replicas):
+        (replica,) = replicas.replicas
+        ids = [3, 4]
+        before = await made.store.get_orders(ids)
+        engine = create_engine(replicated.primary_url, pool_size=1)
+        replicated.pause()
+        try:
+            async with engine.begin() as conn:
+                await conn.execute(
+                    sa.update(orders).where(orders.c.id.in_(ids)).values(status="lately")
+                )
+            made.store.changed([3])  # what the order query does for a transition
+            reads = replica.reads
+            after = await made.store.get_orders(ids)
+            assert after[3].status == "lately"  # the primary's
+            assert after[4].status == before[4].status  # the paused replica's, stale
+            assert replicas.fallbacks.get("recently-written") == 1
+            assert replica.reads == reads + 1
+        finally:
+            replicated.resume()
+            await engine.dispose()

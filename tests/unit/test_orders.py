@@ -46,6 +46,9 @@ class FakeStore:
             raise ConnectionError("database down")
         return {i: self.orders[i] for i in ids if i in self.orders}
 
+    def changed(self, ids: Sequence[int]) -> None:
+        self.written = [*getattr(self, "written", []), *ids]
+
     async def ping(self) -> None: ...
 
     async def close(self) -> None: ...

@@ -218,6 +218,10 @@ class SqlStore:
     def size(self) -> int:
         return self._size
 
+    def changed(self, ids: Sequence[int]) -> None:
+        if self.replicas is not None:
+            self.replicas.changed(ids)
+
     async def get_orders(self, ids: Sequence[int]) -> dict[int, Order]:
         if self.replicas is not None:
             return await self.replicas.get_orders(ids, self._get_orders)

@@ -25,6 +25,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import time
 from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
@@ -33,11 +34,13 @@ import sqlalchemy as sa
 from sqlalchemy.ext.asyncio import AsyncEngine
 
 from surge.backends.breaker import Breaker, Guard
+from surge.ground.evict import evict_oldest
 from surge.ground.orders import Order
 
 log = logging.getLogger("surge.replicas")
 
 PROBE_EVERY = 1.0  # seconds between lag probes
+FRESH_BOUND = 100_000  # orders remembered as written lately (the oldest go first)
 DOWN = -1.0  # the lag gauge of a replica that is down or not replicating
 
 # Seconds the replica's last applied change is behind the primary, or NULL when it is not
@@ -79,6 +82,9 @@ class ReplicaSet:
     # finds the replica unwell within a second or two
     read_timeout: float = 0.5
     fallbacks: dict[str, int] = field(default_factory=dict)  # why the primary served
+    # orders written lately -> until when (monotonic) the primary answers them: a replica
+    # may lag behind a payment, a cancellation or an expiry by up to max_lag
+    _fresh: dict[int, float] = field(default_factory=dict)
     _turn: int = 0
     _prober: asyncio.Task[None] | None = None
 
@@ -102,9 +108,27 @@ class ReplicaSet:
         if self.fallbacks["replica-failed"] % 1000 == 1:
             log.warning("replica %s failed a read (%r): the primary answers", replica.name, exc)
 
+    def changed(self, ids: Sequence[int]) -> None:
+        until = time.monotonic() + self.max_lag + 1.0
+        for order_id in ids:
+            self._fresh.pop(order_id, None)  # re-inserted last: the dict stays in time order
+            self._fresh[order_id] = until
+        if len(self._fresh) > FRESH_BOUND:
+            evict_oldest(self._fresh, FRESH_BOUND)
+
     async def get_orders(
         self, ids: Sequence[int], primary: Callable[[Sequence[int]], Awaitable[dict[int, Order]]]
     ) -> dict[int, Order]:
+        if self._fresh:
+            now = time.monotonic()
+            recent = [i for i in ids if self._fresh.get(i, 0.0) > now]
+            if recent:  # written lately: the primary's, the rest as usual
+                self._fell_back("recently-written")
+                rest = [i for i in ids if self._fresh.get(i, 0.0) <= now]
+                found = await primary(recent)
+                if rest:
+                    found.update(await self.get_orders(rest, primary))
+                return found
         replica = self.usable()
         if replica is None:
             self._fell_back("no-replica")

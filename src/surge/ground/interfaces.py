@@ -101,6 +101,11 @@ class Store(Protocol):
 
     async def get_orders(self, ids: Sequence[int]) -> dict[int, Order]: ...
 
+    def changed(self, ids: Sequence[int]) -> None:
+        """These orders were just written (bought, paid, cancelled, expired): reads of
+        them must not come from a replica that may not have the write yet."""
+        ...
+
     async def warm(self) -> None:
         """Opens its connections ahead of traffic."""
         ...

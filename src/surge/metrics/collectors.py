@@ -131,7 +131,8 @@ def backends(metrics: Metrics, made: Backends) -> None:
         metrics.labelled_counter(
             "db_replica_fallbacks",
             "Replica reads the primary served instead, by reason (no-replica usable, "
-            "replica-failed, not-on-replica: ids the replica lacked, confirmed on the primary)",
+            "replica-failed, not-on-replica: ids the replica lacked, confirmed on the primary; "
+            "recently-written: orders written in the last max lag + 1 s)",
             "reason",
             lambda: replicas.fallbacks,
         )

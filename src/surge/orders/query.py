@@ -351,6 +351,7 @@ class OrderQuery:
             return
         for order_id in order_ids:
             self.near.drop(order_id)
+        self._store.changed(order_ids)
         await self._cache.delete(*(f"order:{order_id}" for order_id in order_ids))
         await self._bus.publish(INVALIDATE_CHANNEL, ",".join(map(str, order_ids)).encode())
 
@@ -362,6 +363,7 @@ class OrderQuery:
             return
         for order_id in order_ids:
             self.near.drop(order_id)
+        self._store.changed(order_ids)  # no replica answers them until it has the write
 
 
 def _live_batch(queue: list[Flight]) -> tuple[list[Flight], list[Flight]]:
