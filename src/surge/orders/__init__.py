@@ -1,6 +1,7 @@
 """GET /orders/{id}: near cache -> shared cache (Redis) -> database (`query.py` tells the
 whole path; `near.py` is the near cache)."""
 
+from surge.ground.paging import parse_id
 from surge.orders.near import NearCache
 from surge.orders.query import (
     INVALIDATE_CHANNEL,
@@ -8,7 +9,6 @@ from surge.orders.query import (
     OrderQueryOptions,
     OrderStats,
     encode_order,
-    parse_id,
 )
 
 __all__ = [

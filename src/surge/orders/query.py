@@ -36,15 +36,15 @@ from surge.auth import Authenticator
 from surge.ground.admission import overloaded
 from surge.ground.interfaces import Bus, Cache, Store
 from surge.ground.orders import Order
+from surge.ground.paging import parse_id
 from surge.ground.tasks import Tasks
-from surge.ground.web import Problem, Request, Response, dumps, problem_response, response
+from surge.ground.web import Request, Response, dumps, problem_response, response
 from surge.orders.near import Entry, NearCache
 from surge.protect.shedder import Shedder
 
 log = logging.getLogger("surge.orders")
 
 INVALIDATE_CHANNEL = "orders.invalidate"
-MAX_ID = 2**63 - 1
 NOT_FOUND = problem_response(404, "order-not-found", "no such order")
 NEGATIVE = b""  # the shared-cache value of an id known not to exist
 UNAVAILABLE = problem_response(
@@ -58,15 +58,6 @@ MAX_BATCH = 500
 # with 1, 1.52M with 2, 1.13-1.39M with 4, 1.07M with 16, about 1.03M unbounded. 2 rather
 # than 1 so that one slow reply does not hold up every lookup behind it.
 CACHE_READS = 2
-
-
-def parse_id(text: str, what: str = "order") -> int:
-    """A positive integer id in canonical ASCII digits; anything else is a 400."""
-    if 0 < len(text) <= 19 and text.isascii() and text.isdigit():
-        value = int(text)
-        if 0 < value <= MAX_ID:
-            return value
-    raise Problem(400, f"bad-{what}-id", f"{what} id must be a positive integer")
 
 
 def encode_order(order: Order) -> bytes:

@@ -9,6 +9,7 @@ from datetime import UTC, datetime
 
 from surge.auth import Authenticator
 from surge.ground.interfaces import Gate, Sales
+from surge.ground.paging import parse_page
 from surge.ground.purchases import GateState
 from surge.ground.sales import Sale, parse_new_sale
 from surge.ground.web import Problem, Request, Response, json_response, response
@@ -112,13 +113,4 @@ class Catalog:
 
 def _page(query: str) -> tuple[int | None, int]:
     """`?cursor=ID&limit=N`: orders older than ID (newest first), N per page."""
-    before, limit = None, PAGE_SIZE
-    for part in query.split("&") if query else ():
-        name, _, value = part.partition("=")
-        if name == "cursor":
-            before = parse_id(value, "cursor")
-        elif name == "limit":
-            if not (value.isascii() and value.isdigit() and 0 < int(value) <= MAX_PAGE_SIZE):
-                raise Problem(400, "bad-limit", f"limit must be 1..{MAX_PAGE_SIZE}")
-            limit = int(value)
-    return before, limit
+    return parse_page(query, PAGE_SIZE, MAX_PAGE_SIZE)

@@ -21,10 +21,10 @@ from datetime import UTC, datetime
 
 from surge.ground.evict import evict_oldest
 from surge.ground.interfaces import Gate, Sales
+from surge.ground.paging import parse_page as paged
 from surge.ground.sales import Sale
 from surge.ground.tasks import shared_task
-from surge.ground.web import Problem, Request, Response, json_response
-from surge.orders import parse_id
+from surge.ground.web import Request, Response, json_response
 from surge.protect.deadlines import within
 
 LIST_TTL = 1.0  # seconds a built page is served as it is
@@ -86,18 +86,4 @@ def _view(sale: Sale, counted: int | BaseException | None, now: datetime) -> dic
 
 def parse_page(query: str) -> _Key:
     """`?cursor=ID&limit=N`: sales with ids below ID (newest first), N per page."""
-    before, limit = None, PAGE_SIZE
-    for part in query.split("&") if query else ():
-        name, _, value = part.partition("=")
-        if name == "cursor":
-            before = parse_id(value, "cursor")
-        elif name == "limit":
-            if not (
-                0 < len(value) <= 3
-                and value.isascii()
-                and value.isdigit()
-                and 0 < int(value) <= MAX_PAGE_SIZE
-            ):
-                raise Problem(400, "bad-limit", f"limit must be 1..{MAX_PAGE_SIZE}")
-            limit = int(value)
-    return before, limit
+    return paged(query, PAGE_SIZE, MAX_PAGE_SIZE)
