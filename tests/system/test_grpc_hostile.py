@@ -77,7 +77,7 @@ async def test_duplicate_authorization_is_refused(tmp_path: Path) -> None:
         async with stubs(address) as rpc:
             for metadata in (
                 auth("user2") + auth("user1"),
-                (("authorization", "Bearer forged"),) + auth("user1"),
+                (("authorization", "Bearer forged"), *auth("user1")),
                 auth("user1") * 10,
             ):
                 with pytest.raises(grpc.aio.AioRpcError) as refused:
