@@ -25,8 +25,8 @@ from tests.server import Server, base_env, run_cli
 pytestmark = [pytest.mark.slow, pytest.mark.anyio]
 
 PREFACE = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n"
-HEADERS, SETTINGS = 0x1, 0x4
-END_HEADERS = 0x4
+DATA, HEADERS, SETTINGS = 0x0, 0x1, 0x4
+END_STREAM, END_HEADERS = 0x1, 0x4
 
 
 @contextmanager
@@ -42,12 +42,13 @@ def _frame(kind: int, flags: int, stream: int, payload: bytes = b"") -> bytes:
     return head + payload
 
 
-def _literal(name: str, value: str) -> bytes:
+def _literal(name: str, value: str | bytes) -> bytes:
     """An HPACK literal field without indexing, new name, no Huffman (short strings)."""
-    return b"\x00" + bytes((len(name),)) + name.encode() + bytes((len(value),)) + value.encode()
+    raw = value if isinstance(value, bytes) else value.encode()
+    return b"\x00" + bytes((len(name),)) + name.encode() + bytes((len(raw),)) + raw
 
 
-def _call_headers(path: str) -> bytes:
+def _call_headers(path: str, *extra: tuple[str, str | bytes]) -> bytes:
     fields = (
         (":method", "POST"),
         (":scheme", "http"),
@@ -55,8 +56,34 @@ def _call_headers(path: str) -> bytes:
         (":authority", "surge"),
         ("content-type", "application/grpc"),
         ("te", "trailers"),
+        *extra,
     )
     return b"".join(_literal(name, value) for name, value in fields)
+
+
+def _raw_call(address: str, path: str, message: bytes, *extra: tuple[str, str | bytes]) -> bytes:
+    """One call over a raw connection: the bytes the server answered within a second."""
+    host, _, port = address.rpartition(":")
+    with socket.create_connection((host, int(port)), timeout=5) as sock:
+        data = b"\x00" + struct.pack(">I", len(message)) + message
+        sock.sendall(
+            PREFACE
+            + _frame(SETTINGS, 0, 0)
+            + _frame(HEADERS, END_HEADERS, 1, _call_headers(path, *extra))
+            + _frame(DATA, END_STREAM, 1, data)
+        )
+        answer = b""
+        sock.settimeout(0.2)
+        deadline = time.monotonic() + 1
+        while time.monotonic() < deadline:
+            try:
+                chunk = sock.recv(65536)
+            except TimeoutError:
+                continue
+            if not chunk:
+                break
+            answer += chunk
+        return answer
 
 
 def _half_open(address: str, streams: int, path: str) -> socket.socket:
@@ -171,3 +198,36 @@ async def test_watch_sale_ends_with_its_sale_in_any_time_zone(tmp_path: Path, zo
                     states.append(state.state)
             assert ended.value.code() == grpc.StatusCode.DEADLINE_EXCEEDED
             assert states == ["live"]
+
+
+async def test_malformed_input_is_refused_without_noise(tmp_path: Path) -> None:
+    """A message that is not the method's protobuf is INVALID_ARGUMENT (not UNKNOWN naming
+    a Python exception), and bytes that are not UTF-8 in `authorization` are an invalid
+    token: neither writes an error with a traceback to the log."""
+    with _embedded(tmp_path) as (server, address):
+        async with stubs(address) as rpc:
+            for garbage in (b"\xff\xff\xff\xff", b"\x0a\xff\xff\xff\xff\x0f"):
+                call = rpc.channel.unary_unary(
+                    "/surge.v1.Sales/GetSale", response_deserializer=pb.Sale.FromString
+                )
+                with pytest.raises(grpc.aio.AioRpcError) as refused:
+                    await call(garbage, timeout=5)
+                assert refused.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+                assert error_info(refused.value).reason == "malformed-message"
+                assert "DecodeError" not in (refused.value.details() or "")
+
+            token = ("authorization", b"Bearer \x80\x81\xfe")
+            order = b"\x08\x01"  # GetOrderRequest(id=1)
+            answer = await asyncio.to_thread(
+                _raw_call, address, "/surge.v1.Orders/GetOrder", order, token
+            )
+            assert answer  # a status, not a hang
+            assert b"user1" not in answer
+
+            # the server is unharmed, and said nothing alarming
+            sale = await rpc.sales.GetSale(pb.GetSaleRequest(id=1), timeout=5)
+            assert sale.id == 1
+        log = server.output()
+        assert "Traceback" not in log, log[-3000:]
+        assert "Invalid encoding" not in log
+        assert "Unexpected [DecodeError]" not in log

@@ -20,6 +20,7 @@ from collections.abc import AsyncIterator, Awaitable, Callable
 from typing import Any
 
 import grpc
+from google.protobuf.message import DecodeError
 
 from surge.rpc import convert
 
@@ -70,6 +71,13 @@ class CallGuard(grpc.aio.ServerInterceptor):  # type: ignore[misc]  # grpc.aio: 
         except StopAsyncIteration:
             refused = convert.refusal_of(
                 grpc.StatusCode.INVALID_ARGUMENT, "no-message", "the call carried no message", 400
+            )
+        except DecodeError:  # grpc would answer UNKNOWN naming the exception, and log it
+            refused = convert.refusal_of(
+                grpc.StatusCode.INVALID_ARGUMENT,
+                "malformed-message",
+                "the request message is not the method's protobuf message",
+                400,
             )
         await context.abort(refused.code, refused.detail, trailing_metadata=refused.trailers)
 

@@ -28,6 +28,18 @@ log = logging.getLogger("surge.grpc")
 SERVICES = tuple(f"surge.v1.{name}" for name in ("Orders", "Sales", "Rooms"))
 
 
+class _QuietUndecodable(logging.Filter):
+    """grpc logs an error with a traceback for each metadata value that is not UTF-8 (and
+    passes the bytes on): any client could fill the log with them. The call itself is
+    answered as usual (an `authorization` of such bytes is an invalid token)."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        return not str(record.msg).startswith("Invalid encoding on")
+
+
+logging.getLogger("grpc._cython.cygrpc").addFilter(_QuietUndecodable())
+
+
 @dataclass(frozen=True, slots=True)
 class GrpcLimits:
     host: str

@@ -72,7 +72,9 @@ class Calls:
                     "authorization may be sent once",
                     400,
                 )
-            headers[b"authorization"] = str(value).encode("utf-8", "replace")
+            # bytes: grpc could not read them as UTF-8 (surge.rpc.server quiets its log line)
+            raw = value if isinstance(value, bytes) else str(value).encode("utf-8", "replace")
+            headers[b"authorization"] = raw
         if idempotency_key is not None:
             headers[b"idempotency-key"] = idempotency_key.encode("utf-8", "replace")
         return await self.bridge.call(
