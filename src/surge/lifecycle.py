@@ -134,6 +134,7 @@ async def start_grpc(settings: Settings, app: App) -> GrpcServer:
         max_metadata=settings.max_header_bytes,
         max_connections=settings.max_connections,
         handshake_timeout=settings.header_timeout,
+        message_timeout=settings.header_timeout,
     )
     rpc = GrpcServer(bridge, app.hub.watch, limits)
     await rpc.start()

@@ -18,6 +18,7 @@ from grpc_reflection.v1alpha import reflection
 
 from surge.ground.histogram import Histogram
 from surge.rpc.bridge import Bridge
+from surge.rpc.guard import CallGuard
 from surge.rpc.services import Calls, Orders, Rooms, Sales, Watch
 from surge.v1 import surge_pb2 as pb
 from surge.v1 import surge_pb2_grpc as pb_grpc
@@ -25,6 +26,18 @@ from surge.v1 import surge_pb2_grpc as pb_grpc
 log = logging.getLogger("surge.grpc")
 
 SERVICES = tuple(f"surge.v1.{name}" for name in ("Orders", "Sales", "Rooms"))
+
+
+class _QuietUndecodable(logging.Filter):
+    """grpc logs an error with a traceback for each metadata value that is not UTF-8 (and
+    passes the bytes on): any client could fill the log with them. The call itself is
+    answered as usual (an `authorization` of such bytes is an invalid token)."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        return not str(record.msg).startswith("Invalid encoding on")
+
+
+logging.getLogger("grpc._cython.cygrpc").addFilter(_QuietUndecodable())
 
 
 @dataclass(frozen=True, slots=True)
@@ -36,6 +49,8 @@ class GrpcLimits:
     max_metadata: int  # bytes of a call's metadata (the HTTP header limit)
     max_connections: int  # connections open at once in this process
     handshake_timeout: float  # seconds for a new connection's HTTP/2 preface
+    # seconds for a call's request message after its HEADERS (surge.rpc.guard)
+    message_timeout: float
     # seconds a connection without calls stays open: longer than HTTP's keep-alive, since
     # a gRPC client keeps one channel for its life (the connection bound holds regardless)
     idle_timeout: float = 300.0
@@ -62,7 +77,10 @@ class GrpcServer:
         self._limits = limits
         self._calls = Calls(bridge)
         self._health = health.aio.HealthServicer()
+        # streams, which may last, get half the call slots: unary calls keep the rest
+        self.guard = CallGuard(limits.message_timeout, max(1, limits.max_calls // 2))
         self._server = grpc.aio.server(
+            interceptors=[self.guard],
             maximum_concurrent_rpcs=limits.max_calls,
             options=[
                 ("grpc.so_reuseport", 1),

@@ -62,8 +62,19 @@ class Calls:
     ) -> Response:
         headers: dict[bytes, bytes] = {}
         for key, value in context.invocation_metadata() or ():
-            if key == "authorization" and isinstance(value, str):
-                headers[b"authorization"] = value.encode("utf-8", "replace")
+            if key != "authorization":
+                continue
+            if b"authorization" in headers:  # as HTTP: which one counts is not guessed
+                await self.refuse(
+                    context,
+                    grpc.StatusCode.INVALID_ARGUMENT,
+                    "duplicate-header",
+                    "authorization may be sent once",
+                    400,
+                )
+            # bytes: grpc could not read them as UTF-8 (surge.rpc.server quiets its log line)
+            raw = value if isinstance(value, bytes) else str(value).encode("utf-8", "replace")
+            headers[b"authorization"] = raw
         if idempotency_key is not None:
             headers[b"idempotency-key"] = idempotency_key.encode("utf-8", "replace")
         return await self.bridge.call(
@@ -91,9 +102,14 @@ class Calls:
             await abort(context, refused)
 
     async def refuse(
-        self, context: grpc.aio.ServicerContext, code: grpc.StatusCode, kind: str, detail: str
+        self,
+        context: grpc.aio.ServicerContext,
+        code: grpc.StatusCode,
+        kind: str,
+        detail: str,
+        status: int = 0,
     ) -> NoReturn:
-        await abort(context, convert.refusal_of(code, kind, detail))
+        await abort(context, convert.refusal_of(code, kind, detail, status))
         raise AssertionError("unreachable")  # abort raises
 
 
@@ -201,7 +217,8 @@ class Sales(pb_grpc.SalesServicer):
             # the view may be up to VIEW_AGE old: one built after we listened, unless a
             # change came first (it is newer), says what changed just before
             recheck_at: float | None = time.monotonic() + VIEW_AGE
-            ends_at = time.monotonic() + sale.ends_at.ToDatetime().timestamp() - time.time()
+            # the end is an instant: seconds since the epoch, never a local wall-clock time
+            ends_at = time.monotonic() + sale.ends_at.ToNanoseconds() / 1e9 - time.time()
             # (no `yield` inside asyncio.timeout: its cancellation would land in grpc's write)
             while True:
                 wake_at = ends_at if recheck_at is None else min(ends_at, recheck_at)
