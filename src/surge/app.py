@@ -129,7 +129,7 @@ class App:
         self.router.add("GET", "/rooms/{room}", rooms.presence)
         page = response(200, DEMO_PAGE, HTML, (("cache-control", "no-cache"),))
         self.router.add("GET", "/demo", lambda _request: page)
-        self.feed = StockFeed(self.hub)
+        self.feed = StockFeed(self.hub, backends.gate.remaining)
         stack.push_async_callback(self.feed.close)
 
         await self._sales(backends)

@@ -52,3 +52,26 @@ async def test_close_sends_what_is_pending() -> None:
     feed.changed(3, 7, "live")
     await feed.close()
     assert heard == [b'{"remaining":7,"state":"live"}']
+
+
+async def test_a_flush_publishes_the_count_now_not_the_last_one_reported() -> None:
+    """Two purchases decided in one gate call resume in any order: the last count
+    reported may be the older one. What goes out is the gate's count at the flush."""
+    rooms = LocalRooms()
+    heard: list[dict[str, object]] = []
+    rooms.subscribe("sale:1", lambda data: heard.append(json.loads(data)))
+    gate = {1: 0}
+
+    async def current(sale_id: int) -> int | None:
+        return gate.get(sale_id)
+
+    feed = StockFeed(rooms, current, interval=0.02)
+    feed.changed(1, 0, "sold_out")  # the later purchase resumed first...
+    feed.changed(1, 1, "live")  # ...then the earlier one
+    await asyncio.sleep(0.06)
+    assert heard == [{"remaining": 0, "state": "sold_out"}]
+    feed.changed(2, 4, "upcoming")  # no count in the gate: the reported one
+    feed.changed(1, 0, "ended")  # a state the count does not decide stays
+    await asyncio.sleep(0.06)
+    assert heard[-1] == {"remaining": 0, "state": "ended"}
+    await feed.close()

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+from collections.abc import Awaitable, Callable
 from typing import Protocol
 
 import orjson
@@ -30,8 +31,20 @@ class Rooms(Protocol):
 
 
 class StockFeed:
-    def __init__(self, rooms: Rooms, interval: float = 0.25) -> None:
+    """`current` reads a sale's remaining stock now (the gate's count): what a flush
+    publishes. The counts callers report are each true at their moment, but their
+    moments are not in order: two purchases decided in one gate call resume in any order,
+    and each process flushes on its own timer, so the last count heard could be an older
+    one (a sold-out sale shown "live" with 1 left until the next change)."""
+
+    def __init__(
+        self,
+        rooms: Rooms,
+        current: Callable[[int], Awaitable[int | None]] | None = None,
+        interval: float = 0.25,
+    ) -> None:
         self._rooms = rooms
+        self._current = current
         self._interval = interval
         self._latest: dict[int, tuple[int, str]] = {}
         self._timer: asyncio.TimerHandle | None = None
@@ -50,7 +63,17 @@ class StockFeed:
         self._tasks.spawn(self._send(latest))
 
     async def _send(self, latest: dict[int, tuple[int, str]]) -> None:
-        for sale_id, (remaining, state) in latest.items():
+        for sale_id, (reported, state) in latest.items():
+            remaining = reported
+            if self._current is not None:
+                try:
+                    now = await self._current(sale_id)
+                except Exception:  # the gate unreachable: the reported count, as it was
+                    now = None
+                if now is not None:
+                    remaining = max(0, now)
+                    if state in ("live", "sold_out"):  # upcoming and ended stay as they are
+                        state = "live" if remaining > 0 else "sold_out"
             message = orjson.dumps({"remaining": remaining, "state": state})
             try:
                 await self._rooms.publish(f"sale:{sale_id}", message)
