@@ -96,4 +96,5 @@ ORDER_COLUMNS = (
     orders.c.quantity,
     orders.c.status,
     orders.c.created_at,
+    orders.c.pay_by,
 )

@@ -8,6 +8,7 @@ from __future__ import annotations
 import asyncio
 import random
 import time
+from datetime import datetime, timedelta
 from pathlib import Path
 from typing import Any
 
@@ -125,3 +126,37 @@ async def test_a_storm_with_payments_cancellations_and_expiries(
     assert view["remaining"] == remaining  # the gate agrees with the database
     # returned units were sold again: more purchases than there were units
     assert tally["bought"] > STOCK, tally
+
+
+def test_a_pending_order_says_until_when_it_may_be_paid(tmp_path: Path) -> None:
+    env = base_env(tmp_path, {"SURGE_DATABASE_URL": f"sqlite:///{tmp_path / 'surge.db'}"})
+    run_cli(env, "db", "migrate")
+    with serve(env, tmp_path) as server, server.client() as client:
+        sale = client.post(
+            "/sales",
+            headers=bearer("root", admin=True),
+            json={
+                "name": "window",
+                "stock": 1,
+                "starts_at": "2020-01-01T00:00:00Z",
+                "ends_at": "2100-01-01T00:00:00Z",
+            },
+        ).json()
+        bought = client.post(
+            f"/sales/{sale['id']}/orders",
+            headers={**bearer("u"), "Idempotency-Key": "k"},
+            json={"quantity": 1},
+        ).json()
+        created = datetime.fromisoformat(bought["created_at"])
+        assert bought["status"] == "pending"
+        assert datetime.fromisoformat(bought["pay_by"]) - created == timedelta(minutes=15)
+        seen = client.get(f"/orders/{bought['id']}", headers=bearer("u")).json()
+        assert seen == bought
+        paid = client.post(
+            f"/orders/{bought['id']}/pay",
+            headers={**bearer("u"), "Idempotency-Key": "p"},
+            json={"payment_ref": "r"},
+        ).json()
+        assert (paid["status"], paid["pay_by"]) == ("paid", bought["pay_by"])
+        after = client.get(f"/orders/{bought['id']}", headers=bearer("u")).json()
+        assert after["status"] == "paid" and "pay_by" not in after

@@ -94,6 +94,11 @@ SCHEMAS: dict[str, Any] = {
             "quantity": {"type": "integer", "minimum": 1},
             "status": {"type": "string"},
             "created_at": {"type": "string", "format": "date-time"},
+            "pay_by": {
+                "type": "string",
+                "format": "date-time",
+                "description": "a pending order's payment deadline (SURGE_PAY_WINDOW)",
+            },
         },
     },
     "Problem": {

@@ -50,7 +50,15 @@ def _aware(moment: datetime | None) -> datetime | None:
 def _state(row: Any) -> OrderState:
     m = row._mapping
     created = m["created_at"].replace(tzinfo=UTC)
-    order = Order(m["id"], m["sale_id"], m["user_id"], m["quantity"], m["status"], created)
+    order = Order(
+        m["id"],
+        m["sale_id"],
+        m["user_id"],
+        m["quantity"],
+        m["status"],
+        created,
+        _aware(m["pay_by"]),
+    )
     return OrderState(
         order,
         m["idempotency_key"] or "",

@@ -39,7 +39,15 @@ RECYCLE = 1800  # seconds, as the engine's pool_recycle (surge.backends.sql.crea
 def orders_by_id(rows: Iterable[Sequence[Any]]) -> dict[int, Order]:
     """Rows of ORDER_COLUMNS, from any driver, as orders by id (times are naive UTC)."""
     return {
-        row[0]: Order(row[0], row[1], row[2], row[3], row[4], row[5].replace(tzinfo=UTC))
+        row[0]: Order(
+            row[0],
+            row[1],
+            row[2],
+            row[3],
+            row[4],
+            row[5].replace(tzinfo=UTC),
+            None if row[6] is None else row[6].replace(tzinfo=UTC),
+        )
         for row in rows
     }
 

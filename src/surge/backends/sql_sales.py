@@ -58,8 +58,15 @@ def _sale(row: Any) -> Sale:
 
 def _order(row: Any) -> Order:
     m = row._mapping
+    pay_by = m["pay_by"]
     return Order(
-        m["id"], m["sale_id"], m["user_id"], m["quantity"], m["status"], _aware(m["created_at"])
+        m["id"],
+        m["sale_id"],
+        m["user_id"],
+        m["quantity"],
+        m["status"],
+        _aware(m["created_at"]),
+        None if pay_by is None else _aware(pay_by),
     )
 
 
@@ -234,7 +241,15 @@ class SqlSales:
                 return [
                     Purchase(
                         "committed",
-                        Order(ids[w.user_id], sale.id, w.user_id, w.quantity, new.status, created),
+                        Order(
+                            ids[w.user_id],
+                            sale.id,
+                            w.user_id,
+                            w.quantity,
+                            new.status,
+                            created,
+                            _aware(new.pay_by) if new.pay_by else None,
+                        ),
                         w.request_hash,
                     )
                     for w in wins
@@ -262,10 +277,11 @@ class SqlSales:
                             conn, sale, user_id, quantity, key, request_hash, created
                         )
                     mark_ended(conn.info)
-                status = self._new_orders(created).status
+                new = self._new_orders(created)
+                pay_by = _aware(new.pay_by) if new.pay_by else None
                 return Purchase(
                     "committed",
-                    Order(order_id, sale.id, user_id, quantity, status, created),
+                    Order(order_id, sale.id, user_id, quantity, new.status, created, pay_by),
                     request_hash,
                 )
             except _Abort as abort:

@@ -23,6 +23,7 @@ class Order:
     quantity: int
     status: str
     created_at: datetime
+    pay_by: datetime | None = None  # a pending order's payment deadline (aware UTC)
 
 
 @dataclass(frozen=True, slots=True)

@@ -61,16 +61,17 @@ CACHE_READS = 2
 
 
 def encode_order(order: Order) -> bytes:
-    return dumps(
-        {
-            "id": order.id,
-            "sale_id": order.sale_id,
-            "user_id": order.user_id,
-            "quantity": order.quantity,
-            "status": order.status,
-            "created_at": order.created_at.isoformat().replace("+00:00", "Z"),
-        }
-    )
+    fields = {
+        "id": order.id,
+        "sale_id": order.sale_id,
+        "user_id": order.user_id,
+        "quantity": order.quantity,
+        "status": order.status,
+        "created_at": order.created_at.isoformat().replace("+00:00", "Z"),
+    }
+    if order.pay_by is not None and order.status == "pending":  # until when it may be paid
+        fields["pay_by"] = order.pay_by.isoformat().replace("+00:00", "Z")
+    return dumps(fields)
 
 
 class Flight:
