@@ -154,6 +154,10 @@ async def _sale_sold_out_while_watched(rpc: Stubs, http: httpx.AsyncClient) -> N
     orders = [r for r in results if isinstance(r, pb.Order)]
     refused = [r for r in results if isinstance(r, grpc.aio.AioRpcError)]
     assert len(orders) == stock and len({o.id for o in orders}) == stock
+    # pending, to be paid within SURGE_PAY_WINDOW (15 min by default; issue 19)
+    assert {(o.status, o.pay_by.ToSeconds() - o.created_at.ToSeconds()) for o in orders} == {
+        ("pending", 900)
+    }
     assert {(e.code(), error_info(e).reason) for e in refused} == {
         (grpc.StatusCode.FAILED_PRECONDITION, "sold-out")
     }

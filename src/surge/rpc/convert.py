@@ -114,7 +114,7 @@ def timestamp(text: str) -> Timestamp:
 
 
 def order(data: dict[str, Any]) -> pb.Order:
-    return pb.Order(
+    made = pb.Order(
         id=data["id"],
         sale_id=data["sale_id"],
         user_id=data["user_id"],
@@ -122,6 +122,9 @@ def order(data: dict[str, Any]) -> pb.Order:
         status=data["status"],
         created_at=timestamp(data["created_at"]),
     )
+    if data.get("pay_by"):
+        made.pay_by.CopyFrom(timestamp(data["pay_by"]))
+    return made
 
 
 def sale(data: dict[str, Any]) -> pb.Sale:
