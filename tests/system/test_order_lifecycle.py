@@ -117,10 +117,20 @@ async def test_a_storm_with_payments_cancellations_and_expiries(
             await asyncio.sleep(WINDOW + 1.5)  # the last walk-aways expire
             pending, paid, remaining = await _held(engine, sale_id)
             view = (await client.get(f"/sales/{sale_id}")).json()
+            async with engine.connect() as conn:
+                late = (
+                    await conn.execute(
+                        sa.select(orders.c.pay_by, orders.c.closed_at).where(
+                            orders.c.sale_id == sale_id, orders.c.status == "expired"
+                        )
+                    )
+                ).all()
     await engine.dispose()
     assert violations == []
     assert tally["walked"] > 0 and tally["cancelled"] > 0, tally
     assert pending == 0, "every unpaid order expired"
+    # within about a second of its deadline (times are kept to the second)
+    assert late and all(0 <= (closed - due).total_seconds() <= 2 for due, closed in late), late
     assert paid == tally["paid"] <= STOCK
     assert paid + remaining == STOCK  # every unit came back once: resold, or remaining
     assert view["remaining"] == remaining  # the gate agrees with the database
