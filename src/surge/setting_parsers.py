@@ -5,11 +5,12 @@ which setting it was). Imports nothing from surge: the layers that use parsed va
 
 from __future__ import annotations
 
+import dataclasses
 import ipaddress
 import math
 import re
 from collections.abc import Callable
-from typing import Any
+from typing import Any, TypeVar
 from urllib.parse import urlsplit
 
 from surge.ground.redis_urls import is_cluster, parse_cluster_url
@@ -17,6 +18,17 @@ from surge.ground.redis_urls import is_cluster, parse_cluster_url
 METHODS = ("GET", "HEAD", "POST", "PUT", "PATCH", "DELETE")
 
 Network = ipaddress.IPv4Network | ipaddress.IPv6Network
+
+
+D = TypeVar("D")
+P = TypeVar("P")
+
+
+def setting(default: D, parse: Callable[[str], P], doc: str) -> D | P:
+    """A field of `Settings` (surge.config): its default, the parser of its env/flag text,
+    its doc. The field's annotation must hold both the default's and the parser's type
+    (mypy checks)."""
+    return dataclasses.field(default=default, metadata={"parse": parse, "doc": doc})
 
 
 def positive_int(text: str) -> int:

@@ -87,6 +87,7 @@ def test_config_imports_nothing_else_from_surge() -> None:
     assert out.stdout.split() == [
         "surge",
         "surge.config",
+        "surge.config_limits",
         "surge.ground",
         "surge.ground.redis_urls",
         "surge.setting_parsers",
