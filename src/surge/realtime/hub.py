@@ -26,23 +26,12 @@ from surge.realtime.connection import EXPIRED, GOING_AWAY, TOO_SLOW, WsConnectio
 from surge.realtime.fanout import FanOut
 from surge.realtime.limits import Limits
 from surge.realtime.presence import PRESENCE_EVERY, Presence
+from surge.realtime.resume import Joining, replay
 
 log = logging.getLogger("surge.realtime")
 
 
 SALE_KEEP = 1  # a sale room keeps its latest state: a new subscriber gets it at once
-
-
-class _Joining:
-    """A subscriber catching up on a room's history: live messages are `held` until the
-    history is sent; then those numbered up to `floor` (sent already) are dropped."""
-
-    __slots__ = ("floor", "held", "request_id")
-
-    def __init__(self, request_id: Any) -> None:
-        self.request_id = request_id
-        self.held: list[tuple[int, bytes]] | None = []
-        self.floor = 0
 
 
 class Hub:
@@ -52,7 +41,7 @@ class Hub:
         self._backplane = backplane
         self.rooms: dict[str, set[WsConnection]] = {}
         # subscribers catching up on history: live messages wait for them here
-        self._joining: dict[str, dict[WsConnection, _Joining]] = {}
+        self._joining: dict[str, dict[WsConnection, Joining]] = {}
         self.connections: set[WsConnection] = set()
         # per user (token): open connections, and the publish byte bucket they share
         self.per_user: dict[str, int] = {}
@@ -190,12 +179,12 @@ class Hub:
         conn.rooms.add(room)
         # history first (a sale room's latest state; or what a resuming client missed),
         # live messages meanwhile held back for this subscriber
-        joining = _Joining(op.request_id)
+        joining = Joining(op.request_id)
         self._joining.setdefault(room, {})[conn] = joining
         self._spawn(self._catch_up(conn, room, since, joining))
 
     async def _catch_up(
-        self, conn: WsConnection, room: str, since: int | None, joining: _Joining
+        self, conn: WsConnection, room: str, since: int | None, joining: Joining
     ) -> None:
         request_id = joining.request_id
         try:
@@ -212,42 +201,7 @@ class Hub:
             conn.reply(wire.ack(request_id, room=room, seq=latest))
             return
         conn.reply(wire.ack(request_id, room=room, seq=latest))
-        if since is None:  # a sale room: its latest state only
-            missed, last = kept[-1:], 0
-        else:
-            missed, last = [(s, p) for s, p in kept if s > since], since
-            first = kept[0][0] if kept else latest + 1
-            if since > latest:
-                conn.reply(
-                    wire.error(
-                        request_id,
-                        "resync",
-                        f"{room} is numbered anew (now at {latest}, you saw {since}): load "
-                        "the room's state anew",
-                    )
-                )
-                last = 0
-            elif since < latest and first > since + 1:
-                conn.reply(
-                    wire.error(
-                        request_id,
-                        "resync",
-                        f"messages {since + 1}..{first - 1} of {room} are no longer kept: "
-                        "load the room's state anew; what is kept follows",
-                    )
-                )
-        for seq, payload in missed:
-            conn.reply(payload)
-            last = seq
-        for seq, frame in joining.held or ():
-            if seq > last:
-                conn.send(frame)
-                last = seq
-        # Live messages may still be on their way through pub/sub with numbers the history
-        # already had: until one past everything sent arrives, the subscriber stays here
-        # and those are dropped (`_deliver`), then it joins the room proper.
-        joining.held = None
-        joining.floor = max(last, latest)
+        replay(conn, room, since, joining, kept, latest)
 
     def _graduate(self, room: str, conn: WsConnection) -> None:
         joining = self._joining.get(room)
