@@ -23,12 +23,14 @@ def ensure_orders(bench: SaleBench) -> None:
     """Orders 1..HIT_IDS owned as the tokens expect (order k: user (k-1) % users + 1),
     for the cache-hit runs the refusals are compared with; seeded if missing."""
     users = bench.args.users
+    # order `users` is the last user's: seeded for fewer users (a --quick run), it is not
     rows = sql(
         f"SELECT COUNT(*), MAX(CASE WHEN id = {users + 1} THEN user_id END), "
-        f"MAX(CASE WHEN id = 2 THEN user_id END) FROM orders WHERE id <= {HIT_IDS}"
+        f"MAX(CASE WHEN id = 2 THEN user_id END), "
+        f"MAX(CASE WHEN id = {users} THEN user_id END) FROM orders WHERE id <= {HIT_IDS}"
     )
-    count, wraps, second = rows[0]
-    if int(count) == HIT_IDS and wraps == "user1" and second == "user2":
+    count, wraps, second, last = rows[0]
+    if int(count) == HIT_IDS and (wraps, second, last) == ("user1", "user2", f"user{users}"):
         return
     seed = ["db", "seed", "--orders", str(HIT_IDS), "--users", str(users), "--reset"]
     print(f"seeding {HIT_IDS} orders for {users} users (for the cache-hit runs) ...")
