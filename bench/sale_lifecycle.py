@@ -87,6 +87,7 @@ def run(bench: SaleBench) -> dict[str, Any]:
         "sale_view": {k: view.get(k) for k in ("remaining", "state")},
         "surge_counters": counters,
         "problems": problems,
+        "commands": list(bench.commands),
     }
 
 

@@ -31,8 +31,7 @@ def write(life: dict[str, Any], bench: SaleBench, run: common.Run, command: str)
         "pay_percent": PAY_PERCENT,
         "quick": bench.args.quick,
         "machine": common.machine(),
-        **life,
-        "commands": bench.commands,
+        **life,  # with its own commands: the storm rounds' are in their section
     }
     raw = OUT / f"sale-life-{run.stamp}.json"
     raw.write_text(json.dumps(report, indent=2) + "\n")
