@@ -1,7 +1,11 @@
 """Flash-sale storm: a flood of purchase attempts on one sale, against Surge on MariaDB+Redis.
 
 Run it with `make bench-sale` or `.venv/bin/python -m bench.sale [--quick]` from the project
-root.
+root; `--lifecycle-only` runs only the lifecycle storm that follows the rounds (payments,
+expiries, units resold: bench/sale_lifecycle.py), `--no-lifecycle` skips it.
+
+The rounds run with SURGE_PAY_WINDOW=0: orders are paid at purchase, as before the payment
+window existed, so their figures stay comparable with earlier runs.
 
 What is measured. Surge runs as 2 processes (`surge serve --workers 2`) on MariaDB
 (`surge_bench`, schema brought current by `surge db migrate`) and Redis DB 1 (flushed
