@@ -1,7 +1,11 @@
 """Flash-sale storm: a flood of purchase attempts on one sale, against Surge on MariaDB+Redis.
 
 Run it with `make bench-sale` or `.venv/bin/python -m bench.sale [--quick]` from the project
-root.
+root; `--lifecycle-only` runs only the lifecycle storm that follows the rounds (payments,
+expiries, units resold: bench/sale_lifecycle.py), `--no-lifecycle` skips it.
+
+The rounds run with SURGE_PAY_WINDOW=0: orders are paid at purchase, as before the payment
+window existed, so their figures stay comparable with earlier runs.
 
 What is measured. Surge runs as 2 processes (`surge serve --workers 2`) on MariaDB
 (`surge_bench`, schema brought current by `surge db migrate`) and Redis DB 1 (flushed
@@ -39,7 +43,6 @@ from __future__ import annotations
 import argparse
 import json
 import re
-import resource
 import secrets
 import shlex
 import signal
@@ -50,21 +53,12 @@ from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
-from bench import common, sale_db, sale_hits, sale_load
-from bench.common import OUT, ROOT, THREADS, BenchError, Processes, Server
-from bench.orders import HEADER
+from bench import common, sale_db, sale_hits, sale_lifecycle, sale_lifecycle_report, sale_load
+from bench.common import OUT, THREADS, BenchError, Processes, Server
 from bench.sale_db import DATABASE, DATABASE_URL
-from bench.sale_report import (
-    REPORT,
-    hit_reference,
-    markdown,
-    place_markers,
-    problems_of,
-    targets,
-)
-from bench.wrk import parse_wrk, run_wrk, write_tokens, wrk_argv
+from bench.sale_report import problems_of, storm_report
+from bench.wrk import parse_wrk, write_tokens, wrk_argv
 
-START, END = "<!-- bench:sale:start -->", "<!-- bench:sale:end -->"
 REDIS_URL = "redis://127.0.0.1:6379/1"
 SURGE_WORKERS = 2
 TOKEN_TTL = 12 * 3600.0
@@ -93,6 +87,18 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         "medians)",
     )
     parser.add_argument(
+        "--lifecycle-only",
+        action="store_true",
+        help="only the lifecycle storm (bench/sale_lifecycle.py), not the storm rounds",
+    )
+    parser.add_argument("--no-lifecycle", action="store_true", help="no lifecycle storm")
+    parser.add_argument(
+        "--life-seconds", type=float, help="the lifecycle storm's attempts spread over (30)"
+    )
+    parser.add_argument(
+        "--pay-window", type=float, help="SURGE_PAY_WINDOW of the lifecycle storm (5)"
+    )
+    parser.add_argument(
         "--quick",
         action="store_true",
         help="smoke test: 10000 attempts from 1000 users for 100 items, 3 s flood",
@@ -104,6 +110,8 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     args.stock = args.stock or (100 if quick else 1_000)
     args.flood = args.flood if args.flood is not None else (3.0 if quick else 10.0)
     args.rounds = args.rounds or (1 if quick else 3)
+    args.life_seconds = args.life_seconds or (12.0 if quick else 30.0)
+    args.pay_window = args.pay_window or (3.0 if quick else 5.0)
     if args.attempts % THREADS or args.attempts < args.users:
         parser.error(f"--attempts must be a multiple of {THREADS} and >= --users")
     if not 0 < args.stock <= args.users:
@@ -124,6 +132,9 @@ class SaleBench:
         self.sale_id = 0
         self.tokens = OUT / "sale-tokens.lua"
         self.scripts: tuple[Path, Path, Path] | None = None
+        # The storm rounds run with orders paid at purchase, comparable with the runs
+        # before the payment window existed; the lifecycle storm sets a short one.
+        self.pay_window = 0.0
 
     def note(self, command: str) -> None:
         if command not in self.commands:
@@ -136,6 +147,7 @@ class SaleBench:
                 "SURGE_REDIS_URL": REDIS_URL,
                 "SURGE_JWT_SECRET": self.secret,
                 "SURGE_LOG_LEVEL": "warning",
+                "SURGE_PAY_WINDOW": f"{self.pay_window:g}",
                 **common.NO_RATE_LIMITS,
             }
         )
@@ -167,7 +179,7 @@ class SaleBench:
         self.surge, self.port, shown = common.start_surge(
             self.processes, self.env(), SURGE_WORKERS, DATABASE_URL, REDIS_URL
         )
-        self.note(shown)
+        self.note(f"SURGE_PAY_WINDOW={self.pay_window:g} {shown}")
 
     def create_sale(self) -> None:
         from surge.auth import mint
@@ -291,36 +303,6 @@ class SaleBench:
         )
         return summary, storm
 
-    def flood(self) -> dict[str, Any] | None:
-        if not self.args.flood:
-            return None
-        assert self.scripts is not None
-        before = self.counters()
-        seconds = self.args.flood
-        argv = wrk_argv(self.url, self.scripts[1], self.args.connections, seconds, THREADS)
-        self.note(shlex.join(a if a != self.url else "http://127.0.0.1:PORT" for a in argv))
-        used = resource.getrusage(resource.RUSAGE_CHILDREN)
-        result = run_wrk(argv, seconds)
-        now = resource.getrusage(resource.RUSAGE_CHILDREN)  # wrk is the only child reaped
-        cpu = now.ru_utime + now.ru_stime - used.ru_utime - used.ru_stime
-        after = self.counters()
-        outcomes = common.delta(after["purchases_total"], before["purchases_total"])
-        statuses = common.delta(after["http_requests_by_status"], before["http_requests_by_status"])
-        print(
-            f"flood (sold out, plain wrk, {seconds:g} s): {result.rps:.0f} req/s, p50 "
-            f"{result.p50_ms:.2f} ms p99 {result.p99_ms:.2f} ms, non-2xx {result.non_2xx} of "
-            f"{result.requests}, socket errors {result.socket_errors}; outcomes {outcomes}"
-        )
-        return {
-            **result.as_dict(),
-            "cpu_s": cpu,
-            "purchases_total": outcomes,
-            "http_requests_by_status": statuses,
-            "counters_after": after,
-        }
-
-    # -- the database's word ------------------------------------------------------------------
-
 
 def one_round(bench: SaleBench) -> dict[str, Any]:
     """A fresh Surge, a new sale, the storm, and the database's word on it."""
@@ -344,70 +326,37 @@ def one_round(bench: SaleBench) -> dict[str, Any]:
     }
 
 
-def round_summary(found: dict[str, Any]) -> dict[str, Any]:
-    storm = found["storm"]
-    return {
-        "sale_id": found["sale_id"],
-        "orders": found["database"]["orders"],
-        "problems": len(found["problems"]),
-        "attempts_per_s": storm["attempts_per_s"],
-        "refusals_once_sold_out_per_s": storm["after_sold_out"]["per_s"],
-        "winners": storm["latency"]["winners"],
-        "refusals": storm["latency"]["refusals"],
-    }
-
-
 def main(argv: list[str] | None = None) -> int:
     given = sys.argv[1:] if argv is None else argv
     args = parse_args(given)
     run = common.start_run()
     stamp = run.stamp
+    life: dict[str, Any] | None = None
     try:
         with Processes(OUT / "logs" / f"sale-{stamp}") as processes:
             bench = SaleBench(args, processes)
             bench.prepare()
-            rounds = []
-            for number in range(1, args.rounds + 1):
-                print(f"round {number} of {args.rounds}")
-                rounds.append(one_round(bench))
-            flood = bench.flood()
-            compared = sale_hits.compare(bench)
-            after_flood = sale_db.verify(bench, None) if flood else None
+            prepared = list(bench.commands)
+            if not args.lifecycle_only:
+                rounds = []
+                for number in range(1, args.rounds + 1):
+                    print(f"round {number} of {args.rounds}")
+                    rounds.append(one_round(bench))
+                flood = sale_hits.flood(bench)
+                compared = sale_hits.compare(bench)
+                after_flood = sale_db.verify(bench, None) if flood else None
+                storm_commands, bench.commands = bench.commands, prepared
+            if not args.no_lifecycle:
+                life = sale_lifecycle.run(bench)
     except (BenchError, KeyboardInterrupt, subprocess.SubprocessError) as exc:
         return common.failed("bench.sale", exc)
-    if after_flood is not None and after_flood["orders"] != args.stock:
-        rounds[-1]["problems"].append(
-            f"after the flood the sale has {after_flood['orders']} orders"
-        )
-    # The details shown are those of the round with the median winners' p99.
-    shown = sorted(rounds, key=lambda r: float(r["storm"]["latency"]["winners"]["p99_ms"]))
-    median = shown[len(shown) // 2]
-    report: dict[str, Any] = {
-        "date": run.date,
-        "command": shlex.join(["python", "-m", "bench.sale", *given]),
-        "seconds": run.seconds(),
-        "config": dict(vars(args)),
-        "machine": common.machine(),
-        **median,
-        "rounds": [round_summary(r) for r in rounds],
-        "database_after_flood": after_flood,
-        "flood": flood,
-        "compared": compared,
-        "problems": [f"round {i}: {p}" for i, r in enumerate(rounds, 1) for p in r["problems"]],
-        "hit_reference": hit_reference(),
-        "commands": bench.commands,
-    }
-    report["targets"] = targets(report)
-    raw_file = OUT / f"sale-{stamp}.json"
-    raw_file.write_text(json.dumps(report, indent=2) + "\n")
-    (OUT / "sale-latest.json").write_text(raw_file.read_text())
-    section = markdown(report)
-    if REPORT.exists():
-        place_markers(START, END)  # after the order section, before the hand-kept history
-    common.rewrite_section(REPORT, START, END, section, HEADER)
-    print("\n" + section + "\n")
-    print(f"raw results: {raw_file.relative_to(ROOT)}; section rewritten in {REPORT.name}")
-    print(f"done in {report['seconds']:.0f} s")
+    command = shlex.join(["python", "-m", "bench.sale", *given])
+    if not args.lifecycle_only:
+        bench.commands = storm_commands
+        storm_report(bench, run, command, rounds, flood, compared, after_flood)
+    if life is not None:
+        sale_lifecycle_report.write(life, bench, run, command)
+    print(f"done in {run.seconds():.0f} s")
     return 0
 
 

@@ -1,8 +1,10 @@
-"""Refusals of the sold-out sale against order-query cache hits, on the same server and
-with the same plain wrk client, alternated (see bench/sale.py)."""
+"""After the storm rounds (see bench/sale.py): the sustained refusals of the sold-out sale
+(the flood), and those refusals against order-query cache hits, on the same server and
+with the same plain wrk client, alternated."""
 
 from __future__ import annotations
 
+import resource
 import shlex
 from typing import TYPE_CHECKING, Any
 
@@ -21,12 +23,14 @@ def ensure_orders(bench: SaleBench) -> None:
     """Orders 1..HIT_IDS owned as the tokens expect (order k: user (k-1) % users + 1),
     for the cache-hit runs the refusals are compared with; seeded if missing."""
     users = bench.args.users
+    # order `users` is the last user's: seeded for fewer users (a --quick run), it is not
     rows = sql(
         f"SELECT COUNT(*), MAX(CASE WHEN id = {users + 1} THEN user_id END), "
-        f"MAX(CASE WHEN id = 2 THEN user_id END) FROM orders WHERE id <= {HIT_IDS}"
+        f"MAX(CASE WHEN id = 2 THEN user_id END), "
+        f"MAX(CASE WHEN id = {users} THEN user_id END) FROM orders WHERE id <= {HIT_IDS}"
     )
-    count, wraps, second = rows[0]
-    if int(count) == HIT_IDS and wraps == "user1" and second == "user2":
+    count, wraps, second, last = rows[0]
+    if int(count) == HIT_IDS and (wraps, second, last) == ("user1", "user2", f"user{users}"):
         return
     seed = ["db", "seed", "--orders", str(HIT_IDS), "--users", str(users), "--reset"]
     print(f"seeding {HIT_IDS} orders for {users} users (for the cache-hit runs) ...")
@@ -74,3 +78,33 @@ def compare(bench: SaleBench) -> dict[str, Any] | None:
     hits = common.median([r["hits"]["rps"] for r in rounds])
     refusals = common.median([r["refusals"]["rps"] for r in rounds])
     return {"rounds": rounds, "hits_rps": hits, "refusals_rps": refusals}
+
+
+def flood(bench: SaleBench) -> dict[str, Any] | None:
+    """Sustained refusals: plain wrk at the sold-out sale for `--flood` seconds."""
+    if not bench.args.flood:
+        return None
+    assert bench.scripts is not None
+    before = bench.counters()
+    seconds = bench.args.flood
+    argv = wrk_argv(bench.url, bench.scripts[1], bench.args.connections, seconds, THREADS)
+    bench.note(shlex.join(a if a != bench.url else "http://127.0.0.1:PORT" for a in argv))
+    used = resource.getrusage(resource.RUSAGE_CHILDREN)
+    result = run_wrk(argv, seconds)
+    now = resource.getrusage(resource.RUSAGE_CHILDREN)  # wrk is the only child reaped
+    cpu = now.ru_utime + now.ru_stime - used.ru_utime - used.ru_stime
+    after = bench.counters()
+    outcomes = common.delta(after["purchases_total"], before["purchases_total"])
+    statuses = common.delta(after["http_requests_by_status"], before["http_requests_by_status"])
+    print(
+        f"flood (sold out, plain wrk, {seconds:g} s): {result.rps:.0f} req/s, p50 "
+        f"{result.p50_ms:.2f} ms p99 {result.p99_ms:.2f} ms, non-2xx {result.non_2xx} of "
+        f"{result.requests}, socket errors {result.socket_errors}; outcomes {outcomes}"
+    )
+    return {
+        **result.as_dict(),
+        "cpu_s": cpu,
+        "purchases_total": outcomes,
+        "http_requests_by_status": statuses,
+        "counters_after": after,
+    }

@@ -1,16 +1,22 @@
-"""The flash-sale storm's report: the cache-hit reference, target verdicts, the section."""
+"""The flash-sale storm's report: the cache-hit reference, target verdicts, the section,
+the raw results."""
 
 from __future__ import annotations
 
 import json
 import re
 import statistics
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from bench import common
-from bench.common import ROOT, THREADS
+from bench.common import OUT, ROOT, THREADS
+from bench.orders import HEADER
+
+if TYPE_CHECKING:
+    from bench.sale import SaleBench
 
 REPORT = ROOT / "BENCHMARKS.md"
+START, END = "<!-- bench:sale:start -->", "<!-- bench:sale:end -->"
 ORDERS_START, ORDERS_END = "<!-- bench:orders:start -->", "<!-- bench:orders:end -->"
 WINNER_P99_MS = 100.0
 
@@ -307,3 +313,61 @@ def place_markers(start: str, end: str) -> None:
     else:
         text = text.rstrip() + "\n\n" + block
     REPORT.write_text(text)
+
+
+def round_summary(found: dict[str, Any]) -> dict[str, Any]:
+    storm = found["storm"]
+    return {
+        "sale_id": found["sale_id"],
+        "orders": found["database"]["orders"],
+        "problems": len(found["problems"]),
+        "attempts_per_s": storm["attempts_per_s"],
+        "refusals_once_sold_out_per_s": storm["after_sold_out"]["per_s"],
+        "winners": storm["latency"]["winners"],
+        "refusals": storm["latency"]["refusals"],
+    }
+
+
+def storm_report(
+    bench: SaleBench,
+    run: common.Run,
+    command: str,
+    rounds: list[dict[str, Any]],
+    flood: dict[str, Any] | None,
+    compared: dict[str, Any] | None,
+    after_flood: dict[str, Any] | None,
+) -> None:
+    """The storm rounds' raw results and their section of BENCHMARKS.md."""
+    args, stamp = bench.args, run.stamp
+    if after_flood is not None and after_flood["orders"] != args.stock:
+        rounds[-1]["problems"].append(
+            f"after the flood the sale has {after_flood['orders']} orders"
+        )
+    # The details shown are those of the round with the median winners' p99.
+    shown = sorted(rounds, key=lambda r: float(r["storm"]["latency"]["winners"]["p99_ms"]))
+    median = shown[len(shown) // 2]
+    report: dict[str, Any] = {
+        "date": run.date,
+        "command": command,
+        "seconds": run.seconds(),
+        "config": dict(vars(args)),
+        "machine": common.machine(),
+        **median,
+        "rounds": [round_summary(r) for r in rounds],
+        "database_after_flood": after_flood,
+        "flood": flood,
+        "compared": compared,
+        "problems": [f"round {i}: {p}" for i, r in enumerate(rounds, 1) for p in r["problems"]],
+        "hit_reference": hit_reference(),
+        "commands": bench.commands,
+    }
+    report["targets"] = targets(report)
+    raw_file = OUT / f"sale-{stamp}.json"
+    raw_file.write_text(json.dumps(report, indent=2) + "\n")
+    (OUT / "sale-latest.json").write_text(raw_file.read_text())
+    section = markdown(report)
+    if REPORT.exists():
+        place_markers(START, END)  # after the order section, before the hand-kept history
+    common.rewrite_section(REPORT, START, END, section, HEADER)
+    print("\n" + section + "\n")
+    print(f"raw results: {raw_file.relative_to(ROOT)}; section rewritten in {REPORT.name}")
