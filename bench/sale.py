@@ -262,11 +262,7 @@ class SaleBench:
         )
         wrk = self.processes.start("wrk-storm", argv, common.clean_env())
         files = [Path(f"{results}{index}.tsv") for index in range(THREADS)]
-        deadline = time.monotonic() + limit + 10.0
-        while not all(f.exists() for f in files):
-            if wrk.process.poll() is not None or time.monotonic() > deadline:
-                break
-            time.sleep(0.05)
+        sale_load.await_results(wrk.process, files, limit + 10.0)
         cpu = sale_load.cpu_seconds(wrk.process.pid)  # the load generator's own cost
         if wrk.process.poll() is None:
             wrk.process.send_signal(signal.SIGINT)  # ends wrk's sleep: it prints and exits

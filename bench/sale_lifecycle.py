@@ -35,7 +35,7 @@ from collections import Counter
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from bench import common, sale_lifecycle_load
+from bench import common, sale_lifecycle_load, sale_load
 from bench.common import OUT, THREADS, BenchError
 from bench.sale_db import sql
 from bench.wrk import wrk_argv
@@ -109,11 +109,7 @@ def _storm(
     )
     wrk = bench.processes.start("wrk-life", argv, common.clean_env())
     files = [Path(f"{results}{index}.tsv") for index in range(THREADS)]
-    deadline = time.monotonic() + limit + 10.0
-    while not all(f.exists() for f in files):
-        if wrk.process.poll() is not None or time.monotonic() > deadline:
-            break
-        time.sleep(0.05)
+    sale_load.await_results(wrk.process, files, limit + 10.0)
     if wrk.process.poll() is None:
         wrk.process.send_signal(signal.SIGINT)
     try:

@@ -24,6 +24,8 @@ from __future__ import annotations
 import math
 import os
 import string
+import subprocess
+import time
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -57,11 +59,8 @@ local function attempt(n)
 end
 """
 
-_STORM = string.Template(
-    _COMMON
-    + r"""
-local SHARE, OUT = $share, "$out"
-local ffi = require("ffi")
+# a monotonic clock in microseconds for the wrk scripts (LuaJIT's FFI)
+LUA_CLOCK = r"""local ffi = require("ffi")
 ffi.cdef[[
 typedef struct { long tv_sec; long tv_nsec; } bench_timespec;
 int clock_gettime(int clock, bench_timespec *now);
@@ -71,7 +70,24 @@ local function now_us()
   ffi.C.clock_gettime(1, clock)  -- CLOCK_MONOTONIC, as Python's time.monotonic()
   return tonumber(clock.tv_sec) * 1000000 + tonumber(clock.tv_nsec) / 1000
 end
+"""
 
+
+def await_results(process: subprocess.Popen[bytes], files: list[Path], seconds: float) -> None:
+    """Until every wrk thread has written its results file, wrk has exited, or `seconds`
+    have passed."""
+    deadline = time.monotonic() + seconds
+    while not all(f.exists() for f in files):
+        if process.poll() is not None or time.monotonic() > deadline:
+            return
+        time.sleep(0.05)
+
+
+_STORM = string.Template(
+    _COMMON
+    + r"""
+local SHARE, OUT = $share, "$out"
+$clock
 function init(args)
   sent, granted, answered, flushed = 0, 0, 0, false
   started = {}  -- attempt number -> when request() built it (us)
@@ -178,7 +194,14 @@ def write_scripts(
     results = directory / "sale-storm-t"
     storm = directory / "sale-storm.lua"
     storm.write_text(
-        _STORM.substitute(values, first=0, share=attempts // threads, out=results, trace="true")
+        _STORM.substitute(
+            values,
+            first=0,
+            share=attempts // threads,
+            out=results,
+            trace="true",
+            clock=LUA_CLOCK,
+        )
     )
     flood = directory / "sale-flood.lua"
     flood.write_text(_FLOOD.substitute(values, first=attempts, trace="false"))
