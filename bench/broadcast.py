@@ -37,7 +37,7 @@ import time
 from pathlib import Path
 from typing import Any
 
-from bench import baseline, common
+from bench import baseline, common, writeup
 from bench.common import OUT, ROOT, BenchError, Processes, Server
 from bench.orders import HEADER
 
@@ -278,7 +278,7 @@ def main(argv: list[str] | None = None) -> int:
         "command": shlex.join(["python", "-m", "bench.broadcast", *given]),
         "seconds": run.seconds(),
         "config": dict(vars(args)),
-        "machine": common.machine(),
+        "machine": writeup.machine(),
         "runs": runs,
         "alone": alone,
         "pair": pair,
@@ -290,7 +290,7 @@ def main(argv: list[str] | None = None) -> int:
     section = markdown(report)
     if REPORT.exists():
         place_markers(START, END)  # before the hand-kept history
-    common.rewrite_section(REPORT, START, END, section, HEADER)
+    writeup.rewrite_section(REPORT, START, END, section, HEADER)
     print("\n" + section + "\n")
     print(f"raw results: {raw_file.relative_to(ROOT)}; section rewritten in {REPORT.name}")
     print(f"done in {report['seconds']:.0f} s")

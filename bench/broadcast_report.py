@@ -5,7 +5,7 @@ from __future__ import annotations
 import statistics
 from typing import Any
 
-from bench import common
+from bench import common, writeup
 
 FANOUT_RATIO = 0.7
 P99_RATIO = 0.7  # Surge's delivery p99 against Go's, same run (issue 16)
@@ -103,11 +103,11 @@ def markdown(report: dict[str, Any]) -> str:
         "`surge serve` process) alternated, a fresh server every run. Method: the docstring "
         "of `bench/broadcast.py`.",
         "",
-        common.machine_line(m),
+        writeup.machine_line(m),
         "",
         "### Targets",
         "",
-        common.markdown_table(["target", "measured", "status"], iter(summary["targets"])),
+        writeup.markdown_table(["target", "measured", "status"], iter(summary["targets"])),
         "",
         "### One process: medians over the rounds",
         "",
@@ -123,7 +123,7 @@ def markdown(report: dict[str, Any]) -> str:
                 f"{med.get('kb_per_conn', float('nan')):.1f}",
             ]
         )
-    lines += [common.markdown_table(head, iter(rows)), "", "### Every run", ""]
+    lines += [writeup.markdown_table(head, iter(rows)), "", "### Every run", ""]
     head = ["run", "delivered", "p50 / p99 / max ms", "fan-out median / max ms", "KB/conn"]
     rows = [_row(f"round {r['round']}: {r['server']}, N={r['n']}", r) for r in report["runs"]]
     if report["alone"]:
@@ -131,6 +131,6 @@ def markdown(report: dict[str, Any]) -> str:
     if report["pair"]:
         for part in report["pair"]["parts"]:
             rows.append(_row(f"Surge, 2 processes on Redis: {part['label']}, N={part['n']}", part))
-    lines += [common.markdown_table(head, iter(rows)), ""]
-    lines += common.commands_section(report["commands"])
+    lines += [writeup.markdown_table(head, iter(rows)), ""]
+    lines += writeup.commands_section(report["commands"])
     return "\n".join(lines)

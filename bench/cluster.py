@@ -34,7 +34,7 @@ from typing import Any
 
 from tests.fleet import FINAL, Bought, broadcast, buy, fleet
 
-from bench import common
+from bench import common, writeup
 from bench.sale_report import place_markers
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -174,7 +174,7 @@ def markdown(result: dict[str, Any], when: str, seconds: float, argv: list[str])
         "one 2-core machine with Python load clients: behaviour under a fault, not "
         "capacity.",
         "",
-        common.markdown_table(
+        writeup.markdown_table(
             ("check", "measured", "verdict"), ((a, b, verdict(c)) for a, b, c in rows)
         ),
         "",
@@ -188,7 +188,7 @@ def markdown(result: dict[str, Any], when: str, seconds: float, argv: list[str])
         f"Broadcast: delivery p50 {cast['delivery_p50_ms']} ms, p99 {cast['delivery_p99_ms']} "
         f"ms (publish on node 1 to receipt, subscribers on all three nodes).",
         "",
-        *common.commands_section(
+        *writeup.commands_section(
             [f"make bench-cluster  # python -m bench.cluster {' '.join(argv)}".rstrip()]
         ),
     ]
@@ -207,7 +207,7 @@ def main(argv: list[str] | None = None) -> int:
     section = markdown(result, started.date, started.seconds(), given)
     if REPORT.exists():
         place_markers(START, END)
-    common.rewrite_section(REPORT, START, END, section, HEADER)
+    writeup.rewrite_section(REPORT, START, END, section, HEADER)
     print("\n" + section + "\n")
     print(f"raw results: {raw.relative_to(ROOT)}")
     ok = result["storm"]["sold"] == args.stock and result["storm"]["every_201_a_row"]

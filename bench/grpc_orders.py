@@ -42,7 +42,7 @@ import sys
 from pathlib import Path
 from typing import Any
 
-from bench import baseline, common, grpc_profile, orders
+from bench import baseline, common, grpc_profile, orders, writeup
 from bench.common import HIT_IDS, OUT, ROOT, THREADS, BenchError, Processes
 from bench.wrk import run_wrk, write_lua, write_tokens, wrk_argv
 
@@ -314,7 +314,7 @@ def main(argv: list[str] | None = None) -> int:
         "command": command,
         "seconds": run.seconds(),
         "config": dict(vars(args)),
-        "machine": common.machine(),
+        "machine": writeup.machine(),
         "counters": counters,
         "profiles": profiles,
         "commands": bench.commands,
@@ -323,7 +323,7 @@ def main(argv: list[str] | None = None) -> int:
     raw = OUT / f"grpc-{run.stamp}.json"
     raw.write_text(json.dumps(report, indent=1) + "\n")
     section = markdown(report)
-    common.rewrite_section(orders.REPORT, START, END, section, orders.HEADER)
+    writeup.rewrite_section(orders.REPORT, START, END, section, orders.HEADER)
     print("\n" + section + "\n")
     print(f"raw results: {raw.relative_to(ROOT)}; section rewritten in BENCHMARKS.md")
     print(f"done in {report['seconds']:.0f} s")

@@ -6,7 +6,7 @@ import json
 from collections.abc import Iterator
 from typing import Any
 
-from bench import common
+from bench import common, writeup
 from bench.grpc_orders import _layout_text
 
 NAMES = {"go": "Go baseline, HTTP (wrk)", "http": "Surge, HTTP (wrk)", "grpc": "Surge, gRPC"}
@@ -39,11 +39,11 @@ def markdown(report: dict[str, Any]) -> str:
         "connections (bench/grpcload), HTTP with wrk -t2; one admin token. "
         "Method: the docstring of `bench/grpc_orders.py`.",
         "",
-        common.machine_line(report["machine"]),
+        writeup.machine_line(report["machine"]),
         "",
         "### Ratios of the median req/s (and of server CPU per answer)",
         "",
-        common.markdown_table(
+        writeup.markdown_table(
             [
                 "layout",
                 "c",
@@ -59,7 +59,7 @@ def markdown(report: dict[str, Any]) -> str:
     for layout in config["layouts"]:
         lines += [f"### Layout `{layout}`: {_layout_text(layout)}", ""]
         lines.append(
-            common.markdown_table(
+            writeup.markdown_table(
                 [
                     "c",
                     "target",
@@ -80,7 +80,7 @@ def markdown(report: dict[str, Any]) -> str:
         "",
     ]
     lines += _profile(report["profiles"], max(config["connections"]))
-    lines += common.commands_section(report["commands"])
+    lines += writeup.commands_section(report["commands"])
     return "\n".join(lines)
 
 
@@ -132,7 +132,7 @@ def _profile(profiles: dict[str, Any], c: int) -> list[str]:
             f"**Under {label} load** (loop thread sampled {found['samples']:.2f} s of "
             f"{found['seconds']:g} s; threads: {threads or 'none'}). Where: {where}.",
             "",
-            common.markdown_table(
+            writeup.markdown_table(
                 ["self", "function"],
                 ([f"{share:.1%}", f"`{name}`"] for name, share in found["self"][:10]),
             ),

@@ -44,7 +44,7 @@ import time
 from pathlib import Path
 from typing import Any
 
-from bench import baseline, common, orders_cold
+from bench import baseline, common, orders_cold, writeup
 from bench.common import HIT_IDS, MAX_WARMUP_RUNS, OUT, ROOT, THREADS, BenchError, Processes, Server
 from bench.report import markdown, miss_problems, summary, targets
 from bench.wrk import WrkResult, run_wrk, write_lua, write_tokens, wrk_argv
@@ -395,7 +395,7 @@ def main(argv: list[str] | None = None) -> int:
         "command": command,
         "seconds": run.seconds(),
         "config": dict(vars(args)),
-        "machine": common.machine(),
+        "machine": writeup.machine(),
         "results": results,
         "miss_problems": problems,
         "surge_counters": bench.counters,
@@ -407,7 +407,7 @@ def main(argv: list[str] | None = None) -> int:
     raw.write_text(json.dumps(report, indent=2) + "\n")
     (OUT / "orders-latest.json").write_text(raw.read_text())
     section = markdown(bench, report)
-    common.rewrite_section(REPORT, START, END, section, HEADER)
+    writeup.rewrite_section(REPORT, START, END, section, HEADER)
     print("\n" + section + "\n")
     print(f"raw results: {raw.relative_to(ROOT)}; section rewritten in {REPORT.name}")
     print(f"done in {report['seconds']:.0f} s")

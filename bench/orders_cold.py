@@ -43,7 +43,7 @@ import shlex
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from bench import common, orders_cold_report
+from bench import common, orders_cold_report, writeup
 from bench.common import OUT, ROOT, BenchError
 from bench.overload import LOADGEN, build_loadgen
 
@@ -165,7 +165,7 @@ def finish(bench: Bench, cold: Cold, run: Run, command: str, report_file: tuple[
             "orders": args.orders,
             "slo_ms": SLO_MS,
         },
-        "machine": common.machine(),
+        "machine": writeup.machine(),
         "commands": [c for c in bench.commands if not c.startswith("wrk ")],
         "runs": cold.runs,
     }
@@ -176,7 +176,7 @@ def finish(bench: Bench, cold: Cold, run: Run, command: str, report_file: tuple[
     (OUT / "orders-cold-latest.json").write_text(raw.read_text())
     orders_cold_report.plot(report, orders_cold_report.PNG)
     section = orders_cold_report.markdown(report)
-    common.rewrite_section(path, START, END, section, header)
+    writeup.rewrite_section(path, START, END, section, header)
     print("\n" + section + "\n")
     shown = Path(orders_cold_report.PNG).relative_to(ROOT)
     print(f"raw results: {raw.relative_to(ROOT)}; plot: {shown}; section in {path.name}")

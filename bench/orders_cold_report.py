@@ -6,7 +6,7 @@ import json
 from pathlib import Path
 from typing import Any
 
-from bench import common
+from bench import common, writeup
 from bench.common import ROOT
 
 PNG = ROOT / "docs" / "img" / "orders-cold.png"
@@ -118,7 +118,7 @@ def _marks_table(s: dict[str, Any]) -> str:
         for m in s["go"]["good_at"]
     )
     head = ["by", "Go good answers", "Surge good answers", "Surge/Go"]
-    return common.markdown_table(head, rows)
+    return writeup.markdown_table(head, rows)
 
 
 def _runs_table(runs: list[dict[str, Any]], s: dict[str, Any]) -> str:
@@ -153,7 +153,7 @@ def _runs_table(runs: list[dict[str, Any]], s: dict[str, Any]) -> str:
         f"504 share after {MARK} s",
         "200 p50 / p99 ms",
     ]
-    return common.markdown_table(head, iter(rows))
+    return writeup.markdown_table(head, iter(rows))
 
 
 def markdown(report: dict[str, Any]) -> str:
@@ -174,11 +174,11 @@ def markdown(report: dict[str, Any]) -> str:
         f"{c['slo_ms']:g} ms of its request; counts by the second of arrival. "
         "Method: the docstring of `bench/orders_cold.py`.",
         "",
-        common.machine_line(report["machine"]),
+        writeup.machine_line(report["machine"]),
         "",
         "### Targets",
         "",
-        common.markdown_table(["target", "measured", "status"], iter(report["targets"])),
+        writeup.markdown_table(["target", "measured", "status"], iter(report["targets"])),
         "",
         "### Cumulative good answers (medians of the runs)",
         "",
@@ -200,7 +200,7 @@ def markdown(report: dict[str, Any]) -> str:
             f"`{json.dumps(r.get('surge_counters', {}))}`" for r in runs if "surge" == r["server"]
         ),
         "",
-        *common.commands_section(report["commands"]),
+        *writeup.commands_section(report["commands"]),
     ]
     return "\n".join(lines)
 

@@ -40,7 +40,7 @@ import threading
 from pathlib import Path
 from typing import Any
 
-from bench import baseline, common
+from bench import baseline, common, writeup
 from bench.common import OUT, ROOT, BenchError, Processes, Server
 
 START, END = "<!-- bench:overload:start -->", "<!-- bench:overload:end -->"
@@ -309,10 +309,10 @@ def main(argv: list[str] | None = None) -> int:
     raw = OUT / f"overload-{run.stamp}.json"
     kept = {"capacity": capacity, "steps": steps, "runs": {f"{f:g}": r for f, r in runs.items()}}
     raw.write_text(json.dumps(kept, indent=1))
-    section = markdown(run, args, capacity, steps, runs, bench.commands, common.machine())
+    section = markdown(run, args, capacity, steps, runs, bench.commands, writeup.machine())
     from bench.orders import HEADER
 
-    common.rewrite_section(REPORT, START, END, section, HEADER)
+    writeup.rewrite_section(REPORT, START, END, section, HEADER)
     print(f"raw results: {raw.relative_to(ROOT)}; section rewritten in BENCHMARKS.md")
     print(f"done in {run.seconds():.0f} s")
     return 0

@@ -5,7 +5,7 @@ from __future__ import annotations
 import argparse
 from typing import Any
 
-from bench import common
+from bench import common, writeup
 
 P99_MS = 50.0  # a good answer's deadline (the design's), from when it was due
 MEMORY_GROWTH = 0.1  # at most this growth over the measured part of a run
@@ -47,11 +47,11 @@ def markdown(
         "Redis pinned to CPU 0, the load generator to CPU 1. Method and targets: the "
         "docstring of `bench/overload.py`.",
         "",
-        common.machine_line(machine),
+        writeup.machine_line(machine),
         "",
         "### Targets",
         "",
-        common.markdown_table(("target", "measured", "status"), iter(_targets(args, runs))),
+        writeup.markdown_table(("target", "measured", "status"), iter(_targets(args, runs))),
         "",
     ]
     for factor, factor_runs in runs.items():
@@ -60,7 +60,7 @@ def markdown(
         "### Peak capacity: Surge without shedding, rising rates",
         "",
         *([] if steps else ["(given with `--capacity`, not measured in this run)", ""]),
-        common.markdown_table(
+        writeup.markdown_table(
             ("offered/s", "2xx/s", "2xx p99 ms", "kept up (2xx >= 90 %)"),
             iter(
                 [
@@ -75,7 +75,7 @@ def markdown(
             ),
         ),
         "",
-        *common.commands_section(commands),
+        *writeup.commands_section(commands),
     ]
     return "\n".join(lines)
 
@@ -119,7 +119,7 @@ def _factor_section(args: argparse.Namespace, rate: float, runs: list[dict[str, 
     return [
         f"### At {rate:,.0f} req/s for {args.duration:.0f} s (first {args.warmup:.0f} s left out)",
         "",
-        common.markdown_table(
+        writeup.markdown_table(
             (
                 "server",
                 "2xx/s",

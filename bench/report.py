@@ -5,7 +5,7 @@ from __future__ import annotations
 import json
 from typing import TYPE_CHECKING, Any
 
-from bench import common
+from bench import common, writeup
 from bench.common import HIT_IDS, MAX_WARMUP_RUNS, THREADS
 
 if TYPE_CHECKING:
@@ -82,7 +82,7 @@ def _table(results: dict[str, dict[str, Any]]) -> str:
 
     head = ["c", "Go req/s", "Surge req/s", "Surge/Go", "Surge/Go 2xx only", "Go p50 / p99 ms"]
     head += ["Surge p50 / p99 ms", "Go non-2xx", "Surge non-2xx"]
-    return common.markdown_table(
+    return writeup.markdown_table(
         head,
         (
             [
@@ -116,11 +116,11 @@ def markdown(bench: Bench, report: dict[str, Any]) -> str:
         f"per server; medians. wrk -t{THREADS} shares the machine's cores with the server "
         "under test. Method: the docstring of `bench/orders.py`.",
         "",
-        common.machine_line(m),
+        writeup.machine_line(m),
         "",
         "### Targets",
         "",
-        common.markdown_table(["target", "measured", "status"], iter(report["targets"])),
+        writeup.markdown_table(["target", "measured", "status"], iter(report["targets"])),
         "",
         f"### Cache hits: ids uniform in 1..{HIT_IDS}, both caches warm, "
         f"{args.duration:g} s runs after a warm-up of >= {args.warmup:g} s",
@@ -147,5 +147,5 @@ def markdown(bench: Bench, report: dict[str, Any]) -> str:
         ]
     if report["miss_problems"]:
         lines += ["Miss notes: " + "; ".join(report["miss_problems"]) + ".", ""]
-    lines += common.commands_section(bench.commands)
+    lines += writeup.commands_section(bench.commands)
     return "\n".join(lines)

@@ -5,7 +5,7 @@ from __future__ import annotations
 import json
 from typing import TYPE_CHECKING, Any
 
-from bench import common
+from bench import common, writeup
 from bench.common import OUT, ROOT, THREADS
 from bench.orders import HEADER
 from bench.sale_lifecycle import PAY_PERCENT
@@ -30,7 +30,7 @@ def write(life: dict[str, Any], bench: SaleBench, run: common.Run, command: str)
         },
         "pay_percent": PAY_PERCENT,
         "quick": bench.args.quick,
-        "machine": common.machine(),
+        "machine": writeup.machine(),
         **life,  # with its own commands: the storm rounds' are in their section
     }
     raw = OUT / f"sale-life-{run.stamp}.json"
@@ -41,7 +41,7 @@ def write(life: dict[str, Any], bench: SaleBench, run: common.Run, command: str)
         text = REPORT.read_text()
         if START not in text and AFTER in text:
             REPORT.write_text(text.replace(AFTER, f"{AFTER}\n\n{START}\n{END}", 1))
-    common.rewrite_section(REPORT, START, END, section, HEADER)
+    writeup.rewrite_section(REPORT, START, END, section, HEADER)
     print("\n" + section + "\n")
     print(f"raw results: {raw.relative_to(ROOT)}; section rewritten in {REPORT.name}")
 
@@ -80,11 +80,11 @@ def markdown(report: dict[str, Any]) -> str:
         "`bench/sale_lifecycle.py` and `bench/sale_lifecycle_load.py`. The Go baseline has "
         "no payment step, so this storm has no Go ratio.",
         "",
-        common.machine_line(report["machine"]),
+        writeup.machine_line(report["machine"]),
         "",
         "### Checks against MariaDB, once no order was pending",
         "",
-        common.markdown_table(
+        writeup.markdown_table(
             ["check", "measured", "status"],
             iter(
                 [
@@ -160,12 +160,12 @@ def markdown(report: dict[str, Any]) -> str:
     lines += [
         f"### The storm (sale {report['sale_id']})",
         "",
-        common.markdown_table(["", "measured"], iter(rows)),
+        writeup.markdown_table(["", "measured"], iter(rows)),
         "",
         f"MariaDB for sale {report['sale_id']}: `{json.dumps(db)}`.",
         "",
         f"Surge counters after the run: `{json.dumps(counters)}`",
         "",
     ]
-    lines += common.commands_section(report["commands"])
+    lines += writeup.commands_section(report["commands"])
     return "\n".join(lines)

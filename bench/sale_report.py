@@ -8,7 +8,7 @@ import re
 import statistics
 from typing import TYPE_CHECKING, Any
 
-from bench import common
+from bench import common, writeup
 from bench.common import OUT, ROOT, THREADS
 from bench.orders import HEADER
 
@@ -153,7 +153,7 @@ def _rounds_table(report: dict[str, Any]) -> str:
         "winners p50 / p99 ms",
         "refusals p50 / p99 ms",
     ]
-    return common.markdown_table(head, rows)
+    return writeup.markdown_table(head, rows)
 
 
 def _lat(lat: dict[str, float]) -> str:
@@ -189,11 +189,11 @@ def markdown(report: dict[str, Any]) -> str:
         f"Surge (2 processes) with MariaDB and Redis; wrk -t{THREADS} -c{args['connections']} "
         "on the same cores. Method: the docstrings of `bench/sale.py` and `bench/sale_load.py`.",
         "",
-        common.machine_line(m),
+        writeup.machine_line(m),
         "",
         "### Targets",
         "",
-        common.markdown_table(["target", "measured", "status"], iter(report["targets"])),
+        writeup.markdown_table(["target", "measured", "status"], iter(report["targets"])),
         "",
     ]
     if report["problems"]:
@@ -241,7 +241,7 @@ def markdown(report: dict[str, Any]) -> str:
     lines += [
         f"### The storm (sale {report['sale_id']})",
         "",
-        common.markdown_table(["", "measured"], iter(rows)),
+        writeup.markdown_table(["", "measured"], iter(rows)),
         "",
         "How the latencies were measured: wrk's histogram mixes winners and refusals, so the "
         "wrk script times every attempt itself. It sends the attempt number as X-Request-ID, "
@@ -292,12 +292,12 @@ def markdown(report: dict[str, Any]) -> str:
             "(uniform ids) and refusals of the sold-out sale, both with plain wrk scripts, "
             f"c={args['connections']}.",
             "",
-            common.markdown_table(
+            writeup.markdown_table(
                 ["round", "cache hits req/s", "refusals req/s"], iter(alternated)
             ),
             "",
         ]
-    lines += common.commands_section(report["commands"])
+    lines += writeup.commands_section(report["commands"])
     return "\n".join(lines)
 
 
@@ -351,7 +351,7 @@ def storm_report(
         "command": command,
         "seconds": run.seconds(),
         "config": dict(vars(args)),
-        "machine": common.machine(),
+        "machine": writeup.machine(),
         **median,
         "rounds": [round_summary(r) for r in rounds],
         "database_after_flood": after_flood,
@@ -368,6 +368,6 @@ def storm_report(
     section = markdown(report)
     if REPORT.exists():
         place_markers(START, END)  # after the order section, before the hand-kept history
-    common.rewrite_section(REPORT, START, END, section, HEADER)
+    writeup.rewrite_section(REPORT, START, END, section, HEADER)
     print("\n" + section + "\n")
     print(f"raw results: {raw_file.relative_to(ROOT)}; section rewritten in {REPORT.name}")
