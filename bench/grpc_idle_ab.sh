@@ -1,9 +1,10 @@
 # A/B: HTTP order-query hits on one embedded worker with the gRPC listener off and on,
 # alternated 3 times (decision 18). Needs wrk; writes under /tmp/ab.
+B="$(cd "$(dirname "$0")/.." && pwd)/.venv/bin"
 mkdir -p /tmp/ab && cd /tmp/ab
 set -e
 export SURGE_DATA_DIR=/tmp/ab/data SURGE_DATABASE_URL=sqlite:////tmp/ab/data/s.db SURGE_RATE_LIMIT_READ=off SURGE_RATE_LIMIT_WRITE=off SURGE_MAX_CONNECTIONS_PER_CLIENT=10000 SURGE_INLINE_WORKER=off
-B=/work/main/.venv/bin
+
 $B/surge db seed --orders 1000 --users 10 --if-empty >/dev/null
 TOKEN=$($B/surge token root --admin)
 for round in 1 2 3; do
