@@ -181,9 +181,9 @@ class App:
         self.router.add("GET", "/sales/{id}", catalog.view)
         self.router.add("POST", "/sales/{id}/orders", purchases.handle)
         self.router.add("GET", "/users/me/orders", catalog.my_orders)
-        self._payments(backends)
+        self._payments(backends, configs)
 
-    def _payments(self, backends: Backends) -> None:
+    def _payments(self, backends: Backends, configs: SaleConfigs) -> None:
         """An order after its purchase: payment, cancellation, expiry (docs/sales.md)."""
         assert backends.order_states is not None
         lifecycle = OrderLifecycle(
@@ -195,7 +195,9 @@ class App:
             self.orders.invalidate,
             UserEvents(self.hub),
             self.settings.route_deadline,
+            configs,
         )
+        self._stack.push_async_callback(lifecycle.close)  # before the pools close
         self.router.add("POST", "/orders/{id}/pay", lifecycle.pay)
         self.router.add("POST", "/orders/{id}/cancel", lifecycle.cancel)
         sweep = ExpirySweep(backends.order_states, lifecycle.moved)

@@ -2,14 +2,9 @@
 whole path; `near.py` is the near cache)."""
 
 from surge.ground.paging import parse_id
+from surge.orders.flights import OrderQueryOptions, OrderStats
 from surge.orders.near import NearCache
-from surge.orders.query import (
-    INVALIDATE_CHANNEL,
-    OrderQuery,
-    OrderQueryOptions,
-    OrderStats,
-    encode_order,
-)
+from surge.orders.query import INVALIDATE_CHANNEL, OrderQuery, encode_order
 
 __all__ = [
     "INVALIDATE_CHANNEL",

@@ -28,17 +28,18 @@ import asyncio
 import logging
 import random
 import time
-from dataclasses import dataclass, field
 
 import orjson
 
 from surge.auth import Authenticator
 from surge.ground.admission import overloaded
+from surge.ground.evict import evict_oldest
 from surge.ground.interfaces import Bus, Cache, Store
 from surge.ground.orders import Order
 from surge.ground.paging import parse_id
 from surge.ground.tasks import Tasks
 from surge.ground.web import Request, Response, dumps, problem_response, response
+from surge.orders.flights import Flight, OrderQueryOptions, OrderStats, live_batch
 from surge.orders.near import Entry, NearCache
 from surge.protect.shedder import Shedder
 
@@ -50,7 +51,6 @@ NEGATIVE = b""  # the shared-cache value of an id known not to exist
 UNAVAILABLE = problem_response(
     503, "unavailable", "the order store is unavailable", (("retry-after", "1"),)
 )
-MAX_BATCH = 500
 # Shared-cache reads (MGETs) under way at once, per process; ids missed meanwhile wait
 # and go together in the next. Each read costs redis-py about as much for one key as
 # for a hundred, and a cold start's loop turns are short: one read a turn was thousands
@@ -58,6 +58,13 @@ MAX_BATCH = 500
 # with 1, 1.52M with 2, 1.13-1.39M with 4, 1.07M with 16, about 1.03M unbounded. 2 rather
 # than 1 so that one slow reply does not hold up every lookup behind it.
 CACHE_READS = 2
+# Orders change after their purchase (paid, cancelled, expired): a read begun before a
+# change may answer after its invalidation. Each process remembers when it last heard of
+# each order's change (this many orders at most) and caches nothing read before that.
+INVALIDATED_BOUND = 100_000
+# ... and a change is invalidated once more this long after it, for a process whose stale
+# fill landed before the first invalidation reached it (in the shared cache, for others)
+SETTLE_AFTER = 1.0
 
 
 def encode_order(order: Order) -> bytes:
@@ -72,44 +79,6 @@ def encode_order(order: Order) -> bytes:
     if order.pay_by is not None and order.status == "pending":  # until when it may be paid
         fields["pay_by"] = order.pay_by.isoformat().replace("+00:00", "Z")
     return dumps(fields)
-
-
-class Flight:
-    """Every request waiting for one id, and whether its lookup has reached the database."""
-
-    __slots__ = ("fill_shared", "live", "order_id", "started", "waiters")
-
-    def __init__(self, order_id: int) -> None:
-        self.order_id = order_id
-        self.waiters: list[tuple[asyncio.Future[Response], str, bool, asyncio.TimerHandle]] = []
-        self.live = 0
-        self.started = False
-        self.fill_shared = True  # False once the shared cache failed to answer for it
-
-
-@dataclass(frozen=True, slots=True)
-class OrderQueryOptions:
-    deadline: float = 0.05  # seconds, then 504
-    cache_ttl: float = 600.0  # shared cache, seconds
-    cache_jitter: float = 0.1  # +- fraction of the TTL
-    negative_ttl: float = 5.0  # a not-found, seconds
-    near_cache_size: int = 500_000
-    near_cache_ttl: float = 300.0
-
-
-@dataclass(slots=True)
-class OrderStats:
-    """The order query's counters (plain numbers; surge.metrics reads them)."""
-
-    cache_hits: dict[str, int] = field(default_factory=lambda: {"near": 0, "shared": 0})
-    cache_misses: dict[str, int] = field(default_factory=lambda: {"near": 0, "shared": 0})
-    cache_errors: int = 0  # the shared cache failed (counted by its error hook too)
-    db_queries: int = 0
-    db_rows: int = 0
-    deadline_exceeded: int = 0
-
-    def cache_failed(self, _exc: Exception) -> None:
-        self.cache_errors += 1
 
 
 class OrderQuery:
@@ -144,6 +113,7 @@ class OrderQuery:
         self._db_queue: list[Flight] = []  # missed the shared cache, waiting for a query
         self._db_size = store.size
         self._db_busy = 0  # queries running
+        self._invalidated: dict[int, float] = {}  # order -> monotonic time of its last change
         self._tasks = Tasks()
 
     async def start(self) -> None:
@@ -216,7 +186,7 @@ class OrderQuery:
 
     def _dispatch(self) -> None:
         while self._cache_busy < self._cache_reads and self._queue:
-            batch, self._queue = _live_batch(self._queue)
+            batch, self._queue = live_batch(self._queue)
             if not batch:
                 return
             self._cache_busy += 1
@@ -237,6 +207,7 @@ class OrderQuery:
         batch = [f for f in batch if f.live]
         if not batch:
             return
+        began = time.monotonic()
         try:
             values = await self._cache.get_many([f"order:{f.order_id}" for f in batch])
         except Exception as exc:  # Redis trouble: degrade to the database, skip the fill
@@ -246,7 +217,10 @@ class OrderQuery:
             for flight in batch:
                 flight.fill_shared = False
         missing = 0
+        raced = self._raced(batch, began) if self._invalidated else ()
         for flight, value in zip(batch, values, strict=True):
+            if flight.order_id in raced:
+                value = None  # read before the order changed: the database's instead
             entry = None if value is None else self._entry_from_bytes(flight.order_id, value)
             if entry is None:
                 self._db_queue.append(flight)
@@ -261,7 +235,7 @@ class OrderQuery:
     def _pump(self) -> None:
         """Starts a query for what is queued, while a connection is free."""
         while self._db_busy < self._db_size and self._db_queue:
-            batch, self._db_queue = _live_batch(self._db_queue)
+            batch, self._db_queue = live_batch(self._db_queue)
             if not batch:
                 return
             for flight in batch:
@@ -270,6 +244,7 @@ class OrderQuery:
             self._tasks.spawn(self._query(batch), shared=False)
 
     async def _query(self, batch: list[Flight]) -> None:
+        began = time.monotonic()
         try:
             try:
                 found = await self._store.get_orders([f.order_id for f in batch])
@@ -279,9 +254,15 @@ class OrderQuery:
                 return
             self.stats.db_queries += 1
             self.stats.db_rows += len(found)
+            raced = self._raced(batch, began) if self._invalidated else ()
             for flight in batch:
                 order = found.get(flight.order_id)
-                self._resolve(flight, self._fill(flight.order_id, order, flight.fill_shared))
+                if flight.order_id in raced:  # it answers its waiters, and is not kept
+                    entry = self._fill(flight.order_id, order, False)
+                    self.near.drop(flight.order_id)
+                else:
+                    entry = self._fill(flight.order_id, order, flight.fill_shared)
+                self._resolve(flight, entry)
         except Exception:  # a bug: answer 503 now rather than let waiters run into 504
             log.exception("order query batch failed")
             self._fail_all(batch)
@@ -308,6 +289,22 @@ class OrderQuery:
             if not waiter.done():
                 timer.cancel()
                 waiter.set_result(UNAVAILABLE)
+
+    def _raced(self, batch: list[Flight], began: float) -> set[int]:
+        """The orders of `batch` that changed after `began` (a read begun before)."""
+        changed = self._invalidated
+        return {f.order_id for f in batch if changed.get(f.order_id, 0.0) >= began}
+
+    def _changed(self, order_ids: tuple[int, ...] | list[int]) -> None:
+        now = time.monotonic()
+        changed = self._invalidated
+        for order_id in order_ids:
+            self.near.drop(order_id)
+            changed.pop(order_id, None)  # re-inserted last: the dict stays in time order
+            changed[order_id] = now
+        if len(changed) > INVALIDATED_BOUND:
+            evict_oldest(changed, INVALIDATED_BOUND)
+        self._store.changed(order_ids)  # no replica answers them until it has the write
 
     def _fill(self, order_id: int, order: Order | None, fill_shared: bool) -> Entry:
         """Caches a database answer: near cache now, shared cache in the background."""
@@ -336,16 +333,24 @@ class OrderQuery:
         return self.near.put(order_id, owner, response(200, value), self.near.ttl)
 
     # -- writes elsewhere call this -----------------------------------------------------------
-    async def invalidate(self, *order_ids: int) -> None:
+    async def invalidate(self, *order_ids: int, settle: bool = False) -> None:
         """Forgets orders everywhere: shared cache, and every process's near cache; one
-        DEL and one message for all of them (a message is comma-separated ids)."""
+        DEL and one message for all of them (a message is comma-separated ids). With
+        `settle` (an order that changed, not a new one) once more SETTLE_AFTER later."""
         if not order_ids:
             return
-        for order_id in order_ids:
-            self.near.drop(order_id)
-        self._store.changed(order_ids)
+        self._changed(order_ids)
         await self._cache.delete(*(f"order:{order_id}" for order_id in order_ids))
         await self._bus.publish(INVALIDATE_CHANNEL, ",".join(map(str, order_ids)).encode())
+        if settle:
+            self._tasks.spawn(self._settle(order_ids), shared=False)
+
+    async def _settle(self, order_ids: tuple[int, ...]) -> None:
+        await asyncio.sleep(SETTLE_AFTER)
+        try:
+            await self.invalidate(*order_ids)
+        except Exception as exc:  # best effort, as the first: the TTL bounds the rest
+            log.warning("orders %s: second invalidation failed: %s", order_ids, exc)
 
     def _on_invalidate(self, message: bytes) -> None:
         try:
@@ -353,17 +358,7 @@ class OrderQuery:
         except ValueError:
             log.warning("ignored malformed invalidation %r", message[:64])
             return
-        for order_id in order_ids:
-            self.near.drop(order_id)
-        self._store.changed(order_ids)  # no replica answers them until it has the write
-
-
-def _live_batch(queue: list[Flight]) -> tuple[list[Flight], list[Flight]]:
-    """The first MAX_BATCH queued flights someone still waits for, and the rest. Flights
-    whose waiters all gave up are dropped (the work is cancelled), not carried along:
-    after a stall a queue holds thousands of them ahead of the live ones."""
-    live = [flight for flight in queue if flight.live]
-    return live[:MAX_BATCH], live[MAX_BATCH:]
+        self._changed(order_ids)
 
 
 def _answer(entry: Entry, user_id: str, admin: bool) -> Response:

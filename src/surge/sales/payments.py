@@ -14,6 +14,7 @@ If the process dies in between, the next reconciliation of the sale's gate count
 
 from __future__ import annotations
 
+import asyncio
 import logging
 from collections.abc import Awaitable, Callable
 from datetime import UTC, datetime
@@ -23,10 +24,11 @@ from surge.ground.interfaces import Gate, OrderStates
 from surge.ground.orders import CANCELLED, PAID, PENDING, RETURNED, OrderState, Transition
 from surge.ground.purchases import StoredOrder
 from surge.ground.sales import parse_idempotency_key, parse_json_object, rfc3339
+from surge.ground.tasks import Tasks
 from surge.ground.web import Problem, Request, Response, json_response
 from surge.orders import parse_id
 from surge.protect.deadlines import within
-from surge.sales.cache import SoldOutBoard
+from surge.sales.cache import SaleConfigs, SoldOutBoard
 from surge.sales.feed import StockFeed, UserEvents
 
 log = logging.getLogger("surge.payments")
@@ -86,6 +88,7 @@ class OrderLifecycle:
         invalidate: Callable[..., Awaitable[None]],
         events: UserEvents,
         deadline: Callable[[str], float],  # of a route, "METHOD /template"
+        configs: SaleConfigs | None = None,  # the sales' dates: the feed's state
     ) -> None:
         self._auth = auth
         self._states = states
@@ -94,6 +97,8 @@ class OrderLifecycle:
         self._feed = feed
         self._invalidate = invalidate
         self._events = events
+        self._configs = configs
+        self._following = Tasks()  # follow-ups no deadline may cut off
         self._pay_deadline = deadline("POST /orders/{id}/pay")
         self._cancel_deadline = deadline("POST /orders/{id}/cancel")
         self.transitions: dict[str, int] = {}  # orders_transitions_total{to} (surge.metrics)
@@ -111,7 +116,7 @@ class OrderLifecycle:
         done = await self._states.pay(order_id, user.id, key, ref, now)
         state = self._visible(done, user)
         if done.changed:
-            await self.moved(state)
+            await self._follow(state)
             return json_response(200, encode_state(state))
         status = state.order.status
         if state.order.user_id != user.id:  # an admin: only the buyer pays
@@ -125,7 +130,7 @@ class OrderLifecycle:
         if status == PENDING:  # its deadline passed and the sweep has not come yet
             late = await self._states.expire(order_id, now)
             if late.changed and late.state is not None:
-                await self.moved(late.state)
+                await self._follow(late.state)
             status = late.state.order.status if late.state is not None else status
         raise _elsewhere(status)
 
@@ -141,9 +146,12 @@ class OrderLifecycle:
         )
         state = self._visible(done, user)
         if done.changed:
-            await self.moved(state)
-        elif state.order.status != CANCELLED:  # cancelled already: the same answer again
+            await self._follow(state)
+        elif state.order.status != CANCELLED:
             raise _elsewhere(state.order.status)
+        else:  # cancelled already: the same answer again, and the follow-up once more in
+            # case the first was cut off (each step is harmless twice; no second event)
+            await self._follow(state, announce=False)
         return json_response(200, encode_state(state))
 
     def _visible(self, done: Transition, user: User) -> OrderState:
@@ -154,17 +162,27 @@ class OrderLifecycle:
         return state
 
     # what follows a transition ----------------------------------------------------------
-    async def moved(self, state: OrderState) -> None:
+    async def _follow(self, state: OrderState, announce: bool = True) -> None:
+        """`moved` in a task of its own: the route's deadline may cut the answer off after
+        the database committed, never what must follow the commit."""
+        await asyncio.shield(self._following.spawn(self.moved(state, announce)))
+
+    async def close(self) -> None:
+        await self._following.finish(2.0)
+
+    async def moved(self, state: OrderState, announce: bool = True) -> None:
         """After the database moved the order (by a call here, or by the expiry sweep)."""
         order = state.order
-        self.transitions[order.status] = self.transitions.get(order.status, 0) + 1
+        if announce:
+            self.transitions[order.status] = self.transitions.get(order.status, 0) + 1
         if order.status in RETURNED:
             await self._restock(state)
         try:
-            await self._invalidate(order.id)  # GET /orders/{id} shows the new status
+            await self._invalidate(order.id, settle=True)  # GET /orders/{id} shows it
         except Exception as exc:
             log.warning("order %d: caches not told of its %s: %s", order.id, order.status, exc)
-        self._events.order_event(f"order-{order.status}", order)
+        if announce:
+            self._events.order_event(f"order-{order.status}", order)
 
     async def _restock(self, state: OrderState) -> None:
         order = state.order
@@ -180,7 +198,16 @@ class OrderLifecycle:
             return
         if left < 0:  # no gate: the sale's next purchase installs it from the database
             return
-        self._feed.changed(order.sale_id, left, "live" if left > 0 else "sold_out")
+        sale = None
+        if self._configs is not None:
+            try:
+                sale = await self._configs.get(order.sale_id)
+            except Exception:  # the database down: the count says what it can
+                sale = None
+        if sale is not None:  # upcoming, live, sold out or ended, as GET /sales/{id} says
+            self._feed.changed(order.sale_id, left, sale.state(datetime.now(UTC), left))
+        else:
+            self._feed.changed(order.sale_id, left, "live" if left > 0 else "sold_out")
         if left > 0:
             try:
                 await self._board.unmark(order.sale_id)  # nobody refused for them any longer

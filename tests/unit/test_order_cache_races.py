@@ -1,8 +1,7 @@
-"""Review of issue 19 (failing on purpose): orders are no longer immutable, but the order
-query's caches still assume they are. A lookup that read the order before a payment,
-cancellation or expiry committed, and fills the caches after that transition's
-invalidation ran, leaves the old state in the near cache (300 s) and the shared cache
-(600 s): GET /orders/{id} answers "pending" for an order that is paid or expired."""
+"""Orders change after their purchase (issue 19; found by the review of it): a lookup that
+read the order before a payment, cancellation or expiry committed, and answers after that
+transition's invalidation ran, must not leave the old state in the near cache (300 s) or
+the shared cache (600 s): GET /orders/{id} would answer "pending" for a paid order."""
 
 from __future__ import annotations
 

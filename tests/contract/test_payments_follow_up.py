@@ -1,5 +1,6 @@
-"""Review of issue 19 (failing on purpose): what follows a transition in
-surge.sales.payments, on SQLite with the in-process gate, bus and feed."""
+"""What follows a transition in surge.sales.payments (found by the review of issue 19),
+on SQLite with the in-process gate, bus and feed: the feed's state for an ended sale, a
+follow-up no deadline cuts off, a late payment."""
 
 from __future__ import annotations
 
@@ -22,7 +23,7 @@ from surge.backends.sql_sales import SqlSales
 from surge.ground.purchases import Confirmed
 from surge.ground.sales import NewSale, Sale
 from surge.ground.web import Problem, Request
-from surge.sales.cache import SoldOutBoard
+from surge.sales.cache import SaleConfigs, SoldOutBoard
 from surge.sales.feed import StockFeed, UserEvents
 from surge.sales.payments import OrderLifecycle
 
@@ -60,7 +61,7 @@ class World:
         self.board = SoldOutBoard(MemoryBus(), self.gate)
         self.invalidated: list[int] = []
 
-        async def invalidate(*ids: int) -> None:
+        async def invalidate(*ids: int, settle: bool = False) -> None:
             self.invalidated += ids
 
         self.lifecycle = OrderLifecycle(
@@ -72,6 +73,7 @@ class World:
             invalidate,
             UserEvents(self.rooms),
             lambda route: deadline,
+            SaleConfigs(self.sales),
         )
 
     async def sale(self, stock: int, starts: datetime, ends: datetime) -> Sale:
