@@ -31,6 +31,8 @@ PROBLEM_TYPES = {
     "cancelled by its buyer",
     "order-cancelled": "the order was cancelled",
     "order-expired": "the order was not paid by its pay_by and expired",
+    "order-closed": "the order is in a state of its own (an imported or seeded order, "
+    "shipped or delivered): it can be neither paid nor cancelled here",
     "invalid-payment": "payment_ref is missing, not a string, or longer than 128 characters",
     "not-found": "no such route",
     "method-not-allowed": "the route exists, the method does not",

@@ -192,11 +192,13 @@ async def _record(conn: AsyncConnection, state: OrderState, now: datetime) -> No
 async def _give_back(conn: AsyncConnection, state: OrderState) -> None:
     """The order's units back to its sale, and off its buyer's count; the sale's row last."""
     order = state.order
+    buyer = (sale_buyers.c.sale_id == order.sale_id, sale_buyers.c.user_id == order.user_id)
     await conn.execute(
-        sa.update(sale_buyers)
-        .where(sale_buyers.c.sale_id == order.sale_id, sale_buyers.c.user_id == order.user_id)
-        .values(bought=sale_buyers.c.bought - order.quantity)
+        sa.update(sale_buyers).where(*buyer).values(bought=sale_buyers.c.bought - order.quantity)
     )
+    # a buyer left with nothing has no row, as one who never bought: a batch of winners
+    # inserts every buyer's row, and an existing one would refuse the whole batch
+    await conn.execute(sa.delete(sale_buyers).where(*buyer, sale_buyers.c.bought <= 0))
     await conn.execute(
         sa.update(sales)
         .where(sales.c.id == order.sale_id)

@@ -24,6 +24,7 @@ log = logging.getLogger("surge.expiry")
 EXPIRY_EVERY = 0.5  # seconds: an unpaid order expires within about this of its pay_by
 BATCH = 500  # orders read per query; a longer backlog is worked through without waiting
 AT_ONCE = 8  # expiries in flight together (one transaction each)
+MAX_PAUSE = 8.0  # seconds between sweeps at most, while they keep failing
 
 
 class ExpirySweep:
@@ -40,14 +41,19 @@ class ExpirySweep:
         self.failures = 0
 
     async def run(self) -> None:
+        pause = self._every
         while True:
-            await asyncio.sleep(self._every)
+            await asyncio.sleep(pause)
             try:
                 while await self.sweep() == BATCH:  # more are due: go on at once
                     pass
-            except Exception as exc:  # the database down: the next period tries again
+            except Exception as exc:  # the database down: back off, log now and then
                 self.failures += 1
-                log.warning("expiry sweep failed: %s", exc)
+                if self.failures % 20 == 1:
+                    log.warning("expiry sweep failed (%d so far): %s", self.failures, exc)
+                pause = min(pause * 2, MAX_PAUSE)
+            else:
+                pause = self._every
 
     async def sweep(self) -> int:
         """Expires what is due now; the number of orders that were due."""
@@ -62,5 +68,11 @@ class ExpirySweep:
                 self.expired += 1
                 await self._moved(done.state)
 
-        await asyncio.gather(*(expire(order_id) for order_id in due))
+        # every expiry ends before the next sweep starts (one failing leaves none running)
+        outcomes = await asyncio.gather(
+            *(expire(order_id) for order_id in due), return_exceptions=True
+        )
+        failed = [o for o in outcomes if isinstance(o, BaseException)]
+        if failed:
+            raise failed[0]
         return len(due)

@@ -21,7 +21,15 @@ from datetime import UTC, datetime
 
 from surge.auth import Authenticator, User
 from surge.ground.interfaces import Gate, OrderStates
-from surge.ground.orders import CANCELLED, PAID, PENDING, RETURNED, OrderState, Transition
+from surge.ground.orders import (
+    CANCELLED,
+    EXPIRED,
+    PAID,
+    PENDING,
+    RETURNED,
+    OrderState,
+    Transition,
+)
 from surge.ground.purchases import StoredOrder
 from surge.ground.sales import parse_idempotency_key, parse_json_object, rfc3339
 from surge.ground.tasks import Tasks
@@ -42,7 +50,8 @@ def _not_found() -> Problem:
 
 def _elsewhere(status: str) -> Problem:
     """The order is not where the call can take it from: the 409 names where it is."""
-    return Problem(409, f"order-{status}", f"the order is {status}")
+    kind = f"order-{status}" if status in (PAID, CANCELLED, EXPIRED) else "order-closed"
+    return Problem(409, kind, f"the order is {status}")
 
 
 def parse_payment_ref(body: bytes) -> str:
