@@ -233,6 +233,8 @@ class Sales(pb_grpc.SalesServicer):
                     recheck_at = None
                     sent = latest.pop()
                     yield sent
+                    if sent.state == "ended":  # the stream's last word, whoever said it
+                        return
                     continue
                 news.cancel()
                 if closing.done():
@@ -258,6 +260,8 @@ class Sales(pb_grpc.SalesServicer):
                     if now != sent and not changed.is_set():
                         sent = now
                         yield sent
+                        if sent.state == "ended":  # (a recheck that came late)
+                            return
                     continue
                 yield pb.SaleState(sale_id=sale.id, remaining=sent.remaining, state="ended")
                 return
