@@ -171,10 +171,16 @@ async def test_watch_ends_with_its_sale_and_shutdown_is_graceful(tmp_path: Path)
             watch = rpc.sales.WatchSale(pb.WatchSaleRequest(id=long.id))
             assert (await watch.read()).state == "live"
             server.process.send_signal(signal.SIGTERM)
-            await asyncio.sleep(0.3)
-            # draining: health says so at once, calls are still answered until intake stops
-            answer = await rpc.health.Check(health_pb2.HealthCheckRequest(service=""))
-            assert answer.status == health_pb2.HealthCheckResponse.NOT_SERVING
+            # draining: health says so at once (the signal reaches the loop within a
+            # moment), and calls are still answered until intake stops (1 s later)
+            seen = []
+            for _ in range(16):
+                answer = await rpc.health.Check(health_pb2.HealthCheckRequest(service=""))
+                seen.append(answer.status)
+                if answer.status == health_pb2.HealthCheckResponse.NOT_SERVING:
+                    break
+                await asyncio.sleep(0.05)
+            assert seen[-1] == health_pb2.HealthCheckResponse.NOT_SERVING, seen
             order = await rpc.orders.GetOrder(pb.GetOrderRequest(id=1), metadata=auth("user1"))
             assert order.id == 1
             # the stream is told to watch again elsewhere
