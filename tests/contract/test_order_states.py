@@ -216,3 +216,38 @@ async def test_returned_units_sell_again(stores: Stores) -> None:
     outcomes = sorted(p.outcome for p in again if isinstance(p, Purchase))
     assert outcomes == ["committed", "sold_out"]
     await stores.check_stock(sale)
+
+
+async def test_sweeps_at_once_expire_each_order_once(stores: Stores) -> None:
+    """The sweep's batch (one transaction): two processes sweeping together take
+    different orders (SKIP LOCKED), and every due order expires exactly once."""
+    sale = await stores.sale(stock=40)
+    start = datetime.now(UTC).replace(microsecond=0)
+    bought = [await stores.buy(sale, f"u{n}", now=start) for n in range(40)]
+    paid = bought[0]
+    await stores.states.pay(paid.id, paid.user_id, "p", "r", start)
+    later = start + timedelta(seconds=WINDOW)
+    assert await stores.states.expire_due(later - timedelta(seconds=1), 10) == []
+    other = SqlOrderStates(create_engine_like(stores))
+    try:
+        expired: list[int] = []
+        while True:
+            rounds = await asyncio.gather(
+                stores.states.expire_due(later, 15), other.expire_due(later, 15)
+            )
+            got = [state.order.id for batch in rounds for state in batch]
+            if not got:
+                break
+            expired += got
+            assert all(s.order.status == "expired" for batch in rounds for s in batch)
+    finally:
+        await other.engine.dispose()
+    assert sorted(expired) == sorted(o.id for o in bought[1:])  # each once, the paid one not
+    assert len(await stores.events("order.expired")) == 39
+    assert await stores.remaining(sale) == 39
+    await stores.check_stock(sale)
+
+
+def create_engine_like(stores: Stores) -> Any:
+    """A second process's engine on the same database."""
+    return create_engine(stores.engine.url.render_as_string(hide_password=False), pool_size=2)

@@ -12,8 +12,11 @@ sale's row is the one every buyer needs, its lock is held the shortest), so
 
 from __future__ import annotations
 
+import asyncio
+import dataclasses
 import json
 import logging
+import random
 from collections.abc import Sequence
 from datetime import UTC, datetime
 from typing import Any
@@ -35,7 +38,7 @@ from surge.schema import ORDER_COLUMNS, orders, outbox, sale_buyers, sales
 
 log = logging.getLogger("surge.orders")
 
-ATTEMPTS = 3  # a deadlock or lock wait timeout is retried (nothing of it was committed)
+ATTEMPTS = 5  # a deadlock or lock wait timeout is retried (nothing of it was committed)
 _DEADLOCKS = ("deadlock", "lock wait timeout", "database is locked", "40p01", "40001")
 
 
@@ -134,6 +137,50 @@ class SqlOrderStates:
             order_id, where, {"status": EXPIRED, "closed_at": at}, returns=True, now=at
         )
 
+    async def expire_due(self, now: datetime, limit: int) -> list[OrderState]:
+        """Expires up to `limit` pending orders whose pay_by has passed, in ONE transaction:
+        the orders, each buyer's count, and each sale's row once (in sale id order, last).
+        On MariaDB and PostgreSQL the due rows are taken FOR UPDATE SKIP LOCKED, so
+        processes sweeping at once take different orders instead of queueing on the same
+        rows; a payment holding a row's lock is skipped (the next sweep sees it paid).
+        SQLite has one writer at a time: the transaction itself is the lock."""
+        at = _naive(now)
+        query = (
+            sa.select(*_STATE_COLUMNS)
+            .where(orders.c.status == PENDING, orders.c.pay_by <= at)
+            .order_by(orders.c.pay_by, orders.c.id)
+            .limit(limit)
+        )
+        if self.engine.dialect.name in ("mysql", "postgresql"):
+            query = query.with_for_update(skip_locked=True)
+        for attempt in range(1, ATTEMPTS + 1):
+            try:
+                async with connected(self.engine) as conn, conn.begin():
+                    due = [_state(row) for row in (await conn.execute(query)).all()]
+                    if not due:
+                        return []
+                    ids = [state.order.id for state in due]
+                    changed = await conn.execute(
+                        sa.update(orders)
+                        .where(orders.c.id.in_(ids), orders.c.status == PENDING)
+                        .values(status=EXPIRED, closed_at=at)
+                    )
+                    if changed.rowcount != len(ids):  # another writer got in: go again
+                        raise _Moved
+                    expired = [_closed(state, EXPIRED, at) for state in due]
+                    for state in expired:
+                        await _record(conn, state, at)
+                    await _give_back_all(conn, expired)
+                return expired
+            except _Moved:
+                await _pause(attempt)
+            except sa.exc.OperationalError as exc:
+                text = str(exc.orig).lower()
+                if attempt == ATTEMPTS or not any(sign in text for sign in _DEADLOCKS):
+                    raise
+                await _pause(attempt)
+        return []
+
     async def _transition(
         self,
         order_id: int,
@@ -168,6 +215,7 @@ class SqlOrderStates:
                 if attempt == ATTEMPTS or not any(sign in text for sign in _DEADLOCKS):
                     raise
                 log.info("order %d: transition retried after %s", order_id, type(exc.orig).__name__)
+                await _pause(attempt)
         raise AssertionError("unreachable")
 
 
@@ -189,18 +237,45 @@ async def _record(conn: AsyncConnection, state: OrderState, now: datetime) -> No
     )
 
 
+async def _pause(attempt: int) -> None:
+    """Before trying again: SQLite refuses a second writer at once (it does not wait for a
+    read transaction to become a writer), so two at once would collide again."""
+    await asyncio.sleep(random.uniform(0.005, 0.03) * attempt)
+
+
+class _Moved(Exception):
+    """A due order changed between the read and the update (SQLite): roll back, again."""
+
+
+def _closed(state: OrderState, status: str, at: datetime) -> OrderState:
+    order = dataclasses.replace(state.order, status=status)
+    return dataclasses.replace(state, order=order, closed_at=at.replace(tzinfo=UTC))
+
+
+async def _give_back_all(conn: AsyncConnection, returned: Sequence[OrderState]) -> None:
+    """The units of several orders back: each buyer's count, then each sale's row once,
+    in sale id order (two sweeps never wait for each other in a cycle)."""
+    per_buyer: dict[tuple[int, str], int] = {}
+    per_sale: dict[int, int] = {}
+    for state in returned:
+        order = state.order
+        key = (order.sale_id, order.user_id)
+        per_buyer[key] = per_buyer.get(key, 0) + order.quantity
+        per_sale[order.sale_id] = per_sale.get(order.sale_id, 0) + order.quantity
+    for (sale_id, user_id), quantity in sorted(per_buyer.items()):
+        buyer = (sale_buyers.c.sale_id == sale_id, sale_buyers.c.user_id == user_id)
+        await conn.execute(
+            sa.update(sale_buyers).where(*buyer).values(bought=sale_buyers.c.bought - quantity)
+        )
+        await conn.execute(sa.delete(sale_buyers).where(*buyer, sale_buyers.c.bought <= 0))
+    for sale_id, quantity in sorted(per_sale.items()):
+        await conn.execute(
+            sa.update(sales)
+            .where(sales.c.id == sale_id)
+            .values(remaining=sales.c.remaining + quantity)
+        )
+
+
 async def _give_back(conn: AsyncConnection, state: OrderState) -> None:
     """The order's units back to its sale, and off its buyer's count; the sale's row last."""
-    order = state.order
-    buyer = (sale_buyers.c.sale_id == order.sale_id, sale_buyers.c.user_id == order.user_id)
-    await conn.execute(
-        sa.update(sale_buyers).where(*buyer).values(bought=sale_buyers.c.bought - order.quantity)
-    )
-    # a buyer left with nothing has no row, as one who never bought: a batch of winners
-    # inserts every buyer's row, and an existing one would refuse the whole batch
-    await conn.execute(sa.delete(sale_buyers).where(*buyer, sale_buyers.c.bought <= 0))
-    await conn.execute(
-        sa.update(sales)
-        .where(sales.c.id == order.sale_id)
-        .values(remaining=sales.c.remaining + order.quantity)
-    )
+    await _give_back_all(conn, [state])

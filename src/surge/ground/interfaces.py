@@ -55,6 +55,10 @@ class OrderStates(Protocol):
         """Pending orders whose pay_by has passed, the oldest deadline first."""
         ...
 
+    async def expire_due(self, now: datetime, limit: int) -> list[OrderState]:
+        """Expires up to `limit` of them in one transaction (the sweep); the expired."""
+        ...
+
 
 class Cache(Protocol):
     """A shared byte cache with per-key TTL (Redis, or in-process in embedded mode)."""
