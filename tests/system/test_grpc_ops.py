@@ -190,3 +190,54 @@ async def test_watch_ends_with_its_sale_and_shutdown_is_graceful(tmp_path: Path)
             assert error_info(ended.value).reason == "shutting-down"
         assert server.process.wait(timeout=20) == 0
         assert "stopped" in server.output()
+
+
+async def test_paying_and_cancelling_over_grpc(tmp_path: Path) -> None:
+    """PayOrder and CancelOrder: POST /orders/{id}/pay and /cancel, their rules and
+    refusals (issue 19) as gRPC statuses."""
+    with _embedded(tmp_path) as (_server, address):
+        async with stubs(address) as rpc:
+            sale = await rpc.sales.CreateSale(new_sale(2), metadata=admin())
+            buy = pb.PlaceOrderRequest(sale_id=sale.id, idempotency_key="k")
+            order = await rpc.sales.PlaceOrder(buy, metadata=auth("u"))
+            assert order.status == "pending" and order.pay_by.seconds > 0
+
+            pay = pb.PayOrderRequest(id=order.id, payment_ref="psp-9", idempotency_key="p")
+            paid = await rpc.orders.PayOrder(pay, metadata=auth("u"))
+            assert (paid.status, paid.payment_ref) == ("paid", "psp-9")
+            assert paid.closed_at.seconds > 0
+            assert await rpc.orders.PayOrder(pay, metadata=auth("u")) == paid  # the same again
+
+            async def refused(call: object) -> tuple[str, str]:
+                with pytest.raises(grpc.aio.AioRpcError) as raised:
+                    await call  # type: ignore[misc]
+                return raised.value.code().name, error_info(raised.value).reason
+
+            other_key = pb.PayOrderRequest(id=order.id, payment_ref="psp-9", idempotency_key="q")
+            assert await refused(rpc.orders.PayOrder(other_key, metadata=auth("u"))) == (
+                "FAILED_PRECONDITION",
+                "order-paid",
+            )
+            no_key = pb.PayOrderRequest(id=order.id, payment_ref="psp-9")
+            assert (await refused(rpc.orders.PayOrder(no_key, metadata=auth("u"))))[0] == (
+                "INVALID_ARGUMENT"
+            )
+            no_ref = pb.PayOrderRequest(id=order.id, idempotency_key="r")
+            assert await refused(rpc.orders.PayOrder(no_ref, metadata=auth("u"))) == (
+                "INVALID_ARGUMENT",
+                "invalid-payment",
+            )
+            assert await refused(rpc.orders.PayOrder(pay, metadata=auth("stranger"))) == (
+                "NOT_FOUND",
+                "order-not-found",
+            )
+            cancel = pb.CancelOrderRequest(id=order.id)
+            assert await refused(rpc.orders.CancelOrder(cancel, metadata=auth("u"))) == (
+                "FAILED_PRECONDITION",
+                "order-paid",
+            )
+            cancelled = await rpc.orders.CancelOrder(cancel, metadata=admin())
+            assert (cancelled.status, cancelled.payment_ref) == ("cancelled", "psp-9")
+            assert await rpc.orders.CancelOrder(cancel, metadata=admin()) == cancelled
+            await asyncio.sleep(0.6)  # GET /sales/{id}'s view is rebuilt twice a second
+            assert (await rpc.sales.GetSale(pb.GetSaleRequest(id=sale.id))).remaining == 2

@@ -27,6 +27,10 @@ _BY_KIND = {
     "sale-not-live": grpc.StatusCode.FAILED_PRECONDITION,
     "key-reused": grpc.StatusCode.FAILED_PRECONDITION,
     "key-in-flight": grpc.StatusCode.ABORTED,
+    "order-paid": grpc.StatusCode.FAILED_PRECONDITION,
+    "order-cancelled": grpc.StatusCode.FAILED_PRECONDITION,
+    "order-expired": grpc.StatusCode.FAILED_PRECONDITION,
+    "order-closed": grpc.StatusCode.FAILED_PRECONDITION,
     "body-too-large": grpc.StatusCode.INVALID_ARGUMENT,
 }
 _BY_STATUS = {
@@ -124,6 +128,10 @@ def order(data: dict[str, Any]) -> pb.Order:
     )
     if data.get("pay_by"):
         made.pay_by.CopyFrom(timestamp(data["pay_by"]))
+    if data.get("closed_at"):
+        made.closed_at.CopyFrom(timestamp(data["closed_at"]))
+    if data.get("payment_ref"):
+        made.payment_ref = data["payment_ref"]
     return made
 
 

@@ -147,6 +147,30 @@ class Orders(pb_grpc.OrdersServicer):
 
         return await self._calls.reply(context, answer, 200, page)
 
+    async def PayOrder(
+        self, request: pb.PayOrderRequest, context: grpc.aio.ServicerContext
+    ) -> pb.Order:
+        body = orjson.dumps({"payment_ref": request.payment_ref})
+        answer = await self._calls.http(
+            context,
+            "PayOrder",
+            "POST",
+            "/orders/{id}/pay",
+            {"id": str(request.id)},
+            body,
+            idempotency_key=request.idempotency_key or None,
+        )
+        return await self._calls.reply(context, answer, 200, convert.order)
+
+    async def CancelOrder(
+        self, request: pb.CancelOrderRequest, context: grpc.aio.ServicerContext
+    ) -> pb.Order:
+        params = {"id": str(request.id)}
+        answer = await self._calls.http(
+            context, "CancelOrder", "POST", "/orders/{id}/cancel", params
+        )
+        return await self._calls.reply(context, answer, 200, convert.order)
+
 
 class Sales(pb_grpc.SalesServicer):
     def __init__(self, calls: Calls, watch: Watch) -> None:

@@ -25,7 +25,7 @@ _sym_db = _symbol_database.Default()
 from google.protobuf import timestamp_pb2 as google_dot_protobuf_dot_timestamp__pb2
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x14surge/v1/surge.proto\x12\x08surge.v1\x1a\x1fgoogle/protobuf/timestamp.proto\"\xb3\x01\n\x05Order\x12\n\n\x02id\x18\x01 \x01(\x03\x12\x0f\n\x07sale_id\x18\x02 \x01(\x03\x12\x0f\n\x07user_id\x18\x03 \x01(\t\x12\x10\n\x08quantity\x18\x04 \x01(\x05\x12\x0e\n\x06status\x18\x05 \x01(\t\x12.\n\ncreated_at\x18\x06 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12*\n\x06pay_by\x18\x07 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\"\x1d\n\x0fGetOrderRequest\x12\n\n\x02id\x18\x01 \x01(\x03\"4\n\x13ListMyOrdersRequest\x12\x0e\n\x06\x63ursor\x18\x01 \x01(\t\x12\r\n\x05limit\x18\x02 \x01(\x05\"D\n\x14ListMyOrdersResponse\x12\x1e\n\x05items\x18\x01 \x03(\x0b\x32\x0f.surge.v1.Order\x12\x0c\n\x04next\x18\x02 \x01(\t\"\xc5\x01\n\x04Sale\x12\n\n\x02id\x18\x01 \x01(\x03\x12\x0c\n\x04name\x18\x02 \x01(\t\x12\r\n\x05stock\x18\x03 \x01(\x05\x12\x11\n\tremaining\x18\x04 \x01(\x05\x12\r\n\x05state\x18\x05 \x01(\t\x12\x16\n\x0eper_user_limit\x18\x06 \x01(\x05\x12-\n\tstarts_at\x18\x07 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12+\n\x07\x65nds_at\x18\x08 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\"\xa4\x01\n\x11\x43reateSaleRequest\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\r\n\x05stock\x18\x02 \x01(\x05\x12\x16\n\x0eper_user_limit\x18\x03 \x01(\x05\x12-\n\tstarts_at\x18\x04 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12+\n\x07\x65nds_at\x18\x05 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\"\x1c\n\x0eGetSaleRequest\x12\n\n\x02id\x18\x01 \x01(\x03\"O\n\x11PlaceOrderRequest\x12\x0f\n\x07sale_id\x18\x01 \x01(\x03\x12\x10\n\x08quantity\x18\x02 \x01(\x05\x12\x17\n\x0fidempotency_key\x18\x03 \x01(\t\"\x1e\n\x10WatchSaleRequest\x12\n\n\x02id\x18\x01 \x01(\x03\">\n\tSaleState\x12\x0f\n\x07sale_id\x18\x01 \x01(\x03\x12\x11\n\tremaining\x18\x02 \x01(\x05\x12\r\n\x05state\x18\x03 \x01(\t\",\n\x0ePublishRequest\x12\x0c\n\x04room\x18\x01 \x01(\t\x12\x0c\n\x04\x64\x61ta\x18\x02 \x01(\t\")\n\x0cPublishReply\x12\x0c\n\x04room\x18\x01 \x01(\t\x12\x0b\n\x03seq\x18\x02 \x01(\x03\x32\x8f\x01\n\x06Orders\x12\x36\n\x08GetOrder\x12\x19.surge.v1.GetOrderRequest\x1a\x0f.surge.v1.Order\x12M\n\x0cListMyOrders\x12\x1d.surge.v1.ListMyOrdersRequest\x1a\x1e.surge.v1.ListMyOrdersResponse2\xf3\x01\n\x05Sales\x12\x39\n\nCreateSale\x12\x1b.surge.v1.CreateSaleRequest\x1a\x0e.surge.v1.Sale\x12\x33\n\x07GetSale\x12\x18.surge.v1.GetSaleRequest\x1a\x0e.surge.v1.Sale\x12:\n\nPlaceOrder\x12\x1b.surge.v1.PlaceOrderRequest\x1a\x0f.surge.v1.Order\x12>\n\tWatchSale\x12\x1a.surge.v1.WatchSaleRequest\x1a\x13.surge.v1.SaleState0\x01\x32\x44\n\x05Rooms\x12;\n\x07Publish\x12\x18.surge.v1.PublishRequest\x1a\x16.surge.v1.PublishReplyb\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x14surge/v1/surge.proto\x12\x08surge.v1\x1a\x1fgoogle/protobuf/timestamp.proto\"\xf7\x01\n\x05Order\x12\n\n\x02id\x18\x01 \x01(\x03\x12\x0f\n\x07sale_id\x18\x02 \x01(\x03\x12\x0f\n\x07user_id\x18\x03 \x01(\t\x12\x10\n\x08quantity\x18\x04 \x01(\x05\x12\x0e\n\x06status\x18\x05 \x01(\t\x12.\n\ncreated_at\x18\x06 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12*\n\x06pay_by\x18\x07 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12-\n\tclosed_at\x18\x08 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x13\n\x0bpayment_ref\x18\t \x01(\t\"K\n\x0fPayOrderRequest\x12\n\n\x02id\x18\x01 \x01(\x03\x12\x13\n\x0bpayment_ref\x18\x02 \x01(\t\x12\x17\n\x0fidempotency_key\x18\x03 \x01(\t\" \n\x12\x43\x61ncelOrderRequest\x12\n\n\x02id\x18\x01 \x01(\x03\"\x1d\n\x0fGetOrderRequest\x12\n\n\x02id\x18\x01 \x01(\x03\"4\n\x13ListMyOrdersRequest\x12\x0e\n\x06\x63ursor\x18\x01 \x01(\t\x12\r\n\x05limit\x18\x02 \x01(\x05\"D\n\x14ListMyOrdersResponse\x12\x1e\n\x05items\x18\x01 \x03(\x0b\x32\x0f.surge.v1.Order\x12\x0c\n\x04next\x18\x02 \x01(\t\"\xc5\x01\n\x04Sale\x12\n\n\x02id\x18\x01 \x01(\x03\x12\x0c\n\x04name\x18\x02 \x01(\t\x12\r\n\x05stock\x18\x03 \x01(\x05\x12\x11\n\tremaining\x18\x04 \x01(\x05\x12\r\n\x05state\x18\x05 \x01(\t\x12\x16\n\x0eper_user_limit\x18\x06 \x01(\x05\x12-\n\tstarts_at\x18\x07 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12+\n\x07\x65nds_at\x18\x08 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\"\xa4\x01\n\x11\x43reateSaleRequest\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\r\n\x05stock\x18\x02 \x01(\x05\x12\x16\n\x0eper_user_limit\x18\x03 \x01(\x05\x12-\n\tstarts_at\x18\x04 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12+\n\x07\x65nds_at\x18\x05 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\"\x1c\n\x0eGetSaleRequest\x12\n\n\x02id\x18\x01 \x01(\x03\"O\n\x11PlaceOrderRequest\x12\x0f\n\x07sale_id\x18\x01 \x01(\x03\x12\x10\n\x08quantity\x18\x02 \x01(\x05\x12\x17\n\x0fidempotency_key\x18\x03 \x01(\t\"\x1e\n\x10WatchSaleRequest\x12\n\n\x02id\x18\x01 \x01(\x03\">\n\tSaleState\x12\x0f\n\x07sale_id\x18\x01 \x01(\x03\x12\x11\n\tremaining\x18\x02 \x01(\x05\x12\r\n\x05state\x18\x03 \x01(\t\",\n\x0ePublishRequest\x12\x0c\n\x04room\x18\x01 \x01(\t\x12\x0c\n\x04\x64\x61ta\x18\x02 \x01(\t\")\n\x0cPublishReply\x12\x0c\n\x04room\x18\x01 \x01(\t\x12\x0b\n\x03seq\x18\x02 \x01(\x03\x32\x85\x02\n\x06Orders\x12\x36\n\x08GetOrder\x12\x19.surge.v1.GetOrderRequest\x1a\x0f.surge.v1.Order\x12M\n\x0cListMyOrders\x12\x1d.surge.v1.ListMyOrdersRequest\x1a\x1e.surge.v1.ListMyOrdersResponse\x12\x36\n\x08PayOrder\x12\x19.surge.v1.PayOrderRequest\x1a\x0f.surge.v1.Order\x12<\n\x0b\x43\x61ncelOrder\x12\x1c.surge.v1.CancelOrderRequest\x1a\x0f.surge.v1.Order2\xf3\x01\n\x05Sales\x12\x39\n\nCreateSale\x12\x1b.surge.v1.CreateSaleRequest\x1a\x0e.surge.v1.Sale\x12\x33\n\x07GetSale\x12\x18.surge.v1.GetSaleRequest\x1a\x0e.surge.v1.Sale\x12:\n\nPlaceOrder\x12\x1b.surge.v1.PlaceOrderRequest\x1a\x0f.surge.v1.Order\x12>\n\tWatchSale\x12\x1a.surge.v1.WatchSaleRequest\x1a\x13.surge.v1.SaleState0\x01\x32\x44\n\x05Rooms\x12;\n\x07Publish\x12\x18.surge.v1.PublishRequest\x1a\x16.surge.v1.PublishReplyb\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
@@ -33,33 +33,37 @@ _builder.BuildTopDescriptorsAndMessages(DESCRIPTOR, 'surge.v1.surge_pb2', _globa
 if not _descriptor._USE_C_DESCRIPTORS:
   DESCRIPTOR._loaded_options = None
   _globals['_ORDER']._serialized_start=68
-  _globals['_ORDER']._serialized_end=247
-  _globals['_GETORDERREQUEST']._serialized_start=249
-  _globals['_GETORDERREQUEST']._serialized_end=278
-  _globals['_LISTMYORDERSREQUEST']._serialized_start=280
-  _globals['_LISTMYORDERSREQUEST']._serialized_end=332
-  _globals['_LISTMYORDERSRESPONSE']._serialized_start=334
-  _globals['_LISTMYORDERSRESPONSE']._serialized_end=402
-  _globals['_SALE']._serialized_start=405
-  _globals['_SALE']._serialized_end=602
-  _globals['_CREATESALEREQUEST']._serialized_start=605
-  _globals['_CREATESALEREQUEST']._serialized_end=769
-  _globals['_GETSALEREQUEST']._serialized_start=771
-  _globals['_GETSALEREQUEST']._serialized_end=799
-  _globals['_PLACEORDERREQUEST']._serialized_start=801
-  _globals['_PLACEORDERREQUEST']._serialized_end=880
-  _globals['_WATCHSALEREQUEST']._serialized_start=882
-  _globals['_WATCHSALEREQUEST']._serialized_end=912
-  _globals['_SALESTATE']._serialized_start=914
-  _globals['_SALESTATE']._serialized_end=976
-  _globals['_PUBLISHREQUEST']._serialized_start=978
-  _globals['_PUBLISHREQUEST']._serialized_end=1022
-  _globals['_PUBLISHREPLY']._serialized_start=1024
-  _globals['_PUBLISHREPLY']._serialized_end=1065
-  _globals['_ORDERS']._serialized_start=1068
-  _globals['_ORDERS']._serialized_end=1211
-  _globals['_SALES']._serialized_start=1214
-  _globals['_SALES']._serialized_end=1457
-  _globals['_ROOMS']._serialized_start=1459
-  _globals['_ROOMS']._serialized_end=1527
+  _globals['_ORDER']._serialized_end=315
+  _globals['_PAYORDERREQUEST']._serialized_start=317
+  _globals['_PAYORDERREQUEST']._serialized_end=392
+  _globals['_CANCELORDERREQUEST']._serialized_start=394
+  _globals['_CANCELORDERREQUEST']._serialized_end=426
+  _globals['_GETORDERREQUEST']._serialized_start=428
+  _globals['_GETORDERREQUEST']._serialized_end=457
+  _globals['_LISTMYORDERSREQUEST']._serialized_start=459
+  _globals['_LISTMYORDERSREQUEST']._serialized_end=511
+  _globals['_LISTMYORDERSRESPONSE']._serialized_start=513
+  _globals['_LISTMYORDERSRESPONSE']._serialized_end=581
+  _globals['_SALE']._serialized_start=584
+  _globals['_SALE']._serialized_end=781
+  _globals['_CREATESALEREQUEST']._serialized_start=784
+  _globals['_CREATESALEREQUEST']._serialized_end=948
+  _globals['_GETSALEREQUEST']._serialized_start=950
+  _globals['_GETSALEREQUEST']._serialized_end=978
+  _globals['_PLACEORDERREQUEST']._serialized_start=980
+  _globals['_PLACEORDERREQUEST']._serialized_end=1059
+  _globals['_WATCHSALEREQUEST']._serialized_start=1061
+  _globals['_WATCHSALEREQUEST']._serialized_end=1091
+  _globals['_SALESTATE']._serialized_start=1093
+  _globals['_SALESTATE']._serialized_end=1155
+  _globals['_PUBLISHREQUEST']._serialized_start=1157
+  _globals['_PUBLISHREQUEST']._serialized_end=1201
+  _globals['_PUBLISHREPLY']._serialized_start=1203
+  _globals['_PUBLISHREPLY']._serialized_end=1244
+  _globals['_ORDERS']._serialized_start=1247
+  _globals['_ORDERS']._serialized_end=1508
+  _globals['_SALES']._serialized_start=1511
+  _globals['_SALES']._serialized_end=1754
+  _globals['_ROOMS']._serialized_start=1756
+  _globals['_ROOMS']._serialized_end=1824
 # @@protoc_insertion_point(module_scope)

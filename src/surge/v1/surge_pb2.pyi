@@ -10,7 +10,7 @@ from typing import ClassVar as _ClassVar, Optional as _Optional, Union as _Union
 DESCRIPTOR: _descriptor.FileDescriptor
 
 class Order(_message.Message):
-    __slots__ = ("id", "sale_id", "user_id", "quantity", "status", "created_at", "pay_by")
+    __slots__ = ("id", "sale_id", "user_id", "quantity", "status", "created_at", "pay_by", "closed_at", "payment_ref")
     ID_FIELD_NUMBER: _ClassVar[int]
     SALE_ID_FIELD_NUMBER: _ClassVar[int]
     USER_ID_FIELD_NUMBER: _ClassVar[int]
@@ -18,6 +18,8 @@ class Order(_message.Message):
     STATUS_FIELD_NUMBER: _ClassVar[int]
     CREATED_AT_FIELD_NUMBER: _ClassVar[int]
     PAY_BY_FIELD_NUMBER: _ClassVar[int]
+    CLOSED_AT_FIELD_NUMBER: _ClassVar[int]
+    PAYMENT_REF_FIELD_NUMBER: _ClassVar[int]
     id: int
     sale_id: int
     user_id: str
@@ -25,7 +27,25 @@ class Order(_message.Message):
     status: str
     created_at: _timestamp_pb2.Timestamp
     pay_by: _timestamp_pb2.Timestamp
-    def __init__(self, id: _Optional[int] = ..., sale_id: _Optional[int] = ..., user_id: _Optional[str] = ..., quantity: _Optional[int] = ..., status: _Optional[str] = ..., created_at: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., pay_by: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ...) -> None: ...
+    closed_at: _timestamp_pb2.Timestamp
+    payment_ref: str
+    def __init__(self, id: _Optional[int] = ..., sale_id: _Optional[int] = ..., user_id: _Optional[str] = ..., quantity: _Optional[int] = ..., status: _Optional[str] = ..., created_at: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., pay_by: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., closed_at: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., payment_ref: _Optional[str] = ...) -> None: ...
+
+class PayOrderRequest(_message.Message):
+    __slots__ = ("id", "payment_ref", "idempotency_key")
+    ID_FIELD_NUMBER: _ClassVar[int]
+    PAYMENT_REF_FIELD_NUMBER: _ClassVar[int]
+    IDEMPOTENCY_KEY_FIELD_NUMBER: _ClassVar[int]
+    id: int
+    payment_ref: str
+    idempotency_key: str
+    def __init__(self, id: _Optional[int] = ..., payment_ref: _Optional[str] = ..., idempotency_key: _Optional[str] = ...) -> None: ...
+
+class CancelOrderRequest(_message.Message):
+    __slots__ = ("id",)
+    ID_FIELD_NUMBER: _ClassVar[int]
+    id: int
+    def __init__(self, id: _Optional[int] = ...) -> None: ...
 
 class GetOrderRequest(_message.Message):
     __slots__ = ("id",)

@@ -26,7 +26,7 @@ if _version_not_supported:
 
 
 class OrdersStub:
-    """GET /orders/{id} and GET /users/me/orders.
+    """GET /orders/{id}, GET /users/me/orders, POST /orders/{id}/pay and /cancel.
     """
 
     def __init__(self, channel):
@@ -45,10 +45,20 @@ class OrdersStub:
                 request_serializer=surge_dot_v1_dot_surge__pb2.ListMyOrdersRequest.SerializeToString,
                 response_deserializer=surge_dot_v1_dot_surge__pb2.ListMyOrdersResponse.FromString,
                 _registered_method=True)
+        self.PayOrder = channel.unary_unary(
+                '/surge.v1.Orders/PayOrder',
+                request_serializer=surge_dot_v1_dot_surge__pb2.PayOrderRequest.SerializeToString,
+                response_deserializer=surge_dot_v1_dot_surge__pb2.Order.FromString,
+                _registered_method=True)
+        self.CancelOrder = channel.unary_unary(
+                '/surge.v1.Orders/CancelOrder',
+                request_serializer=surge_dot_v1_dot_surge__pb2.CancelOrderRequest.SerializeToString,
+                response_deserializer=surge_dot_v1_dot_surge__pb2.Order.FromString,
+                _registered_method=True)
 
 
 class OrdersServicer:
-    """GET /orders/{id} and GET /users/me/orders.
+    """GET /orders/{id}, GET /users/me/orders, POST /orders/{id}/pay and /cancel.
     """
 
     def GetOrder(self, request, context):
@@ -61,6 +71,24 @@ class OrdersServicer:
 
     def ListMyOrders(self, request, context):
         """The caller's orders, newest first, a page at a time.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def PayOrder(self, request, context):
+        """The buyer pays a pending order before its pay_by: exactly once per idempotency_key
+        (the same key and payment_ref answer the paid order again). FAILED_PRECONDITION
+        with reason order-paid, order-cancelled, order-expired or order-closed names where
+        the order is instead.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def CancelOrder(self, request, context):
+        """The buyer cancels a pending order, an admin a pending or paid one; its units go back
+        on sale. A cancelled order answers the same again.
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
@@ -79,6 +107,16 @@ def add_OrdersServicer_to_server(servicer, server):
                     request_deserializer=surge_dot_v1_dot_surge__pb2.ListMyOrdersRequest.FromString,
                     response_serializer=surge_dot_v1_dot_surge__pb2.ListMyOrdersResponse.SerializeToString,
             ),
+            'PayOrder': grpc.unary_unary_rpc_method_handler(
+                    servicer.PayOrder,
+                    request_deserializer=surge_dot_v1_dot_surge__pb2.PayOrderRequest.FromString,
+                    response_serializer=surge_dot_v1_dot_surge__pb2.Order.SerializeToString,
+            ),
+            'CancelOrder': grpc.unary_unary_rpc_method_handler(
+                    servicer.CancelOrder,
+                    request_deserializer=surge_dot_v1_dot_surge__pb2.CancelOrderRequest.FromString,
+                    response_serializer=surge_dot_v1_dot_surge__pb2.Order.SerializeToString,
+            ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
             'surge.v1.Orders', rpc_method_handlers)
@@ -88,7 +126,7 @@ def add_OrdersServicer_to_server(servicer, server):
 
  # This class is part of an EXPERIMENTAL API.
 class Orders:
-    """GET /orders/{id} and GET /users/me/orders.
+    """GET /orders/{id}, GET /users/me/orders, POST /orders/{id}/pay and /cancel.
     """
 
     @staticmethod
@@ -135,6 +173,60 @@ class Orders:
             '/surge.v1.Orders/ListMyOrders',
             surge_dot_v1_dot_surge__pb2.ListMyOrdersRequest.SerializeToString,
             surge_dot_v1_dot_surge__pb2.ListMyOrdersResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def PayOrder(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/surge.v1.Orders/PayOrder',
+            surge_dot_v1_dot_surge__pb2.PayOrderRequest.SerializeToString,
+            surge_dot_v1_dot_surge__pb2.Order.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def CancelOrder(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/surge.v1.Orders/CancelOrder',
+            surge_dot_v1_dot_surge__pb2.CancelOrderRequest.SerializeToString,
+            surge_dot_v1_dot_surge__pb2.Order.FromString,
             options,
             channel_credentials,
             insecure,
