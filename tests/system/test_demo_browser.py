@@ -243,6 +243,15 @@ async def test_the_demo_page_lists_sells_and_chats(tmp_path: Path) -> None:
                         # the buyer's own room: the order, then its mail
                         await page.wait_for("events", f"Order #{order['id']} confirmed")
                         await page.wait_for("events", f"mail sent for order #{order['id']}")
+                        # pending: paid from the page (issue 19), and its event arrives
+                        await page.click(f"pay-{order['id']}")
+                        await page.wait_for("events", f"Order #{order['id']} paid")
+                        async with httpx.AsyncClient() as http:
+                            stored = await http.get(
+                                f"{server.url}/orders/{order['id']}",
+                                headers=_token("browser-user"),
+                            )
+                        assert stored.json()["status"] == "paid"
                         await page.wait_for(f"sale-{sale_id}", "sold out")
                         assert (
                             await page.evaluate(
