@@ -48,6 +48,7 @@ from surge.sales.feed import StockFeed, UserEvents
 from surge.sales.listing import SaleList
 from surge.sales.payments import OrderLifecycle
 from surge.sales.purchase import Purchases
+from surge.sales.restock import StockBack
 from surge.work.audit import AuditLog
 from surge.work.mail import Notify
 from surge.work.worker import Worker, WorkerOptions, worker_name
@@ -190,12 +191,10 @@ class App:
             self.auth,
             backends.order_states,
             backends.gate,
-            self.sold_out,
-            self.feed,
+            StockBack(configs, self.feed, self.sold_out),
             self.orders.invalidate,
             UserEvents(self.hub),
             self.settings.route_deadline,
-            configs,
         )
         self._stack.push_async_callback(lifecycle.close)  # before the pools close
         self.router.add("POST", "/orders/{id}/pay", lifecycle.pay)

@@ -26,6 +26,7 @@ from surge.ground.web import Problem, Request
 from surge.sales.cache import SaleConfigs, SoldOutBoard
 from surge.sales.feed import StockFeed, UserEvents
 from surge.sales.payments import OrderLifecycle
+from surge.sales.restock import StockBack
 
 pytestmark = pytest.mark.anyio
 SECRET = "review19-secret-0123456789-0123456789-xx"
@@ -68,12 +69,10 @@ class World:
             Authenticator(SECRET),
             self.states,
             self.gate,
-            self.board,
-            self.feed,
+            StockBack(SaleConfigs(self.sales), self.feed, self.board),
             invalidate,
             UserEvents(self.rooms),
             lambda route: deadline,
-            SaleConfigs(self.sales),
         )
 
     async def sale(self, stock: int, starts: datetime, ends: datetime) -> Sale:

@@ -95,16 +95,6 @@ class SqlOrderStates:
             ).first()
         return None if row is None else _state(row)
 
-    async def due(self, now: datetime, limit: int) -> list[int]:
-        query = (
-            sa.select(orders.c.id)
-            .where(orders.c.status == PENDING, orders.c.pay_by <= _naive(now))
-            .order_by(orders.c.pay_by, orders.c.id)
-            .limit(limit)
-        )
-        async with connected(self.engine) as conn:
-            return [int(row[0]) for row in (await conn.execute(query)).all()]
-
     async def pay(
         self, order_id: int, user_id: str, pay_key: str, payment_ref: str, now: datetime
     ) -> Transition:
@@ -208,7 +198,7 @@ class SqlOrderStates:
                     state = _state(row)
                     await _record(conn, state, now)
                     if returns:
-                        await _give_back(conn, state)
+                        await _give_back_all(conn, [state])
                 return Transition(state, changed=True)
             except sa.exc.OperationalError as exc:
                 text = str(exc.orig).lower()
@@ -274,8 +264,3 @@ async def _give_back_all(conn: AsyncConnection, returned: Sequence[OrderState]) 
             .where(sales.c.id == sale_id)
             .values(remaining=sales.c.remaining + quantity)
         )
-
-
-async def _give_back(conn: AsyncConnection, state: OrderState) -> None:
-    """The order's units back to its sale, and off its buyer's count; the sale's row last."""
-    await _give_back_all(conn, [state])

@@ -51,12 +51,9 @@ class OrderStates(Protocol):
         """A pending order whose pay_by has passed."""
         ...
 
-    async def due(self, now: datetime, limit: int) -> list[int]:
-        """Pending orders whose pay_by has passed, the oldest deadline first."""
-        ...
-
     async def expire_due(self, now: datetime, limit: int) -> list[OrderState]:
-        """Expires up to `limit` of them in one transaction (the sweep); the expired."""
+        """Expires up to `limit` pending orders whose pay_by has passed, the oldest
+        deadline first, in one transaction (the sweep); the expired."""
         ...
 
 

@@ -39,7 +39,6 @@ class ExpirySweep:
         self._states = states
         self._moved = moved
         self._every = every
-        self.expired = 0  # by this process
         self.failures = 0
 
     async def run(self) -> None:
@@ -61,7 +60,6 @@ class ExpirySweep:
         """Expires what is due now, in one transaction, then follows each up (the gate,
         the feed, the caches, the buyer's room); the number expired."""
         expired = await self._states.expire_due(datetime.now(UTC), BATCH)
-        self.expired += len(expired)
         gate = asyncio.Semaphore(AT_ONCE)
 
         async def follow(state: OrderState) -> None:

@@ -36,8 +36,8 @@ from surge.ground.tasks import Tasks
 from surge.ground.web import Problem, Request, Response, json_response
 from surge.orders import parse_id
 from surge.protect.deadlines import within
-from surge.sales.cache import SaleConfigs, SoldOutBoard
-from surge.sales.feed import StockFeed, UserEvents
+from surge.sales.feed import UserEvents
+from surge.sales.restock import StockBack
 
 log = logging.getLogger("surge.payments")
 
@@ -92,21 +92,17 @@ class OrderLifecycle:
         auth: Authenticator,
         states: OrderStates,
         gate: Gate,
-        board: SoldOutBoard,
-        feed: StockFeed,
+        stock_back: StockBack,  # the feed and the sold-out boards, when units come back
         invalidate: Callable[..., Awaitable[None]],
         events: UserEvents,
         deadline: Callable[[str], float],  # of a route, "METHOD /template"
-        configs: SaleConfigs | None = None,  # the sales' dates: the feed's state
     ) -> None:
         self._auth = auth
         self._states = states
         self._gate = gate
-        self._board = board
-        self._feed = feed
+        self._stock_back = stock_back
         self._invalidate = invalidate
         self._events = events
-        self._configs = configs
         self._following = Tasks()  # follow-ups no deadline may cut off
         self._pay_deadline = deadline("POST /orders/{id}/pay")
         self._cancel_deadline = deadline("POST /orders/{id}/cancel")
@@ -205,22 +201,5 @@ class OrderLifecycle:
                 "sale %d: units of order %d not given back yet: %s", order.sale_id, order.id, exc
             )
             return
-        if left < 0:  # no gate: the sale's next purchase installs it from the database
-            return
-        sale = None
-        if self._configs is not None:
-            try:
-                sale = await self._configs.get(order.sale_id)
-            except Exception:  # the database down: the count says what it can
-                sale = None
-        if sale is not None:  # upcoming, live, sold out or ended, as GET /sales/{id} says
-            self._feed.changed(order.sale_id, left, sale.state(datetime.now(UTC), left))
-        else:
-            self._feed.changed(order.sale_id, left, "live" if left > 0 else "sold_out")
-        if left > 0:
-            try:
-                await self._board.unmark(order.sale_id)  # nobody refused for them any longer
-            except Exception as exc:
-                log.warning(
-                    "sale %d: sold-out boards not told of a restock: %s", order.sale_id, exc
-                )
+        if left >= 0:  # (no gate: the sale's next purchase installs it from the database)
+            await self._stock_back(order.sale_id, left)

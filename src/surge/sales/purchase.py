@@ -40,6 +40,7 @@ from surge.sales.cache import SaleConfigs, SoldOutBoard
 from surge.sales.commits import AfterCommit, CommitBatcher
 from surge.sales.feed import StockFeed, UserEvents
 from surge.sales.reconcile import GateKeeper
+from surge.sales.restock import StockBack
 
 log = logging.getLogger("surge.purchase")
 T = TypeVar("T")
@@ -94,6 +95,7 @@ class Purchases:
         self._batcher = CommitBatcher(sales)
         self._books = AfterCommit(gate, invalidate)
         self._events = events  # the buyer's own room hears of the order
+        self._stock_back = StockBack(configs, feed, board)
         # A gate found missing is rebuilt by reconciling it (surge.sales.reconcile; App runs the
         # periodic pass). A reservation is stale once its request has given up: the
         # deadline, the commit's grace of one more, and a margin.
@@ -286,9 +288,7 @@ class Purchases:
         except Exception:
             log.exception("gate release failed for sale %d", sale_id)
             return
-        self._feed.changed(sale_id, left, "live" if left > 0 else "sold_out")
-        if left > 0:  # stock is back: nobody may be refused for it any longer
-            await _quietly(self._board.unmark(sale_id))
+        await self._stock_back(sale_id, left)
 
     async def _replay(self, sale_id: int, user_id: str, key: str, wanted: str) -> Response:
         stored = await self._stored(sale_id, user_id, key, wanted, learn=False)
