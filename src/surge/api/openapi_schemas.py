@@ -66,6 +66,15 @@ PROBLEM_TYPES = {
 }
 
 
+# the fields an order has in every answer (Order, and OrderState with the payment's)
+_ORDER_FIELDS: dict[str, Any] = {
+    "id": {"type": "integer", "minimum": 1},
+    "sale_id": {"type": "integer", "minimum": 1},
+    "user_id": {"type": "string", "minLength": 1, "maxLength": 64},
+    "quantity": {"type": "integer", "minimum": 1},
+    "created_at": {"type": "string", "format": "date-time"},
+}
+
 SCHEMAS: dict[str, Any] = {
     "Presence": {
         "type": "object",
@@ -90,12 +99,8 @@ SCHEMAS: dict[str, Any] = {
         "required": ["id", "sale_id", "user_id", "quantity", "status", "created_at"],
         "additionalProperties": False,
         "properties": {
-            "id": {"type": "integer", "minimum": 1},
-            "sale_id": {"type": "integer", "minimum": 1},
-            "user_id": {"type": "string", "minLength": 1, "maxLength": 64},
-            "quantity": {"type": "integer", "minimum": 1},
+            **_ORDER_FIELDS,
             "status": {"type": "string"},
-            "created_at": {"type": "string", "format": "date-time"},
             "pay_by": {
                 "type": "string",
                 "format": "date-time",
@@ -136,12 +141,8 @@ SCHEMAS: dict[str, Any] = {
         ],
         "additionalProperties": False,
         "properties": {
-            "id": {"type": "integer", "minimum": 1},
-            "sale_id": {"type": "integer", "minimum": 1},
-            "user_id": {"type": "string", "minLength": 1, "maxLength": 64},
-            "quantity": {"type": "integer", "minimum": 1},
+            **_ORDER_FIELDS,
             "status": {"type": "string", "enum": ["pending", "paid", "cancelled", "expired"]},
-            "created_at": {"type": "string", "format": "date-time"},
             "pay_by": {"type": ["string", "null"], "format": "date-time"},
             "closed_at": {"type": ["string", "null"], "format": "date-time"},
             "payment_ref": {"type": ["string", "null"], "maxLength": 128},
