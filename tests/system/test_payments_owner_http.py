@@ -1,0 +1,65 @@
+"""Attack (branch attack-pay): on MariaDB/MySQL the lifecycle routes compare the caller's
+user id with the order's in SQL (`WHERE user_id = :caller`), under the column's collation
+(utf8mb4_general_ci by default: case-, accent- and trailing-space-insensitive), while the
+404 for someone else's order is decided in Python (exact comparison). So a caller whose
+id differs from the buyer's only by case (or accents, or trailing spaces) cancels or pays
+the buyer's order: the transition commits, and the caller is told 404 (and the
+follow-up after the commit, the gate's give_back, is skipped).
+
+Expected (docs/sales.md): someone else's order is 404 *and untouched*."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from tests.backends import make_backend
+from tests.server import base_env, run_cli, serve
+from tests.system.conftest import bearer
+
+pytestmark = pytest.mark.slow
+
+
+@pytest.mark.parametrize("kind", ["mariadb+redis", "postgresql+redis", "embedded"])
+def test_someone_elses_order_is_untouched_whatever_the_collation(
+    kind: str, tmp_path: Path
+) -> None:
+    with make_backend(kind, tmp_path) as backend:
+        env = base_env(tmp_path, {**backend.env(), "SURGE_PAY_WINDOW": "600"})
+        run_cli(env, "db", "migrate")
+        with serve(env, tmp_path) as server, server.client() as client:
+            made = client.post(
+                "/sales",
+                headers=bearer("root", admin=True),
+                json={
+                    "name": "collation",
+                    "stock": 2,
+                    "starts_at": "2020-01-01T00:00:00Z",
+                    "ends_at": "2100-01-01T00:00:00Z",
+                },
+            )
+            sale = made.json()["id"]
+            orders = {}
+            for user in ("alice", "carol"):
+                bought = client.post(
+                    f"/sales/{sale}/orders",
+                    headers={**bearer(user), "Idempotency-Key": "k"},
+                    json={"quantity": 1},
+                )
+                assert bought.status_code == 201, bought.text
+                orders[user] = bought.json()["id"]
+
+            cancel = client.post(f"/orders/{orders['alice']}/cancel", headers=bearer("ALICE"))
+            assert cancel.status_code == 404, cancel.text
+            pay = client.post(
+                f"/orders/{orders['carol']}/pay",
+                headers={**bearer("Carol "), "Idempotency-Key": "x"},
+                json={"payment_ref": "attacker-ref"},
+            )
+            assert pay.status_code == 404, pay.text
+
+            for user in ("alice", "carol"):
+                seen = client.get(f"/orders/{orders[user]}", headers=bearer(user))
+                assert seen.json()["status"] == "pending", (user, seen.text)
+            assert client.get(f"/sales/{sale}").json()["remaining"] == 0
