@@ -1,12 +1,8 @@
-"""Attack (branch attack-pay): on MariaDB/MySQL the lifecycle routes compare the caller's
-user id with the order's in SQL (`WHERE user_id = :caller`), under the column's collation
-(utf8mb4_general_ci by default: case-, accent- and trailing-space-insensitive), while the
-404 for someone else's order is decided in Python (exact comparison). So a caller whose
-id differs from the buyer's only by case (or accents, or trailing spaces) cancels or pays
-the buyer's order: the transition commits, and the caller is told 404 (and the
-follow-up after the commit, the gate's give_back, is skipped).
-
-Expected (docs/sales.md): someone else's order is 404 *and untouched*."""
+"""Someone else's order is 404 and untouched whatever the database's collation (found by
+the outside attack on the order lifecycle): on MariaDB/MySQL the ownership check in SQL
+(`WHERE user_id = :caller`) used to ignore case, accents and trailing spaces, so a caller
+whose id differed only so paid or cancelled the buyer's order, or replayed its purchase;
+migration 0006 makes those columns binary."""
 
 from __future__ import annotations
 

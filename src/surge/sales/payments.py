@@ -118,10 +118,9 @@ class OrderLifecycle:
 
     async def _pay(self, user: User, order_id: int, key: str, ref: str) -> Response:
         now = datetime.now(UTC)
-        done = await self._states.pay(order_id, user.id, key, ref, now)
+        done = await self._settled(self._states.pay(order_id, user.id, key, ref, now))
         state = self._visible(done, user)
         if done.changed:
-            await self._follow(state)
             return json_response(200, encode_state(state))
         status = state.order.status
         if state.order.user_id != user.id:  # an admin: only the buyer pays
@@ -133,9 +132,7 @@ class OrderLifecycle:
                 )
             return json_response(200, encode_state(state))
         if status == PENDING:  # its deadline passed and the sweep has not come yet
-            late = await self._states.expire(order_id, now)
-            if late.changed and late.state is not None:
-                await self._follow(late.state)
+            late = await self._settled(self._states.expire(order_id, now))
             status = late.state.order.status if late.state is not None else status
         raise _elsewhere(status)
 
@@ -146,16 +143,13 @@ class OrderLifecycle:
         return within(self._cancel_deadline, self._cancel(user, order_id))
 
     async def _cancel(self, user: User, order_id: int) -> Response:
-        done = await self._states.cancel(
-            order_id, None if user.admin else user.id, datetime.now(UTC)
-        )
+        by = None if user.admin else user.id
+        done = await self._settled(self._states.cancel(order_id, by, datetime.now(UTC)))
         state = self._visible(done, user)
-        if done.changed:
-            await self._follow(state)
-        elif state.order.status != CANCELLED:
+        if not done.changed and state.order.status != CANCELLED:
             raise _elsewhere(state.order.status)
-        else:  # cancelled already: the same answer again, and the follow-up once more in
-            # case the first was cut off (each step is harmless twice; no second event)
+        if not done.changed:  # cancelled already: the same answer again, and the follow-up
+            # once more in case the first was cut off (harmless twice; no second event)
             await self._follow(state, announce=False)
         return json_response(200, encode_state(state))
 
@@ -167,6 +161,19 @@ class OrderLifecycle:
         return state
 
     # what follows a transition ----------------------------------------------------------
+    async def _settled(self, transition: Awaitable[Transition]) -> Transition:
+        """The transition and what follows it, in a task of its own: the route's deadline
+        may cut the answer off, never the database's transaction (a connection cancelled
+        mid-transaction could keep its lock) nor what must follow the commit."""
+
+        async def work() -> Transition:
+            done = await transition
+            if done.changed and done.state is not None:
+                await self.moved(done.state)
+            return done
+
+        return await asyncio.shield(self._following.spawn(work()))
+
     async def _follow(self, state: OrderState, announce: bool = True) -> None:
         """`moved` in a task of its own: the route's deadline may cut the answer off after
         the database committed, never what must follow the commit."""
